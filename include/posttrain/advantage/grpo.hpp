@@ -1,0 +1,317 @@
+#pragma once
+// GRPO outcome advantages (and Dr. GRPO, LitePPO batch scaling, leave-one-out baselines):
+//     A_i = (r_i - mu_g) / (sigma_g + epsilon)      sigma: group std, batch std, or 1 (scale::none)
+// over any group layout. See docs/algorithms/grpo.md.
+
+#include <cmath>
+#include <variant>
+
+#include "common.hpp"
+
+namespace posttrain::advantage {
+
+struct grpo_options {
+    scale std_scale = scale::group;
+    double epsilon = 1e-6;                       // added to the std, outside the square root
+    posttrain::ddof ddof = posttrain::ddof::sample;
+    bool leave_one_out = false;                  // baseline = mean of the other rows of the group
+    singleton singleton_groups = singleton::zero;
+    zero_variance zero_variance_groups = zero_variance::zero;
+    nonfinite nonfinite_rewards = nonfinite::raise;
+    statistics stats = statistics::float64;
+    bool float32_singleton_std = false;          // verl: a singleton's std is the float32 tensor 1.0, so 1 + eps rounds in float32
+
+    // verl compute_grpo_outcome_advantage (loop form); norm_by_std = norm_adv_by_std_in_grpo.
+    static constexpr grpo_options verl(bool norm_by_std = true, double eps = 1e-6) {
+        grpo_options o;
+        o.std_scale = norm_by_std ? scale::group : scale::none;
+        o.epsilon = eps;
+        o.singleton_groups = singleton::raw;
+        o.zero_variance_groups = zero_variance::arithmetic;
+        o.nonfinite_rewards = nonfinite::propagate;
+        o.float32_singleton_std = true;
+        return o;
+    }
+    // verl compute_grpo_vectorized_outcome_advantage (group_mean_std in float32, variance floored at eps).
+    static constexpr grpo_options verl_vectorized(bool norm_by_std = true, double eps = 1e-6) {
+        grpo_options o = verl(norm_by_std, eps);
+        o.stats = statistics::float32_one_pass;
+        return o;
+    }
+    // TRL GRPOTrainer, scale_rewards = "group" | "batch" | "none" (eps 1e-4, NaN rewards are unscorable).
+    static constexpr grpo_options trl(scale s = scale::group) {
+        grpo_options o;
+        o.std_scale = s;
+        o.epsilon = 1e-4;
+        o.singleton_groups = singleton::zero;  // NaN std, then nan_to_num -> 0
+        o.zero_variance_groups = zero_variance::arithmetic;
+        o.nonfinite_rewards = nonfinite::ignore;
+        return o;
+    }
+    // OpenRLHF group_norm: (r - mean) / (std + 1e-9); dr_grpo / reinforce_baseline use scale::none.
+    static constexpr grpo_options openrlhf(bool norm_by_std = true) {
+        grpo_options o;
+        o.std_scale = norm_by_std ? scale::group : scale::none;
+        o.epsilon = 1e-9;
+        o.singleton_groups = singleton::nan;
+        o.zero_variance_groups = zero_variance::arithmetic;
+        o.nonfinite_rewards = nonfinite::propagate;
+        return o;
+    }
+    // Dr. GRPO (Liu et al. 2025): centre only.
+    static constexpr grpo_options dr_grpo() {
+        grpo_options o;
+        o.std_scale = scale::none;
+        return o;
+    }
+};
+
+namespace detail {
+
+// Per-group statistics in verl's float32 one-pass form (group_mean_std).
+struct float32_group_stats {
+    float count = 0, mean = 0, std = 1;
+};
+
+template <class Reader, class Rows>
+float32_group_stats float32_one_pass_stats(const Reader& x, const Rows& rows, index_t n, double eps) {
+    float s1 = 0, s2 = 0;
+    for (index_t j = 0; j < n; ++j) {
+        const float v = static_cast<float>(x(rows(j)));
+        s1 += v;
+        s2 += v * v;
+    }
+    float32_group_stats s;
+    s.count = static_cast<float>(n);
+    if (n <= 1) return s;  // singleton (or empty): mean 0, std 1
+    const float c = s.count;
+    s.mean = s1 / c;
+    const float var = (s2 - (s1 * s1) / c) / (c - 1.0f);
+    const float floor = static_cast<float>(eps);
+    s.std = std::sqrt(var > floor ? var : floor);
+    return s;
+}
+
+inline double singleton_denominator(const grpo_options& o) {
+    if (o.float32_singleton_std) return static_cast<double>(1.0f + static_cast<float>(o.epsilon));
+    return 1.0 + o.epsilon;
+}
+
+// Standard deviation over all valid rewards of the batch (scale::batch), in fixed order.
+template <class Policy, class In>
+double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options& o) {
+    const bool skip = o.nonfinite_rewards == nonfinite::ignore;
+    struct acc {
+        double sum = 0;
+        index_t count = 0;
+    };
+    const index_t n = r.extent(0);
+    const acc s = posttrain::detail::chunked_reduce(
+        p, n, acc{},
+        [&](index_t lo, index_t hi) {
+            acc a;
+            a.sum = posttrain::detail::fixed_order_sum(hi - lo, [&](index_t j) {
+                const double v = r(lo + j);
+                return (skip && v != v) ? 0.0 : v;
+            });
+            for (index_t j = lo; j < hi; ++j) a.count += !(skip && r(j) != r(j));
+            return a;
+        },
+        [](acc a, acc b) { return acc{a.sum + b.sum, a.count + b.count}; });
+    const double mean = s.count > 0 ? s.sum / double(s.count) : 0.0;
+    const double m2 = posttrain::detail::chunked_reduce(
+        p, n, 0.0,
+        [&](index_t lo, index_t hi) {
+            return posttrain::detail::fixed_order_sum(hi - lo, [&](index_t j) {
+                const double v = r(lo + j);
+                const double d = v - mean;
+                return (skip && v != v) ? 0.0 : d * d;
+            });
+        },
+        [](double a, double b) { return a + b; });
+    const double dof = double(s.count) - double(static_cast<int>(o.ddof));
+    return dof > 0 ? std::sqrt(m2 / dof) : std::nan("");
+}
+
+template <class Policy, class In, class Out, class Layout>
+group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const Layout& layout,
+                             tensor_view<Out, 1> a, const grpo_options& o) {
+    const bool skip_nan = o.nonfinite_rewards == nonfinite::ignore;
+    const double batch_sigma = o.std_scale == scale::batch ? batch_std(p, r, o) : 0.0;
+    const index_t groups = layout.num_groups();
+    std::vector<unsigned char> kind(static_cast<std::size_t>(groups), 0);  // 1 empty, 2 singleton, 3 zero-var
+
+    with_accessors(r, a, [&](auto x, auto y) {
+        for_each_group(p, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
+            auto& k = kind[static_cast<std::size_t>(g)];
+            if (n == 0) {
+                k = 1;
+                return;
+            }
+            if (o.stats == statistics::float32_one_pass) {
+                const float32_group_stats s = float32_one_pass_stats(x, rows, n, o.epsilon);
+                if (n == 1) k = 2;
+                const double denom = static_cast<double>(s.std + static_cast<float>(o.epsilon));
+                for (index_t j = 0; j < n; ++j) {
+                    const double c = x(rows(j)) - static_cast<double>(s.mean);
+                    y(rows(j), o.std_scale == scale::none ? c : c / denom);
+                }
+                return;
+            }
+            const group_moments m = skip_nan ? moments_of<true>(x, rows, n) : moments_of<false>(x, rows, n);
+            auto write_all = [&](double v) {
+                for (index_t j = 0; j < n; ++j) y(rows(j), v);
+            };
+            if (m.count == 0) {
+                k = 1;
+                write_all(0.0);
+                return;
+            }
+            if (m.count == 1) {
+                k = 2;
+                double value = 0;
+                if (o.singleton_groups == singleton::nan) value = std::nan("");
+                if (o.singleton_groups == singleton::error)
+                    posttrain::detail::raise_invalid_argument("posttrain::advantage::grpo", "groups",
+                                                              "group " + str(g) + " has a single row (singleton::error)");
+                for (index_t j = 0; j < n; ++j) {
+                    const double v = x(rows(j));
+                    if (skip_nan && v != v) {
+                        y(rows(j), 0.0);
+                        continue;
+                    }
+                    double out = value;
+                    if (o.singleton_groups == singleton::raw) {
+                        if (o.std_scale == scale::group) out = v / singleton_denominator(o);
+                        else if (o.std_scale == scale::batch) out = v / (batch_sigma + o.epsilon);
+                        else out = v;
+                    }
+                    y(rows(j), out);
+                }
+                return;
+            }
+            if (m.constant) {
+                k = 3;
+                if (o.zero_variance_groups == zero_variance::zero) {
+                    write_all(0.0);
+                    return;
+                }
+            }
+            const double dof = double(m.count) - double(static_cast<int>(o.ddof));
+            const double sigma = o.std_scale == scale::group ? std::sqrt(m.m2 / dof) : batch_sigma;
+            const double denom = sigma + o.epsilon;
+            const double loo_scale = double(m.count) / double(m.count - 1);
+            for (index_t j = 0; j < n; ++j) {
+                const double v = x(rows(j));
+                if (skip_nan && v != v) {
+                    y(rows(j), 0.0);
+                    continue;
+                }
+                // Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean).
+                const double c = o.leave_one_out ? (v - m.mean) * loo_scale : v - m.mean;
+                y(rows(j), o.std_scale == scale::none ? c : c / denom);
+            }
+        });
+    });
+
+    group_stats_result res;
+    res.groups = groups;
+    for (unsigned char k : kind) {
+        res.empty_groups += k == 1;
+        res.singleton_groups += k == 2;
+        res.zero_variance_groups += k == 3;
+    }
+    if (skip_nan)
+        for (index_t i = 0; i < r.extent(0); ++i) res.ignored_rows += r(i) != r(i);
+    return res;
+}
+
+// Validates the common arguments of a rewards[N] -> advantages[N] group algorithm.
+template <class In, class Out>
+void check_outcome_args(tensor_view<const In, 1> r, tensor_view<Out, 1> a, nonfinite policy, const char* fn) {
+    check_extent(a.extent(0), r.extent(0), {fn, "advantages"}, "length (one advantage per reward)");
+    check_no_alias(a, r, {fn, "advantages"}, "rewards");
+    if (policy == nonfinite::raise) check_finite(r, {fn, "rewards"});
+}
+
+}  // namespace detail
+
+// GRPO advantages of rewards[N] under a group layout, written to advantages[N] (float or double,
+// any adapted tensor). Returns counts of empty, singleton and zero-variance groups.
+template <class Policy, class Rewards, class Groups, class Advantages>
+group_stats_result grpo(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
+                        const grpo_options& options = {}) {
+    static_assert(host_policy<Policy>,
+                  "posttrain::advantage::grpo: this overload runs on the host; include <posttrain/advantage/grpo.cuh> for exec::cuda");
+    constexpr const char* fn = "posttrain::advantage::grpo";
+    detail::require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
+    auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
+    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
+    return std::visit(
+        [&](auto r, auto a) {
+            detail::check_outcome_args(r, a, options.nonfinite_rewards, fn);
+            const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            return detail::grpo_impl(policy, r, layout, a, options);
+        },
+        rv, av);
+}
+
+struct group_mean_std_options {
+    double epsilon = 1e-6;  // variance floor in statistics::float32_one_pass
+    posttrain::ddof ddof = posttrain::ddof::sample;
+    statistics stats = statistics::float64;
+    bool singleton_unit = true;  // a group of one row reports mean 0, std 1 (verl); else mean r, std NaN/0
+
+    static constexpr group_mean_std_options verl(double eps = 1e-6) {
+        group_mean_std_options o;
+        o.epsilon = eps;
+        o.stats = statistics::float32_one_pass;
+        return o;
+    }
+};
+
+// Per-group mean, std and count (outputs have one entry per group). Empty groups give 0, 1, 0 (and
+// mean 0, std 1 for singletons when singleton_unit).
+template <class Policy, class Rewards, class Groups, class Mean, class Std, class Count>
+void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& groups, Mean&& mean, Std&& std_out,
+                    Count&& count, const group_mean_std_options& options = {}) {
+    static_assert(host_policy<Policy>, "posttrain::advantage::group_mean_std: host policy expected");
+    constexpr const char* fn = "posttrain::advantage::group_mean_std";
+    auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
+    auto mv = posttrain::detail::floating_output<1>(mean, {fn, "mean"});
+    auto sv = posttrain::detail::floating_output<1>(std_out, {fn, "std"});
+    auto cv = posttrain::detail::floating_output<1>(count, {fn, "count"});
+    std::visit(
+        [&](auto r, auto m, auto s, auto c) {
+            detail::check_finite(r, {fn, "rewards"});
+            const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            const index_t G = layout.num_groups();
+            detail::check_extent(m.extent(0), G, {fn, "mean"}, "one entry per group:");
+            detail::check_extent(s.extent(0), G, {fn, "std"}, "one entry per group:");
+            detail::check_extent(c.extent(0), G, {fn, "count"}, "one entry per group:");
+            const detail::strided_reader<typename decltype(r)::value_type> x{r.data(), r.stride(0)};
+            detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
+                double mu = 0, sd = 1;
+                if (options.stats == statistics::float32_one_pass) {
+                    const auto st = detail::float32_one_pass_stats(x, rows, n, options.epsilon);
+                    mu = st.mean;
+                    sd = st.std;
+                } else if (n > 1 || !options.singleton_unit) {
+                    const auto mo = detail::moments_of<false>(x, rows, n);
+                    const double dof = double(n) - double(static_cast<int>(options.ddof));
+                    mu = mo.mean;
+                    sd = dof > 0 ? std::sqrt(mo.m2 / dof) : (n == 1 ? std::nan("") : 0.0);
+                    if (n == 0) sd = 0;
+                }
+                using M = typename decltype(m)::value_type;
+                using S = typename decltype(s)::value_type;
+                using C = typename decltype(c)::value_type;
+                m(g) = static_cast<M>(mu);
+                s(g) = static_cast<S>(sd);
+                c(g) = static_cast<C>(n);
+            });
+        },
+        rv, mv, sv, cv);
+}
+
+}  // namespace posttrain::advantage

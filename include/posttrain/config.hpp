@@ -1,0 +1,31 @@
+#pragma once
+// Compiler and feature configuration shared by every posttrain header.
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define POSTTRAIN_HD __host__ __device__
+#define POSTTRAIN_DEVICE_COMPILER 1
+#else
+#define POSTTRAIN_HD
+#define POSTTRAIN_DEVICE_COMPILER 0
+#endif
+
+#if defined(_OPENMP)
+#define POSTTRAIN_HAS_OPENMP 1
+#else
+#define POSTTRAIN_HAS_OPENMP 0
+#endif
+
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND)
+#if !defined(POSTTRAIN_NO_EXCEPTIONS)
+#define POSTTRAIN_EXCEPTIONS 1
+#endif
+#endif
+#if !defined(POSTTRAIN_EXCEPTIONS)
+#define POSTTRAIN_EXCEPTIONS 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define POSTTRAIN_RESTRICT __restrict__
+#else
+#define POSTTRAIN_RESTRICT
+#endif

@@ -1,0 +1,273 @@
+#pragma once
+// Group layouts. Every group-relative algorithm takes one of these, never a reshaped [P, G] tensor:
+//   uniform_groups{k}          consecutive blocks of k rows
+//   ragged(offsets)            CSR offsets: G+1 non-decreasing entries, offsets[0] = 0, offsets[G] = N
+//   grouping::from_ids(ex, ids) arbitrary unsorted ids -> stable permutation + offsets (radix sort, O(N))
+// Empty groups are allowed in ragged and id layouts.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "error.hpp"
+#include "exec.hpp"
+#include "traits.hpp"
+#include "view.hpp"
+
+namespace posttrain {
+
+struct uniform_groups {
+    index_t size = 0;  // rows per group, >= 1
+};
+
+template <class Offset>
+struct ragged_groups {
+    tensor_view<const Offset, 1> offsets;
+};
+
+// A permuted layout: group g holds rows permutation[offsets[g] .. offsets[g+1]).
+struct permuted_groups {
+    tensor_view<const index_t, 1> permutation;
+    tensor_view<const index_t, 1> offsets;
+};
+
+// Wraps CSR offsets (any integer type, any adapted container) as a group layout. The container must
+// outlive the call that uses the layout.
+template <class Offsets>
+auto ragged(const Offsets& offsets) {
+    auto v = std::visit([](auto view) { return view; },
+                        detail::id_input<1>(offsets, {"posttrain::ragged", "offsets"}));
+    using V = decltype(v);
+    return ragged_groups<typename V::value_type>{v};
+}
+
+// The owning result of grouping rows by id.
+struct grouping_result {
+    std::vector<index_t> permutation;  // rows ordered by group, stable within a group
+    std::vector<index_t> offsets;      // G + 1 entries
+    std::vector<std::int64_t> ids;     // the id of each group, ascending
+    std::vector<index_t> group_of;     // the group of each row (N entries)
+
+    index_t num_groups() const noexcept { return static_cast<index_t>(ids.size()); }
+    permuted_groups layout() const noexcept {
+        return {tensor_view<const index_t, 1>(permutation.data(), static_cast<index_t>(permutation.size())),
+                tensor_view<const index_t, 1>(offsets.data(), static_cast<index_t>(offsets.size()))};
+    }
+};
+
+namespace detail {
+
+// Stable LSD radix sort of 64-bit keys (sign bit flipped so signed order holds); digits on which all
+// keys agree are skipped, so small ids cost one or two passes.
+inline void radix_sort_indices(const std::vector<std::uint64_t>& keys, std::vector<index_t>& order) {
+    const std::size_t n = keys.size();
+    order.resize(n);
+    for (std::size_t i = 0; i < n; ++i) order[i] = static_cast<index_t>(i);
+    if (n < 2) return;
+    std::uint64_t all_and = ~std::uint64_t{0}, all_or = 0;
+    for (auto k : keys) {
+        all_and &= k;
+        all_or |= k;
+    }
+    const std::uint64_t varying = all_and ^ all_or;
+    constexpr int bits = 11;
+    constexpr std::size_t radix = std::size_t{1} << bits;
+    std::vector<index_t> tmp(n);
+    std::vector<index_t> count(radix);
+    for (int shift = 0; shift < 64; shift += bits) {
+        if (((varying >> shift) & (radix - 1)) == 0) continue;
+        std::fill(count.begin(), count.end(), 0);
+        for (std::size_t i = 0; i < n; ++i) ++count[(keys[static_cast<std::size_t>(order[i])] >> shift) & (radix - 1)];
+        index_t sum = 0;
+        for (auto& c : count) {
+            index_t c0 = c;
+            c = sum;
+            sum += c0;
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            const index_t row = order[i];
+            tmp[static_cast<std::size_t>(count[(keys[static_cast<std::size_t>(row)] >> shift) & (radix - 1)]++)] = row;
+        }
+        order.swap(tmp);
+    }
+}
+
+template <class Id>
+grouping_result group_by_keys(tensor_view<const Id, 1> ids) {
+    const index_t n = ids.extent(0);
+    std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) {
+        const auto v = ids(i);
+        if constexpr (std::is_signed_v<Id>)
+            keys[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(static_cast<std::int64_t>(v)) ^ (std::uint64_t{1} << 63);
+        else
+            keys[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(v);
+    }
+    grouping_result g;
+    radix_sort_indices(keys, g.permutation);
+    g.group_of.resize(static_cast<std::size_t>(n));
+    g.offsets.push_back(0);
+    for (index_t j = 0; j < n; ++j) {
+        const index_t row = g.permutation[static_cast<std::size_t>(j)];
+        if (j == 0 || keys[static_cast<std::size_t>(row)] != keys[static_cast<std::size_t>(g.permutation[static_cast<std::size_t>(j - 1)])]) {
+            if (j > 0) g.offsets.push_back(j);
+            g.ids.push_back(static_cast<std::int64_t>(ids(row)));
+        }
+        g.group_of[static_cast<std::size_t>(row)] = static_cast<index_t>(g.ids.size()) - 1;
+    }
+    if (n > 0) g.offsets.push_back(n);
+    return g;
+}
+
+}  // namespace detail
+
+namespace grouping {
+
+// Groups rows by integer id (any adapted 1-D integer tensor). Groups come out in ascending id order;
+// rows keep their original order inside a group. O(N) time and memory.
+template <class Policy, class Ids>
+grouping_result from_ids(const Policy&, const Ids& ids) {
+    static_assert(host_policy<Policy>, "posttrain::grouping::from_ids: this overload takes a host policy");
+    return std::visit([](auto v) { return detail::group_by_keys(v); },
+                      detail::id_input<1>(ids, {"posttrain::grouping::from_ids", "ids"}));
+}
+
+// 64-bit hash of a string id (FNV-1a followed by a splitmix64 finalizer). Equal strings give equal
+// hashes; from_string_ids additionally verifies that no two distinct strings collided.
+inline std::int64_t hash_id(std::string_view s) noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned char c : s) {
+        h ^= c;
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return static_cast<std::int64_t>(h);
+}
+
+// Hashes every string of a range into a vector of 64-bit ids.
+template <class Range>
+std::vector<std::int64_t> hash_ids(const Range& strings) {
+    std::vector<std::int64_t> out;
+    for (const auto& s : strings) out.push_back(hash_id(std::string_view(s)));
+    return out;
+}
+
+// Groups rows by string id: hashes, groups, and checks that every group holds one distinct string.
+template <class Policy, class Range>
+grouping_result from_string_ids(const Policy& policy, const Range& strings) {
+    const std::vector<std::int64_t> h = hash_ids(strings);
+    grouping_result g = from_ids(policy, tensor_view<const std::int64_t, 1>(h.data(), static_cast<index_t>(h.size())));
+    std::vector<std::string_view> views;
+    for (const auto& s : strings) views.emplace_back(s);
+    for (index_t grp = 0; grp < g.num_groups(); ++grp) {
+        const auto first = views[static_cast<std::size_t>(g.permutation[static_cast<std::size_t>(g.offsets[static_cast<std::size_t>(grp)])])];
+        for (index_t j = g.offsets[static_cast<std::size_t>(grp)] + 1; j < g.offsets[static_cast<std::size_t>(grp) + 1]; ++j)
+            detail::require(views[static_cast<std::size_t>(g.permutation[static_cast<std::size_t>(j)])] == first,
+                            {"posttrain::grouping::from_string_ids", "strings"},
+                            "two distinct ids share a 64-bit hash; group them with from_ids on your own ids");
+    }
+    return g;
+}
+
+}  // namespace grouping
+
+namespace detail {
+
+// Row indexers handed to the per-group kernels: contiguous groups index directly, permuted groups
+// through the permutation. Templates, so the contiguous case vectorizes.
+struct contiguous_rows {
+    index_t begin;
+    constexpr index_t operator()(index_t j) const noexcept { return begin + j; }
+    static constexpr bool contiguous = true;
+};
+struct permuted_rows {
+    const index_t* rows;
+    constexpr index_t operator()(index_t j) const noexcept { return rows[j]; }
+    static constexpr bool contiguous = false;
+};
+
+// A validated layout over N rows: G groups, and for group g its size and row indexer.
+template <class Layout>
+struct group_layout;
+
+template <>
+struct group_layout<uniform_groups> {
+    index_t k = 1, groups = 0;
+    index_t num_groups() const noexcept { return groups; }
+    index_t size(index_t) const noexcept { return k; }
+    contiguous_rows rows(index_t g) const noexcept { return {g * k}; }
+};
+
+template <class Offset>
+struct group_layout<ragged_groups<Offset>> {
+    tensor_view<const Offset, 1> offsets;
+    index_t num_groups() const noexcept { return offsets.extent(0) - 1; }
+    index_t size(index_t g) const noexcept { return index_t(offsets(g + 1)) - index_t(offsets(g)); }
+    contiguous_rows rows(index_t g) const noexcept { return {index_t(offsets(g))}; }
+};
+
+template <>
+struct group_layout<permuted_groups> {
+    permuted_groups p;
+    index_t num_groups() const noexcept { return p.offsets.extent(0) - 1; }
+    index_t size(index_t g) const noexcept { return p.offsets(g + 1) - p.offsets(g); }
+    permuted_rows rows(index_t g) const noexcept { return {p.permutation.data() + p.offsets(g)}; }
+};
+
+template <class Offset>
+void validate_offsets(tensor_view<const Offset, 1> off, index_t n, where w) {
+    require(off.extent(0) >= 1, w, "offsets must have at least one entry (G + 1 entries for G groups), found 0");
+    require(index_t(off(0)) == 0, w, "offsets[0] must be 0, found " + str(index_t(off(0))));
+    const index_t g = off.extent(0) - 1;
+    require(index_t(off(g)) == n,
+            w, "offsets[G] must equal the number of rows " + str(n) + ", found " + str(index_t(off(g))));
+    for (index_t i = 0; i < g; ++i)
+        require(off(i + 1) >= off(i), w,
+                "offsets must be non-decreasing, but offsets[" + str(i + 1) + "] = " + str(index_t(off(i + 1))) +
+                    " < offsets[" + str(i) + "] = " + str(index_t(off(i))));
+}
+
+inline group_layout<uniform_groups> make_layout(const uniform_groups& u, index_t n, where w) {
+    require(u.size >= 1, w, "uniform group size must be >= 1, found " + str(u.size));
+    require(n % u.size == 0, w,
+            "the number of rows " + str(n) + " is not a multiple of the uniform group size " + str(u.size));
+    return {u.size, n / u.size};
+}
+
+template <class Offset>
+group_layout<ragged_groups<Offset>> make_layout(const ragged_groups<Offset>& r, index_t n, where w) {
+    validate_offsets(r.offsets, n, w);
+    return {r.offsets};
+}
+
+inline group_layout<permuted_groups> make_layout(const permuted_groups& p, index_t n, where w) {
+    validate_offsets(p.offsets, n, w);
+    require(p.permutation.extent(0) == n, w,
+            "permutation must have one entry per row (" + str(n) + "), found " + str(p.permutation.extent(0)));
+    std::vector<unsigned char> seen(static_cast<std::size_t>(n), 0);
+    for (index_t j = 0; j < n; ++j) {
+        const index_t r = p.permutation(j);
+        require(r >= 0 && r < n, w, "permutation[" + str(j) + "] = " + str(r) + " is out of range [0, " + str(n) + ")");
+        require(!seen[static_cast<std::size_t>(r)], w, "permutation repeats row " + str(r));
+        seen[static_cast<std::size_t>(r)] = 1;
+    }
+    return {p};
+}
+
+inline group_layout<permuted_groups> make_layout(const grouping_result& g, index_t n, where w) {
+    return make_layout(g.layout(), n, w);
+}
+
+template <class Groups>
+using layout_of = decltype(make_layout(std::declval<const Groups&>(), index_t{}, where{}));
+
+}  // namespace detail
+}  // namespace posttrain

@@ -1,0 +1,67 @@
+#pragma once
+// Numeric helpers shared by host and device code: stable log-sigmoid / softplus, and the fixed-order
+// summation every host reduction uses (so results never depend on the execution policy).
+
+#include <cmath>
+#include <limits>
+
+#include "../config.hpp"
+#include "view.hpp"
+
+namespace posttrain {
+
+// Delta degrees of freedom of a variance: 0 = population (biased), 1 = sample (Bessel, torch.std).
+enum class ddof : int { population = 0, sample = 1 };
+
+namespace numeric {
+
+// softplus(x) = log(1 + exp(x)), exact for large |x| and without overflow.
+template <class T>
+POSTTRAIN_HD inline T softplus(T x) noexcept {
+    using std::exp;
+    using std::log1p;
+    return x > T(0) ? x + log1p(exp(-x)) : log1p(exp(x));
+}
+
+// log(sigmoid(x)) = -softplus(-x).
+template <class T>
+POSTTRAIN_HD inline T log_sigmoid(T x) noexcept {
+    return -softplus(-x);
+}
+
+template <class T>
+POSTTRAIN_HD inline T sigmoid(T x) noexcept {
+    using std::exp;
+    if (x >= T(0)) return T(1) / (T(1) + exp(-x));
+    const T e = exp(x);
+    return e / (T(1) + e);
+}
+
+template <class T>
+POSTTRAIN_HD inline bool is_finite(T x) noexcept {
+    if constexpr (std::numeric_limits<T>::is_integer) return true;
+    else return x - x == x - x;  // false for inf and NaN without relying on -ffast-math-sensitive isfinite
+}
+
+}  // namespace numeric
+
+namespace detail {
+
+// Sum of f(j) for j in [0, n) in a fixed order: eight interleaved accumulators (lane l takes j = l mod 8),
+// combined pairwise. The order is part of posttrain's determinism contract; the lanes let the compiler
+// vectorize without reassociating anything.
+template <class F>
+inline double fixed_order_sum(index_t n, F&& f) noexcept {
+    constexpr int lanes = 8;
+    double acc[lanes] = {};
+    index_t j = 0;
+    for (; j + lanes <= n; j += lanes)
+        for (int l = 0; l < lanes; ++l) acc[l] += f(j + l);
+    for (int l = 0; j < n; ++j, ++l) acc[l] += f(j);
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+inline bool is_nan(double x) noexcept { return x != x; }
+
+}  // namespace detail
+}  // namespace posttrain
