@@ -1,0 +1,130 @@
+#pragma once
+// Multi-reward advantages. GDPO (Liu et al. 2026, group reward-decoupled normalisation) normalises
+// each reward component within its group, sums with weights, then z-scores the sum over the batch:
+//     z_ik = (r_ik - mu_gk) / (sigma_gk + eps);  S_i = sum_k w_k z_ik;  A_i = (S_i - mean(S)) / (std(S) + eps_b)
+// sum_then_normalize is the GRPO-on-a-weighted-sum alternative (TRL's default):
+//     S_i = sum_k w_k r_ik;  A_i = GRPO(S)_i
+
+#include <variant>
+#include <vector>
+
+#include "grpo.hpp"
+
+namespace posttrain::advantage {
+
+enum class aggregation {
+    normalize_then_sum,  // GDPO
+    sum_then_normalize,  // GRPO on the weighted sum
+};
+
+struct gdpo_options {
+    aggregation mode = aggregation::normalize_then_sum;
+    std::vector<double> weights{};           // one per component; empty = all 1
+    grpo_options component{};                // per-component (normalize_then_sum) or on the sum (sum_then_normalize)
+    bool batch_normalize = true;             // normalize_then_sum only: z-score S over the batch
+    double batch_epsilon = 1e-6;
+    posttrain::ddof batch_ddof = posttrain::ddof::sample;
+    // A row whose components are all NaN is unscorable: its sum is NaN (TRL). With nonfinite::ignore
+    // in `component` it is left out of every statistic and gets advantage 0.
+
+    // posttrain's GDPO: group z-scores (eps 1e-6), weighted sum, batch z-score.
+    static gdpo_options gdpo(std::vector<double> w = {}) {
+        gdpo_options o;
+        o.weights = std::move(w);
+        return o;
+    }
+    // TRL GRPOTrainer with multi_objective_aggregation and scale_rewards (eps 1e-4, NaN = unscorable).
+    static gdpo_options trl(aggregation mode, scale s = scale::group, std::vector<double> w = {}) {
+        gdpo_options o;
+        o.mode = mode;
+        o.weights = std::move(w);
+        o.component = grpo_options::trl(s);
+        o.batch_epsilon = 1e-4;
+        return o;
+    }
+};
+
+namespace detail {
+
+// sum_k w_k v(i, k) over the non-NaN components; NaN when every component is NaN and all_nan_is_nan.
+template <class Get>
+double weighted_nansum(index_t K, const std::vector<double>& w, Get&& v, bool all_nan_is_nan) {
+    double s = 0;
+    bool any = false;
+    for (index_t k = 0; k < K; ++k) {
+        const double x = v(k);
+        if (x != x) continue;
+        s += (w.empty() ? 1.0 : w[std::size_t(k)]) * x;
+        any = true;
+    }
+    return (!any && all_nan_is_nan && K > 0) ? std::nan("") : s;
+}
+
+}  // namespace detail
+
+// rewards[N, K] -> advantages[N]; combined[N] (or posttrain::none) receives S (the weighted sum of
+// raw rewards for sum_then_normalize, of group z-scores for normalize_then_sum).
+template <class Policy, class Rewards, class Groups, class Advantages, class Combined>
+group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
+                        Combined&& combined, const gdpo_options& options) {
+    static_assert(host_policy<Policy>, "posttrain::advantage::gdpo: host policy expected");
+    constexpr const char* fn = "posttrain::advantage::gdpo";
+    return std::visit(
+        [&](auto r, auto a) {
+            const index_t N = r.extent(0), K = r.extent(1);
+            detail::check_extent(a.extent(0), N, {fn, "advantages"}, "length (one per row of rewards)");
+            detail::check_no_alias(a, r, {fn, "advantages"}, "rewards");
+            detail::require(options.weights.empty() || index_t(options.weights.size()) == K, {fn, "options.weights"},
+                            "expected one weight per reward component (" + detail::str(K) + "), found " +
+                                detail::str(index_t(options.weights.size())));
+            if (options.component.nonfinite_rewards == nonfinite::raise) detail::check_finite(r, {fn, "rewards"});
+            const bool ignore = options.component.nonfinite_rewards == nonfinite::ignore;
+            std::vector<double> sum(static_cast<std::size_t>(N));
+            group_stats_result res;
+            if (options.mode == aggregation::sum_then_normalize) {
+                for (index_t i = 0; i < N; ++i)
+                    sum[std::size_t(i)] = detail::weighted_nansum(K, options.weights, [&](index_t k) { return double(r(i, k)); }, true);
+                res = grpo(policy, tensor_view<const double, 1>(sum.data(), N), groups, a, options.component);
+            } else {
+                std::vector<double> column(static_cast<std::size_t>(N)), z(static_cast<std::size_t>(N * K));
+                for (index_t k = 0; k < K; ++k) {
+                    for (index_t i = 0; i < N; ++i) column[std::size_t(i)] = double(r(i, k));
+                    res = grpo(policy, tensor_view<const double, 1>(column.data(), N), groups,
+                               tensor_view<double, 1>(z.data() + k * N, N), options.component);
+                }
+                // A NaN component contributed 0 to its z (ignored); a row with every component NaN stays NaN.
+                for (index_t i = 0; i < N; ++i)
+                    sum[std::size_t(i)] = detail::weighted_nansum(K, options.weights, [&](index_t k) {
+                        const double raw = double(r(i, k));
+                        return (ignore && raw != raw) ? std::nan("") : z[std::size_t(k * N + i)];
+                    }, ignore);
+                using A = typename decltype(a)::value_type;
+                if (options.batch_normalize) {
+                    grpo_options batch;
+                    batch.epsilon = options.batch_epsilon;
+                    batch.ddof = options.batch_ddof;
+                    batch.zero_variance_groups = zero_variance::arithmetic;
+                    batch.nonfinite_rewards = ignore ? nonfinite::ignore : nonfinite::propagate;
+                    (void)grpo(policy, tensor_view<const double, 1>(sum.data(), N), uniform_groups{N > 0 ? N : 1}, a, batch);
+                } else {
+                    for (index_t i = 0; i < N; ++i) a(i) = static_cast<A>(ignore && sum[std::size_t(i)] != sum[std::size_t(i)] ? 0.0 : sum[std::size_t(i)]);
+                }
+            }
+            if constexpr (!std::is_same_v<std::remove_cvref_t<Combined>, none_t>) {
+                auto c = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<1>(combined, {fn, "combined"}));
+                detail::check_extent(c.extent(0), N, {fn, "combined"}, "length (one per row of rewards)");
+                using C = typename decltype(c)::value_type;
+                for (index_t i = 0; i < N; ++i) c(i) = static_cast<C>(sum[std::size_t(i)]);
+            }
+            return res;
+        },
+        posttrain::detail::floating_input<2>(rewards, {fn, "rewards"}), posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
+}
+
+template <class Policy, class Rewards, class Groups, class Advantages>
+group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
+                        const gdpo_options& options = {}) {
+    return gdpo(policy, rewards, groups, std::forward<Advantages>(advantages), none, options);
+}
+
+}  // namespace posttrain::advantage

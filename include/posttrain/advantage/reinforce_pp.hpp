@@ -1,0 +1,105 @@
+#pragma once
+// REINFORCE++ (Hu et al. 2025): discounted token returns whitened over the whole batch, and
+// REINFORCE++-baseline: the group-mean-centred outcome tiled over tokens, whitened over the batch.
+
+#include <variant>
+#include <vector>
+
+#include "grpo.hpp"
+#include "returns.hpp"
+#include "whiten.hpp"
+
+namespace posttrain::advantage {
+
+struct reinforce_pp_options {
+    returns_options returns{};
+    whiten_options whitening = whiten_options::verl();  // token-weighted, unbiased
+    bool mask_output = true;                             // A = whiten(G) * m
+
+    // verl compute_reinforce_plus_plus_outcome_advantage (b178a3c: masked tokens reset the return).
+    static constexpr reinforce_pp_options verl(double gamma = 1.0) {
+        reinforce_pp_options o;
+        o.returns = {gamma, masked_tokens::reset};
+        return o;
+    }
+    // OpenRLHF "reinforce": returns of the mask-zeroed rewards, biased whitening, no extra masking.
+    static constexpr reinforce_pp_options openrlhf(double gamma = 1.0) {
+        reinforce_pp_options o;
+        o.returns = {gamma, masked_tokens::zero_rewards};
+        o.whitening = whiten_options::openrlhf();
+        o.mask_output = false;
+        return o;
+    }
+};
+
+// advantages[N,T] = whiten(discounted_returns(token_rewards)) (* mask); returns[N,T] (or posttrain::none)
+// receives the discounted returns themselves. Returns the whitening statistics.
+template <class Policy, class TokenRewards, class Mask, class Advantages, class Returns>
+moments_result reinforce_pp(const Policy& policy, const TokenRewards& token_rewards, const Mask& mask,
+                            Advantages&& advantages, Returns&& returns, const reinforce_pp_options& options = {}) {
+    static_assert(host_policy<Policy>, "posttrain::advantage::reinforce_pp: host policy expected");
+    constexpr const char* fn = "posttrain::advantage::reinforce_pp";
+    return std::visit(
+        [&](auto r, auto m, auto a) {
+            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+            detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+            detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+            using A = typename decltype(a)::value_type;
+            auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<A>(v); };
+            detail::for_each_row(policy, r.extent(0), r.extent(1),
+                                 [&](index_t i) { detail::discounted_row(r, m, write, i, r.extent(1), options.returns); });
+            if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+                auto ret = std::visit([](auto v) { return v; },
+                                      posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
+                detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+                detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
+                using R = typename decltype(ret)::value_type;
+                detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
+                    for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<R>(a(i, t));
+                });
+            }
+            whiten_options w = options.whitening;
+            w.mask_output = options.mask_output;
+            return masked_whiten(policy, tensor_view<const A, 2>(a), m, a, w);
+        },
+        posttrain::detail::floating_input<2>(token_rewards, {fn, "token_rewards"}),
+        posttrain::detail::mask_input<2>(mask, {fn, "mask"}), posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
+}
+
+struct reinforce_pp_baseline_options {
+    grpo_options centring = grpo_options::dr_grpo();    // r - group mean
+    whiten_options whitening = whiten_options::verl();
+    bool mask_output = true;
+
+    // verl compute_reinforce_plus_plus_baseline_outcome_advantage: singleton mean 0 (raw score).
+    static constexpr reinforce_pp_baseline_options verl() {
+        reinforce_pp_baseline_options o;
+        o.centring = grpo_options::verl(false);
+        return o;
+    }
+};
+
+// advantages[N,T] = whiten((r_i - mean_g) * m) * m over the whole batch.
+template <class Policy, class Rewards, class Groups, class Mask, class Advantages>
+moments_result reinforce_pp_baseline(const Policy& policy, const Rewards& rewards, const Groups& groups, const Mask& mask,
+                                     Advantages&& advantages, const reinforce_pp_baseline_options& options = {}) {
+    static_assert(host_policy<Policy>, "posttrain::advantage::reinforce_pp_baseline: host policy expected");
+    constexpr const char* fn = "posttrain::advantage::reinforce_pp_baseline";
+    return std::visit(
+        [&](auto r, auto m, auto a) {
+            detail::check_extent(m.extent(0), r.extent(0), {fn, "mask"}, "rows (one per reward)");
+            detail::check_same_shape(a, m, {fn, "advantages"}, "mask");
+            std::vector<double> centred(static_cast<std::size_t>(r.extent(0)));
+            (void)grpo(policy, r, groups, tensor_view<double, 1>(centred.data(), r.extent(0)), options.centring);
+            const tensor_view<const double, 1> cv(centred.data(), r.extent(0));
+            broadcast_to_tokens(policy, cv, m, a);
+            using A = typename decltype(a)::value_type;
+            whiten_options w = options.whitening;
+            w.mask_output = options.mask_output;
+            return masked_whiten(policy, tensor_view<const A, 2>(a), m, a, w);
+        },
+        posttrain::detail::floating_input<1>(rewards, {fn, "rewards"}), posttrain::detail::mask_input<2>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
+}
+
+}  // namespace posttrain::advantage

@@ -1,0 +1,50 @@
+#pragma once
+// ReMax (Li et al. 2023): the reward of the greedy decode is the baseline.
+//     returns[i,t] = sum_{t' >= t} R[i,t'] m[i,t'] ;  advantages[i,t] = returns[i,t] - b_i * m[i,t]
+
+#include <variant>
+
+#include "returns.hpp"
+
+namespace posttrain::advantage {
+
+// advantages and returns are [N,T]; baselines[N] are the greedy-decode rewards.
+template <class Policy, class TokenRewards, class Baselines, class Mask, class Advantages, class Returns>
+void remax(const Policy& policy, const TokenRewards& token_rewards, const Baselines& baselines, const Mask& mask,
+           Advantages&& advantages, Returns&& returns) {
+    static_assert(host_policy<Policy>, "posttrain::advantage::remax: host policy expected");
+    constexpr const char* fn = "posttrain::advantage::remax";
+    std::visit(
+        [&](auto r, auto b, auto m, auto a) {
+            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+            detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+            detail::check_extent(b.extent(0), r.extent(0), {fn, "baselines"}, "length (one per row)");
+            detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+            detail::check_no_alias(a, b, {fn, "advantages"}, "baselines");
+            using A = typename decltype(a)::value_type;
+            const returns_options undiscounted{1.0, masked_tokens::zero_rewards};
+            auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<A>(v); };
+            detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
+                detail::discounted_row(r, m, write, i, r.extent(1), undiscounted);
+            });
+            if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+                auto ret = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
+                detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+                detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
+                using R = typename decltype(ret)::value_type;
+                detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
+                    for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<R>(a(i, t));
+                });
+            }
+            detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
+                const double base = b(i);
+                for (index_t t = 0; t < r.extent(1); ++t)
+                    a(i, t) = static_cast<A>(double(a(i, t)) - base * detail::mask_weight(m(i, t)));
+            });
+        },
+        posttrain::detail::floating_input<2>(token_rewards, {fn, "token_rewards"}),
+        posttrain::detail::floating_input<1>(baselines, {fn, "baselines"}), posttrain::detail::mask_input<2>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
+}
+
+}  // namespace posttrain::advantage
