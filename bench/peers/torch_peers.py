@@ -1,0 +1,234 @@
+#!/usr/bin/python3
+"""PyTorch baselines for posttrain's benchmarks, written from the frameworks' formulas
+(../shared/specs/frameworks.md sections 2.1, 2.2 and 10), not copied from their code.
+
+Every peer is a function peer(data) -> tensor, where data is the dict that make_data() builds for a
+layout ("uniform", "ragged", "ids", "ids_dense") of n float32 rewards. What a caller would have to
+do to get from its inputs to advantages is inside the timed function: torch.unique on hashed ids,
+offsets -> group index for ragged layouts. Building the inputs themselves is not timed.
+
+Peers (name -> formula):
+  reshape       TRL GRPOTrainer: view(-1, G), mean/std(dim=1) (unbiased), (r - mean) / (std + 1e-4),
+                broadcast with keepdim (cheaper than TRL's repeat_interleave; see reshape_trl)
+  reshape_trl   the same with TRL's literal repeat_interleave of mean and std back to rows
+  scatter       verl group_mean_std style: group index (torch.unique(return_inverse) for hashed ids,
+                the ids themselves when they are dense ints, repeat_interleave for offsets), then
+                index_add_ of count, sum and sum of squares, gather back, (r - mean) / (std + 1e-6)
+  verl_loop     verl compute_grpo_outcome_advantage: a Python loop over rows into dict-of-lists of
+                0-d tensors, torch.stack/mean/std per uid, then a second loop writing scores[i].
+                Very slow (about 3 tiny tensor ops per row): only run at n <= VERL_LOOP_MAX_N.
+  rloo_reshape  OpenRLHF/TRL RLOO on view(-1, G): r - (sum_g - r) / (G - 1)
+  rloo_scatter  verl compute_rloo_vectorized_outcome_advantage: c = bincount(inv)[inv],
+                s = index_add(r)[inv], A = ((c r - s) / max(c - 1, 1)) * (c > 1)
+  rloo_verl_loop verl compute_rloo_outcome_advantage (loop form), same cap as verl_loop
+
+Timing: time_peer() warms up, then takes the median over repeats of the mean time of an inner loop
+sized to last about 50 ms (one call per repeat when a call is slower than that).
+
+Run directly for a quick table:  /usr/bin/python3 bench/peers/torch_peers.py [--threads 1] [--sizes 14,22]
+"""
+
+import argparse
+import collections
+import statistics
+import time
+
+import numpy as np
+import torch
+
+GROUP = 16
+VERL_LOOP_MAX_N = 1 << 14  # the per-uid Python loop takes ~1 s at 2^14 rows; larger sizes are skipped
+
+
+# ---- inputs (same distributions as bench/common.hpp; not the same bits) ----
+
+def make_data(layout, n, seed=42):
+    g = np.random.default_rng(seed)
+    d = {"layout": layout, "n": n, "group": GROUP,
+         "r": torch.from_numpy(g.random(n, dtype=np.float32))}
+    if layout == "ragged":
+        sizes = []
+        total = 0
+        while total < n:
+            s = min(int(g.integers(1, 32)), n - total)
+            sizes.append(s)
+            total += s
+        d["offsets"] = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    elif layout in ("ids", "ids_dense"):
+        groups = n // GROUP
+        if layout == "ids":  # 64-bit hash-like ids, as uid strings hashed to int64
+            uid = g.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=groups, dtype=np.int64)
+        else:
+            uid = np.arange(groups, dtype=np.int64)
+        ids = np.repeat(uid, GROUP)
+        g.shuffle(ids)
+        d["ids"] = torch.from_numpy(ids)
+        d["ids_np"] = ids
+    return d
+
+
+def group_index(d):
+    """Row -> dense group index, as a framework would compute it from what the caller has."""
+    if d["layout"] == "ragged":
+        off = d["offsets"]
+        sizes = off[1:] - off[:-1]
+        return torch.repeat_interleave(torch.arange(sizes.numel()), sizes), sizes.numel()
+    if d["layout"] == "ids_dense":  # verl as_torch_index passes integer ids through
+        return d["ids"], d["n"] // d["group"]
+    if d["layout"] == "ids":        # verl factorizes arbitrary uids (np.unique); torch.unique is the same job
+        uniq, inv = torch.unique(d["ids"], return_inverse=True)
+        return inv, uniq.numel()
+    n, k = d["n"], d["group"]
+    return torch.arange(n) // k, n // k
+
+
+# ---- GRPO peers ----
+
+def reshape(d, eps=1e-4):
+    x = d["r"].view(-1, d["group"])
+    mean = x.mean(dim=1, keepdim=True)
+    std = x.std(dim=1, keepdim=True)
+    return ((x - mean) / (std + eps)).view(-1)
+
+
+def reshape_trl(d, eps=1e-4):
+    r, k = d["r"], d["group"]
+    mean = r.view(-1, k).mean(dim=1).repeat_interleave(k, dim=0)
+    std = r.view(-1, k).std(dim=1).repeat_interleave(k, dim=0)
+    return (r - mean) / (std + eps)
+
+
+def scatter(d, eps=1e-6):
+    r = d["r"]
+    inv, groups = group_index(d)
+    count = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, torch.ones_like(r))
+    s1 = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r)
+    s2 = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r * r)
+    mean = s1 / count.clamp(min=1)
+    var = (s2 - s1 * mean) / (count - 1).clamp(min=1)
+    std = var.clamp(min=eps).sqrt()
+    single = count <= 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    return (r - mean[inv]) / (std[inv] + eps)
+
+
+def _ids_for_loop(d):
+    if "ids_np" in d:
+        return d["ids_np"]
+    inv, _ = group_index(d)
+    return inv.numpy()
+
+
+def verl_loop(d, eps=1e-6):
+    if d["n"] > VERL_LOOP_MAX_N:
+        return None
+    scores = d["r"].clone()
+    index = _ids_for_loop(d)
+    id2score = collections.defaultdict(list)
+    id2mean, id2std = {}, {}
+    with torch.no_grad():
+        bsz = scores.shape[0]
+        for i in range(bsz):
+            id2score[index[i]].append(scores[i])
+        for idx, vals in id2score.items():
+            if len(vals) == 1:
+                id2mean[idx], id2std[idx] = torch.tensor(0.0), torch.tensor(1.0)
+            else:
+                t = torch.stack(vals)
+                id2mean[idx], id2std[idx] = torch.mean(t), torch.std(t)
+        for i in range(bsz):
+            scores[i] = (scores[i] - id2mean[index[i]]) / (id2std[index[i]] + eps)
+    return scores
+
+
+# ---- RLOO peers ----
+
+def rloo_reshape(d):
+    x = d["r"].view(-1, d["group"])
+    k = x.shape[1]
+    return (x - (x.sum(dim=1, keepdim=True) - x) / (k - 1)).view(-1)
+
+
+def rloo_scatter(d):
+    r = d["r"]
+    inv, groups = group_index(d)
+    c = torch.bincount(inv, minlength=groups)[inv].to(r.dtype)
+    s = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r)[inv]
+    return ((c * r - s) / (c - 1).clamp(min=1)) * (c > 1)
+
+
+def rloo_verl_loop(d):
+    if d["n"] > VERL_LOOP_MAX_N:
+        return None
+    scores = d["r"].clone()
+    index = _ids_for_loop(d)
+    id2score = collections.defaultdict(list)
+    id2mean = {}
+    with torch.no_grad():
+        bsz = scores.shape[0]
+        for i in range(bsz):
+            id2score[index[i]].append(scores[i])
+        for idx, vals in id2score.items():
+            id2mean[idx] = torch.tensor(0.0) if len(vals) == 1 else torch.mean(torch.stack(vals))
+        for i in range(bsz):
+            n = len(id2score[index[i]])
+            if n > 1:
+                scores[i] = scores[i] * n / (n - 1) - id2mean[index[i]] * n / (n - 1)
+    return scores
+
+
+PEERS = {
+    "reshape": reshape,
+    "reshape_trl": reshape_trl,
+    "scatter": scatter,
+    "verl_loop": verl_loop,
+    "rloo_reshape": rloo_reshape,
+    "rloo_scatter": rloo_scatter,
+    "rloo_verl_loop": rloo_verl_loop,
+}
+
+
+# ---- timing ----
+
+def time_peer(fn, d, repeats=5, target_s=0.05, budget_s=3.0):
+    """Median seconds per call, or None when the peer declines this size."""
+    t0 = time.perf_counter()
+    if fn(d) is None:
+        return None
+    first = time.perf_counter() - t0
+    if first < target_s:
+        fn(d)  # second warm-up for fast peers (allocator, thread pool)
+    inner = max(1, int(target_s / max(first, 1e-9)))
+    reps = max(1, min(repeats, int(budget_s / max(first * inner, 1e-9))))
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn(d)
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sizes", default="14,16,18,20,22,24", help="log2 of N, comma-separated")
+    ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--layouts", default="uniform,ragged,ids,ids_dense")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    for layout in a.layouts.split(","):
+        for e in (int(s) for s in a.sizes.split(",")):
+            d = make_data(layout, 1 << e)
+            for name in a.peers.split(","):
+                if name.endswith("reshape") or name == "reshape_trl":
+                    if layout != "uniform":
+                        continue
+                t = time_peer(PEERS[name], d)
+                if t is not None:
+                    print(f"{layout:10s} 2^{e:<3d} {name:15s} {t * 1e3:10.3f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
