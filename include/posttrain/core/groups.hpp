@@ -136,6 +136,42 @@ grouping_result from_ids(const Policy&, const Ids& ids) {
                       detail::id_input<1>(ids, {"posttrain::grouping::from_ids", "ids"}));
 }
 
+// Groups rows by dense ids in [0, num_groups): group g holds the rows with id g, in row order, and
+// groups with no rows are kept (empty). An id outside the range is an invalid_argument. O(N + G).
+template <class Policy, class Ids>
+grouping_result from_dense_ids(const Policy&, const Ids& ids, index_t num_groups) {
+    static_assert(host_policy<Policy>, "posttrain::grouping::from_dense_ids: this overload takes a host policy");
+    constexpr const char* fn = "posttrain::grouping::from_dense_ids";
+    detail::require(num_groups >= 0, {fn, "num_groups"}, "must be >= 0, found " + detail::str(num_groups));
+    return std::visit(
+        [&](auto v) {
+            const index_t n = v.extent(0);
+            grouping_result g;
+            g.offsets.assign(static_cast<std::size_t>(num_groups) + 1, 0);
+            for (index_t i = 0; i < n; ++i) {
+                const auto id = v(i);
+                const bool in_range = !(id < 0) && static_cast<std::uint64_t>(id) < static_cast<std::uint64_t>(num_groups);
+                detail::require(in_range, {fn, "ids"},
+                                "ids[" + detail::str(i) + "] = " + std::to_string(id) + " is out of range [0, " +
+                                    detail::str(num_groups) + ")");
+                ++g.offsets[static_cast<std::size_t>(id) + 1];
+            }
+            for (index_t k = 0; k < num_groups; ++k) g.offsets[std::size_t(k) + 1] += g.offsets[std::size_t(k)];
+            std::vector<index_t> next(g.offsets.begin(), g.offsets.end() - 1);
+            g.permutation.resize(static_cast<std::size_t>(n));
+            g.group_of.resize(static_cast<std::size_t>(n));
+            for (index_t i = 0; i < n; ++i) {
+                const auto id = static_cast<std::size_t>(v(i));
+                g.permutation[static_cast<std::size_t>(next[id]++)] = i;
+                g.group_of[static_cast<std::size_t>(i)] = static_cast<index_t>(id);
+            }
+            g.ids.resize(static_cast<std::size_t>(num_groups));
+            for (index_t k = 0; k < num_groups; ++k) g.ids[std::size_t(k)] = k;
+            return g;
+        },
+        detail::id_input<1>(ids, {fn, "ids"}));
+}
+
 // 64-bit hash of a string id (FNV-1a followed by a splitmix64 finalizer). Equal strings give equal
 // hashes; from_string_ids additionally verifies that no two distinct strings collided.
 inline std::int64_t hash_id(std::string_view s) noexcept {
