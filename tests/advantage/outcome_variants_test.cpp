@@ -1,0 +1,84 @@
+// OPO, pass@k, GPG, GDPO: the smaller outcome estimators.
+#include <cmath>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/advantage/gdpo.hpp>
+#include <posttrain/advantage/gpg.hpp>
+#include <posttrain/advantage/opo.hpp>
+#include <posttrain/advantage/passk.hpp>
+
+#include "support/backends.hpp"
+#include "support/data.hpp"
+
+namespace pt = posttrain;
+namespace adv = posttrain::advantage;
+
+TEST_CASE_TEMPLATE("opo: length-weighted baseline", B, POSTTRAIN_HOST_BACKENDS) {
+    std::vector<double> r{1, 0, 3}, len{3, 1, 5}, a(3);
+    std::vector<std::int64_t> off{0, 2, 3};
+    (void)adv::opo(B::policy(), r, len, pt::ragged(off), a);
+    CHECK(a[0] == doctest::Approx(0.25));  // b = (3*1 + 1*0) / 4
+    CHECK(a[1] == doctest::Approx(-0.75));
+    CHECK(a[2] == 0.0);
+    (void)adv::opo(B::policy(), r, len, pt::ragged(off), a, adv::opo_options::verl());
+    CHECK(a[2] == 3.0);
+    std::vector<double> neg{1, -1, 1};
+    CHECK_THROWS_WITH_AS((void)adv::opo(B::policy(), r, neg, pt::ragged(off), a), doctest::Contains("lengths must be >= 0"),
+                         pt::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("grpo_passk: only the best row is credited", B, POSTTRAIN_HOST_BACKENDS) {
+    std::vector<double> r{0.2, 0.9, 0.5, 0.1, 1, 1, 0, 0};
+    std::vector<double> a(8);
+    (void)adv::grpo_passk(B::policy(), r, pt::uniform_groups{4}, a, {.norm_by_std = false});
+    CHECK(a[1] == doctest::Approx(0.4));
+    CHECK(a[0] == 0.0);
+    CHECK(a[2] == 0.0);
+    for (int i = 4; i < 8; ++i) CHECK(a[i] == 0.0);  // a tie for the best: gap 0
+    std::vector<double> s{1.0, 2.0, 3.0};
+    std::vector<double> as(3);
+    CHECK_THROWS_AS((void)adv::grpo_passk(B::policy(), s, pt::uniform_groups{1}, as, adv::passk_options::verl()), pt::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("gpg: alpha from the batch's non-zero rewards", B, POSTTRAIN_HOST_BACKENDS) {
+    std::vector<double> r{1, 0, 0, 0, 0, 0, 0, 1};
+    std::vector<double> a(8);
+    (void)adv::gpg(B::policy(), r, pt::uniform_groups{4}, a);
+    // alpha = 8 / 2 = 4; group mean 0.25
+    CHECK(a[0] == doctest::Approx(4 * 0.75));
+    CHECK(a[1] == doctest::Approx(-4 * 0.25));
+    (void)adv::gpg(B::policy(), r, pt::uniform_groups{4}, a, {.f_norm = 2.0, .alpha = 1.0});
+    CHECK(a[0] == doctest::Approx(0.375));
+}
+
+TEST_CASE_TEMPLATE("gdpo: per-component normalisation then batch z-score", B, POSTTRAIN_HOST_BACKENDS) {
+    // Paper toy: G = 2, two binary rewards. Group 1: totals (0, 1) from (0,0),(0,1); group 2: (0, 2) from (0,0),(1,1).
+    std::vector<double> r{0, 0, 0, 1, 0, 0, 1, 1};
+    const pt::tensor_view<const double, 2> rv(r.data(), 4, 2);
+    std::vector<double> a(4), s(4);
+    adv::gdpo_options o;
+    o.batch_normalize = false;
+    o.component.epsilon = 0.0;
+    (void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, a, s, o);
+    CHECK(s[0] == doctest::Approx(-0.70710678));
+    CHECK(s[1] == doctest::Approx(0.70710678));
+    CHECK(s[2] == doctest::Approx(-1.41421356));
+    CHECK(s[3] == doctest::Approx(1.41421356));
+    (void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, a, adv::gdpo_options::gdpo());
+    double mean = 0;
+    for (double v : a) mean += v / 4;
+    CHECK(std::abs(mean) < 1e-12);
+    // Weights: one per component.
+    adv::gdpo_options bad;
+    bad.weights = {1.0};
+    CHECK_THROWS_WITH_AS((void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, a, bad),
+                         doctest::Contains("expected one weight per reward component (2), found 1"), pt::invalid_argument);
+    // sum_then_normalize equals GRPO on the weighted sum.
+    std::vector<double> sum{0, 1, 0, 2}, g(4);
+    auto trl = adv::gdpo_options::trl(adv::aggregation::sum_then_normalize);
+    (void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, a, trl);
+    (void)adv::grpo(B::policy(), sum, pt::uniform_groups{2}, g, adv::grpo_options::trl());
+    CHECK(pt::test::bitwise_equal(a, g));
+}
