@@ -1,0 +1,139 @@
+#pragma once
+// exec::cuda: the CUDA execution policy.
+//
+//     posttrain::exec::cuda                                  default stream, scratch from cudaMallocAsync
+//         .on(stream)                                        stream-ordered and asynchronous on `stream`
+//         .with(workspace)                                   scratch from a caller buffer (CUDA-graph friendly)
+//         .with_status(d_status)                             kernels OR status_bits into *d_status (device memory)
+//         .validated()                                       opt-in host validation of device-resident layouts
+//
+// Algorithms taking this policy never synchronize the host with the device unless .validated() is
+// asked for: host-detectable misuse (shapes, dtypes, spaces, options) throws invalid_argument before
+// anything is launched; what only the device can see (offsets, non-finite values) sets status bits.
+
+#if !defined(__CUDACC__)
+#error "<posttrain/cuda/exec.cuh> needs nvcc: include it only from .cu files"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+
+namespace posttrain {
+
+// Status bits the CUDA path adds to core/error.hpp's status_bits (kept distinct from them).
+inline constexpr std::uint32_t status_invalid_groups = 1u << 3;   // ragged offsets not a valid CSR layout
+inline constexpr std::uint32_t status_singleton_group = 1u << 4;  // a singleton under singleton::error
+
+#define POSTTRAIN_CUDA_CHECK(expr)                                                                         \
+    do {                                                                                                   \
+        const cudaError_t posttrain_cuda_check_err_ = (expr);                                              \
+        if (posttrain_cuda_check_err_ != cudaSuccess)                                                      \
+            ::posttrain::detail::raise_cuda_error(static_cast<int>(posttrain_cuda_check_err_), __func__,   \
+                                                  std::string(#expr) + ": " +                              \
+                                                      cudaGetErrorString(posttrain_cuda_check_err_));      \
+    } while (0)
+
+namespace exec {
+
+struct cuda_policy {
+    cudaStream_t stream = nullptr;
+    void* workspace = nullptr;           // caller scratch (device memory), or null for cudaMallocAsync
+    std::size_t workspace_bytes = 0;
+    std::uint32_t* status = nullptr;     // optional device word that kernels OR status bits into
+    bool validate = false;               // copy device layouts to the host and validate them (synchronizes)
+
+    constexpr cuda_policy on(cudaStream_t s) const noexcept {
+        cuda_policy p = *this;
+        p.stream = s;
+        return p;
+    }
+    constexpr cuda_policy with(void* buffer, std::size_t bytes) const noexcept {
+        cuda_policy p = *this;
+        p.workspace = buffer;
+        p.workspace_bytes = bytes;
+        return p;
+    }
+    constexpr cuda_policy with(device_view<std::byte, 1> buffer) const noexcept {
+        return with(static_cast<void*>(buffer.data()), static_cast<std::size_t>(buffer.size()));
+    }
+    constexpr cuda_policy with_status(std::uint32_t* d_status) const noexcept {
+        cuda_policy p = *this;
+        p.status = d_status;
+        return p;
+    }
+    constexpr cuda_policy validated(bool on_host = true) const noexcept {
+        cuda_policy p = *this;
+        p.validate = on_host;
+        return p;
+    }
+};
+
+inline constexpr cuda_policy cuda{};
+
+}  // namespace exec
+
+// True for exec::cuda and the policies derived from it; host overloads reject these, .cuh ones take them.
+template <class P>
+inline constexpr bool is_cuda_policy_v = std::is_same_v<std::remove_cvref_t<P>, exec::cuda_policy>;
+
+template <class P>
+concept cuda_execution_policy = is_cuda_policy_v<P>;
+
+namespace detail {
+
+inline void check_launch(const char* function) {
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        raise_cuda_error(static_cast<int>(e), function, std::string("kernel launch: ") + cudaGetErrorString(e));
+}
+
+// Scratch for one algorithm call: the caller's workspace when given (and large enough), otherwise a
+// stream-ordered cudaMallocAsync released with cudaFreeAsync when the call returns. Either way the
+// memory is only touched by work enqueued on the policy's stream.
+class cuda_scratch {
+public:
+    cuda_scratch(const exec::cuda_policy& p, std::size_t bytes, where w) : stream_(p.stream) {
+        if (bytes == 0) return;
+        if (p.workspace != nullptr) {
+            require(p.workspace_bytes >= bytes, w,
+                    "the workspace has " + std::to_string(p.workspace_bytes) + " bytes, this call needs " +
+                        std::to_string(bytes) + " (ask <algorithm>_workspace_bytes)");
+            ptr_ = p.workspace;
+            return;
+        }
+        POSTTRAIN_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream_));
+        owned_ = true;
+    }
+    cuda_scratch(const cuda_scratch&) = delete;
+    cuda_scratch& operator=(const cuda_scratch&) = delete;
+    ~cuda_scratch() {
+        if (owned_) (void)cudaFreeAsync(ptr_, stream_);  // a destructor cannot throw; the stream reports later errors
+    }
+    template <class T>
+    T* as(std::size_t byte_offset = 0) const noexcept {
+        return reinterpret_cast<T*>(static_cast<unsigned char*>(ptr_) + byte_offset);
+    }
+
+private:
+    cudaStream_t stream_;
+    void* ptr_ = nullptr;
+    bool owned_ = false;
+};
+
+// Rounds a scratch sub-allocation up so that every piece stays 256-byte aligned (cudaMalloc's alignment).
+constexpr std::size_t scratch_align(std::size_t bytes) noexcept { return (bytes + 255) / 256 * 256; }
+
+// ORs bits into the optional status word.
+__device__ inline void report_status(std::uint32_t* status, std::uint32_t bits) {
+    if (status != nullptr && bits != 0) atomicOr(reinterpret_cast<unsigned int*>(status), bits);
+}
+
+}  // namespace detail
+}  // namespace posttrain
