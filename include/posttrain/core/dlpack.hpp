@@ -68,6 +68,9 @@ typedef struct {
 
 namespace posttrain::detail {
 
+// kDLBool by value: DLPack headers older than 0.8 (libtorch 1.13's ATen/dlpack.h) lack the enumerator.
+inline constexpr std::uint8_t dl_bool_code = 6;
+
 inline std::string dtype_name(DLDataType t) {
     const char* base = "unknown";
     switch (t.code) {
@@ -75,7 +78,7 @@ inline std::string dtype_name(DLDataType t) {
         case kDLUInt: base = "uint"; break;
         case kDLFloat: base = "float"; break;
         case kDLBfloat: base = "bfloat"; break;
-        case kDLBool: base = "bool"; break;
+        case dl_bool_code: base = "bool"; break;
         case kDLComplex: base = "complex"; break;
         default: break;
     }

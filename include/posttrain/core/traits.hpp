@@ -60,7 +60,7 @@ namespace detail {
 template <class T>
 constexpr DLDataType dl_dtype_of() noexcept {
     using U = std::remove_cv_t<T>;
-    if constexpr (std::is_same_v<U, bool>) return DLDataType{kDLBool, 8, 1};
+    if constexpr (std::is_same_v<U, bool>) return DLDataType{dl_bool_code, 8, 1};
     else if constexpr (std::is_floating_point_v<U>) return DLDataType{kDLFloat, uint8_t(sizeof(U) * 8), 1};
     else if constexpr (std::is_signed_v<U>) return DLDataType{kDLInt, uint8_t(sizeof(U) * 8), 1};
     else return DLDataType{kDLUInt, uint8_t(sizeof(U) * 8), 1};
@@ -84,7 +84,7 @@ template <class Elem, int Rank, class Space>
 tensor_view<Elem, Rank, Space> view_from_dlpack(const DLTensor& t, where w) {
     constexpr DLDataType want = dl_dtype_of<Elem>();
     bool dtype_ok = same_dtype(t.dtype, want);
-    // torch exports bool both as kDLBool and (older versions) as uint8.
+    // torch exports bool both as DLPack bool and (older versions) as uint8.
     if constexpr (std::is_same_v<std::remove_cv_t<Elem>, bool>)
         dtype_ok = dtype_ok || same_dtype(t.dtype, DLDataType{kDLUInt, 8, 1});
     require(dtype_ok, w, "expected dtype " + dtype_name(want) + ", found " + dtype_name(t.dtype));
