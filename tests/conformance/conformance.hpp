@@ -1,0 +1,146 @@
+#pragma once
+// The conformance runner's vocabulary: tensors read from the case files, what a mapping produces,
+// and the registry of mappings (one short function per reference function) and named deviations.
+//
+// A mapping is the documentation of "how to get <framework>'s numbers from posttrain": it reads
+// the case's inputs, calls the public posttrain API with the framework's preset, and stores every
+// output under the name the case file uses for it.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <posttrain/posttrain.hpp>
+
+namespace conformance {
+
+using json = nlohmann::json;
+using posttrain::index_t;
+
+// A case tensor, any dtype, held as double (int64 ids also kept exactly).
+struct tensor {
+    std::vector<std::int64_t> shape;
+    std::string dtype = "float64";  // float64 | float32 | int64 | bool
+    std::vector<double> data;
+    std::vector<std::int64_t> ints;  // int64 and bool tensors: the exact values
+
+    index_t numel() const { return static_cast<index_t>(data.size()); }
+    index_t rows() const { return shape.empty() ? 1 : shape[0]; }
+    index_t cols() const { return shape.size() < 2 ? 1 : shape[1]; }
+    // Row-major rank-2 views over the data (rank-1 tensors are one column).
+    posttrain::tensor_view<const double, 2> view2() const { return posttrain::tensor_view<const double, 2>(data.data(), rows(), cols()); }
+    posttrain::tensor_view<const double, 1> view1() const { return posttrain::tensor_view<const double, 1>(data.data(), numel()); }
+};
+
+// A numeric JSON value or one of the strings "NaN", "Infinity", "-Infinity".
+double number(const json& v);
+tensor parse_tensor(const json& v);
+bool is_tensor(const json& v);
+
+// A tensor of the given shape, float64, zero-filled.
+tensor zeros(std::vector<std::int64_t> shape, std::string dtype = "float64");
+tensor from_values(std::vector<double> values, std::vector<std::int64_t> shape, std::string dtype = "float64");
+
+// Group ids as written in the case files: strings or integers, in batch order.
+struct group_ids {
+    bool strings = false;
+    std::vector<std::string> s;
+    std::vector<std::int64_t> i;
+    std::size_t size() const { return strings ? s.size() : i.size(); }
+};
+group_ids parse_ids(const json& v);
+
+// One case as a mapping sees it.
+struct case_context {
+    std::string file;  // path as given on the command line (or found by the walk)
+    std::string key;   // "<framework dir>/<function file stem>", e.g. "verl/compute_rloo_outcome_advantage"
+    std::string id;
+    const json& params;
+    const json& inputs;
+    const json& expected;
+
+    tensor input(const std::string& name) const;
+    group_ids ids(const std::string& name) const { return parse_ids(inputs.at(name)); }
+    bool has_param(const std::string& name) const { return params.contains(name) && !params.at(name).is_null(); }
+    double param(const std::string& name) const { return number(params.at(name)); }
+    double param_or(const std::string& name, double fallback) const { return has_param(name) ? param(name) : fallback; }
+};
+
+
+// Thrown by a mapping for a case it cannot map (yet); the runner reports it as skipped, by id.
+struct skip_case : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// |got - expected| <= abs + rel * |expected| (NaN matches NaN, infinities must be equal).
+struct tolerance {
+    double rel = 1e-12;
+    double abs = 1e-12;
+};
+inline constexpr tolerance float64_path{1e-12, 1e-12};
+inline constexpr tolerance float32_path{1e-6, 1e-6};
+
+// What a mapping computed, by output name. A mapping may tighten or loosen the file's tolerance for
+// one case (e.g. float32 inputs, or a float32 intermediate only some estimators have).
+struct produced {
+    std::map<std::string, tensor> values;
+    std::optional<tolerance> tol;
+    void set(const std::string& name, tensor t) { values[name] = std::move(t); }
+};
+
+using mapping_fn = std::function<void(const case_context&, produced&)>;
+
+struct mapping {
+    mapping_fn run;
+    tolerance tol = float64_path;
+    std::string what;  // one line: which posttrain call with which preset
+};
+
+// A deliberate divergence from a reference, named with its reason; --list-deviations prints the
+// table. Without a tolerance the case is not compared (reported as skipped, by id, with the
+// deviation's name); with one, the case is still compared, at that tolerance (a rounding difference
+// posttrain does not reproduce, named so that nobody mistakes it for noise).
+struct deviation {
+    std::string key;       // file key
+    std::string case_id;   // "*" for every case of the file
+    std::string name;
+    std::string reason;
+    std::optional<tolerance> tol{};
+};
+
+struct registry {
+    std::map<std::string, mapping> mappings;
+    std::vector<deviation> deviations;
+    void add(const std::string& key, mapping m) { mappings[key] = std::move(m); }
+};
+
+void register_verl(registry& r);
+void register_trl(registry& r);
+void register_openrlhf(registry& r);
+void register_gdpo(registry& r);
+
+// ---- helpers shared by the mappings ----
+
+// A group layout over string or integer ids, built with posttrain's public grouping API.
+posttrain::grouping_result group_by(const group_ids& ids);
+
+// Unbiased standard deviation of the non-NaN values of each block of `size` consecutive rows (NaN
+// when a block has fewer than two), as torch's std / trl's nanstd give it; one entry per block.
+// Built from posttrain::advantage::group_mean_std over the compacted values.
+std::vector<double> block_nanstd(const std::vector<double>& values, index_t size);
+
+// torch.isclose(x, 0): |x| <= 1e-8 (NaN is not close).
+inline bool isclose_zero(double x) { return x == x && (x < 0 ? -x : x) <= 1e-8; }
+
+// Rank-2 [N, T] writable view over a std::vector (row-major).
+inline posttrain::tensor_view<double, 2> view2(std::vector<double>& v, index_t rows, index_t cols) {
+    return posttrain::tensor_view<double, 2>(v.data(), rows, cols);
+}
+
+}  // namespace conformance
