@@ -263,3 +263,11 @@ TEST_CASE("group_mean_std: float64 and verl float32 forms") {
     CHECK(mf[0] == 0.75f);
     CHECK(sf[0] == doctest::Approx(0.5f));
 }
+
+TEST_CASE("grpo: an error raised inside exec::par reaches the caller") {
+    std::vector<double> r(1 << 16, 1.0), a(1 << 16);
+    adv::grpo_options o;
+    o.singleton_groups = adv::singleton::error;
+    CHECK_THROWS_WITH_AS((void)adv::grpo(pt::exec::par.with_threads(4), r, pt::uniform_groups{1}, a, o),
+                         doctest::Contains("has a single row (singleton::error)"), pt::invalid_argument);
+}

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "../core/error.hpp"
 #include "../core/exec.hpp"
@@ -57,26 +58,29 @@ using posttrain::detail::where;
 using posttrain::detail::require;
 using posttrain::detail::str;
 
-// Throws if x holds a non-finite value, naming the first bad index.
+// Throws if x holds a non-finite value, naming the first bad index. The scan is a vectorizable
+// NaN-propagating sum of x * 0 (inf * 0 and NaN * 0 are NaN); the index is searched only on failure.
 template <class T, int R>
 void check_finite(tensor_view<const T, R> x, where w) {
     if constexpr (std::is_floating_point_v<T>) {
-        if constexpr (R == 1) {
-            for (index_t i = 0; i < x.extent(0); ++i)
-                if (!numeric::is_finite(x(i)))
-                    posttrain::detail::raise_invalid_argument(
-                        w.function, w.argument,
-                        "non-finite value " + std::to_string(double(x(i))) + " at index " + str(i) +
-                            " (set nonfinite::propagate or nonfinite::ignore to allow it)");
-        } else if constexpr (R == 2) {
-            for (index_t i = 0; i < x.extent(0); ++i)
-                for (index_t t = 0; t < x.extent(1); ++t)
-                    if (!numeric::is_finite(x(i, t)))
-                        posttrain::detail::raise_invalid_argument(
-                            w.function, w.argument,
-                            "non-finite value " + std::to_string(double(x(i, t))) + " at index [" + str(i) + ", " +
-                                str(t) + "] (set nonfinite::propagate to allow it)");
-        }
+        const index_t rows = x.extent(0), cols = R == 2 ? x.extent(1) : 1;
+        const double probe = posttrain::detail::fixed_order_sum(rows, [&](index_t i) {
+            if constexpr (R == 1) return double(x(i)) * 0.0;
+            else return posttrain::detail::fixed_order_sum(cols, [&](index_t t) { return double(x(i, t)) * 0.0; });
+        });
+        if (probe == 0.0) return;
+        for (index_t i = 0; i < rows; ++i)
+            for (index_t t = 0; t < cols; ++t) {
+                double v = 0;
+                if constexpr (R == 1) v = double(x(i));
+                else v = double(x(i, t));
+                if (numeric::is_finite(v)) continue;
+                const std::string at = R == 1 ? str(i) : "[" + str(i) + ", " + str(t) + "]";
+                posttrain::detail::raise_invalid_argument(
+                    w.function, w.argument,
+                    "non-finite value " + std::to_string(v) + " at index " + at +
+                        " (set nonfinite::propagate or nonfinite::ignore to allow it)");
+            }
     }
 }
 
@@ -102,6 +106,7 @@ void for_each_group(const Policy& p, const Layout& layout, index_t rows_total, K
         for (index_t g = lo; g < hi; ++g) kernel(g, layout.rows(g), layout.size(g));
     });
 }
+
 
 // Reads element rows(j) of a 1-D view as double; unit-stride views get their own instantiation.
 template <class T>
@@ -143,47 +148,61 @@ struct group_moments {
     bool constant = false;  // max == min over the valid rows
 };
 
-template <bool SkipNaN, class Reader, class Rows>
-group_moments moments_of(const Reader& x, const Rows& rows, index_t n) {
+// Moments of n values gathered into a contiguous buffer. SkipNaN leaves NaN values out of everything.
+template <bool SkipNaN>
+group_moments moments_of(const double* v, index_t n) {
     group_moments m;
+    if (n == 0) return m;
+    double lo = v[0], hi = v[0];
     if constexpr (SkipNaN) {
-        double lo = 0, hi = 0;
+        index_t count = 0;
         for (index_t j = 0; j < n; ++j) {
-            const double v = x(rows(j));
-            if (v != v) continue;
-            if (m.count == 0) lo = hi = v;
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-            ++m.count;
+            const bool ok = v[j] == v[j];
+            count += ok;
+            if (ok && (count == 1 || v[j] < lo)) lo = v[j];
+            if (ok && (count == 1 || v[j] > hi)) hi = v[j];
         }
-        m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
-            const double v = x(rows(j));
-            return v == v ? v : 0.0;
-        });
-        m.mean = m.count > 0 ? m.sum / double(m.count) : 0.0;
-        m.m2 = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
-            const double v = x(rows(j));
-            const double d = v - m.mean;
-            return v == v ? d * d : 0.0;
-        });
-        m.constant = m.count > 0 && lo == hi;
+        m.count = count;
+        m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return v[j] == v[j] ? v[j] : 0.0; });
     } else {
+        for (index_t j = 1; j < n; ++j) {
+            lo = v[j] < lo ? v[j] : lo;
+            hi = v[j] > hi ? v[j] : hi;
+        }
         m.count = n;
-        if (n == 0) return m;
-        m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return x(rows(j)); });
-        m.mean = m.sum / double(n);
-        m.m2 = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
-            const double d = x(rows(j)) - m.mean;
-            return d * d;
-        });
-        // m2 == 0 exactly iff all values equal the (rounded) mean; otherwise compare to the first value.
-        bool constant = true;
-        const double first = x(rows(0));
-        for (index_t j = 1; j < n; ++j) constant &= (x(rows(j)) == first);
-        m.constant = constant;
+        m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return v[j]; });
     }
+    m.mean = m.count > 0 ? m.sum / double(m.count) : 0.0;
+    const double mean = m.mean;
+    m.m2 = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
+        const double d = v[j] - mean;
+        if constexpr (SkipNaN) return v[j] == v[j] ? d * d : 0.0;
+        else return d * d;
+    });
+    m.constant = m.count > 0 && lo == hi;
     return m;
 }
+
+// A group's values gathered into contiguous doubles: on the stack for small groups, else in a
+// per-thread buffer. Gathering once makes the statistics passes contiguous whatever the layout.
+class group_buffer {
+public:
+    template <class Reader, class Rows>
+    const double* gather(const Reader& x, const Rows& rows, index_t n) {
+        double* p = n <= index_t(small) ? local_ : heap(n);
+        for (index_t j = 0; j < n; ++j) p[j] = x(rows(j));
+        return p;
+    }
+
+private:
+    static constexpr std::size_t small = 64;
+    static double* heap(index_t n) {
+        thread_local std::vector<double> big;
+        if (big.size() < std::size_t(n)) big.resize(std::size_t(n));
+        return big.data();
+    }
+    double local_[small];
+};
 
 }  // namespace detail
 }  // namespace posttrain::advantage

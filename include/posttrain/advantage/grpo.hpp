@@ -158,9 +158,11 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                 }
                 return;
             }
-            const group_moments m = skip_nan ? moments_of<true>(x, rows, n) : moments_of<false>(x, rows, n);
-            auto write_all = [&](double v) {
-                for (index_t j = 0; j < n; ++j) y(rows(j), v);
+            group_buffer buffer;
+            const double* v = buffer.gather(x, rows, n);
+            const group_moments m = skip_nan ? moments_of<true>(v, n) : moments_of<false>(v, n);
+            auto write_all = [&](double value) {
+                for (index_t j = 0; j < n; ++j) y(rows(j), value);
             };
             if (m.count == 0) {
                 k = 1;
@@ -175,16 +177,15 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                     posttrain::detail::raise_invalid_argument("posttrain::advantage::grpo", "groups",
                                                               "group " + str(g) + " has a single row (singleton::error)");
                 for (index_t j = 0; j < n; ++j) {
-                    const double v = x(rows(j));
-                    if (skip_nan && v != v) {
+                    if (skip_nan && v[j] != v[j]) {
                         y(rows(j), 0.0);
                         continue;
                     }
                     double out = value;
                     if (o.singleton_groups == singleton::raw) {
-                        if (o.std_scale == scale::group) out = v / singleton_denominator(o);
-                        else if (o.std_scale == scale::batch) out = v / (batch_sigma + o.epsilon);
-                        else out = v;
+                        if (o.std_scale == scale::group) out = v[j] / singleton_denominator(o);
+                        else if (o.std_scale == scale::batch) out = v[j] / (batch_sigma + o.epsilon);
+                        else out = v[j];
                     }
                     y(rows(j), out);
                 }
@@ -199,17 +200,18 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
             }
             const double dof = double(m.count) - double(static_cast<int>(o.ddof));
             const double sigma = o.std_scale == scale::group ? std::sqrt(m.m2 / dof) : batch_sigma;
-            const double denom = sigma + o.epsilon;
-            const double loo_scale = double(m.count) / double(m.count - 1);
-            for (index_t j = 0; j < n; ++j) {
-                const double v = x(rows(j));
-                if (skip_nan && v != v) {
-                    y(rows(j), 0.0);
-                    continue;
-                }
-                // Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean).
-                const double c = o.leave_one_out ? (v - m.mean) * loo_scale : v - m.mean;
-                y(rows(j), o.std_scale == scale::none ? c : c / denom);
+            // (r - mean) / 1 is exact, so scale::none shares the division with the scaled forms.
+            const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
+            // Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean).
+            const double loo = o.leave_one_out ? double(m.count) / double(m.count - 1) : 1.0;
+            // One rounding for the factor, one for the product: within an ulp of (r - mean) / denom,
+            // and the per-element loop stays free of divisions.
+            const double factor = loo / denom;
+            const double mean = m.mean;
+            if (skip_nan) {
+                for (index_t j = 0; j < n; ++j) y(rows(j), v[j] != v[j] ? 0.0 : (v[j] - mean) * factor);
+            } else {
+                for (index_t j = 0; j < n; ++j) y(rows(j), (v[j] - mean) * factor);
             }
         });
     });
@@ -297,7 +299,8 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
                     mu = st.mean;
                     sd = st.std;
                 } else if (n > 1 || !options.singleton_unit) {
-                    const auto mo = detail::moments_of<false>(x, rows, n);
+                    detail::group_buffer buffer;
+                    const auto mo = detail::moments_of<false>(buffer.gather(x, rows, n), n);
                     const double dof = double(n) - double(static_cast<int>(options.ddof));
                     mu = mo.mean;
                     sd = dof > 0 ? std::sqrt(mo.m2 / dof) : (n == 1 ? std::nan("") : 0.0);

@@ -60,7 +60,8 @@ group_stats_result grpo_passk(const Policy& policy, const Rewards& rewards, cons
                     if (j != best && x(rows(j)) > second) second = x(rows(j));
                 double adv = x(rows(best)) - second;
                 if (options.norm_by_std) {
-                    const auto m = detail::moments_of<false>(x, rows, n);
+                    detail::group_buffer buffer;
+                    const auto m = detail::moments_of<false>(buffer.gather(x, rows, n), n);
                     adv /= std::sqrt(m.m2 / double(n - 1)) + options.epsilon;
                 }
                 a(rows(best)) = static_cast<A>(adv);

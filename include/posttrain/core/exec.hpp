@@ -4,6 +4,7 @@
 // exec::cuda lives in <posttrain/cuda/exec.cuh>; exec::thrust in <posttrain/thrust/exec.hpp>.
 
 #include <algorithm>
+#include <exception>
 #include <type_traits>
 #include <vector>
 
@@ -70,11 +71,20 @@ void for_blocks(const exec::parallel_policy& p, index_t n, index_t cost_per_item
     }
 #if POSTTRAIN_HAS_OPENMP
     const index_t blocks = threads * 4 < n ? index_t(threads) * 4 : n;
+    // An exception may not leave an OpenMP region: the first one is kept and rethrown afterwards.
+    std::exception_ptr failure;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (index_t b = 0; b < blocks; ++b) {
         const index_t lo = n * b / blocks, hi = n * (b + 1) / blocks;
-        if (lo < hi) body(lo, hi);
+        if (lo >= hi) continue;
+        try {
+            body(lo, hi);
+        } catch (...) {
+#pragma omp critical(posttrain_for_blocks_failure)
+            if (!failure) failure = std::current_exception();
+        }
     }
+    if (failure) std::rethrow_exception(failure);
 #else
     body(index_t{0}, n);
 #endif
