@@ -40,9 +40,11 @@ private:
     std::size_t n_;
 };
 
-// Element-wise |got - want| <= tol * max(1, |want|); NaN must match NaN. Reports the first mismatches.
+// Element-wise |got - want| <= tol * max(1, |want|) + slack[i] (slack optional); NaN must match NaN.
+// Reports the first mismatches.
 template <class T>
-bool close_to(const std::vector<T>& got, const std::vector<T>& want, double tol, const std::string& what) {
+bool close_to(const std::vector<T>& got, const std::vector<T>& want, double tol, const std::string& what,
+              const std::vector<double>& slack = {}) {
     if (got.size() != want.size()) {
         report_failure(__FILE__, __LINE__, what + ": size mismatch");
         return false;
@@ -51,7 +53,8 @@ bool close_to(const std::vector<T>& got, const std::vector<T>& want, double tol,
     for (std::size_t i = 0; i < got.size(); ++i) {
         const double g = got[i], w = want[i];
         const bool ok = (std::isnan(w) && std::isnan(g)) ||
-                        (!std::isnan(g) && std::fabs(g - w) <= tol * std::fmax(1.0, std::fabs(w))) || (g == w);
+                        (!std::isnan(g) && std::fabs(g - w) <= tol * std::fmax(1.0, std::fabs(w)) + (slack.empty() ? 0.0 : slack[i])) ||
+                        (g == w);
         if (!ok && bad++ < 5) {
             char buf[256];
             std::snprintf(buf, sizeof buf, "%s: index %zu: got %.17g, want %.17g", what.c_str(), i, g, w);

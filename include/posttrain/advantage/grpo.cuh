@@ -26,30 +26,9 @@
 
 #include "../cuda/outcome.cuh"
 #include "grpo.hpp"
+#include "grpo_params.hpp"
 
 namespace posttrain::advantage {
-
-namespace detail {
-
-inline outcome_params grpo_params(const grpo_options& o, const char* fn) {
-    posttrain::detail::require(o.epsilon >= 0, {fn, "options.epsilon"},
-                               "must be >= 0, found " + std::to_string(o.epsilon));
-    posttrain::detail::require(o.stats == statistics::float64, {fn, "options.stats"},
-                               "statistics::float32_one_pass (verl's vectorized float32 form) is not implemented "
-                               "on the CUDA path; use statistics::float64 or a host policy");
-    outcome_params p;
-    p.std_scale = o.std_scale;
-    p.epsilon = o.epsilon;
-    p.ddof = static_cast<int>(o.ddof);
-    p.leave_one_out = o.leave_one_out;
-    p.singleton_groups = o.singleton_groups;
-    p.zero_variance_groups = o.zero_variance_groups;
-    p.skip_nan = o.nonfinite_rewards == nonfinite::ignore;
-    p.singleton_denom = singleton_denominator(o);
-    return p;
-}
-
-}  // namespace detail
 
 // Bytes of scratch grpo needs on the CUDA path for these options (0 unless scale::batch).
 inline std::size_t grpo_workspace_bytes(index_t /*rows*/, const grpo_options& options = {}) noexcept {

@@ -5,9 +5,11 @@
 // the same expressions in the same order, so the three paths differ only in summation order.
 //
 //   out = fill                              (empty, singleton zero/nan/error, zero-variance zero)
-//   out = ((v - shift) * mul) / div         (everything else; NaN rows under nonfinite::ignore -> 0)
+//   out = ((v - shift) * factor) / div      (everything else; NaN rows under nonfinite::ignore -> 0)
 //
-// Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean), hence mul = n/(n-1).
+// Regular groups use factor = loo / (sigma + eps) and div = 1 (one rounding for the factor, one for
+// the product, as the host does); raw singletons use factor = 1 and div = their denominator.
+// Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean), hence loo = n/(n-1).
 
 #include <cstdint>
 
@@ -23,6 +25,7 @@ struct outcome_params {
     scale std_scale = scale::group;
     double epsilon = 1e-6;
     int ddof = 1;
+    bool float32_bessel = false;    // TRL nanstd: the Bessel factor count/(count-1) rounded to float32
     bool leave_one_out = false;
     singleton singleton_groups = singleton::zero;
     zero_variance zero_variance_groups = zero_variance::zero;
@@ -43,7 +46,7 @@ struct outcome_moments {
 enum group_kind : unsigned char { group_regular = 0, group_empty = 1, group_singleton = 2, group_zero_variance = 3 };
 
 struct outcome_transform {
-    double shift = 0, mul = 1, div = 1;
+    double shift = 0, factor = 1, div = 1;
     double fill_value = 0;
     bool fill = true;
     bool skip_nan = false;
@@ -53,13 +56,20 @@ struct outcome_transform {
     POSTTRAIN_HD double operator()(double v) const noexcept {
         if (skip_nan && v != v) return 0.0;
         if (fill) return fill_value;
-        return ((v - shift) * mul) / div;
+        return ((v - shift) * factor) / div;
     }
 };
 
 POSTTRAIN_HD inline double quiet_nan() noexcept {
     // 0/0 without a division the compiler may fold into a trap or a warning.
     return __builtin_nan("");
+}
+
+// Standard deviation from the sum of squared deviations of `count` values (count > ddof).
+POSTTRAIN_HD inline double std_of_m2(const outcome_params& p, double m2, double count) noexcept {
+    using std::sqrt;
+    if (p.float32_bessel && p.ddof == 1) return sqrt((m2 / count) * double(float(count) / float(count - 1)));
+    return sqrt(m2 / (count - double(p.ddof)));
 }
 
 POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_params& p, const outcome_moments& m) noexcept {
@@ -88,15 +98,11 @@ POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_param
     }
     t.fill = false;
     t.shift = m.mean;
-    if (p.leave_one_out) t.mul = double(m.count) / double(m.count - 1);
-    if (p.std_scale != scale::none) {
-        double sigma = p.batch_sigma;
-        if (p.std_scale == scale::group) {
-            using std::sqrt;
-            sigma = sqrt(m.m2 / (double(m.count) - double(p.ddof)));
-        }
-        t.div = sigma + p.epsilon;
-    }
+    const double loo = p.leave_one_out ? double(m.count) / double(m.count - 1) : 1.0;
+    double denom = 1.0;
+    if (p.std_scale != scale::none)
+        denom = (p.std_scale == scale::group ? std_of_m2(p, m.m2, double(m.count)) : p.batch_sigma) + p.epsilon;
+    t.factor = loo / denom;
     return t;
 }
 
@@ -143,6 +149,12 @@ POSTTRAIN_HD inline double outcome_sq_dev(double v, double mean, bool skip_nan) 
     if (skip_nan && v != v) return 0.0;
     const double d = v - mean;
     return d * d;
+}
+
+// The batch std (scale::batch) from the whole batch's partial and its squared deviations.
+POSTTRAIN_HD inline double batch_sigma_of(const outcome_params& p, const outcome_partial& all, double m2) noexcept {
+    const double dof = double(all.count) - double(p.ddof);
+    return dof > 0 ? std_of_m2(p, m2, double(all.count)) : quiet_nan();
 }
 
 POSTTRAIN_HD inline outcome_moments finish_moments(const outcome_partial& s, double m2) noexcept {

@@ -232,17 +232,15 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
 }
 
 __global__ void __launch_bounds__(cuda_tuning::block_threads)
-    batch_finish_kernel(const outcome_partial* partials, const double* m2_partials, int count, int ddof, double* sigma) {
+    batch_finish_kernel(const outcome_partial* partials, const double* m2_partials, int count, outcome_params params,
+                        double* sigma) {
     using reduce_t = cub::BlockReduce<double, cuda_tuning::block_threads>;
     __shared__ typename reduce_t::TempStorage temp;
     const outcome_partial s = fold_partials(partials, count);
     double local = 0;
     for (int i = static_cast<int>(threadIdx.x); i < count; i += cuda_tuning::block_threads) local += m2_partials[i];
     local = reduce_t(temp).Sum(local);
-    if (threadIdx.x == 0) {
-        const double dof = double(s.count) - double(ddof);
-        *sigma = dof > 0 ? sqrt(local / dof) : quiet_nan();
-    }
+    if (threadIdx.x == 0) *sigma = batch_sigma_of(params, s, local);
 }
 
 // Scratch of an outcome call: only scale::batch needs any (the partials and the batch std).
@@ -293,7 +291,7 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
         posttrain::detail::check_launch(w.function);
         batch_m2_kernel<<<parts, cuda_tuning::block_threads, 0, pol.stream>>>(a.x, a.x_stride, n, params.skip_nan, partials, m2);
         posttrain::detail::check_launch(w.function);
-        batch_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(partials, m2, parts, params.ddof, sigma);
+        batch_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(partials, m2, parts, params, sigma);
         posttrain::detail::check_launch(w.function);
         a.batch_sigma = sigma;
     }
