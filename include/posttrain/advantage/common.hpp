@@ -96,6 +96,14 @@ inline void check_extent(index_t found, index_t expected, where w, const char* w
             std::string("expected ") + what + " " + str(expected) + ", found " + str(found));
 }
 
+// Validates the common arguments of a rewards[N] -> advantages[N] group algorithm.
+template <class In, class Out>
+void check_outcome_args(tensor_view<const In, 1> r, tensor_view<Out, 1> a, nonfinite policy, const char* fn) {
+    check_extent(a.extent(0), r.extent(0), {fn, "advantages"}, "length (one advantage per reward)");
+    check_no_alias(a, r, {fn, "advantages"}, "rewards");
+    if (policy == nonfinite::raise) check_finite(r, {fn, "rewards"});
+}
+
 // Runs kernel(g, rows, n) for every group of the layout; groups are independent, so any policy
 // gives the same bits.
 template <class Policy, class Layout, class Kernel>

@@ -103,6 +103,7 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                     grpo_options batch;
                     batch.epsilon = options.batch_epsilon;
                     batch.ddof = options.batch_ddof;
+                    batch.float32_bessel = options.component.float32_bessel;
                     batch.zero_variance_groups = zero_variance::arithmetic;
                     batch.nonfinite_rewards = ignore ? nonfinite::ignore : nonfinite::propagate;
                     (void)grpo(policy, tensor_view<const double, 1>(sum.data(), N), uniform_groups{N > 0 ? N : 1}, a, batch);

@@ -15,9 +15,12 @@ struct gpg_options {
     double alpha = 0.0;  // 0: N / max(count_nonzero(rewards), 1), as verl computes it (its alpha argument is ignored)
     singleton singleton_groups = singleton::zero;
     nonfinite nonfinite_rewards = nonfinite::raise;
+    bool float32_alpha = false;  // verl: N / count_nonzero is a true division of integer tensors, a float32
 
-    // verl compute_gpg_outcome_advantage: singleton mean 0, alpha recomputed from the batch.
-    static constexpr gpg_options verl(double f_norm = 1.0) { return {f_norm, 0.0, singleton::raw, nonfinite::propagate}; }
+    // verl compute_gpg_outcome_advantage: singleton mean 0, alpha recomputed from the batch in float32.
+    static constexpr gpg_options verl(double f_norm = 1.0) {
+        return {f_norm, 0.0, singleton::raw, nonfinite::propagate, true};
+    }
 };
 
 template <class Policy, class Rewards, class Groups, class Advantages>
@@ -34,7 +37,9 @@ group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Group
             if (alpha == 0.0) {
                 index_t nonzero = 0;
                 for (index_t i = 0; i < r.extent(0); ++i) nonzero += r(i) != 0;
-                alpha = double(r.extent(0)) / double(nonzero > 1 ? nonzero : 1);
+                const index_t denom = nonzero > 1 ? nonzero : 1;
+                alpha = options.float32_alpha ? double(float(r.extent(0)) / float(denom))
+                                              : double(r.extent(0)) / double(denom);
             }
             grpo_options centring = grpo_options::dr_grpo();
             centring.singleton_groups = options.singleton_groups;

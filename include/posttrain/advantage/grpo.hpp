@@ -20,6 +20,7 @@ struct grpo_options {
     nonfinite nonfinite_rewards = nonfinite::raise;
     statistics stats = statistics::float64;
     bool float32_singleton_std = false;          // verl: a singleton's std is the float32 tensor 1.0, so 1 + eps rounds in float32
+    bool float32_bessel = false;                 // TRL nanstd: the factor count/(count-1) is a float32 (int64 tensor division)
 
     // verl compute_grpo_outcome_advantage (loop form); norm_by_std = norm_adv_by_std_in_grpo.
     static constexpr grpo_options verl(bool norm_by_std = true, double eps = 1e-6) {
@@ -43,6 +44,7 @@ struct grpo_options {
         grpo_options o;
         o.std_scale = s;
         o.epsilon = 1e-4;
+        o.float32_bessel = true;
         o.singleton_groups = singleton::zero;  // NaN std, then nan_to_num -> 0
         o.zero_variance_groups = zero_variance::arithmetic;
         o.nonfinite_rewards = nonfinite::ignore;
@@ -92,6 +94,14 @@ float32_group_stats float32_one_pass_stats(const Reader& x, const Rows& rows, in
     return s;
 }
 
+// Standard deviation from the sum of squared deviations of `count` values, with the options' ddof
+// (TRL's float32 Bessel factor when asked).
+inline double std_from_m2(double m2, double count, const grpo_options& o) {
+    if (o.float32_bessel && o.ddof == posttrain::ddof::sample)
+        return std::sqrt((m2 / count) * double(float(count) / float(count - 1)));
+    return std::sqrt(m2 / (count - double(static_cast<int>(o.ddof))));
+}
+
 inline double singleton_denominator(const grpo_options& o) {
     if (o.float32_singleton_std) return static_cast<double>(1.0f + static_cast<float>(o.epsilon));
     return 1.0 + o.epsilon;
@@ -130,7 +140,7 @@ double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options
         },
         [](double a, double b) { return a + b; });
     const double dof = double(s.count) - double(static_cast<int>(o.ddof));
-    return dof > 0 ? std::sqrt(m2 / dof) : std::nan("");
+    return dof > 0 ? std_from_m2(m2, double(s.count), o) : std::nan("");
 }
 
 template <class Policy, class In, class Out, class Layout>
@@ -198,8 +208,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                     return;
                 }
             }
-            const double dof = double(m.count) - double(static_cast<int>(o.ddof));
-            const double sigma = o.std_scale == scale::group ? std::sqrt(m.m2 / dof) : batch_sigma;
+            const double sigma = o.std_scale == scale::group ? std_from_m2(m.m2, double(m.count), o) : batch_sigma;
             // (r - mean) / 1 is exact, so scale::none shares the division with the scaled forms.
             const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
             // Leave-one-out: r - (S - r)/(n-1) = n/(n-1) * (r - mean).
@@ -226,14 +235,6 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
     if (skip_nan)
         for (index_t i = 0; i < r.extent(0); ++i) res.ignored_rows += r(i) != r(i);
     return res;
-}
-
-// Validates the common arguments of a rewards[N] -> advantages[N] group algorithm.
-template <class In, class Out>
-void check_outcome_args(tensor_view<const In, 1> r, tensor_view<Out, 1> a, nonfinite policy, const char* fn) {
-    check_extent(a.extent(0), r.extent(0), {fn, "advantages"}, "length (one advantage per reward)");
-    check_no_alias(a, r, {fn, "advantages"}, "rewards");
-    if (policy == nonfinite::raise) check_finite(r, {fn, "rewards"});
 }
 
 }  // namespace detail

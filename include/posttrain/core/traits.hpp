@@ -83,10 +83,9 @@ inline bool device_matches(int device_type) noexcept {
 template <class Elem, int Rank, class Space>
 tensor_view<Elem, Rank, Space> view_from_dlpack(const DLTensor& t, where w) {
     constexpr DLDataType want = dl_dtype_of<Elem>();
-    bool dtype_ok = same_dtype(t.dtype, want);
-    // torch exports bool both as DLPack bool and (older versions) as uint8.
-    if constexpr (std::is_same_v<std::remove_cv_t<Elem>, bool>)
-        dtype_ok = dtype_ok || same_dtype(t.dtype, DLDataType{kDLUInt, 8, 1});
+    // A uint8 tensor is never read as bool: bytes other than 0 and 1 are not valid bools. Masks
+    // accept uint8 as its own element type instead (older torch exports bool as uint8).
+    const bool dtype_ok = same_dtype(t.dtype, want);
     require(dtype_ok, w, "expected dtype " + dtype_name(want) + ", found " + dtype_name(t.dtype));
     require(t.ndim == Rank, w, "expected rank " + str(Rank) + ", found rank " + str(t.ndim));
     require(device_matches<Space>(t.device.device_type), w,
@@ -187,9 +186,7 @@ struct dispatch_view<Const, Rank, Space, elem_list<Elems...>> {
                 using E = typename decltype(tag)::type;
                 if (matched) return;
                 DLDataType want = dl_dtype_of<E>();
-                bool ok = same_dtype(t.dtype, want) ||
-                          (std::is_same_v<E, bool> && same_dtype(t.dtype, DLDataType{kDLUInt, 8, 1}) &&
-                           !(std::is_same_v<std::uint8_t, E>));
+                const bool ok = same_dtype(t.dtype, want);
                 if (ok) {
                     out = view_from_dlpack<std::conditional_t<Const, const E, E>, Rank, Space>(t, w);
                     matched = true;
