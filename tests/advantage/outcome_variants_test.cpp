@@ -82,3 +82,37 @@ TEST_CASE_TEMPLATE("gdpo: per-component normalisation then batch z-score", B, PO
     (void)adv::grpo(B::policy(), sum, pt::uniform_groups{2}, g, adv::grpo_options::trl());
     CHECK(pt::test::bitwise_equal(a, g));
 }
+
+TEST_CASE("outcome variants: NaN, empty responses and option combinations") {
+    // OPO: all responses of a group empty -> plain mean; constant group -> exactly 0.
+    std::vector<double> r{1, 3, 0.35, 0.35, 0.35}, zero_len{0, 0, 1, 2, 3}, a(5);
+    std::vector<std::int64_t> off{0, 2, 5};
+    const auto res = adv::opo(pt::exec::seq, r, zero_len, pt::ragged(off), a);
+    CHECK(a[0] == -1.0);
+    CHECK(a[1] == 1.0);
+    CHECK(res.zero_variance_groups == 1);
+    for (int i = 2; i < 5; ++i) CHECK(a[i] == 0.0);
+    // pass@k under nonfinite::propagate: a NaN poisons its group.
+    std::vector<double> rn{std::nan(""), 1, 0, 2};
+    (void)adv::grpo_passk(pt::exec::seq, rn, pt::uniform_groups{2}, a = std::vector<double>(4),
+                          {.nonfinite_rewards = adv::nonfinite::propagate});
+    CHECK(std::isnan(a[0]));
+    CHECK(std::isnan(a[1]));
+    CHECK(a[3] == doctest::Approx(2 / (std::sqrt(2.0) + 1e-6)));
+    // GDPO under nonfinite::propagate: NaN propagates to the sum instead of being dropped.
+    std::vector<double> rk{0, std::nan(""), 1, 1, 0, 0, 1, 1};
+    std::vector<double> s(4), adv4(4);
+    adv::gdpo_options o;
+    o.component.nonfinite_rewards = adv::nonfinite::propagate;
+    o.batch_normalize = false;
+    (void)adv::gdpo(pt::exec::seq, pt::tensor_view<const double, 2>(rk.data(), 4, 2), pt::uniform_groups{2}, adv4, s, o);
+    CHECK(std::isnan(s[0]));
+    CHECK(std::isnan(s[1]));
+    CHECK(!std::isnan(s[2]));
+    // float32 statistics reproduce verl only; other combinations are refused.
+    std::vector<double> g{1, 0, 1, 1}, ga(4);
+    adv::grpo_options f32 = adv::grpo_options::verl_vectorized();
+    f32.leave_one_out = true;
+    CHECK_THROWS_WITH_AS((void)adv::grpo(pt::exec::seq, g, pt::uniform_groups{4}, ga, f32),
+                         doctest::Contains("argument 'options.stats'"), pt::invalid_argument);
+}

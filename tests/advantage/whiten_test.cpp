@@ -72,3 +72,14 @@ TEST_CASE("masked statistics: masks of any type, shape errors") {
     CHECK_THROWS_WITH_AS((void)adv::masked_mean(pt::exec::seq, matrix(x, 2, 2), matrix(m, 1, 3)),
                          doctest::Contains("argument 'mask': shape must match 'values'"), pt::invalid_argument);
 }
+
+TEST_CASE("masked statistics: empty masks give 0, centring without scaling") {
+    std::vector<double> x{1, 2, 3, 4}, m0{0, 0, 0, 0}, m{1, 1, 1, 0}, out(4), rows(2);
+    CHECK(adv::masked_mean(pt::exec::seq, matrix(x, 2, 2), matrix(m0, 2, 2)) == 0.0);
+    adv::masked_row_mean(pt::exec::seq, matrix(x, 2, 2), matrix(m0, 2, 2), rows);
+    CHECK(rows[0] == 0.0);
+    adv::whiten_options centre = adv::whiten_options::openrlhf(/*no_std_norm=*/true);
+    (void)adv::masked_whiten(pt::exec::seq, matrix(x, 2, 2), matrix(m, 2, 2), matrix(out, 2, 2), centre);
+    CHECK(out[0] == -1.0);
+    CHECK(out[3] == 2.0);
+}

@@ -87,17 +87,30 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                 res = grpo(policy, tensor_view<const double, 1>(sum.data(), N), groups, a, options.component);
             } else {
                 std::vector<double> column(static_cast<std::size_t>(N)), z(static_cast<std::size_t>(N * K));
+                // The counts of the result are summed over the components (a group is counted once per
+                // component in which it is, e.g., of zero variance); `groups` is the layout's group count.
                 for (index_t k = 0; k < K; ++k) {
                     for (index_t i = 0; i < N; ++i) column[std::size_t(i)] = double(r(i, k));
-                    res = grpo(policy, tensor_view<const double, 1>(column.data(), N), groups,
-                               tensor_view<double, 1>(z.data() + k * N, N), options.component);
+                    const group_stats_result c = grpo(policy, tensor_view<const double, 1>(column.data(), N), groups,
+                                                      tensor_view<double, 1>(z.data() + k * N, N), options.component);
+                    res.groups = c.groups;
+                    res.empty_groups += c.empty_groups;
+                    res.singleton_groups += c.singleton_groups;
+                    res.zero_variance_groups += c.zero_variance_groups;
+                    res.ignored_rows += c.ignored_rows;
                 }
-                // A NaN component contributed 0 to its z (ignored); a row with every component NaN stays NaN.
-                for (index_t i = 0; i < N; ++i)
-                    sum[std::size_t(i)] = detail::weighted_nansum(K, options.weights, [&](index_t k) {
+                // With nonfinite::ignore a NaN component is left out of the row's sum (TRL's nansum) and a row
+                // with every component NaN stays NaN; otherwise NaN propagates through the sum.
+                for (index_t i = 0; i < N; ++i) {
+                    auto component = [&](index_t k) {
                         const double raw = double(r(i, k));
                         return (ignore && raw != raw) ? std::nan("") : z[std::size_t(k * N + i)];
-                    }, ignore);
+                    };
+                    double plain = 0;
+                    if (!ignore)
+                        for (index_t k = 0; k < K; ++k) plain += (options.weights.empty() ? 1.0 : options.weights[std::size_t(k)]) * component(k);
+                    sum[std::size_t(i)] = ignore ? detail::weighted_nansum(K, options.weights, component, true) : plain;
+                }
                 using A = typename decltype(a)::value_type;
                 if (options.batch_normalize) {
                     grpo_options batch;

@@ -14,12 +14,13 @@ struct gpg_options {
     double f_norm = 1.0;
     double alpha = 0.0;  // 0: N / max(count_nonzero(rewards), 1), as verl computes it (its alpha argument is ignored)
     singleton singleton_groups = singleton::zero;
+    zero_variance zero_variance_groups = zero_variance::zero;
     nonfinite nonfinite_rewards = nonfinite::raise;
     bool float32_alpha = false;  // verl: N / count_nonzero is a true division of integer tensors, a float32
 
     // verl compute_gpg_outcome_advantage: singleton mean 0, alpha recomputed from the batch in float32.
     static constexpr gpg_options verl(double f_norm = 1.0) {
-        return {f_norm, 0.0, singleton::raw, nonfinite::propagate, true};
+        return {f_norm, 0.0, singleton::raw, zero_variance::arithmetic, nonfinite::propagate, true};
     }
 };
 
@@ -44,7 +45,7 @@ group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Group
             grpo_options centring = grpo_options::dr_grpo();
             centring.singleton_groups = options.singleton_groups;
             centring.nonfinite_rewards = options.nonfinite_rewards;
-            centring.zero_variance_groups = zero_variance::arithmetic;
+            centring.zero_variance_groups = options.zero_variance_groups;
             const group_stats_result res = detail::grpo_impl(policy, r, layout, a, centring);
             using A = typename decltype(a)::value_type;
             const double factor = alpha / options.f_norm;

@@ -158,18 +158,28 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                 k = 1;
                 return;
             }
-            if (o.stats == statistics::float32_one_pass) {
+            group_buffer buffer;
+            const double* v = buffer.gather(x, rows, n);
+            // verl's float32 statistics; singletons take the common path below (mean 0, std 1 there too).
+            if (o.stats == statistics::float32_one_pass && n > 1) {
+                bool constant = true;
+                for (index_t j = 1; j < n; ++j) constant &= v[j] == v[0];
+                if (constant) {
+                    k = 3;
+                    if (o.zero_variance_groups == zero_variance::zero) {
+                        for (index_t j = 0; j < n; ++j) y(rows(j), 0.0);
+                        return;
+                    }
+                }
                 const float32_group_stats s = float32_one_pass_stats(x, rows, n, o.epsilon);
-                if (n == 1) k = 2;
+                // float32 std + eps (a float32 tensor plus a Python float), then float64 division.
                 const double denom = static_cast<double>(s.std + static_cast<float>(o.epsilon));
                 for (index_t j = 0; j < n; ++j) {
-                    const double c = x(rows(j)) - static_cast<double>(s.mean);
+                    const double c = v[j] - static_cast<double>(s.mean);
                     y(rows(j), o.std_scale == scale::none ? c : c / denom);
                 }
                 return;
             }
-            group_buffer buffer;
-            const double* v = buffer.gather(x, rows, n);
             const group_moments m = skip_nan ? moments_of<true>(v, n) : moments_of<false>(v, n);
             auto write_all = [&](double value) {
                 for (index_t j = 0; j < n; ++j) y(rows(j), value);
@@ -248,6 +258,12 @@ group_stats_result grpo(const Policy& policy, const Rewards& rewards, const Grou
                   "posttrain::advantage::grpo: this overload runs on the host; include <posttrain/advantage/grpo.cuh> for exec::cuda");
     constexpr const char* fn = "posttrain::advantage::grpo";
     detail::require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
+    if (options.stats == statistics::float32_one_pass)
+        detail::require(!options.leave_one_out && options.std_scale != scale::batch &&
+                            options.nonfinite_rewards != nonfinite::ignore && options.ddof == posttrain::ddof::sample,
+                        {fn, "options.stats"},
+                        "statistics::float32_one_pass reproduces verl's group_mean_std only: it takes scale::group or "
+                        "scale::none, ddof::sample, no leave_one_out and no nonfinite::ignore");
     auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
     auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
     return std::visit(
@@ -273,8 +289,8 @@ struct group_mean_std_options {
     }
 };
 
-// Per-group mean, std and count (outputs have one entry per group). Empty groups give 0, 1, 0 (and
-// mean 0, std 1 for singletons when singleton_unit).
+// Per-group mean, std and count (outputs have one entry per group). With singleton_unit, groups of
+// zero or one row report mean 0, std 1 (verl); otherwise their std is NaN (too few rows), as torch's.
 template <class Policy, class Rewards, class Groups, class Mean, class Std, class Count>
 void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& groups, Mean&& mean, Std&& std_out,
                     Count&& count, const group_mean_std_options& options = {}) {
@@ -304,8 +320,7 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
                     const auto mo = detail::moments_of<false>(buffer.gather(x, rows, n), n);
                     const double dof = double(n) - double(static_cast<int>(options.ddof));
                     mu = mo.mean;
-                    sd = dof > 0 ? std::sqrt(mo.m2 / dof) : (n == 1 ? std::nan("") : 0.0);
-                    if (n == 0) sd = 0;
+                    sd = dof > 0 ? std::sqrt(mo.m2 / dof) : std::nan("");  // too few rows: NaN, as torch
                 }
                 using M = typename decltype(m)::value_type;
                 using S = typename decltype(s)::value_type;

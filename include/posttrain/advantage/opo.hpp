@@ -11,10 +11,11 @@ namespace posttrain::advantage {
 
 struct opo_options {
     singleton singleton_groups = singleton::zero;
+    zero_variance zero_variance_groups = zero_variance::zero;
     nonfinite nonfinite_rewards = nonfinite::raise;
 
     // verl compute_opo_outcome_advantage: a singleton's baseline is 0 (raw score).
-    static constexpr opo_options verl() { return {singleton::raw, nonfinite::propagate}; }
+    static constexpr opo_options verl() { return {singleton::raw, zero_variance::arithmetic, nonfinite::propagate}; }
 };
 
 // rewards[N], lengths[N] (response lengths, e.g. from sequence_lengths) -> advantages[N].
@@ -50,17 +51,28 @@ group_stats_result opo(const Policy& policy, const Rewards& rewards, const Lengt
                     if (options.singleton_groups == singleton::error)
                         posttrain::detail::raise_invalid_argument(fn, "groups", "group " + detail::str(g) + " has a single row");
                 } else {
+                    bool constant = true;
+                    for (index_t j = 1; j < n; ++j) constant &= r(rows(j)) == r(rows(0));
+                    if (constant) kind[std::size_t(g)] = 3;
                     const double num = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
                         return double(len(rows(j))) * double(r(rows(j)));
                     });
                     const double den = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return double(len(rows(j))); });
-                    base = num / den;
+                    if (constant && options.zero_variance_groups == zero_variance::zero) {
+                        base = double(r(rows(0)));  // every advantage exactly 0
+                    } else if (den > 0) {
+                        base = num / den;
+                    } else {
+                        // Every response is empty: no length to weight by, so the plain mean.
+                        base = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return double(r(rows(j))); }) / double(n);
+                    }
                 }
                 for (index_t j = 0; j < n; ++j) a(rows(j)) = static_cast<A>(double(r(rows(j))) - base);
             });
             for (auto k : kind) {
                 res.empty_groups += k == 1;
                 res.singleton_groups += k == 2;
+                res.zero_variance_groups += k == 3;
             }
             return res;
         },

@@ -52,6 +52,11 @@ group_stats_result grpo_passk(const Policy& policy, const Rewards& rewards, cons
                     a(rows(0)) = static_cast<A>(v);
                     return;
                 }
+                for (index_t j = 0; j < n; ++j)
+                    if (x(rows(j)) != x(rows(j))) {  // nonfinite::propagate: a NaN poisons its group
+                        for (index_t i = 0; i < n; ++i) a(rows(i)) = static_cast<A>(std::nan(""));
+                        return;
+                    }
                 index_t best = 0;
                 for (index_t j = 1; j < n; ++j)
                     if (x(rows(j)) > x(rows(best))) best = j;

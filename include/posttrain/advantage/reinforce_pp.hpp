@@ -13,20 +13,23 @@ namespace posttrain::advantage {
 
 struct reinforce_pp_options {
     returns_options returns{};
-    whiten_options whitening = whiten_options::verl();  // token-weighted, unbiased
-    bool mask_output = true;                             // A = whiten(G) * m
+    whiten_options whitening{};  // token-weighted, unbiased; too few valid tokens give zeros
+    bool mask_output = true;     // A = whiten(G) * m
 
-    // verl compute_reinforce_plus_plus_outcome_advantage (b178a3c: masked tokens reset the return).
+    // verl compute_reinforce_plus_plus_outcome_advantage (b178a3c: masked tokens reset the return;
+    // whitening raises with fewer than two valid tokens).
     static constexpr reinforce_pp_options verl(double gamma = 1.0) {
         reinforce_pp_options o;
         o.returns = {gamma, masked_tokens::reset};
+        o.whitening = whiten_options::verl();
         return o;
     }
-    // OpenRLHF "reinforce": returns of the mask-zeroed rewards, biased whitening, no extra masking.
-    static constexpr reinforce_pp_options openrlhf(double gamma = 1.0) {
+    // OpenRLHF "reinforce": returns of the mask-zeroed rewards, biased whitening (or centring only
+    // with no_std_norm), no extra masking.
+    static constexpr reinforce_pp_options openrlhf(double gamma = 1.0, bool no_std_norm = false) {
         reinforce_pp_options o;
         o.returns = {gamma, masked_tokens::zero_rewards};
-        o.whitening = whiten_options::openrlhf();
+        o.whitening = whiten_options::openrlhf(no_std_norm);
         o.mask_output = false;
         return o;
     }
@@ -67,14 +70,24 @@ moments_result reinforce_pp(const Policy& policy, const TokenRewards& token_rewa
 }
 
 struct reinforce_pp_baseline_options {
-    grpo_options centring = grpo_options::dr_grpo();    // r - group mean
-    whiten_options whitening = whiten_options::verl();
+    grpo_options centring = grpo_options::dr_grpo();  // r - group mean
+    whiten_options whitening{};
     bool mask_output = true;
 
     // verl compute_reinforce_plus_plus_baseline_outcome_advantage: singleton mean 0 (raw score).
     static constexpr reinforce_pp_baseline_options verl() {
         reinforce_pp_baseline_options o;
         o.centring = grpo_options::verl(false);
+        o.whitening = whiten_options::verl();
+        return o;
+    }
+    // OpenRLHF "reinforce_baseline" centring on the scalar rewards (then returns and global whitening
+    // are applied by the caller on the shaped token rewards).
+    static constexpr reinforce_pp_baseline_options openrlhf() {
+        reinforce_pp_baseline_options o;
+        o.centring = grpo_options::openrlhf(false);
+        o.whitening = whiten_options::openrlhf();
+        o.mask_output = false;
         return o;
     }
 };

@@ -35,6 +35,7 @@ struct masked_stats_options {
 
 struct whiten_options {
     bool shift_mean = true;  // false: add the mean back (scale only)
+    bool scale = true;       // false: no division by the std (centre only; OpenRLHF no_std_norm)
     posttrain::ddof ddof = posttrain::ddof::sample;
     double count_epsilon = 0;
     double epsilon = 1e-8;
@@ -50,9 +51,11 @@ struct whiten_options {
         o.on_degenerate = degenerate::raise;
         return o;
     }
-    // OpenRLHF advantage whitening: biased variance, rsqrt(clamp(var, 1e-8)), no extra masking.
-    static constexpr whiten_options openrlhf() {
+    // OpenRLHF advantage whitening: biased variance, rsqrt(clamp(var, 1e-8)), no extra masking;
+    // no_std_norm centres only.
+    static constexpr whiten_options openrlhf(bool no_std_norm = false) {
         whiten_options o;
+        o.scale = !no_std_norm;
         o.ddof = posttrain::ddof::population;
         o.guard = variance_guard::clamp;
         return o;
@@ -83,13 +86,14 @@ moments_result masked_moments(const Policy& p, X x, M m, posttrain::ddof dof, do
     moments_result r;
     r.count = masked_total(p, rows, cols, [&](index_t i, index_t t) { return mask_weight(m(i, t)); });
     const double sum = masked_total(p, rows, cols, [&](index_t i, index_t t) { return double(x(i, t)) * mask_weight(m(i, t)); });
-    r.mean = sum / (r.count + count_eps);
+    // The mean of nothing is 0 (not 0/0): an all-masked batch contributes no signal.
+    r.mean = r.count + count_eps != 0 ? sum / (r.count + count_eps) : 0.0;
     const double m2 = masked_total(p, rows, cols, [&](index_t i, index_t t) {
         const double d = double(x(i, t)) - r.mean;
         return d * d * mask_weight(m(i, t));
     });
     // verl: var = mean((x - mu)^2) * M / (M - 1); the population form divides by M (+ count_eps).
-    const double biased = m2 / (r.count + count_eps);
+    const double biased = r.count + count_eps != 0 ? m2 / (r.count + count_eps) : 0.0;
     const int k = static_cast<int>(dof);
     valid = r.count > double(k) && r.count > 0;
     r.variance = k == 0 ? biased : biased * (r.count / (r.count - 1.0));
@@ -104,7 +108,8 @@ inline void on_degenerate(degenerate d, double count, const char* fn) {
 
 }  // namespace detail
 
-// Mean of values under mask over the whole tensor: sum(x * m) / (sum(m) + count_epsilon).
+// Mean of values under mask over the whole tensor: sum(x * m) / (sum(m) + count_epsilon); 0 when
+// the denominator is 0.
 template <class Policy, class Values, class Mask>
 [[nodiscard]] double masked_mean(const Policy& policy, const Values& values, const Mask& mask,
                                  const masked_stats_options& options = {}) {
@@ -119,7 +124,7 @@ template <class Policy, class Values, class Mask>
         posttrain::detail::floating_input<2>(values, {fn, "values"}), posttrain::detail::mask_input<2>(mask, {fn, "mask"}));
 }
 
-// Per-row masked mean: out[i] = sum_t x m / (sum_t m + count_epsilon).
+// Per-row masked mean: out[i] = sum_t x m / (sum_t m + count_epsilon); 0 for a row with no weight.
 template <class Policy, class Values, class Mask, class Out>
 void masked_row_mean(const Policy& policy, const Values& values, const Mask& mask, Out&& out,
                      const masked_stats_options& options = {}) {
@@ -136,7 +141,7 @@ void masked_row_mean(const Policy& policy, const Values& values, const Mask& mas
                     return double(x(i, t)) * detail::mask_weight(m(i, t));
                 });
                 const double c = posttrain::detail::fixed_order_sum(x.extent(1), [&](index_t t) { return detail::mask_weight(m(i, t)); });
-                o(i) = static_cast<O>(s / (c + options.count_epsilon));
+                o(i) = static_cast<O>(c + options.count_epsilon != 0 ? s / (c + options.count_epsilon) : 0.0);
             });
         },
         posttrain::detail::floating_input<2>(values, {fn, "values"}), posttrain::detail::mask_input<2>(mask, {fn, "mask"}),
@@ -182,7 +187,7 @@ moments_result masked_whiten(const Policy& policy, const Values& values, const M
             const double guarded = options.guard == variance_guard::add
                                        ? r.variance + options.epsilon
                                        : (r.variance > options.epsilon ? r.variance : options.epsilon);
-            const double rstd = 1.0 / std::sqrt(guarded);
+            const double rstd = options.scale ? 1.0 / std::sqrt(guarded) : 1.0;
             detail::for_each_row(policy, x.extent(0), x.extent(1), [&](index_t i) {
                 for (index_t t = 0; t < x.extent(1); ++t) {
                     double w = valid ? (double(x(i, t)) - r.mean) * rstd : 0.0;
