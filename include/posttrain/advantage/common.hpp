@@ -173,10 +173,15 @@ group_moments moments_of(const double* v, index_t n) {
         m.count = count;
         m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return v[j] == v[j] ? v[j] : 0.0; });
     } else {
+        bool nan = v[0] != v[0];
         for (index_t j = 1; j < n; ++j) {
             lo = v[j] < lo ? v[j] : lo;
             hi = v[j] > hi ? v[j] : hi;
+            nan |= v[j] != v[j];
         }
+        // Comparisons with NaN are false, so a NaN anywhere must be ruled out explicitly: a group
+        // holding a NaN is never "constant" (under nonfinite::propagate the NaN reaches its results).
+        if (nan) hi = std::nan("");
         m.count = n;
         m.sum = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return v[j]; });
     }

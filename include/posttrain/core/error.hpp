@@ -51,6 +51,8 @@ enum status_bits : std::uint32_t {
     status_nonfinite_input = 1u << 0,
     status_id_out_of_range = 1u << 1,
     status_empty_reduction = 1u << 2,
+    status_invalid_groups = 1u << 3,   // ragged offsets that are not a valid CSR layout (those groups are skipped)
+    status_singleton_group = 1u << 4,  // a singleton group under singleton::error
 };
 
 enum class error_kind { invalid_argument, cuda_error };

@@ -27,10 +27,6 @@
 
 namespace posttrain {
 
-// Status bits the CUDA path adds to core/error.hpp's status_bits (kept distinct from them).
-inline constexpr std::uint32_t status_invalid_groups = 1u << 3;   // ragged offsets not a valid CSR layout
-inline constexpr std::uint32_t status_singleton_group = 1u << 4;  // a singleton under singleton::error
-
 #define POSTTRAIN_CUDA_CHECK(expr)                                                                         \
     do {                                                                                                   \
         const cudaError_t posttrain_cuda_check_err_ = (expr);                                              \
