@@ -3,7 +3,8 @@
 //   ragged   CSR offsets of random group sizes in [1, 31] (mean 16), int64 offsets
 //   ids      shuffled int64 ids (hash-like 64-bit values, 16 rows per id): grouping::from_ids is timed
 //            together with the advantage call, since a caller holding only ids pays for both
-//   ids_dense the same with dense ids 0..G-1 (the radix sort then needs fewer passes)
+//   ids_dense shuffled dense ids 0..G-1 grouped with grouping::from_dense_ids (timed with the call; the
+//            peer passes such ids straight to index_add_, as verl's as_torch_index does for ints)
 // for N = 2^14 .. 2^24, under exec::seq and exec::par. Options are posttrain's defaults (what a user
 // gets without a preset: non-finite rewards are checked, float64 statistics).
 //
@@ -82,11 +83,17 @@ void bm_advantage(benchmark::State& state, Policy policy, int threads, layout_ki
         }
         case layout_kind::ids:
         case layout_kind::ids_dense: {
-            const std::vector<std::int64_t> ids = pb::make_shuffled_ids(n, group_size, kind == layout_kind::ids);
+            const bool dense = kind == layout_kind::ids_dense;
+            const std::vector<std::int64_t> ids = pb::make_shuffled_ids(n, group_size, !dense);
+            const index_t groups = n / group_size;
+            auto group = [&] {
+                return dense ? posttrain::grouping::from_dense_ids(policy, ids, groups)
+                             : posttrain::grouping::from_ids(policy, ids);
+            };
             bytes += 8 * std::int64_t(n);
-            Op::run(policy, r, posttrain::grouping::from_ids(policy, ids), a);
+            Op::run(policy, r, group(), a);
             for (auto _ : state) {
-                const posttrain::grouping_result g = posttrain::grouping::from_ids(policy, ids);
+                const posttrain::grouping_result g = group();
                 Op::run(policy, r, g, a);
                 benchmark::ClobberMemory();
             }
