@@ -131,9 +131,11 @@ void register_gdpo(registry& r);
 posttrain::grouping_result group_by(const group_ids& ids);
 
 // Unbiased standard deviation of the non-NaN values of each block of `size` consecutive rows (NaN
-// when a block has fewer than two), as torch's std / trl's nanstd give it; one entry per block.
-// Built from posttrain::advantage::group_mean_std over the compacted values.
-std::vector<double> block_nanstd(const std::vector<double>& values, index_t size);
+// when a block has fewer than two), as torch's std gives it; one entry per block. Built from
+// posttrain::advantage::group_mean_std over the compacted values. float32_bessel: trl's nanstd, whose
+// Bessel factor count / (count - 1) is an int64 tensor division and so a float32 (what
+// grpo_options::float32_bessel reproduces; group_mean_std_options has no such switch yet).
+std::vector<double> block_nanstd(const std::vector<double>& values, index_t size, bool float32_bessel = false);
 
 // torch.isclose(x, 0): |x| <= 1e-8 (NaN is not close).
 inline bool isclose_zero(double x) { return x == x && (x < 0 ? -x : x) <= 1e-8; }

@@ -1,7 +1,7 @@
 // posttrain_conformance: runs every case of every mapped reference function and compares each
 // expected output with what posttrain computes.
 //
-//   posttrain_conformance [--verbose] [--list-deviations] [DIR|FILE ...]
+//   posttrain_conformance [--verbose] [--list-deviations] [--stats] [DIR|FILE ...]
 //
 // Prints `FAIL <file>:<case id> <output>[<flat index>] expected <x> got <y>` for each mismatch,
 // `SKIP <file>:<case id> (<reason>)` for cases it cannot map (per file unless --verbose), and ends
@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -94,7 +95,7 @@ posttrain::grouping_result group_by(const group_ids& ids) {
     return posttrain::grouping::from_ids(posttrain::exec::seq, ids.i);
 }
 
-std::vector<double> block_nanstd(const std::vector<double>& values, index_t size) {
+std::vector<double> block_nanstd(const std::vector<double>& values, index_t size, bool float32_bessel) {
     namespace adv = posttrain::advantage;
     const index_t n = index_t(values.size());
     const index_t blocks = size > 0 ? n / size : 0;
@@ -110,8 +111,12 @@ std::vector<double> block_nanstd(const std::vector<double>& values, index_t size
     adv::group_mean_std_options o;  // float64, Bessel; a block of one value has no std (NaN)
     o.singleton_unit = false;
     adv::group_mean_std(posttrain::exec::seq, kept, posttrain::ragged(offsets), mean, sd, count, o);
-    for (index_t b = 0; b < blocks; ++b)
-        if (count[std::size_t(b)] == 0) sd[std::size_t(b)] = std::nan("");  // nanstd of nothing
+    for (index_t b = 0; b < blocks; ++b) {
+        const double c = count[std::size_t(b)];
+        if (c == 0) sd[std::size_t(b)] = std::nan("");  // nanstd of nothing
+        else if (float32_bessel && c > 1)  // swap the exact factor c/(c-1) for its float32 value
+            sd[std::size_t(b)] *= std::sqrt(double(float(c) / float(c - 1)) * ((c - 1) / c));
+    }
     return sd;
 }
 
@@ -133,6 +138,10 @@ std::string fmt(double x) {
     return buf;
 }
 
+// Largest error seen per file key (--stats): relative where |expected| > 1, absolute below, i.e. how
+// far inside its tolerance each mapping is.
+std::map<std::string, double> worst_error;
+
 bool close(double got, double want, tolerance tol) {
     if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
     if (std::isinf(want) || std::isinf(got)) return got == want;
@@ -141,7 +150,7 @@ bool close(double got, double want, tolerance tol) {
 
 // Compares one output; prints FAIL lines (at most a few per output) and returns whether it matched.
 bool compare_output(const std::string& where, const std::string& name, const tensor& want, const tensor& got,
-                    tolerance tol) {
+                    tolerance tol, double& worst) {
     if (want.numel() != got.numel()) {
         std::cout << "FAIL " << where << " " << name << " shape: expected " << want.numel() << " elements, got "
                   << got.numel() << "\n";
@@ -150,6 +159,8 @@ bool compare_output(const std::string& where, const std::string& name, const ten
     int shown = 0, bad = 0;
     for (index_t i = 0; i < want.numel(); ++i) {
         const double w = want.data[std::size_t(i)], g = got.data[std::size_t(i)];
+        if (std::isfinite(w) && std::isfinite(g))
+            worst = std::max(worst, std::fabs(g - w) / std::max(std::fabs(w), 1.0));
         if (close(g, w, tol)) continue;
         ++bad;
         if (shown < 4) {
@@ -241,7 +252,7 @@ void run_file(const registry& reg, const fs::path& path, bool verbose, counts& t
                 continue;
             }
             const tolerance tol = dev ? *dev->tol : out.tol.value_or(m.tol);
-            ok &= compare_output(where, name, parse_tensor(value), p->second, tol);
+            ok &= compare_output(where, name, parse_tensor(value), p->second, tol, worst_error[key]);
         }
         if (ok) {
             ++total.passed;
@@ -263,6 +274,7 @@ void collect(const fs::path& p, std::vector<fs::path>& files) {
 
 void list_deviations(const registry& reg) {
     std::cout << "Named deviations from the references (case id '*' = every case of the file):\n";
+    if (reg.deviations.empty()) std::cout << "  (none: every mapped case is compared at its file's tolerance)\n";
     for (const auto& d : reg.deviations) {
         std::cout << "  " << d.name << "\n    " << d.key << ":" << d.case_id << "\n    " << d.reason << "\n";
         if (d.tol) std::cout << "    compared at rel " << d.tol->rel << ", abs " << d.tol->abs << "\n";
@@ -282,14 +294,18 @@ int main(int argc, char** argv) {
     register_openrlhf(reg);
     register_gdpo(reg);
 
-    bool verbose = false, list = false;
+    bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--verbose" || a == "-v") verbose = true;
         else if (a == "--list-deviations") list = true;
+        else if (a == "--stats") stats = true;
         else if (a == "--help" || a == "-h") {
-            std::cout << "usage: posttrain_conformance [--verbose] [--list-deviations] [DIR|FILE ...]\n";
+            std::cout << "usage: posttrain_conformance [--verbose] [--list-deviations] [--stats] [DIR|FILE ...]\n"
+                         "  --verbose          print every PASS and every skipped case id\n"
+                         "  --list-deviations  print the named deviations and the mapped functions\n"
+                         "  --stats            print the largest error per mapped file\n";
             return 0;
         } else if (!a.empty() && a[0] == '-') {
             std::cerr << "unknown option " << a << "\n";
@@ -315,6 +331,8 @@ int main(int argc, char** argv) {
     std::sort(files.begin(), files.end());
     counts total;
     for (const auto& f : files) run_file(reg, f, verbose, total);
+    if (stats)
+        for (const auto& [key, worst] : worst_error) std::cout << "STAT " << key << " max error (relative above 1, absolute below) " << worst << "\n";
     std::cout << total.passed << " passed, " << total.failed << " failed, " << total.skipped << " skipped\n";
     return total.failed == 0 ? 0 : 1;
 }

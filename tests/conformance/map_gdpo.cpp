@@ -33,8 +33,9 @@ void trl_fork_advantages(const case_context& c, produced& out) {
         // GDPO: NaN rewards become 0 (nan_to_num), then per-reward group z-scores (eps 1e-4, a group of
         // one has NaN std and drops out of the nansum: singleton::zero), weighted sum, batch z-score.
         for (auto& v : r.data) v = std::isnan(v) ? 0.0 : v;
-        (void)adv::gdpo(seq, r.view2(), posttrain::uniform_groups{g}, advantages, combined,
-                  adv::gdpo_options::trl(adv::aggregation::normalize_then_sum, adv::scale::group, weights));
+        auto options = adv::gdpo_options::trl(adv::aggregation::normalize_then_sum, adv::scale::group, weights);
+        options.component.float32_bessel = false;  // the fork uses torch .std(): an exact float64 Bessel factor
+        (void)adv::gdpo(seq, r.view2(), posttrain::uniform_groups{g}, advantages, combined, options);
         adv::group_mean_std_options batch;
         batch.singleton_unit = false;
         std::vector<double> mean(1), sd(1), count(1);
@@ -52,6 +53,7 @@ void trl_fork_advantages(const case_context& c, produced& out) {
     for (auto& v : r.data) v = std::isnan(v) ? 0.0 : v;
     auto options = adv::gdpo_options::trl(adv::aggregation::sum_then_normalize, scale ? adv::scale::group : adv::scale::none, weights);
     options.component.nonfinite_rewards = adv::nonfinite::propagate;
+    options.component.float32_bessel = false;  // torch .std(), not trl's nanstd
     options.component.singleton_groups = scale ? adv::singleton::nan : adv::singleton::zero;
     (void)adv::gdpo(seq, r.view2(), posttrain::uniform_groups{g}, advantages, combined, options);
     const std::vector<double> sd = block_nanstd(combined, g);

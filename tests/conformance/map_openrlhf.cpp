@@ -85,21 +85,15 @@ void compute_advantages_and_returns(const case_context& c, produced& out) {
 
     const double gamma = est == "reinforce" ? c.param("gamma") : 1.0;
     tensor advantages = zeros({n, t}), returns = zeros({n, t});
-    const bool whiten = est == "reinforce" || est == "reinforce_baseline";
-    const bool no_std_norm = c.params.value("no_std_norm", false);
-    if (whiten && !no_std_norm) {
+    if (est == "reinforce" || est == "reinforce_baseline") {
+        // Whitened over every action token of the batch (centred only under no_std_norm).
         (void)adv::reinforce_pp(seq, token_rewards.view2(), mask.view2(), view2(advantages.data, n, t), view2(returns.data, n, t),
-                          adv::reinforce_pp_options::openrlhf(gamma));
+                                adv::reinforce_pp_options::openrlhf(gamma, c.params.value("no_std_norm", false)));
         out.tol = float32_path;  // OpenRLHF takes the whitening mean and variance after .float()
     } else {
         adv::discounted_returns(seq, token_rewards.view2(), mask.view2(), view2(returns.data, n, t),
                                 adv::returns_options{gamma, adv::masked_tokens::zero_rewards});
         advantages = returns;
-        if (whiten) {  // no_std_norm: centre only (whiten_options has no "no scaling" switch yet)
-            const double mean = adv::masked_mean(seq, returns.view2(), mask.view2());
-            for (auto& v : advantages.data) v -= mean;
-            out.tol = float32_path;
-        }
     }
     out.set("advantages", advantages);
     out.set("returns", returns);

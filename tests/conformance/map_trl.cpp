@@ -41,7 +41,7 @@ void grpo_advantages(const case_context& c, produced& out) {
     std::vector<double> std_rewards(std::size_t(n), 0.0);
     const bool batch_std = normalize_first || scale_name == "batch";
     if (batch_std ? n > 1 : g > 1) {
-        const std::vector<double> sd = block_nanstd(rewards, batch_std ? n : g);
+        const std::vector<double> sd = block_nanstd(rewards, batch_std ? n : g, /*float32_bessel=*/true);
         for (index_t i = 0; i < n; ++i) std_rewards[std::size_t(i)] = sd[std::size_t(batch_std ? 0 : i / g)];
     }
     tensor is_zero = zeros({n}, "bool");
@@ -60,13 +60,6 @@ void register_trl(registry& r) {
           {grpo_advantages, float64_path,
            "gdpo(gdpo_options::trl(multi_objective_aggregation, scale_rewards, reward_weights)) over uniform_groups{num_generations}"});
 
-    r.deviations.push_back(
-        {"trl/GRPOTrainer.advantages", "*", "trl-nanstd-float32-bessel",
-         "trl's nanstd multiplies the float64 variance by count / (count - 1), a true division of two int64 "
-         "tensors that torch evaluates in float32 (4/3 -> 1.3333333731), so every std, and every advantage divided "
-         "by one, is off by up to ~4e-8 relative; posttrain takes the Bessel factor in double. Compared at 1e-6 "
-         "relative until grpo_options::trl reproduces the float32 factor.",
-         float32_path});
 }
 
 }  // namespace conformance

@@ -245,13 +245,6 @@ void register_verl(registry& r) {
     r.add("verl/masked_var", {masked_var, float64_path, "masked_var(masked_stats_options::verl(unbiased))"});
     r.add("verl/group_mean_std", {group_mean_std, float32_path, "as_torch_index layout + group_mean_std(group_mean_std_options::verl(eps))"});
     r.add("verl/compute_rewards", {compute_rewards, float64_path, "kl_penalized_rewards(coef = kl_ratio)"});
-
-    r.deviations.push_back(
-        {"verl/compute_gpg_outcome_advantage", "*", "verl-gpg-float32-alpha",
-         "verl computes alpha = bsz / count_nonzero(scores) as a Python int divided by an int64 tensor, a true "
-         "division that torch evaluates in float32 (13/9 is off by 1.8e-8 relative); gpg_options::verl computes "
-         "alpha in double. Compared at 1e-6 relative until the preset reproduces the float32 alpha.",
-         float32_path});
 }
 
 }  // namespace conformance
