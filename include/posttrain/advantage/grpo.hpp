@@ -143,16 +143,160 @@ double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options
     return dof > 0 ? std_from_m2(m2, double(s.count), o) : std::nan("");
 }
 
+// The fast path for the common case: groups of consecutive rows, unit strides, float64 statistics,
+// NaN not ignored. Groups are taken in blocks; within a block each pass runs over all of its groups
+// (sums, then squared deviations, then one sqrt and division per group, then the writes), so the
+// work of neighbouring groups overlaps instead of queueing behind each group's sqrt and division.
+// Every group gets the same arithmetic as the general kernel: out = (r - mean) * factor.
+template <class Policy, class In, class Out, class Layout, class General, class OnNonfinite>
+void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, const grpo_options& o, double batch_sigma,
+                  std::vector<unsigned char>& kind, General&& general, OnNonfinite&& on_nonfinite) {
+    constexpr index_t block = 32;
+    auto run = [&](auto size_of) {
+        posttrain::detail::for_blocks(p, (layout.num_groups() + block - 1) / block, 16 * block, [&](index_t lo, index_t hi) {
+            for (index_t b = lo; b < hi; ++b) {
+                const index_t g0 = b * block, g1 = std::min(layout.num_groups(), g0 + block);
+                double mean[block], factor[block], m2[block];
+                unsigned char mode[block];  // 0 affine, 1 zeros, 2 general kernel
+                for (index_t g = g0; g < g1; ++g) {
+                    const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
+                    const In* v = x + begin;
+                    auto& k = kind[std::size_t(g)];
+                    mode[i] = 0;
+                    if (n == 0) {
+                        k = 1;
+                        mode[i] = 1;
+                        continue;
+                    }
+                    const double sum = posttrain::detail::fixed_order_sum(size_of.fixed(g), [&](index_t j) { return double(v[j]); });
+                    if (!numeric::is_finite(sum)) {  // a non-finite value (or an overflowing sum): exact handling
+                        if (o.nonfinite_rewards == nonfinite::raise)
+                            for (index_t j = 0; j < n; ++j)
+                                if (!numeric::is_finite(v[j])) on_nonfinite();  // throws, naming the first bad index
+                        mode[i] = 2;
+                        continue;
+                    }
+                    bool constant = true;
+                    for (index_t j = 1; j < n; ++j) constant &= v[j] == v[0];
+                    mean[i] = sum / double(n);
+                    if (n == 1) {
+                        k = 2;
+                        if (o.singleton_groups == singleton::raw) {
+                            mean[i] = 0;
+                            factor[i] = o.std_scale == scale::group ? 1.0 / singleton_denominator(o)
+                                        : o.std_scale == scale::batch ? 1.0 / (batch_sigma + o.epsilon) : 1.0;
+                        } else if (o.singleton_groups == singleton::zero) {
+                            mode[i] = 1;
+                        } else {
+                            mode[i] = 2;
+                        }
+                        continue;
+                    }
+                    if (constant) {
+                        k = 3;
+                        if (o.zero_variance_groups == zero_variance::zero) {
+                            mode[i] = 1;
+                            continue;
+                        }
+                    }
+                    const double mu = mean[i];
+                    m2[i] = o.std_scale == scale::group
+                                ? posttrain::detail::fixed_order_sum(size_of.fixed(g), [&](index_t j) {
+                                      const double d = double(v[j]) - mu;
+                                      return d * d;
+                                  })
+                                : 0.0;
+                }
+                for (index_t g = g0; g < g1; ++g) {
+                    const index_t i = g - g0, n = size_of(g);
+                    if (mode[i] != 0 || n == 1) continue;
+                    const double sigma = o.std_scale == scale::group ? std_from_m2(m2[i], double(n), o) : batch_sigma;
+                    const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
+                    const double loo = o.leave_one_out ? double(n) / double(n - 1) : 1.0;
+                    factor[i] = loo / denom;
+                }
+                for (index_t g = g0; g < g1; ++g) {
+                    const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
+                    if (mode[i] == 2) {
+                        general(g, layout.rows(g), n);
+                        continue;
+                    }
+                    Out* out = y + begin;
+                    if (mode[i] == 1) {
+                        for (index_t j = 0; j < n; ++j) out[j] = Out(0);
+                        continue;
+                    }
+                    const In* v = x + begin;
+                    const double mu = mean[i], f = factor[i];
+                    for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mu) * f);
+                }
+            }
+        });
+    };
+    // Uniform layouts of common sizes give the loops compile-time trip counts.
+    struct runtime_size {
+        const Layout* l;
+        index_t operator()(index_t g) const { return l->size(g); }
+        index_t fixed(index_t g) const { return l->size(g); }
+    };
+    if constexpr (std::is_same_v<Layout, posttrain::detail::group_layout<uniform_groups>>) {
+        auto constant = [&](auto k) {
+            struct size_of_t {
+                index_t operator()(index_t) const { return decltype(k)::value; }
+                decltype(k) fixed(index_t) const { return {}; }
+            };
+            run(size_of_t{});
+        };
+        switch (layout.k) {
+            case 8: return constant(std::integral_constant<index_t, 8>{});
+            case 16: return constant(std::integral_constant<index_t, 16>{});
+            case 32: return constant(std::integral_constant<index_t, 32>{});
+            case 64: return constant(std::integral_constant<index_t, 64>{});
+            default: break;
+        }
+    }
+    run(runtime_size{&layout});
+}
+
 template <class Policy, class In, class Out, class Layout>
 group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const Layout& layout,
                              tensor_view<Out, 1> a, const grpo_options& o) {
     const bool skip_nan = o.nonfinite_rewards == nonfinite::ignore;
-    const double batch_sigma = o.std_scale == scale::batch ? batch_std(p, r, o) : 0.0;
+    if constexpr (std::is_same_v<Layout, posttrain::detail::group_layout<permuted_groups>>) {
+        // Rows grouped through a permutation: gather the rewards into group order once, run the
+        // contiguous kernel over the CSR offsets, and scatter the advantages back. Two passes of
+        // independent random accesses instead of random accesses in every pass of the kernel.
+        if (!skip_nan && o.stats == statistics::float64) {
+            if (o.nonfinite_rewards == nonfinite::raise) check_finite(r, {"posttrain::advantage::grpo", "rewards"});
+            const index_t n = r.extent(0);
+            const index_t* perm = layout.p.permutation.data();
+            std::vector<In> grouped(static_cast<std::size_t>(n));
+            std::vector<Out> grouped_out(static_cast<std::size_t>(n));
+            posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
+                for (index_t j = lo; j < hi; ++j) grouped[std::size_t(j)] = r(perm[j]);
+            });
+            grpo_options finite = o;
+            finite.nonfinite_rewards = nonfinite::propagate;  // checked above, against the caller's row numbers
+            const posttrain::detail::group_layout<ragged_groups<index_t>> csr{layout.p.offsets};
+            const group_stats_result res = grpo_impl(p, tensor_view<const In, 1>(grouped.data(), n), csr,
+                                                     tensor_view<Out, 1>(grouped_out.data(), n), finite);
+            posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
+                for (index_t j = lo; j < hi; ++j) a(perm[j]) = grouped_out[std::size_t(j)];
+            });
+            return res;
+        }
+    }
     const index_t groups = layout.num_groups();
     std::vector<unsigned char> kind(static_cast<std::size_t>(groups), 0);  // 1 empty, 2 singleton, 3 zero-var
+    constexpr bool contiguous_layout = !std::is_same_v<Layout, posttrain::detail::group_layout<permuted_groups>>;
+    const bool blocked = contiguous_layout && !skip_nan && o.stats == statistics::float64 && r.stride(0) == 1 &&
+                         a.stride(0) == 1;
+    // The blocked path finds non-finite values as it goes; the others look first.
+    if (o.nonfinite_rewards == nonfinite::raise && !blocked) check_finite(r, {"posttrain::advantage::grpo", "rewards"});
+    const double batch_sigma = o.std_scale == scale::batch ? batch_std(p, r, o) : 0.0;
 
     with_accessors(r, a, [&](auto x, auto y) {
-        for_each_group(p, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
+        auto general = [&](index_t g, auto rows, auto n) {
             auto& k = kind[static_cast<std::size_t>(g)];
             if (n == 0) {
                 k = 1;
@@ -232,7 +376,15 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
             } else {
                 for (index_t j = 0; j < n; ++j) y(rows(j), (v[j] - mean) * factor);
             }
-        });
+        };
+        if constexpr (contiguous_layout) {
+            if (blocked) {
+                grpo_blocked(p, r.data(), a.data(), layout, o, batch_sigma, kind, general,
+                             [&] { check_finite(r, {"posttrain::advantage::grpo", "rewards"}); });
+                return;
+            }
+        }
+        for_each_group_sized(p, layout, r.extent(0), general);
     });
 
     group_stats_result res;
@@ -268,7 +420,7 @@ group_stats_result grpo(const Policy& policy, const Rewards& rewards, const Grou
     auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
     return std::visit(
         [&](auto r, auto a) {
-            detail::check_outcome_args(r, a, options.nonfinite_rewards, fn);
+            detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
             return detail::grpo_impl(policy, r, layout, a, options);
         },

@@ -52,7 +52,7 @@ group_stats_result rloo(const Policy& policy, const Rewards& rewards, const Grou
     auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
     return std::visit(
         [&](auto r, auto a) {
-            detail::check_outcome_args(r, a, options.nonfinite_rewards, fn);
+            detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
             return detail::grpo_impl(policy, r, layout, a, detail::as_grpo(options));
         },

@@ -61,63 +61,62 @@ struct grouping_result {
 
 namespace detail {
 
-// Stable LSD radix sort of 64-bit keys (sign bit flipped so signed order holds); digits on which all
-// keys agree are skipped, so small ids cost one or two passes.
-inline void radix_sort_indices(const std::vector<std::uint64_t>& keys, std::vector<index_t>& order) {
-    const std::size_t n = keys.size();
-    order.resize(n);
-    for (std::size_t i = 0; i < n; ++i) order[i] = static_cast<index_t>(i);
+// A row's sort key next to the row, so that radix passes stream through memory instead of
+// gathering keys through a permutation.
+struct keyed_row {
+    std::uint64_t key;
+    index_t row;
+};
+
+// Stable LSD radix sort by 8-bit digits. All digit histograms come from one pass over the keys, and
+// a digit on which every key agrees is skipped, so ids below 2^16 cost two passes and hashed 64-bit
+// ids eight.
+inline void radix_sort_keyed(std::vector<keyed_row>& rows) {
+    const std::size_t n = rows.size();
     if (n < 2) return;
-    std::uint64_t all_and = ~std::uint64_t{0}, all_or = 0;
-    for (auto k : keys) {
-        all_and &= k;
-        all_or |= k;
-    }
-    const std::uint64_t varying = all_and ^ all_or;
-    constexpr int bits = 11;
-    constexpr std::size_t radix = std::size_t{1} << bits;
-    std::vector<index_t> tmp(n);
-    std::vector<index_t> count(radix);
-    for (int shift = 0; shift < 64; shift += bits) {
-        if (((varying >> shift) & (radix - 1)) == 0) continue;
-        std::fill(count.begin(), count.end(), 0);
-        for (std::size_t i = 0; i < n; ++i) ++count[(keys[static_cast<std::size_t>(order[i])] >> shift) & (radix - 1)];
+    constexpr int digits = 8, radix = 256;
+    std::vector<index_t> count(std::size_t(digits) * radix, 0);
+    for (const keyed_row& r : rows)
+        for (int d = 0; d < digits; ++d) ++count[std::size_t(d) * radix + ((r.key >> (8 * d)) & 0xff)];
+    std::vector<keyed_row> tmp(n);
+    for (int d = 0; d < digits; ++d) {
+        index_t* c = count.data() + std::size_t(d) * radix;
+        if (c[rows[0].key >> (8 * d) & 0xff] == index_t(n)) continue;  // every key has this digit
         index_t sum = 0;
-        for (auto& c : count) {
-            index_t c0 = c;
-            c = sum;
-            sum += c0;
+        for (int v = 0; v < radix; ++v) {
+            const index_t here = c[v];
+            c[v] = sum;
+            sum += here;
         }
-        for (std::size_t i = 0; i < n; ++i) {
-            const index_t row = order[i];
-            tmp[static_cast<std::size_t>(count[(keys[static_cast<std::size_t>(row)] >> shift) & (radix - 1)]++)] = row;
-        }
-        order.swap(tmp);
+        for (const keyed_row& r : rows) tmp[std::size_t(c[(r.key >> (8 * d)) & 0xff]++)] = r;
+        rows.swap(tmp);
     }
 }
 
 template <class Id>
 grouping_result group_by_keys(tensor_view<const Id, 1> ids) {
     const index_t n = ids.extent(0);
-    std::vector<std::uint64_t> keys(static_cast<std::size_t>(n));
+    std::vector<keyed_row> rows(static_cast<std::size_t>(n));
     for (index_t i = 0; i < n; ++i) {
         const auto v = ids(i);
-        if constexpr (std::is_signed_v<Id>)
-            keys[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(static_cast<std::int64_t>(v)) ^ (std::uint64_t{1} << 63);
-        else
-            keys[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(v);
+        // Flipping the sign bit makes unsigned order equal signed order.
+        std::uint64_t key = static_cast<std::uint64_t>(v);
+        if constexpr (std::is_signed_v<Id>) key = static_cast<std::uint64_t>(static_cast<std::int64_t>(v)) ^ (std::uint64_t{1} << 63);
+        rows[static_cast<std::size_t>(i)] = {key, i};
     }
+    radix_sort_keyed(rows);
     grouping_result g;
-    radix_sort_indices(keys, g.permutation);
+    g.permutation.resize(static_cast<std::size_t>(n));
     g.group_of.resize(static_cast<std::size_t>(n));
     g.offsets.push_back(0);
     for (index_t j = 0; j < n; ++j) {
-        const index_t row = g.permutation[static_cast<std::size_t>(j)];
-        if (j == 0 || keys[static_cast<std::size_t>(row)] != keys[static_cast<std::size_t>(g.permutation[static_cast<std::size_t>(j - 1)])]) {
+        const keyed_row& r = rows[static_cast<std::size_t>(j)];
+        if (j == 0 || r.key != rows[static_cast<std::size_t>(j - 1)].key) {
             if (j > 0) g.offsets.push_back(j);
-            g.ids.push_back(static_cast<std::int64_t>(ids(row)));
+            g.ids.push_back(static_cast<std::int64_t>(ids(r.row)));
         }
-        g.group_of[static_cast<std::size_t>(row)] = static_cast<index_t>(g.ids.size()) - 1;
+        g.permutation[static_cast<std::size_t>(j)] = r.row;
+        g.group_of[static_cast<std::size_t>(r.row)] = static_cast<index_t>(g.ids.size()) - 1;
     }
     if (n > 0) g.offsets.push_back(n);
     return g;
@@ -151,9 +150,10 @@ grouping_result from_dense_ids(const Policy&, const Ids& ids, index_t num_groups
             for (index_t i = 0; i < n; ++i) {
                 const auto id = v(i);
                 const bool in_range = !(id < 0) && static_cast<std::uint64_t>(id) < static_cast<std::uint64_t>(num_groups);
-                detail::require(in_range, {fn, "ids"},
-                                "ids[" + detail::str(i) + "] = " + std::to_string(id) + " is out of range [0, " +
-                                    detail::str(num_groups) + ")");
+                if (!in_range)
+                    detail::raise_invalid_argument(fn, "ids",
+                                                   "ids[" + detail::str(i) + "] = " + std::to_string(id) +
+                                                       " is out of range [0, " + detail::str(num_groups) + ")");
                 ++g.offsets[static_cast<std::size_t>(id) + 1];
             }
             for (index_t k = 0; k < num_groups; ++k) g.offsets[std::size_t(k) + 1] += g.offsets[std::size_t(k)];
@@ -265,10 +265,12 @@ void validate_offsets(tensor_view<const Offset, 1> off, index_t n, where w) {
     const index_t g = off.extent(0) - 1;
     require(index_t(off(g)) == n,
             w, "offsets[G] must equal the number of rows " + str(n) + ", found " + str(index_t(off(g))));
+    // Per-entry checks build their message only on failure: this loop runs once per group.
     for (index_t i = 0; i < g; ++i)
-        require(off(i + 1) >= off(i), w,
-                "offsets must be non-decreasing, but offsets[" + str(i + 1) + "] = " + str(index_t(off(i + 1))) +
-                    " < offsets[" + str(i) + "] = " + str(index_t(off(i))));
+        if (off(i + 1) < off(i))
+            raise_invalid_argument(w.function, w.argument,
+                                   "offsets must be non-decreasing, but offsets[" + str(i + 1) + "] = " +
+                                       str(index_t(off(i + 1))) + " < offsets[" + str(i) + "] = " + str(index_t(off(i))));
 }
 
 inline group_layout<uniform_groups> make_layout(const uniform_groups& u, index_t n, where w) {
@@ -284,22 +286,39 @@ group_layout<ragged_groups<Offset>> make_layout(const ragged_groups<Offset>& r, 
     return {r.offsets};
 }
 
-inline group_layout<permuted_groups> make_layout(const permuted_groups& p, index_t n, where w) {
+// Offsets, and a permutation whose entries are in range; with check_repeats also that no row repeats.
+inline group_layout<permuted_groups> validate_permuted(const permuted_groups& p, index_t n, where w, bool check_repeats) {
     validate_offsets(p.offsets, n, w);
     require(p.permutation.extent(0) == n, w,
             "permutation must have one entry per row (" + str(n) + "), found " + str(p.permutation.extent(0)));
-    std::vector<unsigned char> seen(static_cast<std::size_t>(n), 0);
-    for (index_t j = 0; j < n; ++j) {
-        const index_t r = p.permutation(j);
-        require(r >= 0 && r < n, w, "permutation[" + str(j) + "] = " + str(r) + " is out of range [0, " + str(n) + ")");
-        require(!seen[static_cast<std::size_t>(r)], w, "permutation repeats row " + str(r));
-        seen[static_cast<std::size_t>(r)] = 1;
+    bool in_range = true;
+    for (index_t j = 0; j < n; ++j) in_range &= p.permutation(j) >= 0 && p.permutation(j) < n;
+    if (!in_range)
+        for (index_t j = 0; j < n; ++j)
+            if (p.permutation(j) < 0 || p.permutation(j) >= n)
+                raise_invalid_argument(w.function, w.argument,
+                                       "permutation[" + str(j) + "] = " + str(p.permutation(j)) + " is out of range [0, " +
+                                           str(n) + ")");
+    if (check_repeats) {
+        std::vector<unsigned char> seen(static_cast<std::size_t>(n), 0);
+        for (index_t j = 0; j < n; ++j) {
+            unsigned char& s = seen[static_cast<std::size_t>(p.permutation(j))];
+            if (s) raise_invalid_argument(w.function, w.argument, "permutation repeats row " + str(p.permutation(j)));
+            s = 1;
+        }
     }
     return {p};
 }
 
+inline group_layout<permuted_groups> make_layout(const permuted_groups& p, index_t n, where w) {
+    return validate_permuted(p, n, w, true);
+}
+
+// A grouping_result comes from posttrain's grouping functions, which produce a permutation by
+// construction: its offsets and the range of its entries are checked (so a modified result cannot
+// make an algorithm read or write out of bounds), the O(N) repeat check is not repeated.
 inline group_layout<permuted_groups> make_layout(const grouping_result& g, index_t n, where w) {
-    return make_layout(g.layout(), n, w);
+    return validate_permuted(g.layout(), n, w, false);
 }
 
 template <class Groups>
