@@ -46,18 +46,19 @@ struct gdpo_options {
 
 namespace detail {
 
-// sum_k w_k v(i, k) over the non-NaN components; NaN when every component is NaN and all_nan_is_nan.
+// sum_k w_k v(k). With skip_nan (TRL's nansum) NaN components are left out, and a row whose
+// components are all NaN is NaN (unscorable); otherwise NaN propagates.
 template <class Get>
-double weighted_nansum(index_t K, const std::vector<double>& w, Get&& v, bool all_nan_is_nan) {
+double weighted_sum(index_t K, const std::vector<double>& w, Get&& v, bool skip_nan) {
     double s = 0;
     bool any = false;
     for (index_t k = 0; k < K; ++k) {
         const double x = v(k);
-        if (x != x) continue;
+        if (skip_nan && x != x) continue;
         s += (w.empty() ? 1.0 : w[std::size_t(k)]) * x;
         any = true;
     }
-    return (!any && all_nan_is_nan && K > 0) ? std::nan("") : s;
+    return (!any && K > 0) ? std::nan("") : s;
 }
 
 }  // namespace detail
@@ -82,8 +83,9 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
             std::vector<double> sum(static_cast<std::size_t>(N));
             group_stats_result res;
             if (options.mode == aggregation::sum_then_normalize) {
+                // nansum (TRL) under nonfinite::ignore; otherwise NaN propagates into the sum.
                 for (index_t i = 0; i < N; ++i)
-                    sum[std::size_t(i)] = detail::weighted_nansum(K, options.weights, [&](index_t k) { return double(r(i, k)); }, true);
+                    sum[std::size_t(i)] = detail::weighted_sum(K, options.weights, [&](index_t k) { return double(r(i, k)); }, ignore);
                 res = grpo(policy, tensor_view<const double, 1>(sum.data(), N), groups, a, options.component);
             } else {
                 std::vector<double> column(static_cast<std::size_t>(N)), z(static_cast<std::size_t>(N * K));
@@ -106,10 +108,7 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                         const double raw = double(r(i, k));
                         return (ignore && raw != raw) ? std::nan("") : z[std::size_t(k * N + i)];
                     };
-                    double plain = 0;
-                    if (!ignore)
-                        for (index_t k = 0; k < K; ++k) plain += (options.weights.empty() ? 1.0 : options.weights[std::size_t(k)]) * component(k);
-                    sum[std::size_t(i)] = ignore ? detail::weighted_nansum(K, options.weights, component, true) : plain;
+                    sum[std::size_t(i)] = detail::weighted_sum(K, options.weights, component, ignore);
                 }
                 using A = typename decltype(a)::value_type;
                 if (options.batch_normalize) {

@@ -157,7 +157,7 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
             for (index_t b = lo; b < hi; ++b) {
                 const index_t g0 = b * block, g1 = std::min(layout.num_groups(), g0 + block);
                 double mean[block], factor[block], m2[block];
-                unsigned char mode[block];  // 0 affine, 1 zeros, 2 general kernel
+                unsigned char mode[block];  // 0 affine, 1 zeros, 2 general kernel, 3 raw singleton
                 for (index_t g = g0; g < g1; ++g) {
                     const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
                     const In* v = x + begin;
@@ -182,9 +182,9 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                     if (n == 1) {
                         k = 2;
                         if (o.singleton_groups == singleton::raw) {
-                            mean[i] = 0;
-                            factor[i] = o.std_scale == scale::group ? 1.0 / singleton_denominator(o)
-                                        : o.std_scale == scale::batch ? 1.0 / (batch_sigma + o.epsilon) : 1.0;
+                            mode[i] = 3;  // r / denominator, divided as the general kernel does
+                            factor[i] = o.std_scale == scale::group ? singleton_denominator(o)
+                                        : o.std_scale == scale::batch ? batch_sigma + o.epsilon : 1.0;
                         } else if (o.singleton_groups == singleton::zero) {
                             mode[i] = 1;
                         } else {
@@ -227,6 +227,10 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                         continue;
                     }
                     const In* v = x + begin;
+                    if (mode[i] == 3) {
+                        out[0] = static_cast<Out>(double(v[0]) / factor[i]);
+                        continue;
+                    }
                     const double mu = mean[i], f = factor[i];
                     for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mu) * f);
                 }
@@ -463,7 +467,7 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
             const detail::strided_reader<typename decltype(r)::value_type> x{r.data(), r.stride(0)};
             detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
                 double mu = 0, sd = 1;
-                if (options.stats == statistics::float32_one_pass) {
+                if (options.stats == statistics::float32_one_pass && (n > 1 || options.singleton_unit)) {
                     const auto st = detail::float32_one_pass_stats(x, rows, n, options.epsilon);
                     mu = st.mean;
                     sd = st.std;
