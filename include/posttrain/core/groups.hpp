@@ -15,6 +15,7 @@
 
 #include "error.hpp"
 #include "exec.hpp"
+#include "group_ids.hpp"
 #include "traits.hpp"
 #include "view.hpp"
 
@@ -61,64 +62,10 @@ struct grouping_result {
 
 namespace detail {
 
-// A row's sort key next to the row, so that radix passes stream through memory instead of
-// gathering keys through a permutation.
-struct keyed_row {
-    std::uint64_t key;
-    index_t row;
-};
-
-// Stable LSD radix sort by 8-bit digits. All digit histograms come from one pass over the keys, and
-// a digit on which every key agrees is skipped, so ids below 2^16 cost two passes and hashed 64-bit
-// ids eight.
-inline void radix_sort_keyed(std::vector<keyed_row>& rows) {
-    const std::size_t n = rows.size();
-    if (n < 2) return;
-    constexpr int digits = 8, radix = 256;
-    std::vector<index_t> count(std::size_t(digits) * radix, 0);
-    for (const keyed_row& r : rows)
-        for (int d = 0; d < digits; ++d) ++count[std::size_t(d) * radix + ((r.key >> (8 * d)) & 0xff)];
-    std::vector<keyed_row> tmp(n);
-    for (int d = 0; d < digits; ++d) {
-        index_t* c = count.data() + std::size_t(d) * radix;
-        if (c[rows[0].key >> (8 * d) & 0xff] == index_t(n)) continue;  // every key has this digit
-        index_t sum = 0;
-        for (int v = 0; v < radix; ++v) {
-            const index_t here = c[v];
-            c[v] = sum;
-            sum += here;
-        }
-        for (const keyed_row& r : rows) tmp[std::size_t(c[(r.key >> (8 * d)) & 0xff]++)] = r;
-        rows.swap(tmp);
-    }
-}
-
 template <class Id>
 grouping_result group_by_keys(tensor_view<const Id, 1> ids) {
-    const index_t n = ids.extent(0);
-    std::vector<keyed_row> rows(static_cast<std::size_t>(n));
-    for (index_t i = 0; i < n; ++i) {
-        const auto v = ids(i);
-        // Flipping the sign bit makes unsigned order equal signed order.
-        std::uint64_t key = static_cast<std::uint64_t>(v);
-        if constexpr (std::is_signed_v<Id>) key = static_cast<std::uint64_t>(static_cast<std::int64_t>(v)) ^ (std::uint64_t{1} << 63);
-        rows[static_cast<std::size_t>(i)] = {key, i};
-    }
-    radix_sort_keyed(rows);
     grouping_result g;
-    g.permutation.resize(static_cast<std::size_t>(n));
-    g.group_of.resize(static_cast<std::size_t>(n));
-    g.offsets.push_back(0);
-    for (index_t j = 0; j < n; ++j) {
-        const keyed_row& r = rows[static_cast<std::size_t>(j)];
-        if (j == 0 || r.key != rows[static_cast<std::size_t>(j - 1)].key) {
-            if (j > 0) g.offsets.push_back(j);
-            g.ids.push_back(static_cast<std::int64_t>(ids(r.row)));
-        }
-        g.permutation[static_cast<std::size_t>(j)] = r.row;
-        g.group_of[static_cast<std::size_t>(r.row)] = static_cast<index_t>(g.ids.size()) - 1;
-    }
-    if (n > 0) g.offsets.push_back(n);
+    group_ids(ids, g.permutation, g.offsets, g.ids, g.group_of);
     return g;
 }
 
