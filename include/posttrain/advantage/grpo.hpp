@@ -264,14 +264,14 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
 
 template <class Policy, class In, class Out, class Layout>
 group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const Layout& layout,
-                             tensor_view<Out, 1> a, const grpo_options& o) {
+                             tensor_view<Out, 1> a, const grpo_options& o, const char* fn = "posttrain::advantage::grpo") {
     const bool skip_nan = o.nonfinite_rewards == nonfinite::ignore;
     if constexpr (std::is_same_v<Layout, posttrain::detail::group_layout<permuted_groups>>) {
         // Rows grouped through a permutation: gather the rewards into group order once, run the
         // contiguous kernel over the CSR offsets, and scatter the advantages back. Two passes of
         // independent random accesses instead of random accesses in every pass of the kernel.
         if (!skip_nan && o.stats == statistics::float64) {
-            if (o.nonfinite_rewards == nonfinite::raise) check_finite(r, {"posttrain::advantage::grpo", "rewards"});
+            if (o.nonfinite_rewards == nonfinite::raise) check_finite(r, {fn, "rewards"});
             const index_t n = r.extent(0);
             const index_t* perm = layout.p.permutation.data();
             std::vector<In> grouped(static_cast<std::size_t>(n));
@@ -283,7 +283,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
             finite.nonfinite_rewards = nonfinite::propagate;  // checked above, against the caller's row numbers
             const posttrain::detail::group_layout<ragged_groups<index_t>> csr{layout.p.offsets};
             const group_stats_result res = grpo_impl(p, tensor_view<const In, 1>(grouped.data(), n), csr,
-                                                     tensor_view<Out, 1>(grouped_out.data(), n), finite);
+                                                     tensor_view<Out, 1>(grouped_out.data(), n), finite, fn);
             posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
                 for (index_t j = lo; j < hi; ++j) a(perm[j]) = grouped_out[std::size_t(j)];
             });
@@ -296,7 +296,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
     const bool blocked = contiguous_layout && !skip_nan && o.stats == statistics::float64 && r.stride(0) == 1 &&
                          a.stride(0) == 1;
     // The blocked path finds non-finite values as it goes; the others look first.
-    if (o.nonfinite_rewards == nonfinite::raise && !blocked) check_finite(r, {"posttrain::advantage::grpo", "rewards"});
+    if (o.nonfinite_rewards == nonfinite::raise && !blocked) check_finite(r, {fn, "rewards"});
     const double batch_sigma = o.std_scale == scale::batch ? batch_std(p, r, o) : 0.0;
 
     with_accessors(r, a, [&](auto x, auto y) {
@@ -342,7 +342,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                 double value = 0;
                 if (o.singleton_groups == singleton::nan) value = std::nan("");
                 if (o.singleton_groups == singleton::error)
-                    posttrain::detail::raise_invalid_argument("posttrain::advantage::grpo", "groups",
+                    posttrain::detail::raise_invalid_argument(fn, "groups",
                                                               "group " + str(g) + " has a single row (singleton::error)");
                 for (index_t j = 0; j < n; ++j) {
                     if (skip_nan && v[j] != v[j]) {
@@ -384,7 +384,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
         if constexpr (contiguous_layout) {
             if (blocked) {
                 grpo_blocked(p, r.data(), a.data(), layout, o, batch_sigma, kind, general,
-                             [&] { check_finite(r, {"posttrain::advantage::grpo", "rewards"}); });
+                             [&] { check_finite(r, {fn, "rewards"}); });
                 return;
             }
         }
@@ -405,6 +405,30 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
 
 }  // namespace detail
 
+namespace detail {
+// The public entry shared by grpo and rloo: adapts the arguments, validates them, runs the kernel.
+template <class Policy, class Rewards, class Groups, class Advantages>
+group_stats_result grpo_entry(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
+                              const grpo_options& options, const char* fn) {
+    require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
+    if (options.stats == statistics::float32_one_pass)
+        require(!options.leave_one_out && options.std_scale != scale::batch &&
+                    options.nonfinite_rewards != nonfinite::ignore && options.ddof == posttrain::ddof::sample,
+                {fn, "options.stats"},
+                "statistics::float32_one_pass reproduces verl's group_mean_std only: it takes scale::group or "
+                "scale::none, ddof::sample, no leave_one_out and no nonfinite::ignore");
+    auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
+    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
+    return std::visit(
+        [&](auto r, auto a) {
+            check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
+            const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            return grpo_impl(policy, r, layout, a, options, fn);
+        },
+        rv, av);
+}
+}  // namespace detail
+
 // GRPO advantages of rewards[N] under a group layout, written to advantages[N] (float or double,
 // any adapted tensor). Returns counts of empty, singleton and zero-variance groups.
 template <class Policy, class Rewards, class Groups, class Advantages>
@@ -412,23 +436,8 @@ group_stats_result grpo(const Policy& policy, const Rewards& rewards, const Grou
                         const grpo_options& options = {}) {
     static_assert(host_policy<Policy>,
                   "posttrain::advantage::grpo: this overload runs on the host; include <posttrain/advantage/grpo.cuh> for exec::cuda");
-    constexpr const char* fn = "posttrain::advantage::grpo";
-    detail::require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
-    if (options.stats == statistics::float32_one_pass)
-        detail::require(!options.leave_one_out && options.std_scale != scale::batch &&
-                            options.nonfinite_rewards != nonfinite::ignore && options.ddof == posttrain::ddof::sample,
-                        {fn, "options.stats"},
-                        "statistics::float32_one_pass reproduces verl's group_mean_std only: it takes scale::group or "
-                        "scale::none, ddof::sample, no leave_one_out and no nonfinite::ignore");
-    auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
-    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
-    return std::visit(
-        [&](auto r, auto a) {
-            detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
-            const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
-            return detail::grpo_impl(policy, r, layout, a, options);
-        },
-        rv, av);
+    return detail::grpo_entry(policy, rewards, groups, std::forward<Advantages>(advantages), options,
+                              "posttrain::advantage::grpo");
 }
 
 struct group_mean_std_options {

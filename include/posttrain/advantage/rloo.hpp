@@ -47,16 +47,8 @@ group_stats_result rloo(const Policy& policy, const Rewards& rewards, const Grou
                         const rloo_options& options = {}) {
     static_assert(host_policy<Policy>,
                   "posttrain::advantage::rloo: this overload runs on the host; include <posttrain/advantage/rloo.cuh> for exec::cuda");
-    constexpr const char* fn = "posttrain::advantage::rloo";
-    auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
-    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
-    return std::visit(
-        [&](auto r, auto a) {
-            detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
-            const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
-            return detail::grpo_impl(policy, r, layout, a, detail::as_grpo(options));
-        },
-        rv, av);
+    return detail::grpo_entry(policy, rewards, groups, std::forward<Advantages>(advantages), detail::as_grpo(options),
+                              "posttrain::advantage::rloo");
 }
 
 }  // namespace posttrain::advantage
