@@ -4,6 +4,7 @@
 // over any group layout. See docs/algorithms/grpo.md.
 
 #include <cmath>
+#include <memory>
 #include <variant>
 
 #include "common.hpp"
@@ -274,16 +275,17 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
             if (o.nonfinite_rewards == nonfinite::raise) check_finite(r, {fn, "rewards"});
             const index_t n = r.extent(0);
             const index_t* perm = layout.p.permutation.data();
-            std::vector<In> grouped(static_cast<std::size_t>(n));
-            std::vector<Out> grouped_out(static_cast<std::size_t>(n));
+            // Fully overwritten scratch: not value-initialised.
+            const auto grouped = std::make_unique_for_overwrite<In[]>(static_cast<std::size_t>(n));
+            const auto grouped_out = std::make_unique_for_overwrite<Out[]>(static_cast<std::size_t>(n));
             posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
                 for (index_t j = lo; j < hi; ++j) grouped[std::size_t(j)] = r(perm[j]);
             });
             grpo_options finite = o;
             finite.nonfinite_rewards = nonfinite::propagate;  // checked above, against the caller's row numbers
             const posttrain::detail::group_layout<ragged_groups<index_t>> csr{layout.p.offsets};
-            const group_stats_result res = grpo_impl(p, tensor_view<const In, 1>(grouped.data(), n), csr,
-                                                     tensor_view<Out, 1>(grouped_out.data(), n), finite, fn);
+            const group_stats_result res = grpo_impl(p, tensor_view<const In, 1>(grouped.get(), n), csr,
+                                                     tensor_view<Out, 1>(grouped_out.get(), n), finite, fn);
             posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
                 for (index_t j = lo; j < hi; ++j) a(perm[j]) = grouped_out[std::size_t(j)];
             });
