@@ -150,19 +150,24 @@ double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options
 // work of neighbouring groups overlaps instead of queueing behind each group's sqrt and division.
 // Every group gets the same arithmetic as the general kernel: out = (r - mean) * factor.
 template <class Policy, class In, class Out, class Layout, class General, class OnNonfinite>
-void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, const grpo_options& o, double batch_sigma,
-                  std::vector<unsigned char>& kind, General&& general, OnNonfinite&& on_nonfinite) {
+void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, const grpo_options& options,
+                  double batch_sigma, std::vector<unsigned char>& kind, General&& general, OnNonfinite&& on_nonfinite) {
     constexpr index_t block = 32;
+    // Local copies: the kernel's stores (and unsigned char stores in particular) may alias anything
+    // reached through a reference, which would force the compiler to reload the options after each.
+    const grpo_options o = options;
+    const index_t groups = layout.num_groups();
     auto run = [&](auto size_of) {
-        posttrain::detail::for_blocks(p, (layout.num_groups() + block - 1) / block, 16 * block, [&](index_t lo, index_t hi) {
+        posttrain::detail::for_blocks(p, (groups + block - 1) / block, 16 * block, [&](index_t lo, index_t hi) {
             for (index_t b = lo; b < hi; ++b) {
-                const index_t g0 = b * block, g1 = std::min(layout.num_groups(), g0 + block);
+                const index_t g0 = b * block, g1 = std::min(groups, g0 + block);
                 double mean[block], factor[block], m2[block];
                 unsigned char mode[block];  // 0 affine, 1 zeros, 2 general kernel, 3 raw singleton
+                unsigned char kinds[block] = {};
                 for (index_t g = g0; g < g1; ++g) {
                     const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
                     const In* v = x + begin;
-                    auto& k = kind[std::size_t(g)];
+                    unsigned char& k = kinds[i];
                     mode[i] = 0;
                     if (n == 0) {
                         k = 1;
@@ -177,8 +182,9 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                         mode[i] = 2;
                         continue;
                     }
-                    bool constant = true;
-                    for (index_t j = 1; j < n; ++j) constant &= v[j] == v[0];
+                    unsigned differs = 0;  // an integer OR, which vectorizes where a bool AND does not
+                    for (index_t j = 1; j < n; ++j) differs |= unsigned(v[j] != v[0]);
+                    const bool constant = differs == 0;
                     mean[i] = sum / double(n);
                     if (n == 1) {
                         k = 2;
@@ -216,6 +222,8 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                     const double loo = o.leave_one_out ? double(n) / double(n - 1) : 1.0;
                     factor[i] = loo / denom;
                 }
+                // Before the writes: the general kernel records its own groups' kinds.
+                std::copy(kinds, kinds + (g1 - g0), kind.begin() + g0);
                 for (index_t g = g0; g < g1; ++g) {
                     const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
                     if (mode[i] == 2) {
