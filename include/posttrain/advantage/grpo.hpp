@@ -144,121 +144,147 @@ double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options
     return dof > 0 ? std_from_m2(m2, double(s.count), o) : std::nan("");
 }
 
+// Per-block group statistics for the blocked kernel. The statistics passes run over every group of
+// a block without branches, so that compilers can vectorize them (across groups when the size is a
+// compile-time constant). The order of every sum is fixed_order_sum's, so results do not depend on
+// which form runs.
+struct block_moments {
+    static constexpr index_t capacity = 32;
+    double sum[capacity], mean[capacity], m2[capacity];
+    unsigned char differs[capacity];  // some value differs from the group's first
+};
+
+// Groups of K consecutive rows (K a multiple of 8), count <= capacity of them from x.
+template <index_t K, class In>
+void uniform_block_moments(const In* x, index_t count, block_moments& m) {
+    static_assert(K % 8 == 0);
+    for (index_t i = 0; i < count; ++i) {
+        const In* v = x + i * K;
+        double acc[8] = {};
+        for (index_t j = 0; j < K; j += 8)
+            for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(v[j + l]);
+        m.sum[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    }
+    for (index_t i = 0; i < count; ++i) {
+        const In* v = x + i * K;
+        unsigned differs = 0;  // an integer OR vectorizes where a bool AND does not
+        for (index_t j = 1; j < K; ++j) differs |= unsigned(v[j] != v[0]);
+        m.differs[i] = static_cast<unsigned char>(differs);
+        m.mean[i] = m.sum[i] / double(K);
+    }
+    for (index_t i = 0; i < count; ++i) {
+        const In* v = x + i * K;
+        const double mu = m.mean[i];
+        double acc[8] = {};
+        for (index_t j = 0; j < K; j += 8)
+            for (int l = 0; l < 8; ++l) {
+                const double d = static_cast<double>(v[j + l]) - mu;
+                acc[l] += d * d;
+            }
+        m.m2[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    }
+}
+
+// Groups of any sizes (consecutive rows from x + begin(g)).
+template <class In, class Layout>
+void ragged_block_moments(const In* x, const Layout& layout, index_t g0, index_t count, block_moments& m) {
+    for (index_t i = 0; i < count; ++i) {
+        const index_t n = layout.size(g0 + i);
+        const In* v = x + layout.rows(g0 + i).begin;
+        m.sum[i] = posttrain::detail::fixed_order_sum(n, [&](index_t j) { return static_cast<double>(v[j]); });
+        unsigned differs = 0;
+        for (index_t j = 1; j < n; ++j) differs |= unsigned(v[j] != v[0]);
+        m.differs[i] = static_cast<unsigned char>(differs);
+        m.mean[i] = n > 0 ? m.sum[i] / double(n) : 0.0;
+        const double mu = m.mean[i];
+        m.m2[i] = posttrain::detail::fixed_order_sum(n, [&](index_t j) {
+            const double d = static_cast<double>(v[j]) - mu;
+            return d * d;
+        });
+    }
+}
+
 // The fast path for the common case: groups of consecutive rows, unit strides, float64 statistics,
-// NaN not ignored. Groups are taken in blocks; within a block each pass runs over all of its groups
-// (sums, then squared deviations, then one sqrt and division per group, then the writes), so the
-// work of neighbouring groups overlaps instead of queueing behind each group's sqrt and division.
-// Every group gets the same arithmetic as the general kernel: out = (r - mean) * factor.
+// NaN not ignored. Groups are taken in blocks: the statistics of a whole block first (branch-free
+// passes), then each group's scale from its statistics and the options, then the writes. Every group
+// gets the general kernel's arithmetic: out = (r - mean) * factor.
 template <class Policy, class In, class Out, class Layout, class General, class OnNonfinite>
 void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, const grpo_options& options,
                   double batch_sigma, std::vector<unsigned char>& kind, General&& general, OnNonfinite&& on_nonfinite) {
-    constexpr index_t block = 32;
+    constexpr index_t block = block_moments::capacity;
     // Local copies: the kernel's stores (and unsigned char stores in particular) may alias anything
     // reached through a reference, which would force the compiler to reload the options after each.
     const grpo_options o = options;
     const index_t groups = layout.num_groups();
-    auto run = [&](auto size_of) {
+    auto run = [&](auto moments) {
         posttrain::detail::for_blocks(p, (groups + block - 1) / block, 16 * block, [&](index_t lo, index_t hi) {
+            block_moments m;
             for (index_t b = lo; b < hi; ++b) {
-                const index_t g0 = b * block, g1 = std::min(groups, g0 + block);
-                double mean[block], factor[block], m2[block];
+                const index_t g0 = b * block, count = std::min(groups - g0, block);
+                moments(g0, count, m);
+                double factor[block];
                 unsigned char mode[block];  // 0 affine, 1 zeros, 2 general kernel, 3 raw singleton
                 unsigned char kinds[block] = {};
-                for (index_t g = g0; g < g1; ++g) {
-                    const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
-                    const In* v = x + begin;
-                    unsigned char& k = kinds[i];
+                for (index_t i = 0; i < count; ++i) {
+                    const index_t n = layout.size(g0 + i);
                     mode[i] = 0;
                     if (n == 0) {
-                        k = 1;
+                        kinds[i] = 1;
                         mode[i] = 1;
-                        continue;
-                    }
-                    const double sum = posttrain::detail::fixed_order_sum(size_of.fixed(g), [&](index_t j) { return double(v[j]); });
-                    if (!numeric::is_finite(sum)) {  // a non-finite value (or an overflowing sum): exact handling
-                        if (o.nonfinite_rewards == nonfinite::raise)
+                    } else if (!numeric::is_finite(m.sum[i])) {  // a non-finite value, or an overflowing sum
+                        if (o.nonfinite_rewards == nonfinite::raise) {
+                            const In* v = x + layout.rows(g0 + i).begin;
                             for (index_t j = 0; j < n; ++j)
                                 if (!numeric::is_finite(v[j])) on_nonfinite();  // throws, naming the first bad index
+                        }
                         mode[i] = 2;
-                        continue;
-                    }
-                    unsigned differs = 0;  // an integer OR, which vectorizes where a bool AND does not
-                    for (index_t j = 1; j < n; ++j) differs |= unsigned(v[j] != v[0]);
-                    const bool constant = differs == 0;
-                    mean[i] = sum / double(n);
-                    if (n == 1) {
-                        k = 2;
+                    } else if (n == 1) {
+                        kinds[i] = 2;
                         if (o.singleton_groups == singleton::raw) {
                             mode[i] = 3;  // r / denominator, divided as the general kernel does
                             factor[i] = o.std_scale == scale::group ? singleton_denominator(o)
                                         : o.std_scale == scale::batch ? batch_sigma + o.epsilon : 1.0;
-                        } else if (o.singleton_groups == singleton::zero) {
-                            mode[i] = 1;
                         } else {
-                            mode[i] = 2;
+                            mode[i] = o.singleton_groups == singleton::zero ? 1 : 2;
                         }
-                        continue;
+                    } else if (!m.differs[i] && o.zero_variance_groups == zero_variance::zero) {
+                        kinds[i] = 3;
+                        mode[i] = 1;
+                    } else {
+                        if (!m.differs[i]) kinds[i] = 3;
+                        const double sigma = o.std_scale == scale::group ? std_from_m2(m.m2[i], double(n), o) : batch_sigma;
+                        const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
+                        const double loo = o.leave_one_out ? double(n) / double(n - 1) : 1.0;
+                        factor[i] = loo / denom;
                     }
-                    if (constant) {
-                        k = 3;
-                        if (o.zero_variance_groups == zero_variance::zero) {
-                            mode[i] = 1;
-                            continue;
-                        }
-                    }
-                    const double mu = mean[i];
-                    m2[i] = o.std_scale == scale::group
-                                ? posttrain::detail::fixed_order_sum(size_of.fixed(g), [&](index_t j) {
-                                      const double d = double(v[j]) - mu;
-                                      return d * d;
-                                  })
-                                : 0.0;
-                }
-                for (index_t g = g0; g < g1; ++g) {
-                    const index_t i = g - g0, n = size_of(g);
-                    if (mode[i] != 0 || n == 1) continue;
-                    const double sigma = o.std_scale == scale::group ? std_from_m2(m2[i], double(n), o) : batch_sigma;
-                    const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
-                    const double loo = o.leave_one_out ? double(n) / double(n - 1) : 1.0;
-                    factor[i] = loo / denom;
                 }
                 // Before the writes: the general kernel records its own groups' kinds.
-                std::copy(kinds, kinds + (g1 - g0), kind.begin() + g0);
-                for (index_t g = g0; g < g1; ++g) {
-                    const index_t i = g - g0, n = size_of(g), begin = layout.rows(g).begin;
+                for (index_t i = 0; i < count; ++i) kind[std::size_t(g0 + i)] = kinds[i];
+                for (index_t i = 0; i < count; ++i) {
+                    const index_t g = g0 + i, n = layout.size(g), begin = layout.rows(g).begin;
                     if (mode[i] == 2) {
                         general(g, layout.rows(g), n);
                         continue;
                     }
                     Out* out = y + begin;
+                    const In* v = x + begin;
                     if (mode[i] == 1) {
                         for (index_t j = 0; j < n; ++j) out[j] = Out(0);
-                        continue;
-                    }
-                    const In* v = x + begin;
-                    if (mode[i] == 3) {
+                    } else if (mode[i] == 3) {
                         out[0] = static_cast<Out>(double(v[0]) / factor[i]);
-                        continue;
+                    } else {
+                        const double mu = m.mean[i], f = factor[i];
+                        for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mu) * f);
                     }
-                    const double mu = mean[i], f = factor[i];
-                    for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mu) * f);
                 }
             }
         });
     };
-    // Uniform layouts of common sizes give the loops compile-time trip counts.
-    struct runtime_size {
-        const Layout* l;
-        index_t operator()(index_t g) const { return l->size(g); }
-        index_t fixed(index_t g) const { return l->size(g); }
-    };
     if constexpr (std::is_same_v<Layout, posttrain::detail::group_layout<uniform_groups>>) {
+        // Common uniform sizes as compile-time constants: the statistics vectorize across groups.
         auto constant = [&](auto k) {
-            struct size_of_t {
-                index_t operator()(index_t) const { return decltype(k)::value; }
-                decltype(k) fixed(index_t) const { return {}; }
-            };
-            run(size_of_t{});
+            constexpr index_t K = decltype(k)::value;
+            run([&](index_t g0, index_t count, block_moments& m) { uniform_block_moments<K>(x + g0 * K, count, m); });
         };
         switch (layout.k) {
             case 8: return constant(std::integral_constant<index_t, 8>{});
@@ -268,7 +294,7 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
             default: break;
         }
     }
-    run(runtime_size{&layout});
+    run([&](index_t g0, index_t count, block_moments& m) { ragged_block_moments(x, layout, g0, count, m); });
 }
 
 template <class Policy, class In, class Out, class Layout>
