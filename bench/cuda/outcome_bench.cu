@@ -3,7 +3,7 @@
 // must move at least). Prints one JSON object per line:
 //     {"op":..., "size":N, "threads":0, "device":..., "posttrain_ms":..., "memcpy_ms":..., "memcpy_fraction":...}
 // memcpy_fraction = memcpy_ms / posttrain_ms (1.0 = as fast as a copy).
-// Usage: posttrain_cuda_bench [max_log2_n (default 24)]
+// Usage: posttrain_cuda_bench [max_log2_n (default 24) [min_log2_n (default 14)]]
 
 #include <cstdio>
 #include <cstdlib>
@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
         return 77;
     }
     const int max_log2 = argc > 1 ? std::atoi(argv[1]) : 24;
+    const int min_log2 = argc > 2 ? std::atoi(argv[2]) : 14;
     cudaDeviceProp prop{};
     POSTTRAIN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     const std::string device = std::string("cuda:") + prop.name;
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(r, host_r.data(), sizeof(float) * max_n, cudaMemcpyHostToDevice));
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(off, host_off.data(), sizeof(std::int64_t) * host_off.size(), cudaMemcpyHostToDevice));
 
-    for (int lg = 14; lg <= max_log2; lg += 2) {
+    for (int lg = min_log2; lg <= max_log2; lg += 2) {
         const index_t n = index_t{1} << lg;
         const pt::device_view<const float, 1> rv(r, n);
         const pt::device_view<float, 1> av(a, n);

@@ -1,11 +1,13 @@
 // GRPO and RLOO on exec::cuda against the host oracle (exec::seq): uniform and ragged layouts,
-// float and double, group sizes 0..5000 (sub-warp, warp, hybrid and block-per-group paths), empty,
-// singleton and zero-variance groups, NaN rewards, every framework preset; plus the policy's
-// workspace, status word, validation and DLPack inputs.
+// float and double, group sizes 0..5000 (uniform tiles with register teams of 1..32 lanes, ragged
+// tiles with looping teams and their deferred fallback, block per group in registers and
+// looping), empty, singleton and zero-variance groups, NaN rewards, every framework preset; plus
+// run-to-run determinism, the policy's workspace, status word, validation and DLPack inputs.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -159,12 +161,14 @@ std::vector<named_rloo> rloo_variants() {
             {"trl", adv::rloo_options::trl()}};
 }
 
-const index_t group_sizes[] = {1, 2, 7, 32, 33, 1000, 5000};
+// Tile kernel with teams of 1, 2, 4, 8 and 32 lanes (sizes 1..256), block kernel with registers
+// (257..4096) and looping (5000).
+const index_t group_sizes[] = {1, 2, 4, 7, 16, 32, 33, 256, 257, 1000, 4096, 5000};
 
 template <class T>
 void uniform_matrix(const char* type) {
     for (index_t k : group_sizes) {
-        const index_t groups = k >= 1000 ? 7 : 20000 / k / 4 + 3;
+        const index_t groups = k >= 1000 ? 7 : 20000 / k / 4 + 3;  // several tiles, the last one partial
         const auto off = uniform_offsets(k, groups);
         for (const auto& v : grpo_variants())
             compare<T>(off, k, v.o, std::string("grpo ") + type + " uniform k=" + std::to_string(k) + " " + v.name, k);
@@ -184,9 +188,18 @@ std::vector<std::pair<const char*, std::vector<std::int64_t>>> ragged_layouts() 
     for (int i = 0; i < 3000; ++i) tiny.push_back(static_cast<index_t>(rng() % 4));
     tiny[1234] = 5000;
     std::vector<index_t> all_empty = {0, 0, 0};
+    // Mean ~16 (ragged tiles, teams of 2 lanes for float, 4 for double), with empty groups.
+    std::vector<index_t> small;
+    for (int i = 0; i < 3000; ++i) small.push_back(static_cast<index_t>(rng() % 32));
+    // Mean ~50 (teams of 8 or 16 lanes) with a 500-row group inside a staged tile.
+    std::vector<index_t> medium;
+    for (int i = 0; i < 600; ++i) medium.push_back(static_cast<index_t>(rng() % 100));
+    medium[100] = 500;
     return {{"mixed", offsets_from_sizes(mixed)},
             {"large", offsets_from_sizes(large)},
             {"tiny+outlier", offsets_from_sizes(tiny)},
+            {"small", offsets_from_sizes(small)},
+            {"medium", offsets_from_sizes(medium)},
             {"all empty", offsets_from_sizes(all_empty)},
             {"no groups", {0}}};
 }
@@ -207,6 +220,24 @@ PT_TEST("grpo/rloo uniform float") { uniform_matrix<float>("float"); }
 PT_TEST("grpo/rloo uniform double") { uniform_matrix<double>("double"); }
 PT_TEST("grpo/rloo ragged float") { ragged_matrix<float>("float"); }
 PT_TEST("grpo/rloo ragged double") { ragged_matrix<double>("double"); }
+
+PT_TEST("run-to-run determinism: bit-identical advantages") {
+    std::mt19937_64 rng(11);
+    std::vector<index_t> sizes;
+    for (int i = 0; i < 5000; ++i) sizes.push_back(static_cast<index_t>(rng() % 32));
+    sizes[77] = 3000;
+    const auto off = offsets_from_sizes(sizes);
+    const auto r = make_rewards<float>(off, 9, false);
+    device_vec<float> dr(r), a1(r.size()), a2(r.size()), u1(4096 * 8), u2(4096 * 8);
+    device_vec<std::int64_t> doff(off);
+    const auto ur = make_rewards<float>(uniform_offsets(4096, 8), 10, false);
+    device_vec<float> dur(ur);
+    for (auto* a : {&a1, &a2}) adv::grpo(pt::exec::cuda, dr.cview(), pt::ragged(doff.cview()), a->view());
+    for (auto* a : {&u1, &u2}) adv::grpo(pt::exec::cuda, dur.cview(), pt::uniform_groups{4096}, a->view());
+    const auto h1 = a1.host(), h2 = a2.host(), v1 = u1.host(), v2 = u2.host();
+    PT_CHECK(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(float)) == 0);
+    PT_CHECK(std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(float)) == 0);
+}
 
 PT_TEST("grpo mixed precision: float rewards, double advantages") {
     const auto off = uniform_offsets(16, 100);

@@ -56,7 +56,8 @@ struct outcome_transform {
     POSTTRAIN_HD double operator()(double v) const noexcept {
         if (skip_nan && v != v) return 0.0;
         if (fill) return fill_value;
-        return ((v - shift) * factor) / div;
+        const double q = (v - shift) * factor;
+        return div == 1.0 ? q : q / div;  // q / 1 == q exactly: saves devices a double division per row
     }
 };
 

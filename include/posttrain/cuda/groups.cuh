@@ -47,7 +47,10 @@ namespace detail {
 // Device-side readers: bounds(g, begin, end) gives the rows of group g, or false when the layout is
 // invalid there (then the group is skipped and the caller reports status_invalid_groups).
 struct device_uniform_layout {
+    static constexpr bool uniform = true;
     index_t k = 1;
+    // First row of group g (g <= groups); only meaningful where the layout is valid.
+    __device__ index_t begin_of(index_t g) const noexcept { return g * k; }
     __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
         begin = g * k;
         end = begin + k;
@@ -57,19 +60,23 @@ struct device_uniform_layout {
 
 template <class Offset>
 struct device_ragged_layout {
+    static constexpr bool uniform = false;
     const Offset* offsets = nullptr;
     index_t stride = 1;
     index_t groups = 0;
     index_t rows = 0;
-    __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
-        const index_t lo = static_cast<index_t>(offsets[g * stride]);
-        const index_t hi = static_cast<index_t>(offsets[(g + 1) * stride]);
-        begin = lo;
-        end = hi;
+    __device__ index_t begin_of(index_t g) const noexcept { return static_cast<index_t>(offsets[g * stride]); }
+    // Whether [lo, hi) is a valid range for group g of a CSR layout over `rows` rows.
+    __device__ bool valid(index_t g, index_t lo, index_t hi) const noexcept {
         bool ok = lo >= 0 && hi >= lo && hi <= rows;
         if (g == 0) ok = ok && lo == 0;
         if (g == groups - 1) ok = ok && hi == rows;
         return ok;
+    }
+    __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
+        begin = static_cast<index_t>(offsets[g * stride]);
+        end = static_cast<index_t>(offsets[(g + 1) * stride]);
+        return valid(g, begin, end);
     }
 };
 

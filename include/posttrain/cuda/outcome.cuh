@@ -1,23 +1,37 @@
 #pragma once
 // The CUDA engine of the outcome-advantage family (GRPO, RLOO, Dr. GRPO, leave-one-out GRPO): one
-// launcher, one per-group body, and two team shapes that run it (a sub-warp/warp per group, or a
-// block per group). The arithmetic is advantage/grpo_math.hpp, shared with the other backends.
+// launcher, the per-group bodies (team_group, team_loop_group) and the kernels that run them. The
+// arithmetic is advantage/grpo_math.hpp, shared with the other backends.
 //
-// Per group: pass 1 reduces count/sum/min/max (double accumulation, also for float input), pass 2
-// reduces the squared deviations from the mean (skipped unless the group std is needed), pass 3
-// writes every row through the group's transform. Passes 2 and 3 re-read rows the team has just
-// read, which small groups find in L1 and large ones in L2.
+// Per group, a team of threads computes the count, the sum (double accumulation, also for float
+// input) and whether the group is constant, then the squared deviations from the mean (only when
+// the group std is needed), and writes every row through the group's transform. Shapes (values in
+// tuning.cuh):
+//   - uniform tile kernel (groups of up to 32 * tile_values rows): blocks walk tiles of 256/lanes
+//     consecutive groups, double-buffered: the rows of the next tile are copied into shared
+//     memory (cp.async, coalesced) while the current one is computed, then written back with
+//     coalesced stores. A team of `lanes` = 1..32 threads, sized to the group, holds its rows in
+//     registers and reduces over log2(lanes) shuffle levels only.
+//   - ragged tile kernel (mean group size up to ~128): the same pipeline over tiles of a fixed
+//     number of groups (whose offsets are prefetched a tile ahead), with teams that loop over
+//     their group's rows in shared memory, so that no group size is too large for its team. A tile
+//     with invalid offsets or too many rows is left for after the pipelined loop, where teams loop
+//     over global memory and the whole block takes large groups.
+//   - block kernel (larger groups): a block per group, up to block_values rows per thread in
+//     registers; beyond that the block loops over global memory.
+// Rows are never read from global memory more than once except in the looping fallbacks.
 //
-// Determinism: run to run on the same GPU (fixed launch shape and reduction trees, no atomics in
-// the arithmetic). Differences from the host oracle come only from summation order.
+// Determinism: run to run on the same GPU (the shape depends only on N, G, the group size and the
+// SM count, and no result depends on which block takes a tile; fixed reduction trees: xor
+// butterflies give every lane the same sums because IEEE addition commutes; no atomics in the
+// arithmetic). Differences from the host oracle come only from summation order.
 
 #if !defined(__CUDACC__)
 #error "<posttrain/cuda/outcome.cuh> needs nvcc: include it only from .cu files"
 #endif
 
 #include <cub/block/block_reduce.cuh>
-#include <cub/util_ptx.cuh>
-#include <cub/warp/warp_reduce.cuh>
+#include <cuda_pipeline_primitives.h>
 
 #include "../advantage/grpo_math.hpp"
 #include "exec.cuh"
@@ -43,148 +57,669 @@ struct outcome_args {
     bool report_nonfinite = false;              // nonfinite::raise: the host would have thrown
 };
 
-// A logical warp of Lanes threads working on one group.
-template <int Lanes>
-struct subwarp_team {
-    using reduce_partial = cub::WarpReduce<outcome_partial, Lanes>;
-    using reduce_double = cub::WarpReduce<double, Lanes>;
-    struct storage {
-        typename reduce_partial::TempStorage partial;
-        typename reduce_double::TempStorage sum;
-    };
-    storage& s;
-    int lane;
-    unsigned mask;
-
-    __device__ int rank() const { return lane; }
-    __device__ int size() const { return Lanes; }
-    __device__ bool leader() const { return lane == 0; }
-    __device__ outcome_partial reduce(const outcome_partial& v) {
-        const outcome_partial r = reduce_partial(s.partial).Reduce(v, outcome_partial_combine{});
-        return cub::ShuffleIndex<Lanes>(r, 0, mask);
-    }
-    __device__ double sum(double v) {
-        const double r = reduce_double(s.sum).Sum(v);
-        return cub::ShuffleIndex<Lanes>(r, 0, mask);
-    }
-};
-
-// A whole block working on one group.
-template <int Threads>
-struct block_team {
-    using reduce_partial = cub::BlockReduce<outcome_partial, Threads>;
-    using reduce_double = cub::BlockReduce<double, Threads>;
-    struct storage {
-        union {
-            typename reduce_partial::TempStorage partial;
-            typename reduce_double::TempStorage sum;
-        } temp;
-        outcome_partial partial_result;
-        double sum_result;
-    };
-    storage& s;
-
-    __device__ int rank() const { return static_cast<int>(threadIdx.x); }
-    __device__ int size() const { return Threads; }
-    __device__ bool leader() const { return threadIdx.x == 0; }
-    __device__ outcome_partial reduce(const outcome_partial& v) {
-        __syncthreads();  // the temp storage may still be read by the previous reduction
-        const outcome_partial r = reduce_partial(s.temp.partial).Reduce(v, outcome_partial_combine{});
-        if (threadIdx.x == 0) s.partial_result = r;
-        __syncthreads();
-        return s.partial_result;
-    }
-    __device__ double sum(double v) {
-        __syncthreads();
-        const double r = reduce_double(s.temp.sum).Sum(v);
-        if (threadIdx.x == 0) s.sum_result = r;
-        __syncthreads();
-        return s.sum_result;
-    }
-};
-
-// The three passes over rows [begin, end) of one group; every thread of the team calls it.
-template <class Team, class In, class Out>
-__device__ void outcome_group(Team& team, const outcome_args<In, Out>& a, const outcome_params& p, index_t begin,
-                              index_t end) {
-    const bool skip = p.skip_nan;
-    outcome_partial part;
-    for (index_t j = begin + team.rank(); j < end; j += team.size()) part.add(static_cast<double>(a.x[j * a.x_stride]), skip);
-    part = team.reduce(part);
-
-    const double mean = outcome_mean(part);
-    double m2 = 0;
-    if (p.std_scale == scale::group && part.count > 1) {
-        double local = 0;
-        for (index_t j = begin + team.rank(); j < end; j += team.size())
-            local += outcome_sq_dev(static_cast<double>(a.x[j * a.x_stride]), mean, skip);
-        m2 = team.sum(local);
-    }
-    const outcome_transform t = make_outcome_transform(p, finish_moments(part, m2));
-    for (index_t j = begin + team.rank(); j < end; j += team.size())
-        a.y[j * a.y_stride] = static_cast<Out>(t(static_cast<double>(a.x[j * a.x_stride])));
-
-    if (team.leader()) {
-        std::uint32_t bits = 0;
-        if (a.report_nonfinite && (part.flags & 2u)) bits |= status_nonfinite_input;
-        if (t.singleton_error) bits |= status_singleton_group;
-        posttrain::detail::report_status(a.status, bits);
-        if (a.counters != nullptr) {
-            atomicAdd(a.counters + 0, 1ull);
-            if (t.kind != group_regular) atomicAdd(a.counters + t.kind, 1ull);
-            const unsigned long long ignored = static_cast<unsigned long long>(end - begin - part.count);
-            if (skip && ignored != 0) atomicAdd(a.counters + 4, ignored);
-        }
+// Status bits and counters of one finished group (called by one thread of its team). `counters` is
+// the kernel's device counters or a block's shared copy of them, or null.
+template <class In, class Out>
+__device__ void report_group(const outcome_args<In, Out>& a, const outcome_transform& t, unsigned flags, index_t rows,
+                             index_t count, unsigned long long* counters) {
+    std::uint32_t bits = 0;
+    if (a.report_nonfinite && (flags & 2u)) bits |= status_nonfinite_input;
+    if (t.singleton_error) bits |= status_singleton_group;
+    posttrain::detail::report_status(a.status, bits);
+    if (counters != nullptr) {
+        atomicAdd(counters + 0, 1ull);
+        if (t.kind != group_regular) atomicAdd(counters + t.kind, 1ull);
+        const unsigned long long ignored = static_cast<unsigned long long>(rows - count);
+        if (t.skip_nan && ignored != 0) atomicAdd(counters + 4, ignored);
     }
 }
 
+// The transform of a group with these moments (the batch std, under scale::batch, is read from the
+// device; the other options stay in the kernel's parameter space rather than in registers).
 template <class In, class Out>
-__device__ outcome_params resolve_params(const outcome_args<In, Out>& a) {
+__device__ outcome_transform group_transform(const outcome_args<In, Out>& a, const outcome_moments& m) {
     outcome_params p = a.params;
     if (a.batch_sigma != nullptr) p.batch_sigma = *a.batch_sigma;
-    return p;
+    return make_outcome_transform(p, m);
 }
 
-// Group g goes to this kernel when its size is <= max_rows; each logical warp walks the groups
-// with a grid stride. Invalid layout entries are reported and skipped.
-template <int Lanes, class In, class Out, class Layout>
-__global__ void __launch_bounds__(cuda_tuning::block_threads)
-    outcome_subwarp_kernel(outcome_args<In, Out> a, Layout layout, index_t groups, index_t max_rows) {
-    using team_t = subwarp_team<Lanes>;
-    constexpr int teams_per_block = cuda_tuning::block_threads / Lanes;
-    __shared__ typename team_t::storage storage[teams_per_block];
-    const int team_id = static_cast<int>(threadIdx.x) / Lanes;
-    const int lane = static_cast<int>(threadIdx.x) % Lanes;
-    team_t team{storage[team_id], lane, cub::WarpMask<Lanes>(static_cast<unsigned>((threadIdx.x % 32) / Lanes))};
-    const outcome_params p = resolve_params(a);
-    const index_t stride = static_cast<index_t>(gridDim.x) * teams_per_block;
-    for (index_t g = static_cast<index_t>(blockIdx.x) * teams_per_block + team_id; g < groups; g += stride) {
-        index_t begin, end;
-        if (!layout.bounds(g, begin, end)) {
-            if (lane == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
-            continue;
+// ---- Teams: lanes = 1..32 threads of a warp, or the whole block ----------------------------------
+
+inline constexpr int warps_per_block = cuda_tuning::block_threads / 32;
+
+// Where a block-wide team leaves its per-warp partials (one slot per warp, folded in warp order).
+template <class In>
+struct block_exchange {
+    double sum[warps_per_block];
+    double m2[warps_per_block];
+    In lo[warps_per_block];
+    In hi[warps_per_block];
+    long long count_flags[warps_per_block];
+    In ref;
+};
+
+// Team-wide collectives for a team of L threads (1..32 lanes of one warp, or the whole block).
+// Every thread of the warp (of the block, for L > 32) must call them, with a group or not (full-mask
+// shuffles). The xor butterfly leaves the same sum in every lane (lane a adds a + b where lane b
+// adds b + a); the block folds its warps' slots in warp order.
+template <int L>
+__device__ double team_sum(double v, double* slots) {
+    constexpr int width = L < 32 ? L : 32;
+#pragma unroll
+    for (int k = width / 2; k >= 1; k /= 2) v += __shfl_xor_sync(0xffffffffu, v, k);
+    if constexpr (L > 32) {
+        static_assert(L == cuda_tuning::block_threads, "a team is at most a warp, or the whole block");
+        if (threadIdx.x % 32 == 0) slots[threadIdx.x / 32] = v;
+        __syncthreads();
+        v = slots[0];
+#pragma unroll
+        for (int w = 1; w < warps_per_block; ++w) v += slots[w];
+    }
+    return v;
+}
+
+template <int L>
+__device__ bool team_any(bool pred) {
+    if constexpr (L > 32) {
+        return __syncthreads_or(pred) != 0;
+    } else {
+        const unsigned votes = __ballot_sync(0xffffffffu, pred);
+        if constexpr (L == 32) {
+            return votes != 0;
+        } else {
+            const int first = static_cast<int>(threadIdx.x % 32) & ~(L - 1);
+            return ((votes >> first) & ((1u << L) - 1)) != 0;
         }
-        if (end - begin > max_rows) continue;
-        outcome_group(team, a, p, begin, end);
     }
 }
 
-// Group g goes to this kernel when its size is > min_rows; blocks walk the groups with a grid stride.
+// The value of lane 0 of the team.
+template <int L, class In>
+__device__ In team_first(In v, block_exchange<In>* ex) {
+    if constexpr (L == 1) {
+        return v;
+    } else if constexpr (L <= 32) {
+        return __shfl_sync(0xffffffffu, v, static_cast<int>(threadIdx.x % 32) & ~(L - 1));
+    } else {
+        if (threadIdx.x == 0) ex->ref = v;
+        __syncthreads();
+        return ex->ref;
+    }
+}
+
+// One thread's share of a group's first-pass statistics under nonfinite::ignore (outcome_partial,
+// with min/max and the finiteness test in the input type, where they are exact, and count and
+// flags packed as count << 2 | flags so that one shuffle moves both). Count is int in register teams
+// (at most 256 * block_values rows) and long long in the block loop.
+template <class In, class Count>
+struct lane_moments {
+    double sum = 0;
+    In lo = static_cast<In>(__builtin_huge_val());
+    In hi = -static_cast<In>(__builtin_huge_val());
+    Count count_flags = 0;
+
+    __device__ void add(In x, double v, bool skip_nan) {
+        const bool nan = x != x;
+        if (!(x - x == x - x)) count_flags |= 2;
+        if (nan && skip_nan) return;
+        if (nan) count_flags |= 1;
+        sum += v;
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+        count_flags += 4;
+    }
+    __device__ void merge(double s, In l, In h, Count cf) {
+        sum += s;
+        lo = l < lo ? l : lo;
+        hi = h > hi ? h : hi;
+        count_flags = (((count_flags >> 2) + (cf >> 2)) << 2) | ((count_flags | cf) & 3);
+    }
+    __device__ outcome_partial partial() const {
+        outcome_partial s;
+        s.sum = sum;
+        s.lo = static_cast<double>(lo);
+        s.hi = static_cast<double>(hi);
+        s.count = static_cast<long long>(count_flags >> 2);
+        s.flags = static_cast<unsigned>(count_flags & 3);
+        return s;
+    }
+};
+
+template <int L, class In, class Count>
+__device__ void team_reduce(lane_moments<In, Count>& m, block_exchange<In>* ex) {
+    constexpr int width = L < 32 ? L : 32;
+#pragma unroll
+    for (int k = width / 2; k >= 1; k /= 2)
+        m.merge(__shfl_xor_sync(0xffffffffu, m.sum, k), __shfl_xor_sync(0xffffffffu, m.lo, k),
+                __shfl_xor_sync(0xffffffffu, m.hi, k), __shfl_xor_sync(0xffffffffu, m.count_flags, k));
+    if constexpr (L > 32) {
+        const int warp = static_cast<int>(threadIdx.x) / 32;
+        if (threadIdx.x % 32 == 0) {
+            ex->sum[warp] = m.sum;
+            ex->lo[warp] = m.lo;
+            ex->hi[warp] = m.hi;
+            ex->count_flags[warp] = m.count_flags;
+        }
+        __syncthreads();
+        m.sum = ex->sum[0];
+        m.lo = ex->lo[0];
+        m.hi = ex->hi[0];
+        m.count_flags = static_cast<Count>(ex->count_flags[0]);
+#pragma unroll
+        for (int w = 1; w < warps_per_block; ++w)
+            m.merge(ex->sum[w], ex->lo[w], ex->hi[w], static_cast<Count>(ex->count_flags[w]));
+    }
+}
+
+// Row i (0..V-1) of a thread in a team: blocked (each thread V consecutive rows) for uniform groups,
+// whose starts at multiples of the group size then spread over the shared-memory banks; interleaved
+// (the team reads L consecutive rows at a time) otherwise, which keeps global reads coalesced and
+// scatters ragged starts over the banks.
+template <int L, int V, bool Blocked>
+__device__ constexpr int team_row(int lane, int i) {
+    return Blocked ? lane * V + i : lane + i * L;
+}
+
+// Shared slot of tile row i. Uniform tiles pad one slot per 8 rows, which spreads groups starting
+// at multiples of 8, 16 or 32 rows over the banks; ragged groups start anywhere, and unpadded
+// slots let the address of every row of a team be an immediate offset.
+template <bool Padded>
+__device__ constexpr int tile_slot(int i) {
+    return Padded ? i + (i >> 3) : i;
+}
+
+// The rows of one group: staged in a shared tile (at slots tile_slot(first + j)), or in global memory.
+template <class T, bool Padded>
+struct staged_rows {
+    T* tile;
+    int first;
+    __device__ std::remove_const_t<T> load(int j) const { return tile[tile_slot<Padded>(first + j)]; }
+    __device__ void store(int j, T v) const { tile[tile_slot<Padded>(first + j)] = v; }
+};
+
+template <class T>
+struct global_rows {
+    T* p;
+    index_t stride;
+    __device__ std::remove_const_t<T> load(index_t j) const { return p[j * stride]; }
+    __device__ void store(index_t j, T v) const { p[j * stride] = v; }
+};
+
+// Rows of a staged tile: uniform tiles hold what their register teams hold; ragged ones a fixed
+// number of bytes, so that tiles of ~16-row groups carry ~2048 rows with room to spare.
+template <class In, class Out, bool Uniform>
+__host__ __device__ constexpr int tile_capacity() {
+    constexpr int widest = sizeof(In) > sizeof(Out) ? static_cast<int>(sizeof(In)) : static_cast<int>(sizeof(Out));
+    return Uniform ? cuda_tuning::block_threads * cuda_tuning::tile_values : cuda_tuning::ragged_tile_bytes / widest;
+}
+
+// One group of `rows` rows (rows <= L * V when `has`) handled by a team of L threads from
+// registers. Every thread of the team's warp (of the block, for L > 32) must call it; threads whose
+// team has no group pass has = false and only join the collectives. A team reads all its rows
+// before its first collective and writes after, so dst may alias src.
+//
+// Without nonfinite::ignore every row counts, so the count is the group size and the first pass
+// needs only the sum and whether any row differs from the group's first one (a NaN differs from
+// everything: "constant" as in outcome_partial). Non-finite rows are looked for only when the
+// group sum is not finite (a finite sum has none). Every per-row step is branch-free.
+template <int L, int V, bool Blocked, class In, class Out, class Src, class Dst>
+__device__ void team_group_counted(const outcome_args<In, Out>& a, int lane, bool has,
+                                   int rows, const Src& src, const Dst& dst, block_exchange<In>* ex,
+                                   unsigned long long* counters) {
+    In x[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {  // all loads first: V independent requests in flight per thread
+        const int j = team_row<L, V, Blocked>(lane, i);
+        x[i] = In(0);
+        if (has && j < rows) x[i] = src.load(j);
+    }
+    const In ref = team_first<L>(x[0], ex);
+    double v[V];
+    double sum = 0;
+    bool differs = false;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        v[i] = static_cast<double>(x[i]);  // 0 outside the group
+        sum += v[i];
+        differs |= has && team_row<L, V, Blocked>(lane, i) < rows && x[i] != ref;
+    }
+    sum = team_sum<L>(sum, ex != nullptr ? ex->sum : nullptr);
+    differs = team_any<L>(differs);
+
+    outcome_moments mo;
+    mo.count = has ? rows : 0;
+    mo.mean = mo.count > 0 ? sum / static_cast<double>(mo.count) : 0.0;  // outcome_mean
+    mo.constant = mo.count > 0 && !differs;
+    if (a.params.std_scale == scale::group) {  // the same for every team: the collectives stay convergent
+        double local = 0;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const double d = v[i] - mo.mean;
+            if (has && team_row<L, V, Blocked>(lane, i) < rows) local += d * d;
+        }
+        mo.m2 = team_sum<L>(local, ex != nullptr ? ex->m2 : nullptr);  // unused when count <= 1
+    }
+    bool nonfinite = false;
+    if (a.report_nonfinite) {
+        bool mine = false;
+        if (!(sum - sum == sum - sum)) {
+#pragma unroll
+            for (int i = 0; i < V; ++i)
+                mine |= has && team_row<L, V, Blocked>(lane, i) < rows && !(v[i] - v[i] == v[i] - v[i]);
+        }
+        nonfinite = team_any<L>(mine);
+    }
+    const outcome_transform t = group_transform(a, mo);
+    if (!t.fill && t.div == 1.0) {  // a regular group: the transform without its special cases
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const int j = team_row<L, V, Blocked>(lane, i);
+            const Out y = static_cast<Out>((v[i] - t.shift) * t.factor);
+            if (has && j < rows) dst.store(j, y);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const int j = team_row<L, V, Blocked>(lane, i);
+            if (has && j < rows) dst.store(j, static_cast<Out>(t(v[i])));
+        }
+    }
+    if (has && lane == 0) report_group(a, t, nonfinite ? 2u : 0u, rows, mo.count, counters);
+}
+
+// The same under nonfinite::ignore, where NaN rows drop out of the count: the general reduction
+// of count/sum/min/max/flags. Out of line (arguments by value), so that the common case does not
+// pay for its registers.
+template <int L, int V, bool Blocked, class In, class Out, class Src, class Dst>
+__device__ __noinline__ void team_group_ignoring(outcome_args<In, Out> a, int lane, bool has, int rows, Src src,
+                                                 Dst dst, block_exchange<In>* ex, unsigned long long* counters) {
+    In x[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        const int j = team_row<L, V, Blocked>(lane, i);
+        x[i] = In(0);
+        if (has && j < rows) x[i] = src.load(j);
+    }
+    double v[V];
+    lane_moments<In, int> m;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        v[i] = static_cast<double>(x[i]);
+        if (has && team_row<L, V, Blocked>(lane, i) < rows) m.add(x[i], v[i], true);
+    }
+    team_reduce<L>(m, ex);
+    const outcome_partial s = m.partial();
+    double m2 = 0;
+    if (a.params.std_scale == scale::group) {
+        const double mean = outcome_mean(s);
+        double local = 0;
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+            if (has && team_row<L, V, Blocked>(lane, i) < rows) local += outcome_sq_dev(v[i], mean, true);
+        m2 = team_sum<L>(local, ex != nullptr ? ex->m2 : nullptr);
+    }
+    const outcome_transform t = group_transform(a, finish_moments(s, m2));
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        const int j = team_row<L, V, Blocked>(lane, i);
+        if (has && j < rows) dst.store(j, static_cast<Out>(t(v[i])));
+    }
+    if (has && lane == 0) report_group(a, t, s.flags, rows, s.count, counters);
+}
+
+template <int L, int V, bool Blocked, class In, class Out, class Src, class Dst>
+__device__ void team_group(const outcome_args<In, Out>& a, int lane, bool has, int rows,
+                           const Src& src, const Dst& dst, block_exchange<In>* ex, unsigned long long* counters) {
+    if (a.params.skip_nan) team_group_ignoring<L, V, Blocked>(a, lane, has, rows, src, dst, ex, counters);
+    else team_group_counted<L, V, Blocked>(a, lane, has, rows, src, dst, ex, counters);
+}
+
+// One group of `rows` rows handled by a team of L threads that loop over them, three passes
+// reading `src` (a shared tile, or global memory, whose second and third pass then come from L2):
+// ragged tiles, whose group sizes vary, and groups too large for a block's registers. Same
+// contract as team_group (every thread of the warp or block calls it; dst may alias src: each
+// lane writes only rows it has read, after every collective of the first two passes).
+template <int L, class I, class In, class Out, class Src, class Dst>
+__device__ void team_loop_group(const outcome_args<In, Out>& a, int lane, bool has, I rows, const Src& src,
+                                const Dst& dst, block_exchange<In>* ex, unsigned long long* counters) {
+    if (!has) rows = 0;
+    if (a.params.skip_nan) {
+        lane_moments<In, long long> m;
+        for (I j = lane; j < rows; j += L) {
+            const In x = src.load(j);
+            m.add(x, static_cast<double>(x), true);
+        }
+        team_reduce<L>(m, ex);
+        const outcome_partial s = m.partial();
+        double m2 = 0;
+        if (a.params.std_scale == scale::group) {
+            const double mean = outcome_mean(s);
+            double local = 0;
+            for (I j = lane; j < rows; j += L) local += outcome_sq_dev(static_cast<double>(src.load(j)), mean, true);
+            m2 = team_sum<L>(local, ex != nullptr ? ex->m2 : nullptr);
+        }
+        const outcome_transform t = group_transform(a, finish_moments(s, m2));
+        for (I j = lane; j < rows; j += L) dst.store(j, static_cast<Out>(t(static_cast<double>(src.load(j)))));
+        if (has && lane == 0) report_group(a, t, s.flags, rows, s.count, counters);
+        return;
+    }
+    // As team_group_counted: the count is the group size, the first pass the sum and whether any
+    // row differs from the first one.
+    const In ref = rows > 0 ? src.load(0) : In(0);
+    double sum = 0;
+    bool differs = false;
+#pragma unroll(cuda_tuning::loop_unroll)
+    for (I j = lane; j < rows; j += L) {
+        const In x = src.load(j);
+        sum += static_cast<double>(x);
+        differs |= x != ref;
+    }
+    sum = team_sum<L>(sum, ex != nullptr ? ex->sum : nullptr);
+    differs = team_any<L>(differs);
+    outcome_moments mo;
+    mo.count = rows;
+    mo.mean = rows > 0 ? sum / static_cast<double>(rows) : 0.0;  // outcome_mean
+    mo.constant = rows > 0 && !differs;
+    if (a.params.std_scale == scale::group) {
+        double local = 0;
+#pragma unroll(cuda_tuning::loop_unroll)
+        for (I j = lane; j < rows; j += L) {
+            const double d = static_cast<double>(src.load(j)) - mo.mean;
+            local += d * d;
+        }
+        mo.m2 = team_sum<L>(local, ex != nullptr ? ex->m2 : nullptr);
+    }
+    bool nonfinite = false;
+    if (a.report_nonfinite) {
+        bool mine = false;
+        if (!(sum - sum == sum - sum))
+            for (I j = lane; j < rows; j += L) {
+                const In x = src.load(j);
+                mine |= !(x - x == x - x);
+            }
+        nonfinite = team_any<L>(mine);
+    }
+    const outcome_transform t = group_transform(a, mo);
+    if (!t.fill && t.div == 1.0) {
+#pragma unroll(cuda_tuning::loop_unroll)
+        for (I j = lane; j < rows; j += L)
+            dst.store(j, static_cast<Out>((static_cast<double>(src.load(j)) - t.shift) * t.factor));
+    } else {
+        for (I j = lane; j < rows; j += L) dst.store(j, static_cast<Out>(t(static_cast<double>(src.load(j)))));
+    }
+    if (has && lane == 0) report_group(a, t, nonfinite ? 2u : 0u, rows, mo.count, counters);
+}
+
+// A group too large for a block's registers: the whole block loops over it. Every thread calls it.
+// Out of line (arguments by value): the kernels that hold groups in registers need theirs.
+template <class In, class Out>
+__device__ __noinline__ void block_loop_group(outcome_args<In, Out> a, index_t begin, index_t end,
+                                              block_exchange<In>* ex, unsigned long long* counters) {
+    constexpr int threads = cuda_tuning::block_threads;
+    team_loop_group<threads>(a, static_cast<int>(threadIdx.x), true, end - begin,
+                             global_rows<const In>{a.x + begin * a.x_stride, a.x_stride},
+                             global_rows<Out>{a.y + begin * a.y_stride, a.y_stride}, ex, counters);
+    __syncthreads();  // the exchange slots are reused by the next group
+}
+
+// ---- Kernels -------------------------------------------------------------------------------------
+
+// What one thread knows of a tile. `staged`: every group of the tile is valid and the tile's rows
+// fit in its buffer (always so for uniform layouts, whose group size the host matched to the team),
+// so that the rows [r0, r0 + rows) are staged in shared memory, the team's group at [first, first + size).
+struct tile_plan {
+    index_t r0 = 0;
+    int first = 0, size = 0, rows = 0;
+    bool has = false, staged = true;
+};
+
+// Ragged tiles read their offsets from shared memory (s_off[0..teams] = offsets of the tile's
+// groups g0 .. g0 + teams, prefetched), uniform ones compute them. Every thread calls it.
+template <int L, int Capacity, class Layout>
+__device__ tile_plan plan_tile(const Layout& layout, index_t tile, index_t groups, const index_t* s_off) {
+    constexpr int teams = cuda_tuning::block_threads / L;
+    tile_plan t;
+    const index_t g0 = tile * teams;
+    const int count = static_cast<int>(g0 + teams < groups ? teams : groups - g0);
+    const int team = static_cast<int>(threadIdx.x) / L;
+    t.has = team < count;
+    if constexpr (Layout::uniform) {
+        const int k = static_cast<int>(layout.k);  // k <= 32 * tile_values here
+        t.r0 = g0 * layout.k;
+        t.first = team * k;
+        t.size = k;
+        t.rows = count * k;
+    } else {
+        bool ok = true;
+        index_t begin = 0, end = 0;
+        if (t.has) {
+            begin = s_off[team];
+            end = s_off[team + 1];
+            ok = layout.valid(g0 + team, begin, end);
+        }
+        t.r0 = s_off[0];
+        const index_t r1 = s_off[count];
+        // Valid CSR groups are contiguous, so then the tile's rows are [r0, r1).
+        t.staged = __syncthreads_and(ok) && r1 - t.r0 <= Capacity;
+        if (t.staged) {
+            t.first = static_cast<int>(begin - t.r0);
+            t.size = static_cast<int>(end - begin);
+            t.rows = static_cast<int>(r1 - t.r0);
+        }
+    }
+    return t;
+}
+
+// Loads (plain loads: they land while the current tile is computed) the offsets of a ragged tile:
+// thread i < count + 1 takes entry g0 + i.
+template <int L, class Layout>
+__device__ index_t fetch_offset(const Layout& layout, index_t tile, index_t groups) {
+    constexpr int teams = cuda_tuning::block_threads / L;
+    const index_t g = tile * teams + static_cast<index_t>(threadIdx.x);
+    if constexpr (Layout::uniform) return 0;
+    else return threadIdx.x <= teams && g <= groups ? layout.begin_of(g) : 0;
+}
+
+// Starts the asynchronous copy of a staged tile's rows into shared memory (cp.async: no registers
+// held, so the copy of the next tile overlaps the arithmetic of this one).
+template <bool Padded, int Capacity, class In>
+__device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_plan& t) {
+    constexpr int threads = cuda_tuning::block_threads;
+    constexpr int V = Capacity / threads;
+    if (!t.staged) return;
+    const int tid = static_cast<int>(threadIdx.x);
+    In* to = tile + tile_slot<Padded>(tid);
+    if (stride == 1) {
+        const In* from = x + t.r0 + tid;
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;  // ragged tiles are rarely full
+            if (u * threads + tid < t.rows)
+                __pipeline_memcpy_async(to + u * tile_slot<Padded>(threads), from + u * threads, sizeof(In));
+        }
+    } else {
+        const In* from = x + (t.r0 + tid) * stride;
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;  // ragged tiles are rarely full
+            if (u * threads + tid < t.rows)
+                __pipeline_memcpy_async(to + u * tile_slot<Padded>(threads), from + u * threads * stride, sizeof(In));
+        }
+    }
+}
+
+// Writes a computed tile back with coalesced stores.
+template <bool Padded, int Capacity, class Out>
+__device__ void unstage_tile(const Out* tile, Out* y, index_t stride, const tile_plan& t) {
+    constexpr int threads = cuda_tuning::block_threads;
+    constexpr int V = Capacity / threads;
+    const int tid = static_cast<int>(threadIdx.x);
+    const Out* from = tile + tile_slot<Padded>(tid);
+    if (stride == 1) {
+        Out* to = y + t.r0 + tid;
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;  // ragged tiles are rarely full
+            if (u * threads + tid < t.rows) to[u * threads] = from[u * tile_slot<Padded>(threads)];
+        }
+    } else {
+        Out* to = y + (t.r0 + tid) * stride;
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;  // ragged tiles are rarely full
+            if (u * threads + tid < t.rows) to[u * threads * stride] = from[u * tile_slot<Padded>(threads)];
+        }
+    }
+}
+
+// The ragged tile kernel's way out, for a tile with invalid offsets or more rows than its buffer:
+// teams loop over their groups in global memory, and the block takes each large group in turn.
+// Out of line, with its arguments by value, and called after the pipelined loop, so that the
+// staged path keeps its registers.
+template <int L, class In, class Out, class Layout>
+__device__ __noinline__ void tile_fallback(outcome_args<In, Out> a, Layout layout, index_t tile, index_t groups,
+                                           block_exchange<In>* ex, index_t* s_big, unsigned long long* counters) {
+    constexpr int teams = cuda_tuning::block_threads / L;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int lane = tid % L;
+    const index_t g = tile * teams + tid / L;
+    index_t begin = 0, end = 0;
+    const bool has = g < groups;
+    const bool ok = has && layout.bounds(g, begin, end);
+    const bool small = ok && end - begin <= index_t{32} * L;
+    if (has && !ok && lane == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
+    team_loop_group<L>(a, lane, small, small ? end - begin : 0,
+                       global_rows<const In>{a.x + (small ? begin : 0) * a.x_stride, a.x_stride},
+                       global_rows<Out>{a.y + (small ? begin : 0) * a.y_stride, a.y_stride},
+                       static_cast<block_exchange<In>*>(nullptr), counters);
+    if (lane == 0) s_big[tid / L] = ok && !small ? g : -1;
+    __syncthreads();
+    for (int t = 0; t < teams; ++t) {
+        if (s_big[t] < 0) continue;
+        index_t b, e;
+        layout.bounds(s_big[t], b, e);
+        block_loop_group(a, b, e, ex, counters);
+    }
+    __syncthreads();  // s_big is rewritten by the next deferred tile
+}
+
+// Tile kernel: tile t is groups [t * teams, (t + 1) * teams), one per team of L threads. Blocks walk
+// the tiles with a grid stride, double-buffered: the rows of the next tile (and, for ragged
+// layouts, the offsets of the one after) are in flight while the current one is computed. Results
+// go back to the tile (in place when In and Out have the same size) and out with coalesced
+// stores. Counters are summed per block in shared memory first.
+template <int L, class In, class Out, class Layout>
+__global__ void __launch_bounds__(cuda_tuning::block_threads,
+                                  Layout::uniform ? cuda_tuning::tile_min_blocks : cuda_tuning::ragged_min_blocks)
+    outcome_tile_kernel(outcome_args<In, Out> a, Layout layout, index_t groups) {
+    constexpr int threads = cuda_tuning::block_threads;
+    constexpr int V = cuda_tuning::tile_values;
+    constexpr int teams = threads / L;
+    constexpr bool ragged = !Layout::uniform;
+    constexpr int capacity = tile_capacity<In, Out, !ragged>();
+    constexpr int slots = tile_slot<!ragged>(capacity);
+    constexpr bool in_place = sizeof(In) == sizeof(Out);
+    constexpr int in_bytes = (slots * static_cast<int>(sizeof(In)) + 15) / 16 * 16;
+    constexpr int out_bytes = in_place ? 0 : slots * static_cast<int>(sizeof(Out));
+    __shared__ alignas(16) unsigned char s_tiles[2 * in_bytes + out_bytes];
+    __shared__ unsigned long long s_counters[outcome_counter_slots];
+    __shared__ block_exchange<In> s_exchange;
+    __shared__ index_t s_off[2][ragged ? teams + 1 : 1];
+    __shared__ index_t s_big[ragged ? teams : 1];
+    __shared__ unsigned s_deferred[ragged ? cuda_tuning::tile_deferral_words : 1];
+
+    const int tid = static_cast<int>(threadIdx.x);
+    const int lane = tid % L;
+    unsigned long long* counters = a.counters != nullptr ? s_counters : nullptr;
+    if (counters != nullptr && tid < outcome_counter_slots) s_counters[tid] = 0;
+    if constexpr (ragged)
+        if (tid < cuda_tuning::tile_deferral_words) s_deferred[tid] = 0;
+
+    const index_t tiles = (groups + teams - 1) / teams;
+    const index_t step = gridDim.x;
+    index_t tile = blockIdx.x;
+    // Prologue: offsets of the first tile (now) and the second (in flight); rows of the first.
+    if constexpr (ragged)
+        if (tid <= teams) s_off[0][tid] = fetch_offset<L>(layout, tile, groups);
+    index_t pending = fetch_offset<L>(layout, tile + step, groups);
+    __syncthreads();
+    tile_plan cur = plan_tile<L, capacity>(layout, tile, groups, s_off[0]);
+    stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles), a.x, a.x_stride, cur);
+    __pipeline_commit();
+    for (int buf = 0, round = 0; tile < tiles; tile += step, buf ^= 1, ++round) {
+        const index_t next = tile + step;
+        tile_plan nxt;
+        if (next < tiles) {
+            if constexpr (ragged) {
+                if (tid <= teams) s_off[buf ^ 1][tid] = pending;
+                pending = fetch_offset<L>(layout, next + step, groups);
+                __syncthreads();
+            }
+            nxt = plan_tile<L, capacity>(layout, next, groups, s_off[buf ^ 1]);
+            stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles + (buf ^ 1) * in_bytes), a.x, a.x_stride, nxt);
+        }
+        __pipeline_commit();
+        __pipeline_wait_prior(1);  // this tile's copy (all but the group just committed)
+        __syncthreads();
+
+        if (cur.staged) {
+            const In* in_tile = reinterpret_cast<const In*>(s_tiles + buf * in_bytes);
+            Out* out_tile = reinterpret_cast<Out*>(in_place ? s_tiles + buf * in_bytes : s_tiles + 2 * in_bytes);
+            if constexpr (ragged)
+                team_loop_group<L>(a, lane, cur.has, cur.size, staged_rows<const In, false>{in_tile, cur.first},
+                                   staged_rows<Out, false>{out_tile, cur.first},
+                                   static_cast<block_exchange<In>*>(nullptr), counters);
+            else
+                team_group<L, V, true>(a, lane, cur.has, cur.size, staged_rows<const In, true>{in_tile, cur.first},
+                                       staged_rows<Out, true>{out_tile, cur.first},
+                                       static_cast<block_exchange<In>*>(nullptr), counters);
+            __syncthreads();
+            unstage_tile<!ragged, capacity>(out_tile, a.y, a.y_stride, cur);
+        } else if constexpr (ragged) {
+            // Left for after the loop, where the pipeline's registers are free.
+            if (tid == 0) s_deferred[round / 32] |= 1u << (round % 32);
+        }
+        __syncthreads();  // this tile's buffers take the copies issued by the next iteration
+        cur = nxt;
+    }
+    __pipeline_wait_prior(0);
+    if constexpr (ragged) {
+        __syncthreads();
+        for (int w = 0; w < cuda_tuning::tile_deferral_words; ++w)
+            for (unsigned bits = s_deferred[w]; bits != 0; bits &= bits - 1) {
+                const index_t round = w * 32 + __ffs(static_cast<int>(bits)) - 1;
+                tile_fallback<L>(a, layout, blockIdx.x + round * step, groups, &s_exchange, s_big, counters);
+            }
+    }
+    if (counters != nullptr) {
+        __syncthreads();
+        if (tid < outcome_counter_slots && s_counters[tid] != 0) atomicAdd(a.counters + tid, s_counters[tid]);
+    }
+}
+
+// Block kernel: a block per group (grid stride). Groups of up to threads * block_values rows live in
+// registers; larger ones are looped over.
 template <class In, class Out, class Layout>
-__global__ void __launch_bounds__(cuda_tuning::block_threads)
-    outcome_block_kernel(outcome_args<In, Out> a, Layout layout, index_t groups, index_t min_rows) {
-    using team_t = block_team<cuda_tuning::block_threads>;
-    __shared__ typename team_t::storage storage;
-    team_t team{storage};
-    const outcome_params p = resolve_params(a);
+__global__ void __launch_bounds__(cuda_tuning::block_threads, cuda_tuning::block_min_blocks)
+    outcome_block_kernel(outcome_args<In, Out> a, Layout layout, index_t groups) {
+    constexpr int threads = cuda_tuning::block_threads;
+    constexpr int V = cuda_tuning::block_values;
+    __shared__ block_exchange<In> ex;
     for (index_t g = blockIdx.x; g < groups; g += gridDim.x) {
         index_t begin, end;
         if (!layout.bounds(g, begin, end)) {
             if (threadIdx.x == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
             continue;
         }
-        if (end - begin <= min_rows) continue;
-        outcome_group(team, a, p, begin, end);
+        if (end - begin <= index_t{threads} * V) {
+            team_group<threads, V, false>(a, static_cast<int>(threadIdx.x), true, static_cast<int>(end - begin),
+                                          global_rows<const In>{a.x + begin * a.x_stride, a.x_stride},
+                                          global_rows<Out>{a.y + begin * a.y_stride, a.y_stride}, &ex,
+                                          a.counters);
+            __syncthreads();  // the exchange slots are reused by the next group
+        } else {
+            block_loop_group(a, begin, end, &ex, a.counters);
+        }
     }
 }
 
@@ -251,18 +786,26 @@ inline std::size_t outcome_workspace_bytes(scale s) noexcept {
            scratch_align(sizeof(double) * cuda_tuning::batch_partials) + scratch_align(sizeof(double));
 }
 
-template <int Lanes, class In, class Out, class Layout>
-void launch_subwarp(const exec::cuda_policy& pol, const outcome_args<In, Out>& a, const Layout& layout, index_t groups,
-                    index_t max_rows) {
-    constexpr index_t per_block = cuda_tuning::block_threads / Lanes;
-    index_t blocks = (groups + per_block - 1) / per_block;
-    if (blocks > cuda_tuning::max_grid_blocks) blocks = cuda_tuning::max_grid_blocks;
-    outcome_subwarp_kernel<Lanes><<<static_cast<unsigned>(blocks), cuda_tuning::block_threads, 0, pol.stream>>>(
-        a, layout, groups, max_rows);
-    posttrain::detail::check_launch("posttrain::advantage (CUDA outcome kernel)");
+template <int L, class In, class Out, class Layout>
+void launch_tile(const exec::cuda_policy& pol, const outcome_args<In, Out>& a, const Layout& layout, index_t groups,
+                 const char* fn) {
+    constexpr index_t teams = cuda_tuning::block_threads / L;
+    // As many blocks as are resident at once (each walks its tiles double-buffered) ...
+    int device = 0, sms = 0;
+    POSTTRAIN_CUDA_CHECK(cudaGetDevice(&device));
+    POSTTRAIN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const index_t tiles = (groups + teams - 1) / teams;
+    index_t blocks = index_t{sms} * (Layout::uniform ? cuda_tuning::tile_min_blocks : cuda_tuning::ragged_min_blocks);
+    // ... and enough that no block walks more tiles than it can defer.
+    const index_t rounds = index_t{32} * cuda_tuning::tile_deferral_words;
+    if (blocks < (tiles + rounds - 1) / rounds) blocks = (tiles + rounds - 1) / rounds;
+    if (blocks > tiles) blocks = tiles;
+    outcome_tile_kernel<L><<<static_cast<unsigned>(blocks), cuda_tuning::block_threads, 0, pol.stream>>>(a, layout,
+                                                                                                        groups);
+    posttrain::detail::check_launch(fn);
 }
 
-// Picks the kernel shapes for a layout and launches them on the policy's stream.
+// Picks the kernel shape for a layout and launches it on the policy's stream.
 template <class In, class Out, class DeviceLayout>
 void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, device_view<Out, 1> adv,
                     const posttrain::detail::device_layout_info<DeviceLayout>& info, const outcome_params& params,
@@ -296,31 +839,32 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
         a.batch_sigma = sigma;
     }
 
-    // Uniform layouts know every size; ragged ones only the average, so groups above warp_group_max
-    // are left by the warp kernel to a block-per-group pass.
-    const index_t typical = info.exact_size >= 0 ? info.exact_size : n / groups;
-    const index_t no_limit = n + 1;
-    bool need_block_pass = false;
-    index_t block_min_rows = -1;
-    if (typical > cuda_tuning::warp_group_max) {
-        need_block_pass = true;
+    // Uniform groups of up to 32 * tile_values rows: register teams sized to the group. Ragged
+    // layouts know only the mean size: looping teams, as few lanes as leave every tile room for
+    // twice its mean rows (a tile that still overflows is handled after the others).
+    int lanes = 0;
+    if (info.exact_size >= 0) {
+        if (info.exact_size <= index_t{cuda_tuning::tile_max_lanes} * cuda_tuning::tile_values)
+            lanes = cuda_tuning::lanes_for(info.exact_size);
     } else {
-        const index_t warp_max = info.exact_size >= 0 ? no_limit : cuda_tuning::warp_group_max;
-        switch (cuda_tuning::lanes_for(typical)) {
-            case 4: launch_subwarp<4>(pol, a, info.layout, groups, warp_max); break;
-            case 8: launch_subwarp<8>(pol, a, info.layout, groups, warp_max); break;
-            case 16: launch_subwarp<16>(pol, a, info.layout, groups, warp_max); break;
-            default: launch_subwarp<32>(pol, a, info.layout, groups, warp_max); break;
-        }
-        need_block_pass = info.exact_size < 0;
-        block_min_rows = cuda_tuning::warp_group_max;
+        const index_t room = cuda_tuning::ragged_room * (n / groups) * cuda_tuning::block_threads;  // rows a tile of single-lane teams may need
+        constexpr index_t capacity = tile_capacity<In, Out, false>();
+        for (int l = 1; l <= cuda_tuning::tile_max_lanes && lanes == 0; l *= 2)
+            if (room / l <= capacity) lanes = l;
     }
-    if (need_block_pass) {
-        const index_t blocks = groups < cuda_tuning::max_grid_blocks ? groups : cuda_tuning::max_grid_blocks;
-        outcome_block_kernel<<<static_cast<unsigned>(blocks), cuda_tuning::block_threads, 0, pol.stream>>>(
-            a, info.layout, groups, block_min_rows);
-        posttrain::detail::check_launch(w.function);
+    switch (lanes) {
+        case 1: launch_tile<1>(pol, a, info.layout, groups, w.function); return;
+        case 2: launch_tile<2>(pol, a, info.layout, groups, w.function); return;
+        case 4: launch_tile<4>(pol, a, info.layout, groups, w.function); return;
+        case 8: launch_tile<8>(pol, a, info.layout, groups, w.function); return;
+        case 16: launch_tile<16>(pol, a, info.layout, groups, w.function); return;
+        case 32: launch_tile<32>(pol, a, info.layout, groups, w.function); return;
+        default: break;
     }
+    const index_t blocks = groups < cuda_tuning::max_grid_blocks ? groups : cuda_tuning::max_grid_blocks;
+    outcome_block_kernel<<<static_cast<unsigned>(blocks), cuda_tuning::block_threads, 0, pol.stream>>>(a, info.layout,
+                                                                                                       groups);
+    posttrain::detail::check_launch(w.function);
 }
 
 }  // namespace posttrain::advantage::detail
