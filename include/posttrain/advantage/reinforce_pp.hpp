@@ -48,19 +48,7 @@ moments_result reinforce_pp(const Policy& policy, const TokenRewards& token_rewa
             detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
             detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
             using A = typename decltype(a)::value_type;
-            auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<A>(v); };
-            detail::for_each_row(policy, r.extent(0), r.extent(1),
-                                 [&](index_t i) { detail::discounted_row(r, m, write, i, r.extent(1), options.returns); });
-            if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-                auto ret = std::visit([](auto v) { return v; },
-                                      posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
-                detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                using R = typename decltype(ret)::value_type;
-                detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
-                    for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<R>(a(i, t));
-                });
-            }
+            detail::returns_into(policy, r, m, a, returns, options.returns, fn);
             whiten_options w = options.whitening;
             w.mask_output = options.mask_output;
             return masked_whiten(policy, tensor_view<const A, 2>(a), m, a, w);

@@ -22,20 +22,7 @@ void remax(const Policy& policy, const TokenRewards& token_rewards, const Baseli
             detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
             detail::check_no_alias(a, b, {fn, "advantages"}, "baselines");
             using A = typename decltype(a)::value_type;
-            const returns_options undiscounted{1.0, masked_tokens::zero_rewards};
-            auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<A>(v); };
-            detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
-                detail::discounted_row(r, m, write, i, r.extent(1), undiscounted);
-            });
-            if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-                auto ret = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
-                detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                using R = typename decltype(ret)::value_type;
-                detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
-                    for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<R>(a(i, t));
-                });
-            }
+            detail::returns_into(policy, r, m, a, returns, {1.0, masked_tokens::zero_rewards}, fn);
             detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
                 const double base = b(i);
                 for (index_t t = 0; t < r.extent(1); ++t)

@@ -47,6 +47,24 @@ void discounted_row(R rewards, M mask, Out out, index_t i, index_t T, const retu
         out(i, t, g);
     }
 }
+// Writes the discounted returns of r into the [N,T] output a, and copies them into the optional
+// output `returns` (posttrain::none skips it); shared by the estimators built on returns.
+template <class Policy, class R, class M, class A, class Returns>
+void returns_into(const Policy& p, R r, M m, A a, Returns&& returns, const returns_options& o, const char* fn) {
+    using AT = typename A::value_type;
+    auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<AT>(v); };
+    for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) { discounted_row(r, m, write, i, r.extent(1), o); });
+    if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+        auto ret = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
+        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+        check_no_alias(ret, a, {fn, "returns"}, "advantages");
+        using RT = typename decltype(ret)::value_type;
+        for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) {
+            for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<RT>(a(i, t));
+        });
+    }
+}
+
 }  // namespace detail
 
 // returns[i, t]: discounted reward-to-go of each row (rows are independent).
