@@ -9,6 +9,10 @@
 
 #include "common.hpp"
 
+#if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD)
+#include <immintrin.h>
+#endif
+
 namespace posttrain::advantage {
 
 struct grpo_options {
@@ -151,28 +155,29 @@ double batch_std(const Policy& p, tensor_view<const In, 1> r, const grpo_options
 struct block_moments {
     static constexpr index_t capacity = 32;
     double sum[capacity], mean[capacity], m2[capacity];
+    double sample_std[capacity];      // sqrt(m2 / (n - 1)): std_from_m2 for ddof::sample
     unsigned char differs[capacity];  // some value differs from the group's first
 };
 
-// Groups of K consecutive rows (K a multiple of 8), count <= capacity of them from x.
+// Groups of K consecutive rows (K a multiple of 8): groups [first, count) of the block starting at x.
 template <index_t K, class In>
-void uniform_block_moments(const In* x, index_t count, block_moments& m) {
+void uniform_block_moments_portable(const In* x, index_t first, index_t count, block_moments& m) {
     static_assert(K % 8 == 0);
-    for (index_t i = 0; i < count; ++i) {
+    for (index_t i = first; i < count; ++i) {
         const In* v = x + i * K;
         double acc[8] = {};
         for (index_t j = 0; j < K; j += 8)
             for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(v[j + l]);
         m.sum[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     }
-    for (index_t i = 0; i < count; ++i) {
+    for (index_t i = first; i < count; ++i) {
         const In* v = x + i * K;
         unsigned differs = 0;  // an integer OR vectorizes where a bool AND does not
         for (index_t j = 1; j < K; ++j) differs |= unsigned(v[j] != v[0]);
         m.differs[i] = static_cast<unsigned char>(differs);
         m.mean[i] = m.sum[i] / double(K);
     }
-    for (index_t i = 0; i < count; ++i) {
+    for (index_t i = first; i < count; ++i) {
         const In* v = x + i * K;
         const double mu = m.mean[i];
         double acc[8] = {};
@@ -182,8 +187,113 @@ void uniform_block_moments(const In* x, index_t count, block_moments& m) {
                 acc[l] += d * d;
             }
         m.m2[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        m.sample_std[i] = std::sqrt(m.m2[i] / double(K - 1));
     }
 }
+
+#if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_pd(), which -Wuninitialized reports.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace avx512 {
+// Transposes the 8x8 doubles held in rows r[0..7].
+inline void transpose(__m512d r[8]) noexcept {
+    const __m512d t0 = _mm512_unpacklo_pd(r[0], r[1]), t1 = _mm512_unpackhi_pd(r[0], r[1]);
+    const __m512d t2 = _mm512_unpacklo_pd(r[2], r[3]), t3 = _mm512_unpackhi_pd(r[2], r[3]);
+    const __m512d t4 = _mm512_unpacklo_pd(r[4], r[5]), t5 = _mm512_unpackhi_pd(r[4], r[5]);
+    const __m512d t6 = _mm512_unpacklo_pd(r[6], r[7]), t7 = _mm512_unpackhi_pd(r[6], r[7]);
+    const __m512i pairs_lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i pairs_hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    const __m512d u0 = _mm512_permutex2var_pd(t0, pairs_lo, t2), u1 = _mm512_permutex2var_pd(t1, pairs_lo, t3);
+    const __m512d u2 = _mm512_permutex2var_pd(t0, pairs_hi, t2), u3 = _mm512_permutex2var_pd(t1, pairs_hi, t3);
+    const __m512d u4 = _mm512_permutex2var_pd(t4, pairs_lo, t6), u5 = _mm512_permutex2var_pd(t5, pairs_lo, t7);
+    const __m512d u6 = _mm512_permutex2var_pd(t4, pairs_hi, t6), u7 = _mm512_permutex2var_pd(t5, pairs_hi, t7);
+    const __m512i halves_lo = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0);
+    const __m512i halves_hi = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
+    r[0] = _mm512_permutex2var_pd(u0, halves_lo, u4);
+    r[1] = _mm512_permutex2var_pd(u1, halves_lo, u5);
+    r[2] = _mm512_permutex2var_pd(u2, halves_lo, u6);
+    r[3] = _mm512_permutex2var_pd(u3, halves_lo, u7);
+    r[4] = _mm512_permutex2var_pd(u0, halves_hi, u4);
+    r[5] = _mm512_permutex2var_pd(u1, halves_hi, u5);
+    r[6] = _mm512_permutex2var_pd(u2, halves_hi, u6);
+    r[7] = _mm512_permutex2var_pd(u3, halves_hi, u7);
+}
+
+// fixed_order_sum's combination of the lanes, for eight groups at once (one group per vector lane).
+inline __m512d combine_lanes(const __m512d c[8]) noexcept {
+    return _mm512_add_pd(_mm512_add_pd(_mm512_add_pd(c[0], c[4]), _mm512_add_pd(c[2], c[6])),
+                         _mm512_add_pd(_mm512_add_pd(c[1], c[5]), _mm512_add_pd(c[3], c[7])));
+}
+}  // namespace avx512
+#endif
+
+// out[j] = (v[j] - mean) * factor for one group; AVX-512 takes a float group of 16 in one register
+// (the same operations, so the same bits).
+template <class In, class Out>
+inline void write_affine(const In* v, Out* out, index_t n, double mean, double factor) {
+#if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD)
+    if constexpr (std::is_same_v<In, float> && std::is_same_v<Out, float>) {
+        if (n == 16) {
+            const __m512 row = _mm512_loadu_ps(v);
+            const __m512d mu = _mm512_set1_pd(mean), f = _mm512_set1_pd(factor);
+            const __m512d lo = _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(row)), mu), f);
+            const __m512d hi = _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(row, 1)), mu), f);
+            _mm256_storeu_ps(out, _mm512_cvtpd_ps(lo));
+            _mm256_storeu_ps(out + 8, _mm512_cvtpd_ps(hi));
+            return;
+        }
+    }
+#endif
+    for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mean) * factor);
+}
+
+// The statistics of groups [0, count) of a block. For float groups of 16 rows with AVX-512, eight
+// groups at a time: each group's eight accumulators are one vector, a transpose puts one group per
+// lane, and the lanes are combined in fixed_order_sum's order. The same additions in the same
+// order, so the same bits as the portable form.
+template <index_t K, class In>
+void uniform_block_moments(const In* x, index_t count, block_moments& m) {
+    index_t first = 0;
+#if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD)
+    if constexpr (K == 16 && std::is_same_v<In, float>) {
+        for (; first + 8 <= count; first += 8) {
+            const float* v = x + first * K;
+            __m512d lo[8], hi[8], acc[8];
+            unsigned differs = 0;
+            for (int g = 0; g < 8; ++g) {
+                const __m512 row = _mm512_loadu_ps(v + 16 * g);
+                differs = _mm512_cmp_ps_mask(row, _mm512_set1_ps(v[16 * g]), _CMP_NEQ_UQ);
+                m.differs[first + g] = static_cast<unsigned char>((differs & 0xfffe) != 0);
+                lo[g] = _mm512_cvtps_pd(_mm512_castps512_ps256(row));
+                hi[g] = _mm512_cvtps_pd(_mm512_extractf32x8_ps(row, 1));
+                acc[g] = _mm512_add_pd(_mm512_add_pd(_mm512_setzero_pd(), lo[g]), hi[g]);
+            }
+            avx512::transpose(acc);
+            const __m512d sum = avx512::combine_lanes(acc);
+            const __m512d mean = _mm512_div_pd(sum, _mm512_set1_pd(double(K)));
+            _mm512_storeu_pd(m.sum + first, sum);
+            _mm512_storeu_pd(m.mean + first, mean);
+            for (int g = 0; g < 8; ++g) {
+                const __m512d mu = _mm512_set1_pd(m.mean[first + g]);
+                const __m512d a = _mm512_sub_pd(lo[g], mu), b = _mm512_sub_pd(hi[g], mu);
+                acc[g] = _mm512_add_pd(_mm512_add_pd(_mm512_setzero_pd(), _mm512_mul_pd(a, a)), _mm512_mul_pd(b, b));
+            }
+            avx512::transpose(acc);
+            const __m512d m2 = avx512::combine_lanes(acc);
+            _mm512_storeu_pd(m.m2 + first, m2);
+            _mm512_storeu_pd(m.sample_std + first, _mm512_sqrt_pd(_mm512_div_pd(m2, _mm512_set1_pd(double(K - 1)))));
+        }
+    }
+#endif
+    uniform_block_moments_portable<K>(x, first, count, m);
+}
+#if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Groups of any sizes (consecutive rows from x + begin(g)).
 template <class In, class Layout>
@@ -201,6 +311,7 @@ void ragged_block_moments(const In* x, const Layout& layout, index_t g0, index_t
             const double d = static_cast<double>(v[j]) - mu;
             return d * d;
         });
+        m.sample_std[i] = std::sqrt(m.m2[i] / double(n - 1));
     }
 }
 
@@ -252,7 +363,10 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                         mode[i] = 1;
                     } else {
                         if (!m.differs[i]) kinds[i] = 3;
-                        const double sigma = o.std_scale == scale::group ? std_from_m2(m.m2[i], double(n), o) : batch_sigma;
+                        const bool plain_sample = o.ddof == posttrain::ddof::sample && !o.float32_bessel;
+                        const double sigma = o.std_scale != scale::group ? batch_sigma
+                                             : plain_sample          ? m.sample_std[i]  // the same sqrt(m2 / (n - 1))
+                                                                     : std_from_m2(m.m2[i], double(n), o);
                         const double denom = o.std_scale == scale::none ? 1.0 : sigma + o.epsilon;
                         const double loo = o.leave_one_out ? double(n) / double(n - 1) : 1.0;
                         factor[i] = loo / denom;
@@ -273,8 +387,7 @@ void grpo_blocked(const Policy& p, const In* x, Out* y, const Layout& layout, co
                     } else if (mode[i] == 3) {
                         out[0] = static_cast<Out>(double(v[0]) / factor[i]);
                     } else {
-                        const double mu = m.mean[i], f = factor[i];
-                        for (index_t j = 0; j < n; ++j) out[j] = static_cast<Out>((double(v[j]) - mu) * f);
+                        write_affine(v, out, n, m.mean[i], factor[i]);
                     }
                 }
             }
