@@ -295,9 +295,24 @@ void uniform_block_moments(const In* x, index_t count, block_moments& m) {
 #pragma GCC diagnostic pop
 #endif
 
-// Groups of any sizes (consecutive rows from x + begin(g)).
+// Groups of any sizes (consecutive rows from x + begin(g)). A block whose groups all have one of
+// the common sizes (the usual case: a fixed number of samples per prompt, grouped by id) takes the
+// uniform form; the statistics are the same either way.
 template <class In, class Layout>
 void ragged_block_moments(const In* x, const Layout& layout, index_t g0, index_t count, block_moments& m) {
+    const index_t first_size = count > 0 ? layout.size(g0) : 0;
+    bool same_size = true;
+    for (index_t i = 1; i < count; ++i) same_size &= layout.size(g0 + i) == first_size;
+    if (same_size && count > 0) {
+        const In* block_x = x + layout.rows(g0).begin;  // consecutive groups of CSR offsets are adjacent
+        switch (first_size) {
+            case 8: return uniform_block_moments<8>(block_x, count, m);
+            case 16: return uniform_block_moments<16>(block_x, count, m);
+            case 32: return uniform_block_moments<32>(block_x, count, m);
+            case 64: return uniform_block_moments<64>(block_x, count, m);
+            default: break;
+        }
+    }
     for (index_t i = 0; i < count; ++i) {
         const index_t n = layout.size(g0 + i);
         const In* v = x + layout.rows(g0 + i).begin;
