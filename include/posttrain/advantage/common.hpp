@@ -115,28 +115,6 @@ void for_each_group(const Policy& p, const Layout& layout, index_t rows_total, K
     });
 }
 
-// for_each_group for kernels that take the group size as a template-friendly value: uniform layouts
-// of the common sizes pass it as a std::integral_constant, so the kernel's short loops unroll and
-// vectorize completely. The arithmetic, and so every result bit, is the same as with a run-time size.
-template <class Policy, class Layout, class Kernel>
-void for_each_group_sized(const Policy& p, const Layout& layout, index_t rows_total, Kernel&& kernel) {
-    if constexpr (std::is_same_v<Layout, posttrain::detail::group_layout<uniform_groups>>) {
-        auto fixed = [&](auto size) {
-            posttrain::detail::for_blocks(p, layout.num_groups(), index_t(size) + 1, [&](index_t lo, index_t hi) {
-                for (index_t g = lo; g < hi; ++g) kernel(g, layout.rows(g), size);
-            });
-        };
-        switch (layout.k) {
-            case 8: return fixed(std::integral_constant<index_t, 8>{});
-            case 16: return fixed(std::integral_constant<index_t, 16>{});
-            case 32: return fixed(std::integral_constant<index_t, 32>{});
-            case 64: return fixed(std::integral_constant<index_t, 64>{});
-            default: break;
-        }
-    }
-    for_each_group(p, layout, rows_total, kernel);
-}
-
 
 // Reads element rows(j) of a 1-D view as double; unit-stride views get their own instantiation.
 template <class T>
@@ -179,9 +157,8 @@ struct group_moments {
 };
 
 // Moments of n values gathered into a contiguous buffer. SkipNaN leaves NaN values out of everything.
-// n may be an index_t or a std::integral_constant (see for_each_group_sized).
-template <bool SkipNaN, class Size>
-group_moments moments_of(const double* v, Size n) {
+template <bool SkipNaN>
+group_moments moments_of(const double* v, index_t n) {
     group_moments m;
     if (n == 0) return m;
     double lo = v[0], hi = v[0];
@@ -223,9 +200,9 @@ group_moments moments_of(const double* v, Size n) {
 // per-thread buffer. Gathering once makes the statistics passes contiguous whatever the layout.
 class group_buffer {
 public:
-    template <class Reader, class Rows, class Size>
-    const double* gather(const Reader& x, const Rows& rows, Size n) {
-        double* p = index_t(n) <= index_t(small) ? local_ : heap(n);
+    template <class Reader, class Rows>
+    const double* gather(const Reader& x, const Rows& rows, index_t n) {
+        double* p = n <= index_t(small) ? local_ : heap(n);
         for (index_t j = 0; j < n; ++j) p[j] = x(rows(j));
         return p;
     }

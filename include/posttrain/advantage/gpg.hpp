@@ -32,7 +32,7 @@ group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Group
     detail::require(options.f_norm != 0, {fn, "options.f_norm"}, "must be non-zero");
     return std::visit(
         [&](auto r, auto a) {
-            detail::check_outcome_args(r, a, options.nonfinite_rewards, fn);
+            detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
             double alpha = options.alpha;
             if (alpha == 0.0) {
@@ -46,7 +46,7 @@ group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Group
             centring.singleton_groups = options.singleton_groups;
             centring.nonfinite_rewards = options.nonfinite_rewards;
             centring.zero_variance_groups = options.zero_variance_groups;
-            const group_stats_result res = detail::grpo_impl(policy, r, layout, a, centring);
+            const group_stats_result res = detail::grpo_impl(policy, r, layout, a, centring, fn);
             using A = typename decltype(a)::value_type;
             const double factor = alpha / options.f_norm;
             detail::for_each_row(policy, a.extent(0), 1, [&](index_t i) { a(i) = static_cast<A>(double(a(i)) * factor); });

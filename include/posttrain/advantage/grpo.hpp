@@ -464,7 +464,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
     const double batch_sigma = o.std_scale == scale::batch ? batch_std(p, r, o) : 0.0;
 
     with_accessors(r, a, [&](auto x, auto y) {
-        auto general = [&](index_t g, auto rows, auto n) {
+        auto general = [&](index_t g, auto rows, index_t n) {
             auto& k = kind[static_cast<std::size_t>(g)];
             if (n == 0) {
                 k = 1;
@@ -552,7 +552,7 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
                 return;
             }
         }
-        for_each_group_sized(p, layout, r.extent(0), general);
+        for_each_group(p, layout, r.extent(0), general);
     });
 
     group_stats_result res;

@@ -80,14 +80,23 @@ double masked_total(const Policy& p, index_t rows, index_t cols, F&& f) {
 
 // Mean and variance of x under mask m (weights), following the options' conventions. valid = false
 // when the count is too small for the requested degrees of freedom.
+// The weight sum and the mean (variance left 0): what masked_mean needs, and the first half of
+// masked_moments.
 template <class Policy, class X, class M>
-moments_result masked_moments(const Policy& p, X x, M m, posttrain::ddof dof, double count_eps, bool& valid) {
+moments_result masked_count_and_mean(const Policy& p, X x, M m, double count_eps) {
     const index_t rows = x.extent(0), cols = x.extent(1);
     moments_result r;
     r.count = masked_total(p, rows, cols, [&](index_t i, index_t t) { return mask_weight(m(i, t)); });
     const double sum = masked_total(p, rows, cols, [&](index_t i, index_t t) { return double(x(i, t)) * mask_weight(m(i, t)); });
     // The mean of nothing is 0 (not 0/0): an all-masked batch contributes no signal.
     r.mean = r.count + count_eps != 0 ? sum / (r.count + count_eps) : 0.0;
+    return r;
+}
+
+template <class Policy, class X, class M>
+moments_result masked_moments(const Policy& p, X x, M m, posttrain::ddof dof, double count_eps, bool& valid) {
+    const index_t rows = x.extent(0), cols = x.extent(1);
+    moments_result r = masked_count_and_mean(p, x, m, count_eps);
     const double m2 = masked_total(p, rows, cols, [&](index_t i, index_t t) {
         const double d = double(x(i, t)) - r.mean;
         return d * d * mask_weight(m(i, t));
@@ -118,8 +127,7 @@ template <class Policy, class Values, class Mask>
     return std::visit(
         [&](auto x, auto m) {
             detail::check_same_shape(m, x, {fn, "mask"}, "values");
-            bool valid = true;
-            return detail::masked_moments(policy, x, m, posttrain::ddof::population, options.count_epsilon, valid).mean;
+            return detail::masked_count_and_mean(policy, x, m, options.count_epsilon).mean;
         },
         posttrain::detail::floating_input<2>(values, {fn, "values"}), posttrain::detail::mask_input<2>(mask, {fn, "mask"}));
 }

@@ -50,16 +50,14 @@ namespace detail {
 // Sum of f(j) for j in [0, n) in a fixed order: eight interleaved accumulators (lane l takes j = l mod 8),
 // combined pairwise. The order is part of posttrain's determinism contract; the lanes let the compiler
 // vectorize without reassociating anything.
-// n may be an index_t or a std::integral_constant (then the loops have compile-time trip counts and
-// unroll completely).
-template <class Size, class F>
-inline double fixed_order_sum(Size n, F&& f) noexcept {
+template <class F>
+inline double fixed_order_sum(index_t n, F&& f) noexcept {
     constexpr int lanes = 8;
     double acc[lanes] = {};
     index_t j = 0;
-    for (; j + lanes <= index_t(n); j += lanes)
+    for (; j + lanes <= n; j += lanes)
         for (int l = 0; l < lanes; ++l) acc[l] += f(j + l);
-    for (int l = 0; l < lanes && j < index_t(n); ++j, ++l) acc[l] += f(j);
+    for (int l = 0; l < lanes && j < n; ++j, ++l) acc[l] += f(j);
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
