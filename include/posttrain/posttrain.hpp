@@ -28,3 +28,5 @@
 #include "advantage/shaping.hpp"
 #include "advantage/tokens.hpp"
 #include "advantage/whiten.hpp"
+
+#include "policy_loss/aggregate.hpp"

@@ -124,6 +124,12 @@ void register_verl(registry& r);
 void register_trl(registry& r);
 void register_openrlhf(registry& r);
 void register_gdpo(registry& r);
+// Token-level policy optimisation (issue 3), one file each: policy losses and aggregation,
+// GAE and returns, the optimal token baseline, KL / entropy / value losses.
+void register_policy_loss(registry& r);
+void register_returns(registry& r);
+void register_token_baseline(registry& r);
+void register_kl_value(registry& r);
 
 // ---- helpers shared by the mappings ----
 

@@ -293,6 +293,10 @@ int main(int argc, char** argv) {
     register_trl(reg);
     register_openrlhf(reg);
     register_gdpo(reg);
+    register_policy_loss(reg);
+    register_returns(reg);
+    register_token_baseline(reg);
+    register_kl_value(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
