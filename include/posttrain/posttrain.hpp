@@ -30,3 +30,5 @@
 #include "advantage/whiten.hpp"
 
 #include "policy_loss/aggregate.hpp"
+#include "policy_loss/kl.hpp"
+#include "policy_loss/policy_loss.hpp"
