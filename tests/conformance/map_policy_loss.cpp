@@ -186,9 +186,130 @@ void verl_reinforce(const case_context& c, produced& out) {
     set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio_raw, r.sums.tokens));
 }
 
+// ---- OpenRLHF PolicyLoss(**init)(log_probs, old_log_probs, advantages, action_mask, rollout_log_probs, **forward) ----
+void openrlhf_policy_loss(const case_context& c, produced& out) {
+    const json& init = c.params.at("init");
+    const json& fwd = c.params.at("forward");
+    auto get = [](const json& j, const char* k, double fallback) { return j.contains(k) && !j.at(k).is_null() ? number(j.at(k)) : fallback; };
+    const bool gspo = init.value("policy_loss_type", std::string("ppo")) == "gspo";
+    const bool vllm = init.value("enable_vllm_is_correction", false);
+    auto o = pl::options::openrlhf(gspo, init.value("token_level_loss", true));
+    o.clip_low = get(init, "clip_eps_low", 0.2);
+    o.clip_high = get(init, "clip_eps_high", 0.2);
+    o.dual_clip = get(init, "dual_clip", 0.0);
+    o.aggregation.multiplier = get(fwd, "dp_size", 1);
+    o.aggregation.global_tokens = get(fwd, "batch_num_tokens", 0);
+    o.aggregation.global_sequences = get(fwd, "global_batch_size", 0);
+    const tensor lp = c.input("log_probs"), old = c.input("old_log_probs"), adv = c.input("advantages"), m = c.input("action_mask");
+    tensor rollout;
+    pl::extras ex;
+    if (vllm) {
+        rollout = c.input("rollout_log_probs");
+        const auto& th = init.at("vllm_is_truncated_threshold");
+        o.mismatch.lower = number(th.at(0));
+        o.mismatch.upper = number(th.at(1));
+        o.mismatch.log_ratio_clamp = 0;
+        const std::string type = init.value("vllm_is_correction_type", std::string("tis"));
+        o.mismatch.mode = type == "icepop" ? pl::correction::token_mask
+                          : type == "seq-mask-tis" ? pl::correction::sequence_mask_token_weights
+                                                   : pl::correction::token_truncate;
+        if (gspo) o.mismatch.mode = pl::correction::none;  // GSPO takes the ratio against the rollout instead
+        else ex.rollout_log_probs = rollout.view2();
+    }
+    // With the vLLM correction GSPO's sequence ratio is taken against the rollout log-probs.
+    const tensor& ratio_base = vllm && gspo ? rollout : old;
+    tensor g = zeros(lp.shape);
+    const auto r = pl::compute(seq, lp.view2(), ratio_base.view2(), adv.view2(), m.view2(), view2(g.data, lp.rows(), lp.cols()), o, ex);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_log_probs", g);
+    // clip_ratio is a float32 mean there (the comparison is cast with .float()).
+    set_metric(out, "clip_ratio", double(float(r.sums.clipped_low + r.sums.clipped_high) / float(r.sums.tokens)));
+    // ppo_kl is always against the old log-probs.
+    pl::options plain = o;
+    plain.mismatch.mode = pl::correction::none;
+    const auto k = pl::compute(seq, lp.view2(), old.view2(), adv.view2(), m.view2(), posttrain::none, plain);
+    set_metric(out, "ppo_kl", k.sums.neg_log_ratio_raw / k.sums.tokens);
+    if (vllm && !gspo) set_metric(out, "vllm_kl", r.sums.rollout_minus_old / r.sums.tokens);
+}
+
+// ---- TRL GRPOTrainer._compute_loss ----
+void trl_grpo_loss(const case_context& c, produced& out) {
+    using trl = pl::options::trl_loss;
+    const std::string type = c.params.at("loss_type").get<std::string>();
+    const trl t = type == "grpo" ? trl::grpo : type == "bnpo" ? trl::bnpo : type == "dr_grpo" ? trl::dr_grpo
+                : type == "dapo" ? trl::dapo : type == "luspo" ? trl::luspo : type == "cispo" ? trl::cispo
+                : type == "sapo" ? trl::sapo : type == "vespo" ? trl::vespo
+                : throw std::runtime_error("unknown loss_type " + type);
+    const double gas = c.param_or("current_gradient_accumulation_steps", 1);
+    const double items = c.inputs.contains("num_items_in_batch") ? number(c.inputs.at("num_items_in_batch")) : 0.0;
+    auto o = pl::options::trl(t, c.param("max_completion_length"), gas, items, c.param_or("num_processes", 1));
+    o.clip_low = c.param("epsilon_low");
+    o.clip_high = c.param("epsilon_high");
+    o.delta = c.param_or("delta", 0);
+    if (c.params.at("importance_sampling_level").get<std::string>() == "sequence") o.level = pl::ratio_level::sequence;
+    o.kl_coef = c.param("beta");
+    o.kl_importance_weighted = c.params.at("use_bias_correction_kl").get<bool>();
+    if (c.has_param("off_policy_mask_threshold")) o.off_policy_threshold = c.param("off_policy_mask_threshold");
+    o.top_entropy_quantile = c.param("top_entropy_quantile");
+    o.entropy_coef = c.param("entropy_coef");
+    // torch.where(A > 0, tau_pos, tau_neg) over two Python floats builds a float32 tensor: TRL's SAPO
+    // temperatures are float32 values.
+    o.sapo_tau_pos = double(float(c.param("sapo_temperature_pos")));
+    o.sapo_tau_neg = double(float(c.param("sapo_temperature_neg")));
+    if (c.params.value("use_vllm", false)) throw skip_case("use_vllm importance correction is not exercised by the cases");
+    const tensor lp = c.input("per_token_logps"), m = c.input("completion_mask");
+    // old_per_token_logps absent: TRL uses per_token_logps.detach().
+    const tensor old = c.inputs.contains("old_per_token_logps") ? c.input("old_per_token_logps") : lp;
+    // advantages (B,) broadcast over the completion.
+    const tensor a = c.input("advantages");
+    tensor adv = a.shape.size() == 2 ? a : zeros(lp.shape);
+    if (a.shape.size() == 1)
+        for (index_t i = 0; i < lp.rows(); ++i)
+            for (index_t j = 0; j < lp.cols(); ++j) adv.data[std::size_t(i * lp.cols() + j)] = a.data[std::size_t(i)];
+    tensor ref, sampling, ent;
+    pl::extras ex;
+    if (c.inputs.contains("ref_per_token_logps")) ref = c.input("ref_per_token_logps"), ex.ref_log_probs = ref.view2();
+    if (c.inputs.contains("sampling_per_token_logps")) sampling = c.input("sampling_per_token_logps"), ex.rollout_log_probs = sampling.view2();
+    if (c.inputs.contains("entropies")) ent = c.input("entropies"), ex.entropies = ent.view2();
+    tensor g = zeros(lp.shape);
+    const auto r = pl::compute(seq, lp.view2(), old.view2(), adv.view2(), m.view2(), view2(g.data, lp.rows(), lp.cols()), o, ex);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_per_token_logps", g);
+    const double tokens = std::max(r.sums.tokens, 1.0), rows = double(lp.rows());
+    // The clip metrics are float32 there (boolean masks cast with .float()).
+    auto f32 = [](double num, double den) { return double(float(num) / float(den)); };
+    if (o.kl_coef != 0) set_metric(out, "metric_kl", r.sums.kl / tokens);
+    if (o.entropy_coef != 0) {
+        // policy_loss is logged before the accumulation division (dapo-like types have none).
+        const bool global = t == trl::dapo || t == trl::cispo || t == trl::vespo;
+        set_metric(out, "metric_policy_loss", (r.loss + o.entropy_coef * r.entropy_loss) * (global ? 1.0 : gas));
+        set_metric(out, "metric_entropy_coef", o.entropy_coef);
+    }
+    if (o.loss == pl::objective::ppo_clip) {
+        if (o.level == pl::ratio_level::token) {
+            set_metric(out, "metric_clip_ratio_low_mean", f32(r.sums.clipped_low, tokens));
+            set_metric(out, "metric_clip_ratio_high_mean", f32(r.sums.clipped_high, tokens));
+            set_metric(out, "metric_clip_ratio_region_mean", f32((r.sums.clipped_low + r.sums.clipped_high), tokens));
+            set_metric(out, "metric_clip_ratio_low_min", double(float(r.seq_low_clip_min)));
+            set_metric(out, "metric_clip_ratio_high_max", double(float(r.seq_high_clip_max)));
+        } else {
+            // Sequence level: one flag per row, averaged over every row.
+            set_metric(out, "metric_clip_ratio_low_mean", f32(r.sequences_clipped_low, rows));
+            set_metric(out, "metric_clip_ratio_high_mean", f32(r.sequences_clipped_high, rows));
+            set_metric(out, "metric_clip_ratio_region_mean", f32((r.sequences_clipped_low + r.sequences_clipped_high), rows));
+            set_metric(out, "metric_clip_ratio_low_min", r.sequences_clipped_low == rows ? 1.0 : 0.0);
+            set_metric(out, "metric_clip_ratio_high_max", r.sequences_clipped_high > 0 ? 1.0 : 0.0);
+        }
+    }
+    if (o.loss == pl::objective::cispo) set_metric(out, "metric_cispo_clip_ratio", f32(r.sums.clipped_high_positive, tokens));
+    if (o.loss == pl::objective::vespo) set_metric(out, "metric_vespo_phi_seq_mean", r.phi_mean);
+}
+
 }  // namespace
 
 void register_policy_loss(registry& r) {
+    r.add("trl/GRPOTrainer._compute_loss", {trl_grpo_loss, float64_path, "policy_loss::compute, options::trl(loss_type, ...)"});
+    r.add("openrlhf/PolicyLoss", {openrlhf_policy_loss, float64_path, "policy_loss::compute, options::openrlhf(gspo, token_level_loss) + mismatch correction"});
     const char* verl_what = "policy_loss::compute, options::verl(objective, mode) (metrics: sums / (tokens + 1e-8))";
     r.add("verl/compute_policy_loss", {verl_ppo_explicit, float64_path, verl_what});
     r.add("verl/compute_policy_loss_vanilla", {verl_vanilla, float64_path, verl_what});

@@ -226,7 +226,7 @@ struct metric_sums {
     double neg_log_ratio_raw = 0;      // sum of old - logp unclamped (OpenRLHF ppo_kl)
     double abs_log_ratio = 0;          // sum of |logp - old| (verl kl_cov ppo_kl)
     double ratio = 0;                  // sum of the ratio used by the objective
-    double kl = 0;                     // sum of the KL estimator (TRL metric kl)
+    double kl = 0;                     // sum of the KL term before kl_coef (times the ratio when importance weighted; TRL metric kl)
     double entropy = 0;                // sum of the entropies
     double rollout_minus_old = 0;      // sum of rollout - old (OpenRLHF vllm_kl)
     double kept = 0;                   // tokens kept by the detached masks (OPSM, top entropy, mismatch masks)
@@ -243,6 +243,8 @@ struct [[nodiscard]] loss_result {
     double seq_low_clip_min = 0;   // min over non-empty rows of the row's clipped_low fraction (TRL clip_ratio/low_min)
     double seq_high_clip_max = 0;  // max over non-empty rows of the clipped_high fraction (TRL clip_ratio/high_max)
     double phi_mean = 0;           // vespo: mean over rows of phi (TRL vespo/phi_seq_mean)
+    double sequences_clipped_low = 0;   // rows with a clipped_low token (under sequence levels: rows whose ratio is clipped)
+    double sequences_clipped_high = 0;
 
     double clip_fraction() const noexcept { return frac(sums.clipped_low + sums.clipped_high); }
     double clip_fraction_low() const noexcept { return frac(sums.clipped_low); }
@@ -280,6 +282,7 @@ struct row_partial {
     double loss = 0, kl = 0, entropy = 0;
     metric_sums sums;
     double ratio_min = INFINITY, ratio_max = -INFINITY;
+    double phi = 0;  // vespo: the row's weight
 };
 
 // A token flagged for clip_cov / kl_cov (row-major flat index).
@@ -676,6 +679,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             if (has_ref) {
                 const auto k = kl_token(x, double(ref(i, t)), o.kl);
                 kv = k.value;
+                if (o.kl_importance_weighted) kv *= exp(w);
                 if (o.kl_coef > 0) {
                     if (o.kl_importance_weighted) {
                         const double rr = exp(w);
@@ -726,6 +730,11 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
                 const double m = m_at(i, t);
                 if (m != 0) grad(i, t) = GT(double(grad(i, t)) + add * m);
             }
+        }
+        if (o.loss == objective::vespo) {
+            // The row's phi: by token where it has valid tokens, else by the sign of its first advantage.
+            p.phi = p.sums.tokens > 0 ? p.sums.ratio / p.sums.tokens
+                                      : (Tn > 0 && double(adv(i, 0)) < 0 ? r.phi_neg : r.phi);
         }
         p.loss = s_loss * wrow;
         p.kl = s_kl * wrow;
@@ -793,10 +802,9 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             low_min = std::min(low_min, p.sums.clipped_low / p.sums.tokens);
             high_max = std::max(high_max, p.sums.clipped_high / p.sums.tokens);
         }
-        if (o.loss == objective::vespo) {
-            // phi of the row's advantage sign (rows of mixed sign average both by token).
-            phi_sum += p.sums.tokens > 0 ? p.sums.ratio / p.sums.tokens : 0.0;
-        }
+        phi_sum += p.phi;
+        res.sequences_clipped_low += p.sums.clipped_low > 0 ? 1 : 0;
+        res.sequences_clipped_high += p.sums.clipped_high > 0 ? 1 : 0;
     }
     res.ratio_min = B > 0 && s.tokens > 0 ? rmin : 0.0;
     res.ratio_max = B > 0 && s.tokens > 0 ? rmax : 0.0;
