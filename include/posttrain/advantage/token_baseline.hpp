@@ -145,21 +145,30 @@ auto optional_output(X&& x, where w) {
     else return posttrain::detail::floating_output<2>(std::forward<X>(x), w);
 }
 
-// Per-thread scratch of one group: each row's returns and cumulative weights ([n, T], compacted in
-// place for the multi-turn form), the columns of its valid tokens, its length, and the baseline.
+// Per-thread scratch of one group, O(T + n): the baseline's numerator and denominator per slot, one
+// row's returns, and each row's valid-token count. Nothing of size n * T: a group of thousands of
+// long rows needs no copy of its inputs.
 struct token_baseline_scratch {
-    std::vector<double> g, w, b;
-    std::vector<index_t> col, len, members;
+    std::vector<double> num, den, g;
+    std::vector<index_t> len;
     void reserve(index_t n, index_t T) {
-        const auto nt = static_cast<std::size_t>(n * T);
-        if (g.size() < nt) g.resize(nt), w.resize(nt), col.resize(nt);
-        if (b.size() < std::size_t(T)) b.resize(std::size_t(T));
-        if (len.size() < std::size_t(n)) len.resize(std::size_t(n)), members.resize(std::size_t(n));
+        if (num.size() < std::size_t(T)) num.resize(std::size_t(T)), den.resize(std::size_t(T)), g.resize(std::size_t(T));
+        if (len.size() < std::size_t(n)) len.resize(std::size_t(n));
     }
 };
 inline token_baseline_scratch& token_baseline_buffers() {
     thread_local token_baseline_scratch s;
     return s;
+}
+
+// g[t] = sum_{s >= t} r(i, s) m(i, s): a row's reward-to-go (verl: flip, cumsum, flip).
+template <class R, class M>
+void reward_to_go(R r, M m, index_t i, index_t T, double* g) {
+    double run = 0;
+    for (index_t t = T - 1; t >= 0; --t) {
+        run += double(r(i, t)) * mask_weight(m(i, t));
+        g[t] = run;
+    }
 }
 
 // Validates every argument and runs the per-group kernel. compact = true is the multi-turn form.
@@ -219,78 +228,60 @@ token_baseline_result token_baseline_entry(const Policy& policy, const TokenRewa
             for_each_group(policy, layout, N * (T + 1), [&](index_t grp, auto rows, index_t n) {
                 token_baseline_scratch& s = token_baseline_buffers();
                 s.reserve(n, T);
-                // Rows: returns, cumulative weights, valid-token count (and the compaction).
-                index_t nm = 0;
+                double* num = s.num.data();
+                double* den = s.den.data();
+                double* g = s.g.data();
+                index_t* len = s.len.data();
+                std::fill(num, num + T, 0.0);
+                std::fill(den, den + T, 0.0);
+                // Pass 1, row by row in the group's order (one thread, so a fixed order; it is also the
+                // reference's order): returns, cumulative weights W, and their contributions to the
+                // numerator sum_i G W m and denominator sum_i W m of every slot. A slot is the column t,
+                // or in the compacted form the index of the valid token (mask != 0).
+                index_t members = 0;
                 for (index_t j = 0; j < n; ++j) {
                     const index_t i = rows(j);
-                    double* gj = s.g.data() + j * T;
-                    double* wj = s.w.data() + j * T;
-                    index_t* cj = s.col.data() + j * T;
-                    double run = 0;
-                    for (index_t t = T - 1; t >= 0; --t) {
-                        run += double(r(i, t)) * mask_weight(m(i, t));
-                        gj[t] = run;
-                    }
+                    reward_to_go(r, m, i, T, g);
                     if constexpr (has_ret) {
                         using RT = typename decltype(ret)::value_type;
-                        for (index_t t = 0; t < T; ++t) ret(i, t) = static_cast<RT>(gj[t]);
+                        for (index_t t = 0; t < T; ++t) ret(i, t) = static_cast<RT>(g[t]);
                     }
                     double cum = 0;
                     index_t count = 0;
                     for (index_t t = 0; t < T; ++t) {
                         const double mw = mask_weight(m(i, t));
                         cum += token_path_weight(double(lp(i, t)), double(sp(i, t)), rho(i, t)) * mw;
-                        wj[t] = cum;
-                        if (mw != 0) {
-                            // Compaction in place (count <= t): the k-th valid token moves to slot k.
-                            if (compact) gj[count] = gj[t], wj[count] = cum, cj[count] = t;
-                            ++count;
+                        if (!compact) {
+                            // Multiplied in even where the mask is 0, so that IEEE propagation (NaN/inf
+                            // under nonfinite::propagate) matches the reference.
+                            num[t] += g[t] * cum * mw;
+                            den[t] += cum * mw;
+                        } else if (mw != 0) {
+                            num[count] += g[t] * cum;
+                            den[count] += cum;
                         }
+                        count += mw != 0;
                     }
-                    s.len[std::size_t(j)] = count;
-                    // The multi-turn form leaves rows without a valid token out of the group.
-                    if (!compact || count > 0) s.members[std::size_t(nm++)] = j;
+                    len[j] = count;
+                    // The compacted form leaves rows without a valid token out of the group.
+                    if (!compact || count > 0) ++members;
                 }
-                const index_t span = [&] {
-                    if (!compact) return T;
-                    index_t mx = 0;
-                    for (index_t q = 0; q < nm; ++q) mx = std::max(mx, s.len[std::size_t(s.members[std::size_t(q)])]);
-                    return mx;
-                }();
-                const index_t* mem = s.members.data();
-                const index_t* len = s.len.data();
-                // The row's weight at slot k: its mask (column form, multiplied in even where it is 0,
-                // so that IEEE propagation matches the reference) or 1 (compacted valid tokens; slots
-                // past a compacted row's length hold nothing, verl pads them with zeros).
-                auto weight_at = [&](index_t j, index_t k) -> double { return compact ? 1.0 : mask_weight(m(rows(j), k)); };
-                double* b = s.b.data();
-                if (nm >= 2) {
-                    for (index_t k = 0; k < span; ++k) {
-                        const double num = posttrain::detail::fixed_order_sum(nm, [&](index_t q) {
-                            const index_t j = mem[q];
-                            if (compact && k >= len[j]) return 0.0;
-                            return s.g[std::size_t(j * T + k)] * s.w[std::size_t(j * T + k)] * weight_at(j, k);
-                        });
-                        const double den = posttrain::detail::fixed_order_sum(nm, [&](index_t q) {
-                            const index_t j = mem[q];
-                            if (compact && k >= len[j]) return 0.0;
-                            return s.w[std::size_t(j * T + k)] * weight_at(j, k);
-                        });
-                        // No weight at all (only with epsilon = 0): no baseline rather than 0/0.
-                        b[k] = den + options.epsilon != 0 ? num / (den + options.epsilon) : 0.0;
-                    }
-                } else {
-                    for (index_t k = 0; k < span; ++k) b[k] = 0;
-                }
-                kind[std::size_t(grp)] = nm == 0 ? 1 : nm == 1 ? 2 : 0;
+                kind[std::size_t(grp)] = members == 0 ? 1 : members == 1 ? 2 : 0;
+                // B = num / (den + epsilon) for >= 2 rows, else 0 (a singleton keeps its reward-to-go).
+                // Without any weight (only possible with epsilon = 0) there is no baseline rather than 0/0.
+                double* b = num;
+                for (index_t k = 0; k < T; ++k)
+                    b[k] = members >= 2 && den[k] + options.epsilon != 0 ? num[k] / (den[k] + options.epsilon) : 0.0;
                 // The unique longest row beyond the second-longest length (lengths are valid-token
-                // counts; in the column form the cut is that count taken as a column, as verl does).
+                // counts, rows of the group that take part; in the column form the cut is that count
+                // taken as a column, as verl does).
                 index_t tail_row = -1, cut = 0;
-                if (options.handle_zero_tail && nm >= 2) {
+                if (options.handle_zero_tail && members >= 2) {
                     index_t longest = -1, ties = 0, second = -1;
-                    for (index_t q = 0; q < nm; ++q) {
-                        const index_t l = len[mem[q]];
-                        if (l > longest) second = longest, longest = l, ties = 1, tail_row = mem[q];
+                    for (index_t j = 0; j < n; ++j) {
+                        const index_t l = len[j];
+                        if (compact && l == 0) continue;
+                        if (l > longest) second = longest, longest = l, ties = 1, tail_row = j;
                         else if (l == longest) ++ties;
                         else second = std::max(second, l);
                     }
@@ -301,19 +292,21 @@ token_baseline_result token_baseline_entry(const Policy& policy, const TokenRewa
                         tail_row = -1;
                     }
                 }
-                // Advantages: (G - B) * m on every slot of a row; the multi-turn form scatters the
-                // compacted slots back to their columns and writes 0 elsewhere.
+                // Pass 2: A = (G - B) m on every slot of a row, scattered back to the columns of the
+                // valid tokens in the compacted form (0 elsewhere).
                 for (index_t j = 0; j < n; ++j) {
                     const index_t i = rows(j);
-                    const double* gj = s.g.data() + j * T;
-                    const index_t* cj = s.col.data() + j * T;
-                    const index_t slots = compact ? len[j] : T;
-                    if (compact)
-                        for (index_t t = 0; t < T; ++t) a(i, t) = AT(0);
-                    for (index_t k = 0; k < slots; ++k) {
-                        const index_t t = compact ? cj[k] : k;
-                        const double bk = j == tail_row && k >= cut ? 0.0 : b[k];
-                        a(i, t) = static_cast<AT>((gj[k] - bk) * mask_weight(m(i, t)));
+                    reward_to_go(r, m, i, T, g);
+                    index_t k = 0;
+                    for (index_t t = 0; t < T; ++t) {
+                        const double mw = mask_weight(m(i, t));
+                        if (compact && mw == 0) {
+                            a(i, t) = AT(0);
+                            continue;
+                        }
+                        const index_t slot = compact ? k++ : t;
+                        const double bk = j == tail_row && slot >= cut ? 0.0 : b[slot];
+                        a(i, t) = static_cast<AT>((g[t] - bk) * mw);
                     }
                 }
             });
