@@ -1,6 +1,8 @@
 // OpenRLHF (OpenRLHF/OpenRLHF 3c3be62): openrlhf/models/utils.py (compute_reward, masked_normalize)
 // and RemoteExperienceMaker in openrlhf/trainer/ppo_utils/experience_maker.py. Action masks are int64.
 
+#include <posttrain/advantage/gae.hpp>
+
 #include "conformance.hpp"
 
 namespace conformance {
@@ -47,7 +49,6 @@ void get_cumulative_returns(const case_context& c, produced& out) {
 // estimators), and the batch whitening for reinforce / reinforce_baseline.
 void compute_advantages_and_returns(const case_context& c, produced& out) {
     const std::string est = c.params.at("estimator").get<std::string>();
-    if (est == "gae") throw skip_case("estimator gae: posttrain has no GAE yet (not an outcome estimator)");
     const tensor rewards = c.input("rewards"), kl = c.input("kl"), mask = c.input("action_mask");
     const index_t n = rewards.rows(), t = mask.cols();
     const index_t per_prompt = index_t(c.param("n_samples_per_prompt"));
@@ -74,7 +75,7 @@ void compute_advantages_and_returns(const case_context& c, produced& out) {
     else if (est == "group_norm") (void)adv::grpo(seq, rewards.view1(), groups, shaped, adv::grpo_options::openrlhf(true));
     else if (est == "reinforce_baseline" || est == "dr_grpo")
         (void)adv::grpo(seq, rewards.view1(), groups, shaped, adv::grpo_options::openrlhf(false));
-    else if (est == "reinforce") shaped = rewards.data;
+    else if (est == "reinforce" || est == "gae") shaped = rewards.data;
     else throw skip_case("estimator " + est + " is not mapped");
 
     tensor token_rewards = zeros({n, t});
@@ -83,9 +84,15 @@ void compute_advantages_and_returns(const case_context& c, produced& out) {
     adv::sequence_scores(seq, token_rewards.view2(), info_return);
     out.set("info_return", from_values(info_return, {n}));
 
-    const double gamma = est == "reinforce" ? c.param("gamma") : 1.0;
+    const double gamma = est == "reinforce" || est == "gae" ? c.param("gamma") : 1.0;
     tensor advantages = zeros({n, t}), returns = zeros({n, t});
-    if (est == "reinforce" || est == "reinforce_baseline") {
+    if (est == "gae") {
+        // get_advantages_and_returns with the critic's values, then the same batch whitening.
+        (void)adv::gae(seq, token_rewards.view2(), c.input("values").view2(), mask.view2(), view2(advantages.data, n, t),
+                       view2(returns.data, n, t),
+                       adv::gae_options::openrlhf(gamma, c.param("lambd"), c.params.value("no_std_norm", false)));
+        out.tol = float32_path;  // OpenRLHF takes the whitening mean and variance after .float()
+    } else if (est == "reinforce" || est == "reinforce_baseline") {
         // Whitened over every action token of the batch (centred only under no_std_norm).
         (void)adv::reinforce_pp(seq, token_rewards.view2(), mask.view2(), view2(advantages.data, n, t), view2(returns.data, n, t),
                                 adv::reinforce_pp_options::openrlhf(gamma, c.params.value("no_std_norm", false)));
@@ -107,7 +114,7 @@ void register_openrlhf(registry& r) {
     r.add("openrlhf/get_cumulative_returns", {get_cumulative_returns, float64_path, "discounted_returns({gamma, masked_tokens::zero_rewards})"});
     r.add("openrlhf/compute_advantages_and_returns",
           {compute_advantages_and_returns, float64_path,
-           "rloo/grpo(openrlhf presets) -> outcome_token_rewards -> discounted_returns or reinforce_pp(reinforce_pp_options::openrlhf(gamma))"});
+           "rloo/grpo(openrlhf presets) -> outcome_token_rewards -> discounted_returns or reinforce_pp(reinforce_pp_options::openrlhf(gamma)) or gae(gae_options::openrlhf(gamma, lambd))"});
 }
 
 }  // namespace conformance
