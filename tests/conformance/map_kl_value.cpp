@@ -5,7 +5,11 @@
 
 #include "conformance.hpp"
 
+#include <limits>
+
+#include <posttrain/policy_loss/entropy.hpp>
 #include <posttrain/policy_loss/kl.hpp>
+#include <posttrain/policy_loss/value_loss.hpp>
 
 namespace conformance {
 namespace {
@@ -49,6 +53,77 @@ void verl_adaptive_kl_controller(const case_context& c, produced& out) {
     out.set("values_after_each_update", from_values(values, {std::int64_t(values.size())}));
 }
 
+pl::aggregation verl_agg_mode(const std::string& s) {
+    if (s == "token-mean") return pl::aggregation::token_mean;
+    if (s == "token-sum") return pl::aggregation::token_sum;
+    if (s == "seq-mean-token-mean") return pl::aggregation::seq_mean_token_mean;
+    if (s == "seq-mean-token-sum") return pl::aggregation::seq_mean_token_sum;
+    if (s == "seq-mean-token-sum-norm") return pl::aggregation::seq_mean_token_sum_norm;
+    throw std::runtime_error("unknown verl loss_agg_mode " + s);
+}
+
+posttrain::tensor_view<const double, 3> view3(const tensor& t) {
+    return posttrain::tensor_view<const double, 3>(t.data.data(), t.shape.at(0), t.shape.at(1), t.shape.at(2));
+}
+posttrain::tensor_view<double, 3> view3(tensor& t) {
+    return posttrain::tensor_view<double, 3>(t.data.data(), t.shape.at(0), t.shape.at(1), t.shape.at(2));
+}
+
+// entropy_from_logits(logits): per-token entropy and d sum(entropy) / d logits.
+void verl_entropy_from_logits(const case_context& c, produced& out) {
+    const tensor z = c.input("logits");
+    tensor h = zeros({z.shape.at(0), z.shape.at(1)}), g = zeros(z.shape);
+    pl::entropy_from_logits(seq, view3(z), view2(h.data, h.rows(), h.cols()), view3(g), 1.0);
+    out.set("entropy", h);
+    out.set("grad_logits", g);
+}
+
+// compute_entropy_loss(logits, response_mask, loss_agg_mode) = agg_loss(entropy_from_logits(logits), ...).
+void verl_compute_entropy_loss(const case_context& c, produced& out) {
+    const tensor z = c.input("logits"), m = c.input("response_mask");
+    tensor g = zeros(z.shape);
+    const auto agg = pl::aggregation_options::verl(verl_agg_mode(str_param(c, "loss_agg_mode")));
+    const auto r = pl::entropy_loss(seq, view3(z), m.view2(), posttrain::none, view3(g), agg);
+    out.set("entropy_loss", from_values({r.loss}, {}));
+    out.set("grad_logits", g);
+}
+
+// compute_value_loss(vpreds, returns, values, response_mask, cliprange_value, loss_agg_mode).
+void verl_compute_value_loss(const case_context& c, produced& out) {
+    const tensor v = c.input("vpreds"), R = c.input("returns"), vo = c.input("values"), m = c.input("response_mask");
+    tensor g = zeros(v.shape);
+    const auto o = pl::value_loss_options::verl(c.param("cliprange_value"), verl_agg_mode(str_param(c, "loss_agg_mode")));
+    const auto r = pl::value_loss(seq, v.view2(), vo.view2(), R.view2(), m.view2(), view2(g.data, v.rows(), v.cols()), o);
+    out.set("vf_loss", from_values({r.loss}, {}));
+    out.set("vf_clipfrac", from_values({r.clipfrac}, {}));
+    out.set("grad_vpreds", g);
+}
+
+// ValueLoss(clip_eps, token_level_loss)(values, old_values, returns, action_mask); clip_eps None = no clip.
+void openrlhf_value_loss(const case_context& c, produced& out) {
+    const tensor v = c.input("values"), vo = c.input("old_values"), R = c.input("returns"), m = c.input("action_mask");
+    const json& init = c.params.at("init");
+    const double clip = init.at("clip_eps").is_null() ? std::numeric_limits<double>::infinity() : number(init.at("clip_eps"));
+    tensor g = zeros(v.shape);
+    const auto o = pl::value_loss_options::openrlhf(clip, init.at("token_level_loss").get<bool>());
+    const auto r = pl::value_loss(seq, v.view2(), vo.view2(), R.view2(), m.view2(), view2(g.data, v.rows(), v.cols()), o);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_values", g);
+}
+
+// RTO's (older OpenRLHF) ValueLoss: 0.5 * masked_mean(L, mask, dim=-1).mean(), masked_mean without an
+// epsilon and every row a sequence: seq_mean_token_mean under aggregation_options::verl_agent.
+void rto_value_loss(const case_context& c, produced& out) {
+    const tensor v = c.input("values"), vo = c.input("old_values"), R = c.input("returns"), m = c.input("action_mask");
+    pl::value_loss_options o;
+    o.clip = c.has_param("clip_eps") ? c.param("clip_eps") : std::numeric_limits<double>::infinity();
+    o.aggregation = pl::aggregation_options::verl_agent(pl::aggregation::seq_mean_token_mean);
+    tensor g = zeros(v.shape);
+    const auto r = pl::value_loss(seq, v.view2(), vo.view2(), R.view2(), m.view2(), view2(g.data, v.rows(), v.cols()), o);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_values", g);
+}
+
 }  // namespace
 
 void register_kl_value(registry& r) {
@@ -66,6 +141,15 @@ void register_kl_value(registry& r) {
           {openrlhf_compute_approx_kl, float32_path, "policy_loss::kl_penalty, kl_options::openrlhf(kl_estimator), float32 output"});
     r.add("verl/AdaptiveKLController",
           {verl_adaptive_kl_controller, float64_path, "policy_loss::adaptive_kl_controller::verl(init, target, horizon).update(kl, n)"});
+    r.add("verl/entropy_from_logits", {verl_entropy_from_logits, float64_path, "policy_loss::entropy_from_logits(logits, entropy, grad_logits, 1.0)"});
+    r.add("verl/compute_entropy_loss",
+          {verl_compute_entropy_loss, float64_path, "policy_loss::entropy_loss, aggregation_options::verl(loss_agg_mode)"});
+    r.add("verl/compute_value_loss",
+          {verl_compute_value_loss, float64_path, "policy_loss::value_loss, value_loss_options::verl(cliprange_value, loss_agg_mode)"});
+    r.add("openrlhf/ValueLoss",
+          {openrlhf_value_loss, float64_path, "policy_loss::value_loss, value_loss_options::openrlhf(clip_eps or inf, token_level_loss)"});
+    r.add("rto/ValueLoss", {rto_value_loss, float64_path,
+                            "policy_loss::value_loss{clip_eps or inf, aggregation_options::verl_agent(seq_mean_token_mean)}"});
 }
 
 }  // namespace conformance

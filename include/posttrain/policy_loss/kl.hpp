@@ -309,21 +309,16 @@ struct [[nodiscard]] kl_reward_result {
 };
 
 namespace detail {
-inline double row_mean_of(double sum, double n, row_mean rule) noexcept {
-    switch (rule) {
-        case row_mean::exact: return n != 0 ? sum / n : 0.0;
-        case row_mean::plus_epsilon: return sum / (n + 1e-8);
-        case row_mean::at_least_one: return sum / (n > 1 ? n : 1.0);
-    }
-    return 0.0;
-}
-
 template <class Policy, class S, class A, class B, class M, class R>
 kl_reward_result kl_rewards_impl(const Policy& policy, tensor_view<const S, 2> sc, tensor_view<const A, 2> lp,
                                  tensor_view<const B, 2> ref, const M& m, tensor_view<R, 2> out, double beta,
                                  const kl_reward_options& o) {
     const index_t rows = lp.extent(0), T = lp.extent(1);
     std::vector<double> row_kl(static_cast<std::size_t>(rows)), row_n(static_cast<std::size_t>(rows));
+    aggregation_plan mean;  // each row's mean, its denominator by the options' rule
+    mean.mode = aggregation::seq_mean_token_mean;
+    mean.row_denominator = o.metric_row_denominator;
+    mean.scale = 1;
     for_each_row(policy, rows, T, [&](index_t i) {
         double n = 0;
         const double s = posttrain::detail::fixed_order_sum(T, [&](index_t t) {
@@ -339,7 +334,7 @@ kl_reward_result kl_rewards_impl(const Policy& policy, tensor_view<const S, 2> s
         });
         if constexpr (is_none<M>) n = double(T);
         else n = posttrain::detail::fixed_order_sum(T, [&](index_t t) { return mask_weight(m(i, t)); });
-        row_kl[std::size_t(i)] = row_mean_of(s, n, o.metric_row_denominator);
+        row_kl[std::size_t(i)] = s * mean.row_factor(n);
         row_n[std::size_t(i)] = n;
     });
     kl_reward_result r;
