@@ -1,0 +1,616 @@
+#pragma once
+// GAE and discounted returns on the GPU: the exec::cuda overloads of advantage::gae and
+// advantage::discounted_returns.
+//
+//     pt::advantage::gae(pt::exec::cuda.on(stream), d_rewards, d_values, d_mask, d_advantages, d_returns,
+//                        pt::advantage::gae_options::verl(0.99, 0.95));
+//     pt::advantage::discounted_returns(pt::exec::cuda.on(stream), d_rewards, d_mask, d_returns, {0.99});
+//
+// Inputs are [N, T] device_view<const float|double, 2> (masks: bool or any arithmetic type) or
+// DLPack tensors on a CUDA device, any strides; outputs device_view<float|double, 2> (returns may
+// be posttrain::none). Asynchronous on the policy's stream. Semantics are those of the host
+// functions (gae.hpp, returns.hpp), with double arithmetic on the device for float tensors too.
+//
+// The scan. Each token is an affine map of the state after the next token (gae.hpp's scan_map),
+// so a row is a reverse scan under map composition. The [N, T] batch is cut into tiles of
+// scan_tile (2048) tokens: whole rows packed together when T <= 2048, otherwise fixed chunks of
+// one row. A block scans a tile: each thread composes its 8 consecutive tokens (in reverse time),
+// a cub::BlockScan over the threads' maps (segmented: a row's last token restarts the state) gives
+// each thread its incoming state, and the thread replays its tokens writing the outputs. Rows
+// longer than a tile take two more launches first: every chunk's composed map, then per row (a
+// block) an exclusive scan over its chunks, in a fixed order, giving each chunk its incoming state.
+// No inter-block communication inside a kernel and no atomics in the arithmetic: the bits depend
+// only on N and T (run to run and GPU to GPU). They differ from the host recurrence by rounding
+// only (maps are composed where the host steps).
+//
+// Whitening: the tile kernel also leaves each tile's (weight, mean, M2) of the advantages it wrote;
+// one block combines them in a fixed order (Chan et al.) and a last kernel applies the transform.
+// What the host throws for and only the device sees goes to the policy's status word: a NaN/inf
+// input under nonfinite::raise sets status_nonfinite_input (the result is computed as under
+// propagate); too few valid tokens for the variance under degenerate::raise sets
+// status_empty_reduction (the advantages are written as zeros, as under degenerate::zeros).
+// options.time_chunk concerns the host only; gae_per_row_lambda has no CUDA overload yet.
+//
+// Scratch (gae_workspace_bytes / discounted_returns_workspace_bytes): per-tile maps, incoming
+// states and moments, per-row lambdas; from .with(workspace) or cudaMallocAsync on the stream.
+
+#if !defined(__CUDACC__)
+#error "<posttrain/advantage/gae.cuh> needs nvcc: include it only from .cu files"
+#endif
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "../cuda/exec.cuh"
+#include "gae.hpp"
+
+namespace posttrain::advantage {
+namespace detail {
+
+inline constexpr int scan_threads = 256;
+inline constexpr int scan_items = 8;
+inline constexpr index_t scan_tile = index_t{scan_threads} * scan_items;
+
+// How the [N, T] batch is cut into tiles: `per_tile` whole rows (packed, T <= scan_tile), or
+// `chunks` chunks of scan_tile tokens per row (chunked).
+struct scan_tiles {
+    index_t rows = 0, cols = 0;
+    bool packed = true;
+    index_t per_tile = 1;  // rows per tile (packed)
+    index_t chunks = 1;    // tiles per row (chunked)
+    index_t tiles = 0;
+};
+
+inline scan_tiles make_scan_tiles(index_t rows, index_t cols) {
+    scan_tiles s;
+    s.rows = rows;
+    s.cols = cols;
+    if (rows == 0 || cols == 0) return s;
+    s.packed = cols <= scan_tile;
+    if (s.packed) {
+        s.per_tile = scan_tile / cols;
+        s.tiles = (rows + s.per_tile - 1) / s.per_tile;
+    } else {
+        s.chunks = (cols + scan_tile - 1) / scan_tile;
+        s.tiles = rows * s.chunks;
+    }
+    return s;
+}
+
+// The tokens of tile k, in scan order (reverse time): element e is token (i, t).
+struct tile_span {
+    index_t first_row = 0;  // packed: rows [first_row, first_row + n / cols); chunked: the row
+    index_t lo = 0, hi = 0; // chunked: tokens [lo, hi)
+    index_t n = 0;          // elements
+};
+
+__device__ inline tile_span span_of(const scan_tiles& s, index_t k) {
+    tile_span sp;
+    if (s.packed) {
+        sp.first_row = k * s.per_tile;
+        const index_t last = sp.first_row + s.per_tile < s.rows ? sp.first_row + s.per_tile : s.rows;
+        sp.n = (last - sp.first_row) * s.cols;
+    } else {
+        sp.first_row = k / s.chunks;
+        const index_t c = k % s.chunks;
+        sp.lo = c * scan_tile;
+        sp.hi = sp.lo + scan_tile < s.cols ? sp.lo + scan_tile : s.cols;
+        sp.n = sp.hi - sp.lo;
+    }
+    return sp;
+}
+
+// Token of element e, and whether the state restarts there (a row's last token when packed; the
+// chunk's first element in scan order when chunked, where the chunk's incoming state is used).
+__device__ inline void token_of(const scan_tiles& s, const tile_span& sp, index_t e, index_t& i, index_t& t, bool& restart) {
+    if (s.packed) {
+        const index_t f = sp.n - 1 - e;
+        i = sp.first_row + f / s.cols;
+        t = f % s.cols;
+        restart = t == s.cols - 1;
+    } else {
+        i = sp.first_row;
+        t = sp.hi - 1 - e;
+        restart = e == 0;
+    }
+}
+
+// The next token in scan order (one step back in time; packed tiles wrap to the previous row's end).
+__device__ inline void step_back(const scan_tiles& s, index_t& i, index_t& t, bool& restart) {
+    if (t == 0) {
+        --i;
+        t = s.cols - 1;
+    } else {
+        --t;
+    }
+    restart = s.packed && t == s.cols - 1;
+}
+
+// A map with a restart flag: the segmented-scan element (a restart discards what came before).
+struct seg_map {
+    int restart;
+    scan_map f;
+};
+struct seg_then {
+    __device__ seg_map operator()(const seg_map& x, const seg_map& y) const {
+        return {x.restart | y.restart, y.restart ? y.f : scan_then(x.f, y.f)};
+    }
+};
+struct map_then {
+    __device__ scan_map operator()(const scan_map& x, const scan_map& y) const { return scan_then(x, y); }
+};
+
+// Per-tile moments of the written advantages (weights = mask), for the whitening.
+struct tile_moments {
+    double weight, mean, m2;
+};
+
+// ---- Problems: what a token reads, its map, and what it writes --------------------------------
+
+template <class R, class V, class M, class A, class Ret>
+struct gae_problem {
+    device_view<const R, 2> r;
+    device_view<const V, 2> v;
+    device_view<const M, 2> m;
+    device_view<A, 2> a;
+    device_view<Ret, 2> ret;
+    gae_masking mode = gae_masking::carry;
+    double gamma = 1, gl = 1;
+    const double* row_gl = nullptr;  // per-row gamma * lambda, or null
+    bool write_adv = true, write_ret = true, mask_output = false;
+    std::uint32_t* status = nullptr;
+    bool report_nonfinite = false;
+
+    struct token {
+        R r;
+        V v;
+        M m;
+    };
+    __device__ token load(index_t i, index_t t) const {
+        const token k{r(i, t), v(i, t), m(i, t)};
+        if (report_nonfinite && !(numeric::is_finite(double(k.r)) && numeric::is_finite(double(k.v))))
+            posttrain::detail::report_status(status, status_nonfinite_input);
+        return k;
+    }
+    __device__ scan_map map(const token& k, index_t i) const {
+        return gae_token_map(mode, double(k.r), double(k.v), double(k.m), gamma, row_gl ? row_gl[i] : gl);
+    }
+    __device__ double weight(const token& k) const { return double(k.m); }
+    // Writes the outputs of the state after this token; returns the advantage as stored.
+    __device__ double write(index_t i, index_t t, const token& k, double /*next*/, double adv) const {
+        const double w = double(k.m);
+        if (write_ret) ret(i, t) = static_cast<Ret>(adv + (mode == gae_masking::zero ? w * double(k.v) : double(k.v)));
+        const A out = static_cast<A>(mask_output ? adv * w : adv);
+        if (write_adv) a(i, t) = out;
+        return double(out);
+    }
+};
+
+template <class R, class M, class O>
+struct returns_problem {
+    device_view<const R, 2> r;
+    device_view<const M, 2> m;
+    device_view<O, 2> out;
+    masked_tokens mode = masked_tokens::reset;
+    double gamma = 1;
+
+    struct token {
+        R r;
+        M m;
+    };
+    __device__ token load(index_t i, index_t t) const { return {r(i, t), m(i, t)}; }
+    __device__ scan_map map(const token& k, index_t) const { return returns_token_map(mode, double(k.r), double(k.m), gamma); }
+    __device__ double weight(const token& k) const { return double(k.m); }
+    __device__ double write(index_t i, index_t t, const token&, double, double g) const {
+        out(i, t) = static_cast<O>(g);
+        return g;
+    }
+};
+
+// ---- Kernels -------------------------------------------------------------------------------------
+
+// Chunked rows, step 1: the composed map of every chunk (restarts ignored: the chunk is applied to
+// its incoming state later).
+template <class P>
+__global__ void __launch_bounds__(scan_threads) scan_chunk_maps_kernel(P p, scan_tiles s, scan_map* maps) {
+    using block_scan = cub::BlockScan<seg_map, scan_threads>;
+    __shared__ typename block_scan::TempStorage tmp;
+    const index_t k = blockIdx.x;
+    const tile_span sp = span_of(s, k);
+    const index_t e0 = index_t(threadIdx.x) * scan_items;
+    seg_map agg{0, scan_identity()};
+    if (e0 < sp.n) {
+        index_t i, t;
+        bool restart;
+        token_of(s, sp, e0, i, t, restart);
+        for (int j = 0; j < scan_items && e0 + j < sp.n; ++j, step_back(s, i, t, restart))
+            agg.f = scan_then(agg.f, p.map(p.load(i, t), i));
+    }
+    seg_map total, ignored;
+    block_scan(tmp).ExclusiveScan(agg, ignored, seg_map{0, scan_identity()}, seg_then{}, total);
+    if (threadIdx.x == 0) maps[k] = total.f;
+}
+
+// Chunked rows, step 2: a block per row scans its chunks in scan order (last chunk first), in
+// batches of scan_threads, and leaves each chunk its incoming state (next, value) in carry[2k..].
+__global__ void __launch_bounds__(scan_threads) scan_chunk_carry_kernel(scan_tiles s, const scan_map* maps, double* carry) {
+    using block_scan = cub::BlockScan<scan_map, scan_threads>;
+    __shared__ typename block_scan::TempStorage tmp;
+    const index_t row = blockIdx.x, C = s.chunks;
+    scan_map running = scan_identity();
+    for (index_t base = 0; base < C; base += scan_threads) {
+        const index_t j = base + threadIdx.x;  // scan position: chunk C - 1 - j
+        const index_t k = row * C + (C - 1 - j);
+        const scan_map x = j < C ? maps[k] : scan_identity();
+        scan_map before, batch;
+        block_scan(tmp).ExclusiveScan(x, before, scan_identity(), map_then{}, batch);
+        if (j < C) {
+            double n = 0, a = 0;
+            scan_apply(scan_then(running, before), n, a);
+            carry[2 * k] = n;
+            carry[2 * k + 1] = a;
+        }
+        running = scan_then(running, batch);
+        __syncthreads();  // tmp is reused by the next batch
+    }
+}
+
+// The tile scan: every token's state, written through the problem; optionally each tile's moments
+// of the written values. carry: chunked tiles' incoming states (null when packed).
+template <class P>
+__global__ void __launch_bounds__(scan_threads) scan_tiles_kernel(P p, scan_tiles s, const double* carry, tile_moments* moments) {
+    using block_scan = cub::BlockScan<seg_map, scan_threads>;
+    using block_sum = cub::BlockReduce<double, scan_threads>;
+    __shared__ union {
+        typename block_scan::TempStorage scan;
+        typename block_sum::TempStorage sum;
+    } tmp;
+    __shared__ double tile_mean;
+    const index_t k = blockIdx.x;
+    const tile_span sp = span_of(s, k);
+    const index_t e0 = index_t(threadIdx.x) * scan_items;
+    const int count = e0 < sp.n ? int(sp.n - e0 < scan_items ? sp.n - e0 : scan_items) : 0;
+
+    typename P::token tok[scan_items];
+    index_t i0 = 0, t0 = 0;
+    bool r0 = false;
+    seg_map agg{0, scan_identity()};
+    if (count > 0) {
+        token_of(s, sp, e0, i0, t0, r0);
+        index_t i = i0, t = t0;
+        bool restart = r0;
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) {
+            if (j < count) {
+                tok[j] = p.load(i, t);
+                agg = seg_then{}(agg, seg_map{restart, p.map(tok[j], i)});
+                step_back(s, i, t, restart);
+            }
+        }
+    }
+    seg_map before;
+    block_scan(tmp.scan).ExclusiveScan(agg, before, seg_map{0, scan_identity()}, seg_then{});
+
+    const double seed_n = carry ? carry[2 * k] : 0.0, seed_a = carry ? carry[2 * k + 1] : 0.0;
+    double n = seed_n, a = seed_a;
+    scan_apply(before.f, n, a);  // element 0 restarts, so `before` always starts from the seed
+    double xs[scan_items], ws[scan_items];
+    double w_sum = 0, wx_sum = 0;
+    if (count > 0) {
+        index_t i = i0, t = t0;
+        bool restart = r0;
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) {
+            xs[j] = 0;
+            ws[j] = 0;
+            if (j < count) {
+                if (restart) {
+                    n = seed_n;
+                    a = seed_a;
+                }
+                scan_apply(p.map(tok[j], i), n, a);
+                xs[j] = p.write(i, t, tok[j], n, a);
+                ws[j] = p.weight(tok[j]);
+                w_sum += ws[j];
+                wx_sum += ws[j] * xs[j];
+                step_back(s, i, t, restart);
+            }
+        }
+    }
+    if (moments == nullptr) return;  // uniform per launch: no block diverges at the barriers below
+    __syncthreads();                 // tmp.scan -> tmp.sum
+    const double W = block_sum(tmp.sum).Sum(w_sum);
+    __syncthreads();
+    const double S = block_sum(tmp.sum).Sum(wx_sum);
+    if (threadIdx.x == 0) tile_mean = W > 0 ? S / W : 0.0;
+    __syncthreads();
+    const double mean = tile_mean;
+    double m2 = 0;
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j) m2 += ws[j] * (xs[j] - mean) * (xs[j] - mean);
+    const double M2 = block_sum(tmp.sum).Sum(m2);
+    if (threadIdx.x == 0) moments[k] = {W, mean, M2};
+}
+
+// Chan et al.'s pairwise combination of (weight, mean, M2).
+__device__ inline tile_moments combine_moments(const tile_moments& x, const tile_moments& y) {
+    const double w = x.weight + y.weight;
+    if (w == 0) return {0, 0, 0};
+    const double d = y.mean - x.mean;
+    return {w, x.mean + d * (y.weight / w), x.m2 + y.m2 + d * d * (x.weight * y.weight / w)};
+}
+
+// The whitening options as the device needs them.
+struct whiten_params {
+    bool shift_mean = true, scale = true, mask_output = false, raise_on_degenerate = false, add_guard = true;
+    int ddof = 1;
+    double count_epsilon = 0, epsilon = 1e-8;
+};
+
+inline whiten_params make_whiten_params(const whiten_options& o, bool mask_output) {
+    return {o.shift_mean, o.scale, mask_output, o.on_degenerate == degenerate::raise, o.guard == variance_guard::add,
+            static_cast<int>(o.ddof), o.count_epsilon, o.epsilon};
+}
+
+// What the whitening transform applies: x -> valid ? (x - mean) * rstd + shift : 0.
+struct whiten_transform {
+    double mean, rstd, shift;
+    int valid;
+};
+
+// One block combines the tiles' moments in a fixed order: thread j folds tiles j, j + 256, ...,
+// then a fixed tree. Leaves the transform, and (optionally) {mean, variance, count} in stats.
+__global__ void __launch_bounds__(scan_threads) whiten_finalize_kernel(const tile_moments* moments, index_t tiles, whiten_params w,
+                                                                       whiten_transform* out, double* stats, std::uint32_t* status) {
+    __shared__ tile_moments part[scan_threads];
+    tile_moments acc{0, 0, 0};
+    for (index_t k = threadIdx.x; k < tiles; k += scan_threads) acc = combine_moments(acc, moments[k]);
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = scan_threads / 2; half > 0; half /= 2) {
+        if (int(threadIdx.x) < half) part[threadIdx.x] = combine_moments(part[threadIdx.x], part[threadIdx.x + half]);
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    const tile_moments all = part[0];
+    // masked_whiten's conventions: mean = sum / (count + count_epsilon); variance about that mean.
+    const double count = all.weight, denom = count + w.count_epsilon;
+    const double mean = denom != 0 ? all.mean * count / denom : 0.0;
+    const double m2 = all.m2 + count * (all.mean - mean) * (all.mean - mean);
+    const double biased = denom != 0 ? m2 / denom : 0.0;
+    const int valid = count > double(w.ddof) && count > 0;
+    const double variance = w.ddof == 0 ? biased : biased * (count / (count - 1.0));
+    const double guarded = w.add_guard ? variance + w.epsilon : (variance > w.epsilon ? variance : w.epsilon);
+    const double rstd = w.scale ? 1.0 / sqrt(guarded) : 1.0;
+    if (!valid && w.raise_on_degenerate) posttrain::detail::report_status(status, status_empty_reduction);
+    *out = {mean, rstd, w.shift_mean ? 0.0 : mean, valid};
+    if (stats) {
+        stats[0] = mean;
+        stats[1] = variance;
+        stats[2] = count;
+    }
+}
+
+template <class A, class M>
+__global__ void whiten_apply_kernel(device_view<A, 2> a, device_view<const M, 2> m, const whiten_transform* tr, bool mask_output) {
+    const whiten_transform x = *tr;
+    const index_t cols = a.extent(1), total = a.extent(0) * cols;
+    for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += index_t(gridDim.x) * blockDim.x) {
+        const index_t i = e / cols, t = e % cols;
+        double y = x.valid ? (double(a(i, t)) - x.mean) * x.rstd + x.shift : 0.0;
+        if (mask_output) y *= double(m(i, t));
+        a(i, t) = static_cast<A>(y);
+    }
+}
+
+// One warp per row: gamma * VAPO lambda from the row's mask sum (a fixed shuffle tree).
+template <class M>
+__global__ void length_adaptive_kernel(device_view<const M, 2> m, double alpha, double gamma, double* row_gl) {
+    const index_t warps = index_t(gridDim.x) * (blockDim.x / 32);
+    const int lane = threadIdx.x % 32;
+    for (index_t i = index_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < m.extent(0); i += warps) {
+        double s = 0;
+        for (index_t t = lane; t < m.extent(1); t += 32) s += double(m(i, t));
+        for (int d = 16; d > 0; d /= 2) s += __shfl_xor_sync(0xffffffffu, s, d);
+        if (lane == 0) row_gl[i] = gamma * length_adaptive_lambda(alpha, s);
+    }
+}
+
+// ---- Host side -------------------------------------------------------------------------------
+
+struct scan_scratch_layout {
+    std::size_t maps = 0, carry = 0, moments = 0, transform = 0, row_gl = 0, total = 0;
+};
+
+inline scan_scratch_layout scan_scratch(index_t rows, index_t cols, bool whiten, bool row_lambda) {
+    using posttrain::detail::scratch_align;
+    const scan_tiles s = make_scan_tiles(rows, cols);
+    scan_scratch_layout l;
+    std::size_t off = 0;
+    auto take = [&](std::size_t bytes) {
+        const std::size_t at = off;
+        off += scratch_align(bytes);
+        return at;
+    };
+    const std::size_t tiles = static_cast<std::size_t>(s.tiles);
+    l.maps = take(s.packed ? 0 : tiles * sizeof(scan_map));
+    l.carry = take(s.packed ? 0 : tiles * 2 * sizeof(double));
+    l.moments = take(whiten ? tiles * sizeof(tile_moments) : 0);
+    l.transform = take(whiten ? sizeof(whiten_transform) : 0);
+    l.row_gl = take(row_lambda ? static_cast<std::size_t>(rows) * sizeof(double) : 0);
+    l.total = off;
+    return l;
+}
+
+// Runs problem p over the batch: the chunk passes when rows are longer than a tile, then the tile
+// scan (leaving per-tile moments when `moments` is given).
+template <class P>
+void launch_scan(const exec::cuda_policy& policy, const P& p, const scan_tiles& s, const posttrain::detail::cuda_scratch& scratch,
+                 const scan_scratch_layout& l, tile_moments* moments, const char* fn) {
+    if (s.tiles == 0) return;
+    double* carry = nullptr;
+    if (!s.packed) {
+        auto* maps = scratch.as<scan_map>(l.maps);
+        carry = scratch.as<double>(l.carry);
+        scan_chunk_maps_kernel<<<static_cast<unsigned>(s.tiles), scan_threads, 0, policy.stream>>>(p, s, maps);
+        posttrain::detail::check_launch(fn);
+        scan_chunk_carry_kernel<<<static_cast<unsigned>(s.rows), scan_threads, 0, policy.stream>>>(s, maps, carry);
+        posttrain::detail::check_launch(fn);
+    }
+    scan_tiles_kernel<<<static_cast<unsigned>(s.tiles), scan_threads, 0, policy.stream>>>(p, s, carry, moments);
+    posttrain::detail::check_launch(fn);
+}
+
+template <class A, int R, class S, class B, int Q>
+void check_device_shape(tensor_view<A, R, S> a, tensor_view<B, Q, S> b, posttrain::detail::where w, const char* other) {
+    for (int d = 0; d < R; ++d)
+        posttrain::detail::require(a.extent(d) == b.extent(d), w,
+                                   std::string("shape must match '") + other + "': dimension " + posttrain::detail::str(d) +
+                                       " is " + posttrain::detail::str(a.extent(d)) + ", expected " +
+                                       posttrain::detail::str(b.extent(d)));
+}
+template <class A, int R, class S, class B, int Q>
+void check_device_alias(tensor_view<A, R, S> out, tensor_view<B, Q, S> in, posttrain::detail::where w, const char* other) {
+    posttrain::detail::require(!views_overlap(out, in), w,
+                               std::string("the output overlaps the input '") + other + "'; pass a separate buffer");
+}
+
+template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
+void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
+              Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats) {
+    constexpr const char* fn = "posttrain::advantage::gae";
+    check_gae_options(options, fn);
+    using posttrain::detail::floating_input;
+    using posttrain::detail::floating_output;
+    std::visit(
+        [&](auto r, auto v, auto m, auto a) {
+            check_device_shape(v, r, {fn, "values"}, "token_rewards");
+            check_device_shape(m, r, {fn, "mask"}, "token_rewards");
+            check_device_shape(a, r, {fn, "advantages"}, "token_rewards");
+            check_device_alias(a, r, {fn, "advantages"}, "token_rewards");
+            check_device_alias(a, v, {fn, "advantages"}, "values");
+            check_device_alias(a, m, {fn, "advantages"}, "mask");
+            const index_t rows = r.extent(0), cols = r.extent(1);
+            using A = typename decltype(a)::value_type;
+            const bool per_row = options.length_adaptive_alpha > 0;
+            const bool decoupled = per_row || (options.lambda_value && *options.lambda_value != options.lambda);
+            const scan_tiles s = make_scan_tiles(rows, cols);
+            const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
+            posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
+            double* row_gl = nullptr;
+            if (per_row && rows > 0) {
+                row_gl = scratch.as<double>(l.row_gl);
+                const unsigned blocks = static_cast<unsigned>((rows + 7) / 8 < 4096 ? (rows + 7) / 8 : 4096);
+                length_adaptive_kernel<<<blocks, 256, 0, policy.stream>>>(m, options.length_adaptive_alpha, options.gamma, row_gl);
+                posttrain::detail::check_launch(fn);
+            }
+            tile_moments* moments = options.whiten ? scratch.as<tile_moments>(l.moments) : nullptr;
+
+            auto run = [&](auto ret, bool has_returns) {
+                using Ret = typename decltype(ret)::value_type;
+                gae_problem<typename decltype(r)::value_type, typename decltype(v)::value_type,
+                            typename decltype(m)::value_type, A, Ret>
+                    p{r, v, m, a, ret};
+                p.mode = options.masking;
+                p.gamma = options.gamma;
+                p.mask_output = options.mask_output && !options.whiten;
+                p.status = policy.status;
+                p.report_nonfinite = options.nonfinite_inputs == nonfinite::raise;
+                if (decoupled && has_returns) {  // the returns' pass first, with the returns' lambda
+                    auto q = p;
+                    q.gl = options.gamma * options.lambda_value.value_or(options.lambda);
+                    q.write_adv = false;
+                    launch_scan(policy, q, s, scratch, l, nullptr, fn);
+                    p.report_nonfinite = false;  // reported once
+                }
+                p.gl = options.gamma * options.lambda;
+                p.row_gl = row_gl;
+                p.write_ret = has_returns && !decoupled;
+                launch_scan(policy, p, s, scratch, l, moments, fn);
+            };
+            if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+                run(device_view<A, 2>(), false);
+            } else {
+                std::visit(
+                    [&](auto ret) {
+                        check_device_shape(ret, r, {fn, "returns"}, "token_rewards");
+                        check_device_alias(ret, r, {fn, "returns"}, "token_rewards");
+                        check_device_alias(ret, v, {fn, "returns"}, "values");
+                        check_device_alias(ret, m, {fn, "returns"}, "mask");
+                        check_device_alias(ret, a, {fn, "returns"}, "advantages");
+                        run(ret, true);
+                    },
+                    floating_output<2, device_space>(returns, {fn, "returns"}));
+            }
+            if (!options.whiten) return;
+            auto* tr = scratch.as<whiten_transform>(l.transform);
+            whiten_finalize_kernel<<<1, scan_threads, 0, policy.stream>>>(
+                moments, s.tiles, make_whiten_params(options.whitening, options.mask_output), tr, stats, policy.status);
+            posttrain::detail::check_launch(fn);
+            if (rows * cols == 0) return;
+            const index_t blocks = (rows * cols + 255) / 256;
+            whiten_apply_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, policy.stream>>>(
+                a, m, tr, options.mask_output);
+            posttrain::detail::check_launch(fn);
+        },
+        floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
+        floating_input<2, device_space>(values, {fn, "values"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
+        floating_output<2, device_space>(advantages, {fn, "advantages"}));
+}
+
+}  // namespace detail
+
+// Bytes of scratch gae needs on the CUDA path for an [rows, cols] batch and these options.
+inline std::size_t gae_workspace_bytes(index_t rows, index_t cols, const gae_options& options = {}) {
+    return detail::scan_scratch(rows, cols, options.whiten, options.length_adaptive_alpha > 0).total;
+}
+
+// Bytes of scratch discounted_returns needs on the CUDA path (0 when rows fit a tile).
+inline std::size_t discounted_returns_workspace_bytes(index_t rows, index_t cols) {
+    return detail::scan_scratch(rows, cols, false, false).total;
+}
+
+template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
+void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
+         Advantages&& advantages, Returns&& returns, const gae_options& options = {}) {
+    detail::gae_cuda(policy, token_rewards, values, mask, advantages, returns, options, nullptr);
+}
+
+// As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
+template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
+void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
+         Advantages&& advantages, Returns&& returns, const gae_options& options, device_view<double, 1> stats) {
+    constexpr const char* fn = "posttrain::advantage::gae";
+    posttrain::detail::require(stats.extent(0) == 3 && stats.stride(0) == 1, {fn, "stats"},
+                               "expected 3 contiguous doubles (mean, variance, count), found " +
+                                   posttrain::detail::str(stats.extent(0)));
+    posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
+    detail::gae_cuda(policy, token_rewards, values, mask, advantages, returns, options, stats.data());
+}
+
+// The discounted returns of returns.hpp on the device (the reward-to-go of REINFORCE and REINFORCE++).
+template <class TokenRewards, class Mask, class Returns>
+void discounted_returns(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Mask& mask, Returns&& returns,
+                        const returns_options& options = {}) {
+    constexpr const char* fn = "posttrain::advantage::discounted_returns";
+    std::visit(
+        [&](auto r, auto m, auto o) {
+            detail::check_device_shape(m, r, {fn, "mask"}, "token_rewards");
+            detail::check_device_shape(o, r, {fn, "returns"}, "token_rewards");
+            detail::check_device_alias(o, r, {fn, "returns"}, "token_rewards");
+            detail::check_device_alias(o, m, {fn, "returns"}, "mask");
+            const detail::scan_tiles s = detail::make_scan_tiles(r.extent(0), r.extent(1));
+            const detail::scan_scratch_layout l = detail::scan_scratch(r.extent(0), r.extent(1), false, false);
+            posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
+            detail::returns_problem<typename decltype(r)::value_type, typename decltype(m)::value_type,
+                                    typename decltype(o)::value_type>
+                p{r, m, o, options.masking, options.gamma};
+            detail::launch_scan(policy, p, s, scratch, l, nullptr, fn);
+        },
+        posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<2, device_space>(returns, {fn, "returns"}));
+}
+
+}  // namespace posttrain::advantage

@@ -1,0 +1,187 @@
+// GAE and discounted returns on exec::cuda against the host oracle (exec::seq): every masking
+// convention and preset, packed tiles (T <= 2048, several rows per tile, T = 1) and chunked rows
+// (T > 2048, chunk boundaries inside rows), float and double, interior mask zeros and fully masked
+// rows, decoupled and length-adaptive lambdas, whitening and its statistics; plus run-to-run
+// determinism, a caller workspace, the status word and host-detectable misuse.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/advantage/gae.cuh>
+
+#include "support.cuh"
+
+namespace pt = posttrain;
+namespace adv = posttrain::advantage;
+using pt::index_t;
+using pt::test::device_vec;
+
+namespace {
+
+template <class T>
+struct batch {
+    index_t n, t;
+    std::vector<T> r, v;
+    std::vector<double> m;
+};
+
+// Normal rewards and values, a 0/1 mask with interior zeros, a fully masked row and a right-padded one.
+template <class T>
+batch<T> make_batch(index_t n, index_t t, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::bernoulli_distribution keep(0.8);
+    batch<T> b{n, t, std::vector<T>(std::size_t(n * t)), std::vector<T>(std::size_t(n * t)), std::vector<double>(std::size_t(n * t))};
+    for (std::size_t k = 0; k < b.r.size(); ++k) {
+        b.r[k] = static_cast<T>(normal(rng));
+        b.v[k] = static_cast<T>(normal(rng));
+        b.m[k] = keep(rng) ? 1.0 : 0.0;
+    }
+    if (n > 1)
+        for (index_t j = 0; j < t; ++j) b.m[std::size_t(1 * t + j)] = 0;
+    if (n > 2)
+        for (index_t j = t / 3; j < t; ++j) b.m[std::size_t(2 * t + j)] = 0;
+    return b;
+}
+
+template <class T>
+pt::device_view<const T, 2> dview(const device_vec<T>& d, index_t n, index_t t) {
+    return pt::device_view<const T, 2>(d.data(), n, t);
+}
+template <class T>
+pt::device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
+    return pt::device_view<T, 2>(d.data(), n, t);
+}
+
+// GPU against host for one batch and options; tol relative to max(1, |want|).
+template <class T>
+void compare_gae(const batch<T>& b, const adv::gae_options& o, double tol, const std::string& what) {
+    const index_t n = b.n, t = b.t;
+    std::vector<T> a(b.r.size()), ret(b.r.size());
+    (void)adv::gae(pt::exec::seq, pt::tensor_view<const T, 2>(b.r.data(), n, t), pt::tensor_view<const T, 2>(b.v.data(), n, t),
+                   pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<T, 2>(a.data(), n, t),
+                   pt::tensor_view<T, 2>(ret.data(), n, t), o);
+    device_vec<T> dr(b.r), dv(b.v), da(b.r.size()), dret(b.r.size());
+    device_vec<double> dm(b.m);
+    adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), dout(dret, n, t), o);
+    pt::test::close_to(da.host(), a, tol, what + " advantages");
+    pt::test::close_to(dret.host(), ret, tol, what + " returns");
+}
+
+adv::gae_options raw(adv::gae_masking mode, double gamma, double lambda) {
+    adv::gae_options o;
+    o.gamma = gamma;
+    o.lambda = lambda;
+    o.masking = mode;
+    o.whiten = false;
+    o.mask_output = false;
+    return o;
+}
+
+const index_t shapes[][2] = {{0, 5}, {3, 0}, {1, 1}, {300, 1}, {37, 29}, {64, 1000}, {9, 2048}, {5, 2049}, {4, 5000}, {2, 70000}};
+
+template <class T>
+void gae_matrix(double tol, const char* type) {
+    std::uint64_t seed = 1;
+    for (const auto& s : shapes) {
+        const auto b = make_batch<T>(s[0], s[1], seed++);
+        const std::string at = std::string(type) + " " + std::to_string(s[0]) + "x" + std::to_string(s[1]);
+        for (auto mode : {adv::gae_masking::carry, adv::gae_masking::zero, adv::gae_masking::none})
+            compare_gae(b, raw(mode, 0.99, 0.95), tol, at + " mode " + std::to_string(int(mode)));
+        if (s[0] * s[1] < 4) continue;  // the presets whiten; too few tokens raise on the host
+        compare_gae(b, adv::gae_options::verl(0.999, 0.97), tol, at + " verl");
+        compare_gae(b, adv::gae_options::openrlhf(1.0, 0.95), tol, at + " openrlhf");
+        compare_gae(b, adv::gae_options::nemo(), tol, at + " nemo");
+        compare_gae(b, adv::gae_options::trl(), tol, at + " trl");
+        auto decoupled = adv::gae_options::nemo();
+        decoupled.lambda_value = 1.0;
+        compare_gae(b, decoupled, tol, at + " decoupled");
+        auto vapo = decoupled;
+        vapo.length_adaptive_alpha = 0.05;
+        compare_gae(b, vapo, tol, at + " length-adaptive");
+    }
+}
+
+}  // namespace
+
+PT_TEST("gae double: every convention and preset, packed and chunked rows") { gae_matrix<double>(1e-10, "double"); }
+PT_TEST("gae float: every convention and preset, packed and chunked rows") { gae_matrix<float>(2e-5, "float"); }
+
+PT_TEST("discounted returns: the three masking conventions, packed and chunked") {
+    std::uint64_t seed = 100;
+    for (const auto& s : shapes) {
+        const auto b = make_batch<double>(s[0], s[1], seed++);
+        const index_t n = b.n, t = b.t;
+        device_vec<double> dr(b.r), dm(b.m), dg(b.r.size());
+        for (auto mode : {adv::masked_tokens::reset, adv::masked_tokens::carry, adv::masked_tokens::zero_rewards}) {
+            std::vector<double> g(b.r.size());
+            adv::discounted_returns(pt::exec::seq, pt::tensor_view<const double, 2>(b.r.data(), n, t),
+                                    pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<double, 2>(g.data(), n, t),
+                                    adv::returns_options{0.99, mode});
+            adv::discounted_returns(pt::exec::cuda, dview(dr, n, t), dview(dm, n, t), dout(dg, n, t), adv::returns_options{0.99, mode});
+            pt::test::close_to(dg.host(), g, 1e-10, "returns " + std::to_string(n) + "x" + std::to_string(t));
+        }
+    }
+}
+
+PT_TEST("gae run-to-run determinism, statistics, caller workspace") {
+    const auto b = make_batch<float>(6, 9000, 7);
+    const index_t n = b.n, t = b.t;
+    device_vec<float> dr(b.r), dv(b.v), da(b.r.size()), da2(b.r.size()), dret(b.r.size());
+    device_vec<double> dm(b.m), stats(3), stats2(3);
+    const auto o = adv::gae_options::verl(0.99, 0.95);
+    adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), dout(dret, n, t), o, stats.view());
+    const std::size_t bytes = adv::gae_workspace_bytes(n, t, o);
+    PT_CHECK(bytes > 0);
+    device_vec<unsigned char> ws(bytes);
+    adv::gae(pt::exec::cuda.with(ws.data(), bytes), dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da2, n, t), pt::none, o,
+             stats2.view());
+    const auto h1 = da.host(), h2 = da2.host();
+    PT_CHECK(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(float)) == 0);
+    const auto s1 = stats.host(), s2 = stats2.host();
+    PT_CHECK(std::memcmp(s1.data(), s2.data(), 3 * sizeof(double)) == 0);
+    std::vector<float> a(b.r.size());
+    const auto host = adv::gae(pt::exec::seq, pt::tensor_view<const float, 2>(b.r.data(), n, t),
+                               pt::tensor_view<const float, 2>(b.v.data(), n, t), pt::tensor_view<const double, 2>(b.m.data(), n, t),
+                               pt::tensor_view<float, 2>(a.data(), n, t), pt::none, o);
+    PT_CHECK(std::fabs(s1[0] - host.mean) <= 1e-6 * (1 + std::fabs(host.mean)));
+    PT_CHECK(std::fabs(s1[1] - host.variance) <= 1e-6 * host.variance);
+    PT_CHECK(s1[2] == host.count);
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda.with(ws.data(), bytes - 1), dview(dr, n, t), dview(dv, n, t), dview(dm, n, t),
+                             dout(da2, n, t), pt::none, o),
+                    pt::invalid_argument);
+}
+
+PT_TEST("gae status word: non-finite input, too few tokens") {
+    auto b = make_batch<double>(4, 16, 9);
+    b.v[5] = std::nan("");
+    device_vec<double> dr(b.r), dv(b.v), dm(b.m), da(b.r.size());
+    device_vec<std::uint32_t> status(1, 0u);
+    adv::gae(pt::exec::cuda.with_status(status.data()), dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none);
+    PT_CHECK((status.host()[0] & pt::status_nonfinite_input) != 0);
+    std::vector<double> zero(b.m.size(), 0.0);
+    device_vec<double> dz(zero), dv2(make_batch<double>(4, 16, 10).v);
+    device_vec<std::uint32_t> status2(1, 0u);
+    adv::gae(pt::exec::cuda.with_status(status2.data()), dview(dr, 4, 16), dview(dv2, 4, 16), dview(dz, 4, 16), dout(da, 4, 16),
+             pt::none, adv::gae_options::verl());
+    PT_CHECK((status2.host()[0] & pt::status_empty_reduction) != 0);
+    for (double x : da.host()) PT_CHECK(x == 0.0);
+}
+
+PT_TEST("gae host-detectable misuse throws before launching") {
+    const auto b = make_batch<double>(4, 16, 11);
+    device_vec<double> dr(b.r), dv(b.v), dm(b.m), da(b.r.size());
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 16, 4), dview(dm, 4, 16), dout(da, 4, 16), pt::none),
+                    pt::invalid_argument);
+    adv::gae_options o;
+    o.gamma = 2;
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, o),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), dout(da, 4, 16)),
+                    pt::invalid_argument);
+}
