@@ -29,3 +29,15 @@
 #else
 #define POSTTRAIN_RESTRICT
 #endif
+
+// Host loops that evaluate token losses branch-free rely on if-conversion, which GCC refuses for
+// floating-point operations that could trap unless -fno-trapping-math. posttrain never inspects the
+// floating-point exception flags, so the loss kernels are compiled without trapping math (GCC only;
+// clang and nvcc if-convert these loops as they are).
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__) && !defined(__INTEL_LLVM_COMPILER)
+#define POSTTRAIN_NO_TRAPPING_MATH_BEGIN _Pragma("GCC push_options") _Pragma("GCC optimize(\"no-trapping-math\")")
+#define POSTTRAIN_NO_TRAPPING_MATH_END _Pragma("GCC pop_options")
+#else
+#define POSTTRAIN_NO_TRAPPING_MATH_BEGIN
+#define POSTTRAIN_NO_TRAPPING_MATH_END
+#endif

@@ -171,13 +171,23 @@ inline aggregation_plan plan_aggregation(const std::vector<double>& n, index_t T
     return p;
 }
 
-// Per-row token counts of a [B, T] mask.
+// Per-row token counts of a [B, T] mask (converted a chunk at a time, then summed in the fixed order).
 template <class Policy, class M>
 std::vector<double> row_token_counts(const Policy& p, tensor_view<const M, 2> m) {
-    std::vector<double> n(std::size_t(m.extent(0)));
-    for_each_row(p, m.extent(0), m.extent(1), [&](index_t i) {
-        n[std::size_t(i)] =
-            posttrain::detail::fixed_order_sum(m.extent(1), [&](index_t t) { return mask_weight(m(i, t)); });
+    std::vector<double> n(static_cast<std::size_t>(m.extent(0)));
+    const index_t T = m.extent(1);
+    for_each_row(p, m.extent(0), T, [&](index_t i) {
+        constexpr index_t chunk = 512;  // a multiple of the summation lanes: the order is that of one long sum
+        double w[chunk];
+        double acc[8] = {};
+        for (index_t t0 = 0; t0 < T; t0 += chunk) {
+            const index_t len = T - t0 < chunk ? T - t0 : chunk;
+            for (index_t j = 0; j < len; ++j) w[j] = mask_weight(m(i, t0 + j));
+            const index_t blocked = len - len % 8;
+            posttrain::detail::accumulate_lanes(acc, w, blocked);
+            for (index_t j = blocked; j < len; ++j) acc[j - blocked] += w[j];  // only in the last chunk
+        }
+        n[std::size_t(i)] = posttrain::detail::combine_lanes(acc);
     });
     return n;
 }

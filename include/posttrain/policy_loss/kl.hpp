@@ -22,6 +22,7 @@
 
 #include "../config.hpp"
 #include "aggregate.hpp"
+#include "token_math.hpp"
 
 namespace posttrain::policy_loss {
 
@@ -119,6 +120,7 @@ inline kl_options kl_options::openrlhf(std::string_view name) {
     return openrlhf(e);
 }
 
+POSTTRAIN_NO_TRAPPING_MATH_BEGIN
 namespace detail {
 
 struct value_grad {
@@ -126,40 +128,47 @@ struct value_grad {
     double grad;  // d value / d lp (d value / d ref = -grad)
 };
 
-// One token's estimate and its derivative w.r.t. the policy log-prob.
+// One token's estimate and its derivative w.r.t. the policy log-prob, for a given estimator.
 //
 // Subgradients follow torch autograd, so that gradients match the frameworks at the kinks too:
 // a clamp passes the gradient when its input lies inside the closed interval [-c, c] and gives 0
-// strictly outside (torch.clamp); d|r|/dr at r = 0 is 0 (torch.sign). Inputs are not checked here:
-// NaN propagates (the public functions reject non-finite input first).
+// strictly outside (torch.clamp); d|r|/dr at r = 0 is 0 (torch.sign). k3 is computed as the frameworks
+// write it, (e^d - d) - 1. Inputs are not checked here (the public functions reject non-finite input
+// first). Branch-free, with policy_loss's vectorizable exp, so that the fused loss loops vectorize.
+template <kl_estimator E>
+POSTTRAIN_HD inline value_grad kl_token_as(double lp, double ref, const kl_options& o) noexcept {
+    const double raw = ref - lp;  // rounds exactly like -(lp - ref)
+    const double c = o.log_ratio_clamp > 0 ? o.log_ratio_clamp : INFINITY;
+    const double d = raw > c ? c : (raw < -c ? -c : raw);
+    const double dd = (raw >= -c) & (raw <= c) ? -1.0 : 0.0;  // d d / d lp
+    double v = 0, dv = 0;                                       // value and d value / d d
+    if constexpr (E == kl_estimator::k1) {
+        v = -d, dv = -1;
+    } else if constexpr (E == kl_estimator::abs) {
+        v = d < 0 ? -d : d, dv = d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0);
+    } else if constexpr (E == kl_estimator::k2) {
+        v = 0.5 * d * d, dv = d;
+    } else {
+        const double e = exp(d);
+        v = (e - d) - 1.0, dv = e - 1.0;
+    }
+    const double vc = o.value_clamp > 0 ? o.value_clamp : INFINITY;
+    const double g = (v >= -vc) & (v <= vc) ? dv * dd : 0.0;
+    v = v > vc ? vc : (v < -vc ? -vc : v);
+    // A 0/1 blend rather than a select on the bool: GCC cannot vectorize a select whose condition is a
+    // loop-invariant bool, and the blend is exact for the finite values it sees.
+    const double straight = o.straight_through ? 1.0 : 0.0;
+    return {v, straight * (lp - ref) + (1.0 - straight) * g};
+}
+
 POSTTRAIN_HD inline value_grad kl_token(double lp, double ref, const kl_options& o) noexcept {
-    using std::expm1;
-    double d = ref - lp;  // rounds exactly like -(lp - ref)
-    double dd = -1;       // d d / d lp
-    if (o.log_ratio_clamp > 0) {
-        const double c = o.log_ratio_clamp;
-        if (d > c) d = c, dd = 0;
-        else if (d < -c) d = -c, dd = 0;
-    }
-    double v = 0, dv = 0;  // value and d value / d d
     switch (o.estimator) {
-        case kl_estimator::k1: v = -d, dv = -1; break;
-        case kl_estimator::abs: v = d < 0 ? -d : d, dv = d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0); break;
-        case kl_estimator::k2: v = 0.5 * d * d, dv = d; break;
-        case kl_estimator::k3: {
-            const double e = expm1(d);
-            v = e - d, dv = e;
-            break;
-        }
+        case kl_estimator::k1: return kl_token_as<kl_estimator::k1>(lp, ref, o);
+        case kl_estimator::abs: return kl_token_as<kl_estimator::abs>(lp, ref, o);
+        case kl_estimator::k2: return kl_token_as<kl_estimator::k2>(lp, ref, o);
+        case kl_estimator::k3: break;
     }
-    double g = dv * dd;
-    if (o.value_clamp > 0) {
-        const double c = o.value_clamp;
-        if (v > c) v = c, g = 0;
-        else if (v < -c) v = -c, g = 0;
-    }
-    if (o.straight_through) g = lp - ref;
-    return {v, g};
+    return kl_token_as<kl_estimator::k3>(lp, ref, o);
 }
 
 template <class V>
@@ -202,6 +211,7 @@ auto optional_output2(Out&& out, const char* fn, const char* name, tensor_view<c
 }
 
 }  // namespace detail
+POSTTRAIN_NO_TRAPPING_MATH_END
 
 // kl[b, t] = the estimate for each token, and grad_log_probs[b, t] = grad_scale * d kl[b, t] / d log_probs[b, t]
 // (the gradient of grad_scale * sum(kl); d / d ref_log_probs is its negative, except under

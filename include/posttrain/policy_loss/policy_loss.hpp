@@ -364,6 +364,246 @@ inline void check_options(const options& o, const char* fn) {
     check_aggregation_options(o.aggregation, fn);
 }
 
+// Reduces the per-row partials in row order into the result.
+inline loss_result summarize(const std::vector<row_partial>& parts, const aggregation_plan& plan, const options& o,
+                             double entropy_loss) {
+    const index_t B = index_t(parts.size());
+    loss_result res;
+    res.aggregation = plan.totals;
+    std::vector<double> col(static_cast<std::size_t>(B));
+    auto reduce = [&](auto get) {
+        for (index_t i = 0; i < B; ++i) col[std::size_t(i)] = get(parts[std::size_t(i)]);
+        return sum_rows(col);
+    };
+    res.policy_loss = reduce([](const row_partial& p) { return p.loss; });
+    res.kl_loss = reduce([](const row_partial& p) { return p.kl; });
+    // The KL term is inside the token values when kl_coef > 0: report it apart.
+    if (o.kl_coef > 0 && !o.kl_importance_weighted) res.policy_loss -= o.kl_coef * res.kl_loss;
+    metric_sums& s = res.sums;
+#define POSTTRAIN_SUM(field) s.field = reduce([](const row_partial& p) { return p.sums.field; })
+    POSTTRAIN_SUM(tokens);
+    POSTTRAIN_SUM(clipped_low);
+    POSTTRAIN_SUM(clipped_high);
+    POSTTRAIN_SUM(clipped_high_positive);
+    POSTTRAIN_SUM(dual_clipped);
+    POSTTRAIN_SUM(selected);
+    POSTTRAIN_SUM(neg_log_ratio);
+    POSTTRAIN_SUM(neg_log_ratio_raw);
+    POSTTRAIN_SUM(abs_log_ratio);
+    POSTTRAIN_SUM(ratio);
+    POSTTRAIN_SUM(kl);
+    POSTTRAIN_SUM(entropy);
+    POSTTRAIN_SUM(rollout_minus_old);
+    POSTTRAIN_SUM(kept);
+#undef POSTTRAIN_SUM
+    res.entropy_loss = entropy_loss;
+    res.loss = res.policy_loss + (o.kl_importance_weighted ? 0.0 : o.kl_coef * res.kl_loss) - o.entropy_coef * res.entropy_loss;
+    double rmin = INFINITY, rmax = -INFINITY, low_min = INFINITY, high_max = -INFINITY, phi_sum = 0;
+    for (index_t i = 0; i < B; ++i) {
+        const row_partial& p = parts[std::size_t(i)];
+        rmin = std::min(rmin, p.ratio_min), rmax = std::max(rmax, p.ratio_max);
+        if (p.sums.tokens > 0) {
+            low_min = std::min(low_min, p.sums.clipped_low / p.sums.tokens);
+            high_max = std::max(high_max, p.sums.clipped_high / p.sums.tokens);
+        }
+        phi_sum += p.phi;
+        res.sequences_clipped_low += p.sums.clipped_low > 0 ? 1 : 0;
+        res.sequences_clipped_high += p.sums.clipped_high > 0 ? 1 : 0;
+    }
+    res.ratio_min = B > 0 && s.tokens > 0 ? rmin : 0.0;
+    res.ratio_max = B > 0 && s.tokens > 0 ? rmax : 0.0;
+    res.seq_low_clip_min = low_min < INFINITY ? low_min : NAN;
+    res.seq_high_clip_max = high_max > -INFINITY ? high_max : NAN;
+    res.phi_mean = B > 0 ? phi_sum / double(B) : 0.0;
+    return res;
+}
+
+// Minimum of v[0..n) (no NaN), with vector extensions where available (order does not matter for a min).
+inline double lanes_min(const double* v, index_t n) noexcept {
+    double best = INFINITY;
+    index_t j = 0;
+#if defined(__GNUC__) && !defined(__CUDACC__)
+    typedef double lanes_t __attribute__((vector_size(8 * sizeof(double))));
+    lanes_t a = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
+    for (; j + 8 <= n; j += 8) {
+        lanes_t x;
+        std::memcpy(&x, v + j, sizeof x);
+        a = x < a ? x : a;
+    }
+    for (int l = 0; l < 8; ++l) best = a[l] < best ? a[l] : best;
+#endif
+    for (; j < n; ++j) best = v[j] < best ? v[j] : best;
+    return best;
+}
+
+// The fast path: token-level PPO clip (with optional KL term and precomputed importance weights), the
+// per-step hot loop of PPO/GRPO/DAPO trainers. Each row is processed in chunks: one branch-free,
+// vectorizable loop evaluates the tokens and writes the gradient, then the chunk's values are summed
+// in a fixed order (so the bits never depend on the policy or the thread count).
+inline bool fast_path_applies(const options& o, bool has_rollout, bool has_ent) {
+    return o.loss == objective::ppo_clip && o.level == ratio_level::token && o.off_policy_threshold == INFINITY &&
+           o.top_entropy_quantile == 1 && o.mismatch.mode == correction::none && !o.kl_importance_weighted &&
+           !has_rollout && !has_ent;
+}
+
+POSTTRAIN_NO_TRAPPING_MATH_BEGIN
+template <bool HasRef, kl_estimator E, bool HasWeights, class T, class M, class GT>
+void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT old, const T* POSTTRAIN_RESTRICT adv,
+                  const M* POSTTRAIN_RESTRICT mask, const T* POSTTRAIN_RESTRICT ref, const T* POSTTRAIN_RESTRICT isw,
+                  GT* POSTTRAIN_RESTRICT grad, index_t Tn, const options& o, double n_row, double gs, double wrow,
+                  row_partial& p, index_t& bad) {
+    constexpr index_t chunk = 256;
+    double v_loss[chunk], v_kl[chunk], v_low[chunk], v_high[chunk], v_dual[chunk], v_nlr[chunk], v_raw[chunk],
+        v_abs[chunk], v_ratio[chunk], v_rmin[chunk], v_rmax[chunk];
+    const surrogate_params sp{o.clip_low, o.clip_high, o.dual_clip, o.delta};
+    const double c = o.log_ratio_clamp > 0 ? o.log_ratio_clamp : INFINITY;
+    const kl_options kl = o.kl;
+    const double beta = o.kl_coef;
+    double s_loss = 0, s_kl = 0, rmin = p.ratio_min, rmax = p.ratio_max;
+    metric_sums& q = p.sums;
+    for (index_t t0 = 0; t0 < Tn; t0 += chunk) {
+        const index_t len = Tn - t0 < chunk ? Tn - t0 : chunk;
+        for (index_t j = 0; j < len; ++j) {
+            const index_t t = t0 + j;
+            const double m = mask_value(mask[t]);
+            const double x = double(lp[t]), y = double(old[t]), a = double(adv[t]);
+            const double lr = x - y;
+            const double lrc = lr > c ? c : (lr < -c ? -c : lr);
+            const double pass = (lr >= -c) & (lr <= c) ? 1.0 : 0.0;
+            const clipped_surrogate sg = ppo_surrogate(lrc, a, sp);
+            const double f = HasWeights ? double(isw[t]) : 1.0;
+            double value = sg.value * f, dlp = sg.dw * f * pass, kv = 0;
+            if constexpr (HasRef) {
+                const value_grad k = kl_token_as<E>(x, double(ref[t]), kl);
+                kv = k.value;
+                value += beta * k.value;
+                dlp += beta * k.grad;
+            }
+            const bool valid = m != 0;
+            grad[t] = GT(valid ? gs * m * dlp : 0.0);
+            v_loss[j] = valid ? value * m : 0.0;
+            v_kl[j] = valid ? kv * m : 0.0;
+            v_low[j] = valid & sg.low_clipped ? m : 0.0;
+            v_high[j] = valid & sg.high_clipped ? m : 0.0;
+            v_dual[j] = valid & sg.dual_clipped ? m : 0.0;
+            v_nlr[j] = valid ? -lrc * m : 0.0;
+            v_raw[j] = valid ? -lr * m : 0.0;
+            v_abs[j] = valid ? (lr < 0 ? -lr : lr) * m : 0.0;
+            v_ratio[j] = valid ? sg.ratio * m : 0.0;
+            v_rmin[j] = valid ? sg.ratio : INFINITY;  // reduced below: a conditional min blocks vectorization
+            v_rmax[j] = valid ? -sg.ratio : INFINITY;  // negated: the max is minus a min
+        }
+        auto sum = [&](const double* v) { return fixed_order_sum(v, len); };
+        const double chunk_loss = sum(v_loss), chunk_raw = sum(v_raw);
+        // A non-finite valid input makes the loss or the log-ratio sum non-finite; only then look for it
+        // (an overflowing ratio without a clamp is not an input error and is left to propagate).
+        if (bad < 0 && !(numeric::is_finite(chunk_loss) && numeric::is_finite(chunk_raw)))
+            for (index_t j = 0; j < len; ++j) {
+                const index_t t = t0 + j;
+                if (mask_value(mask[t]) != 0 && !(numeric::is_finite(double(lp[t])) && numeric::is_finite(double(old[t])) &&
+                                                  numeric::is_finite(double(adv[t])))) {
+                    bad = t;
+                    break;
+                }
+            }
+        rmin = std::min(rmin, lanes_min(v_rmin, len));
+        rmax = std::max(rmax, -lanes_min(v_rmax, len));
+        s_loss += chunk_loss;
+        s_kl += sum(v_kl);
+        q.clipped_low += sum(v_low);
+        q.clipped_high += sum(v_high);
+        q.dual_clipped += sum(v_dual);
+        q.neg_log_ratio += sum(v_nlr);
+        q.neg_log_ratio_raw += chunk_raw;
+        q.abs_log_ratio += sum(v_abs);
+        q.ratio += sum(v_ratio);
+    }
+    q.tokens = n_row;
+    q.clipped_high_positive = q.clipped_high;
+    p.ratio_min = rmin, p.ratio_max = rmax;
+    q.kl = s_kl;
+    q.kept = q.tokens;
+    p.loss = s_loss * wrow;
+    p.kl = s_kl * wrow;
+}
+POSTTRAIN_NO_TRAPPING_MATH_END
+
+template <class Policy, class T, class M, class G>
+loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<const T, 2> old,
+                     tensor_view<const T, 2> adv, tensor_view<const M, 2> mask, G grad, tensor_view<const T, 2> ref,
+                     tensor_view<const T, 2> isw, const options& o, const char* fn) {
+    const index_t B = lp.extent(0), Tn = lp.extent(1);
+    const std::vector<double> n = row_token_counts(policy, mask);
+    const aggregation_plan plan = plan_aggregation(n, Tn, o.aggregation);
+    std::vector<row_partial> parts(static_cast<std::size_t>(B));
+    std::vector<index_t> bad(static_cast<std::size_t>(B), -1);
+    using GT = typename G::value_type;
+    // Rows are contiguous along t when every view has unit stride there; otherwise gather the row.
+    const bool unit = lp.stride(1) == 1 && old.stride(1) == 1 && adv.stride(1) == 1 && mask.stride(1) == 1 &&
+                      (ref.data() == nullptr || ref.stride(1) == 1) && (isw.data() == nullptr || isw.stride(1) == 1) &&
+                      (grad.data() == nullptr || grad.stride(1) == 1);
+    for_each_row(policy, B, Tn, [&](index_t i) {
+        const double wrow = plan.row_factor(n[std::size_t(i)]);
+        const double gs = wrow * o.grad_scale;
+        thread_local std::vector<T> buf;
+        thread_local std::vector<M> mbuf;
+        thread_local std::vector<GT> gbuf;
+        const T *a_lp, *a_old, *a_adv, *a_ref = nullptr, *a_isw = nullptr;
+        const M* a_m;
+        GT* a_g = nullptr;
+        if (unit) {
+            a_lp = &lp(i, 0), a_old = &old(i, 0), a_adv = &adv(i, 0), a_m = &mask(i, 0);
+            if (ref.data()) a_ref = &ref(i, 0);
+            if (isw.data()) a_isw = &isw(i, 0);
+            if (grad.data()) a_g = &grad(i, 0);
+        } else {
+            buf.resize(std::size_t(5 * Tn));
+            mbuf.resize(std::size_t(Tn));
+            gbuf.resize(std::size_t(Tn));
+            T* b = buf.data();
+            for (index_t t = 0; t < Tn; ++t) {
+                b[t] = lp(i, t), b[Tn + t] = old(i, t), b[2 * Tn + t] = adv(i, t), mbuf[std::size_t(t)] = mask(i, t);
+                if (ref.data()) b[3 * Tn + t] = ref(i, t);
+                if (isw.data()) b[4 * Tn + t] = isw(i, t);
+            }
+            a_lp = b, a_old = b + Tn, a_adv = b + 2 * Tn, a_m = mbuf.data();
+            if (ref.data()) a_ref = b + 3 * Tn;
+            if (isw.data()) a_isw = b + 4 * Tn;
+            a_g = gbuf.data();
+        }
+        if (a_g == nullptr) {  // no gradient wanted: write it to scratch, keeping the loop branch-free
+            gbuf.resize(std::size_t(Tn));
+            a_g = gbuf.data();
+        }
+        row_partial& p = parts[std::size_t(i)];
+        index_t& b = bad[std::size_t(i)];
+        // One instantiation per (KL estimator, weights) pair keeps the token loop free of branches.
+        auto row = [&](auto has_ref, auto estimator, auto has_weights) {
+            ppo_fast_row<decltype(has_ref)::value, decltype(estimator)::value, decltype(has_weights)::value>(
+                a_lp, a_old, a_adv, a_m, a_ref, a_isw, a_g, Tn, o, n[std::size_t(i)], gs, wrow, p, b);
+        };
+        auto with_weights = [&](auto has_ref, auto estimator) {
+            if (a_isw) row(has_ref, estimator, std::true_type{});
+            else row(has_ref, estimator, std::false_type{});
+        };
+        using K = kl_estimator;
+        if (!a_ref) with_weights(std::false_type{}, std::integral_constant<K, K::k3>{});
+        else if (o.kl.estimator == K::k1) with_weights(std::true_type{}, std::integral_constant<K, K::k1>{});
+        else if (o.kl.estimator == K::abs) with_weights(std::true_type{}, std::integral_constant<K, K::abs>{});
+        else if (o.kl.estimator == K::k2) with_weights(std::true_type{}, std::integral_constant<K, K::k2>{});
+        else with_weights(std::true_type{}, std::integral_constant<K, K::k3>{});
+        if (!unit && grad.data())
+            for (index_t t = 0; t < Tn; ++t) grad(i, t) = gbuf[std::size_t(t)];
+    });
+    for (index_t i = 0; i < B; ++i)
+        if (bad[std::size_t(i)] >= 0)
+            posttrain::detail::raise_invalid_argument(
+                fn, "log_probs",
+                "non-finite log-prob, old log-prob or advantage at valid position [" + str(i) + ", " +
+                    str(bad[std::size_t(i)]) + "] (masked positions may hold anything)");
+    return summarize(parts, plan, o, 0.0);
+}
+
 // The whole computation for one dtype T of the floating inputs and one mask type M.
 template <class Policy, class T, class M, class G>
 loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<const T, 2> old, tensor_view<const T, 2> adv,
@@ -383,6 +623,8 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             "is required by the mismatch correction");
     require(!(o.top_entropy_quantile < 1 || o.entropy_coef > 0) || has_ent, {fn, "extras.entropies"},
             "are required by top_entropy_quantile < 1 and entropy_coef > 0");
+
+    if (fast_path_applies(o, has_rollout, has_ent)) return run_fast(policy, lp, old, adv, mask, grad, ref, isw, o, fn);
 
     auto m_at = [&](index_t i, index_t t) { return mask_weight(mask(i, t)); };
     // Log-ratio as the objective's ratio uses it, and whether its clamp passes the gradient.
@@ -741,77 +983,21 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
         p.entropy = s_ent;
     });
 
-    loss_result res;
-    res.aggregation = plan.totals;
-    std::vector<double> col(static_cast<std::size_t>(B));
-    auto reduce = [&](auto get) {
-        for (index_t i = 0; i < B; ++i) col[std::size_t(i)] = get(parts[std::size_t(i)]);
-        return sum_rows(col);
-    };
-    res.policy_loss = reduce([](const row_partial& p) { return p.loss; });
-    res.kl_loss = reduce([](const row_partial& p) { return p.kl; });
-    // The KL term is inside policy_loss's token values when kl_coef > 0: report it apart.
-    if (o.kl_coef > 0 && !o.kl_importance_weighted) res.policy_loss -= o.kl_coef * res.kl_loss;
-    metric_sums& s = res.sums;
-#define POSTTRAIN_SUM(field) s.field = reduce([](const row_partial& p) { return p.sums.field; })
-    POSTTRAIN_SUM(tokens);
-    POSTTRAIN_SUM(clipped_low);
-    POSTTRAIN_SUM(clipped_high);
-    POSTTRAIN_SUM(clipped_high_positive);
-    POSTTRAIN_SUM(dual_clipped);
-    POSTTRAIN_SUM(selected);
-    POSTTRAIN_SUM(neg_log_ratio);
-    POSTTRAIN_SUM(neg_log_ratio_raw);
-    POSTTRAIN_SUM(abs_log_ratio);
-    POSTTRAIN_SUM(ratio);
-    POSTTRAIN_SUM(kl);
-    POSTTRAIN_SUM(entropy);
-    POSTTRAIN_SUM(rollout_minus_old);
-    POSTTRAIN_SUM(kept);
-#undef POSTTRAIN_SUM
-    // Entropy bonus: aggregated like the loss, or as a token mean over the kept tokens.
-    const double ent_sum = reduce([](const row_partial& p) { return p.entropy; });
+    double entropy_loss = 0;
     if (has_ent) {
-        if (o.entropy_mode == entropy_aggregation::token_mean) {
-            res.entropy_loss = s.kept > 0 ? ent_sum / s.kept * o.aggregation.multiplier : 0.0;
-        } else {
-            for (index_t i = 0; i < B; ++i) {
-                // Row sums of the kept entropies times the row's aggregation weight.
-                col[std::size_t(i)] = 0;
-            }
-            std::vector<double> rows(static_cast<std::size_t>(B));
-            for_each_row(policy, B, Tn, [&](index_t i) {
-                double h = 0;
-                for (index_t t = 0; t < Tn; ++t) {
-                    const double m = m_at(i, t);
-                    if (m == 0) continue;
-                    const bool kept = !(o.top_entropy_quantile < 1 && !(double(ent(i, t)) >= entropy_threshold));
-                    h += kept ? double(ent(i, t)) * m : 0.0;
-                }
-                rows[std::size_t(i)] = h * plan.row_factor(ctx[std::size_t(i)].n);
-            });
-            res.entropy_loss = sum_rows(rows);
+        // Entropy bonus: aggregated like the loss, or as a token mean over the kept tokens.
+        std::vector<double> rows(static_cast<std::size_t>(B));
+        const bool token_mean = o.entropy_mode == entropy_aggregation::token_mean;
+        for (index_t i = 0; i < B; ++i)
+            rows[std::size_t(i)] = parts[std::size_t(i)].entropy * (token_mean ? 1.0 : plan.row_factor(ctx[std::size_t(i)].n));
+        entropy_loss = sum_rows(rows);
+        if (token_mean) {
+            double kept = 0;
+            for (const auto& p : parts) kept += p.sums.kept;
+            entropy_loss = kept > 0 ? entropy_loss / kept * o.aggregation.multiplier : 0.0;
         }
     }
-    res.loss = res.policy_loss + (o.kl_importance_weighted ? 0.0 : o.kl_coef * res.kl_loss) - o.entropy_coef * res.entropy_loss;
-    double rmin = INFINITY, rmax = -INFINITY, low_min = INFINITY, high_max = -INFINITY, phi_sum = 0;
-    for (index_t i = 0; i < B; ++i) {
-        const row_partial& p = parts[std::size_t(i)];
-        rmin = std::min(rmin, p.ratio_min), rmax = std::max(rmax, p.ratio_max);
-        if (p.sums.tokens > 0) {
-            low_min = std::min(low_min, p.sums.clipped_low / p.sums.tokens);
-            high_max = std::max(high_max, p.sums.clipped_high / p.sums.tokens);
-        }
-        phi_sum += p.phi;
-        res.sequences_clipped_low += p.sums.clipped_low > 0 ? 1 : 0;
-        res.sequences_clipped_high += p.sums.clipped_high > 0 ? 1 : 0;
-    }
-    res.ratio_min = B > 0 && s.tokens > 0 ? rmin : 0.0;
-    res.ratio_max = B > 0 && s.tokens > 0 ? rmax : 0.0;
-    res.seq_low_clip_min = low_min < INFINITY ? low_min : NAN;
-    res.seq_high_clip_max = high_max > -INFINITY ? high_max : NAN;
-    res.phi_mean = B > 0 ? phi_sum / double(B) : 0.0;
-    return res;
+    return summarize(parts, plan, o, entropy_loss);
 }
 
 }  // namespace detail

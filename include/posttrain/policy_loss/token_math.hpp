@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../config.hpp"
 
+POSTTRAIN_NO_TRAPPING_MATH_BEGIN
 namespace posttrain::policy_loss::detail {
 
 // exp(x) in double, correct to about 1 ulp, written as straight-line arithmetic so that a loop calling
@@ -70,6 +72,14 @@ POSTTRAIN_HD inline pick min_weights(double a, double b) noexcept {
     return a < b ? pick{1.0, 0.0} : (a > b ? pick{0.0, 1.0} : pick{0.5, 0.5});
 }
 
+// A mask entry as a weight (bool: 0/1). Defined here, inside the no-trapping-math region, because GCC
+// does not inline functions compiled with other floating-point options into the vectorized loops.
+template <class M>
+POSTTRAIN_HD inline double mask_value(M m) noexcept {
+    if constexpr (std::is_same_v<M, bool>) return m ? 1.0 : 0.0;
+    else return static_cast<double>(m);
+}
+
 POSTTRAIN_HD inline double sign(double x) noexcept { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
 
 POSTTRAIN_HD inline double sigmoid(double x) noexcept {
@@ -97,25 +107,24 @@ struct surrogate_params {
     double delta = 0;      // > 0: cap the unclipped ratio at delta (TRL two-sided clipping)
 };
 
+// Written with selects only (no branches, & instead of &&) so that the host loops vectorize.
 POSTTRAIN_HD inline clipped_surrogate ppo_surrogate(double w, double a, const surrogate_params& p) noexcept {
     const double r = exp(w);
-    double r1 = r, dr1 = r;  // the unclipped branch's ratio and its derivative w.r.t. w
-    if (p.delta > 0 && r > p.delta) r1 = p.delta, dr1 = 0;
+    const bool capped = (p.delta > 0) & (r > p.delta);
+    const double r1 = capped ? p.delta : r, dr1 = capped ? 0.0 : r;  // the unclipped branch and d/dw
     const double lo = 1.0 - p.low, hi = 1.0 + p.high;
     const double r2 = clamp(r, lo, hi), dr2 = r * clamp_grad(r, lo, hi);
     const double l1 = -a * r1, l2 = -a * r2;
     const pick m = max_weights(l1, l2);
-    double value = l1 > l2 ? l1 : l2;
-    double dw = -a * (m.a * dr1 + m.b * dr2);
-    bool dual = false;
-    if (p.dual_clip > 0 && a < 0) {
-        const double l3 = -a * p.dual_clip;
-        const pick n = min_weights(l3, value);
-        dual = value > l3;
-        value = value < l3 ? value : l3;
-        dw *= n.b;
-    }
-    return {value, dw, r, a < 0 && r1 < lo, a > 0 && r1 > hi, dual};
+    const double clipped = l1 > l2 ? l1 : l2;
+    const double dclipped = -a * (m.a * dr1 + m.b * dr2);
+    const double l3 = -a * p.dual_clip;
+    const bool dual_on = (p.dual_clip > 0) & (a < 0);
+    const pick n = min_weights(l3, clipped);
+    const double value = dual_on ? (clipped < l3 ? clipped : l3) : clipped;
+    const double dw = dual_on ? dclipped * n.b : dclipped;
+    return {value, dw, r, bool((a < 0) & (r1 < lo)), bool((a > 0) & (r1 > hi)), bool(dual_on & (clipped > l3))};
 }
 
 }  // namespace posttrain::policy_loss::detail
+POSTTRAIN_NO_TRAPPING_MATH_END
