@@ -7,8 +7,9 @@
 // log_probs and ref_log_probs are [B, T] device_view<const float|double, 2> (any strides) or DLPack
 // tensors on a CUDA device; kl and grad_log_probs are writable device views of the same shape, or
 // posttrain::none. One elementwise kernel, asynchronous on the policy's stream; the arithmetic is
-// detail::kl_token (kl.hpp) in double for float input too, so results equal the host's up to the last
-// bit of the device's exp (each token is computed on its own: no reduction order is involved).
+// detail::kl_token (kl.hpp) in double for float input too, so results equal the host's up to the
+// rounding of the multiply-adds nvcc contracts into FMAs (each token is computed on its own: no
+// reduction order is involved).
 //
 // Non-finite log-probs under nonfinite::raise (the default) are computed as under propagate and set
 // status_nonfinite_input in the policy's status word (.with_status(d_status)): device kernels never trap.

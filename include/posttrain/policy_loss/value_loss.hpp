@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "aggregate.hpp"
+#include "token_math.hpp"
 
 namespace posttrain::policy_loss {
 
@@ -67,18 +68,15 @@ struct value_token {
     bool clipped;  // the clipped branch is strictly larger
 };
 
-// Subgradients: the clip passes the gradient on the closed interval [v_old - c, v_old + c] (torch.clamp;
-// verl's min/max clip halves it exactly at the bounds); a tie of the two branches takes the mean of
-// their derivatives (torch.max).
+// Subgradients (token_math.hpp, torch's): the clip passes the gradient on the closed interval
+// [v_old - c, v_old + c] (torch.clamp; verl's min/max clip halves it exactly at the bounds); a tie of
+// the two branches takes the mean of their derivatives (torch.maximum).
 POSTTRAIN_HD inline value_token value_loss_token(double v, double v_old, double ret, double c) noexcept {
     const double lo = v_old - c, hi = v_old + c;
-    const double vc = v < lo ? lo : (v > hi ? hi : v);
-    const double dvc = (v < lo || v > hi) ? 0.0 : 1.0;
-    const double d1 = v - ret, d2 = vc - ret;
+    const double d1 = v - ret, d2 = clamp(v, lo, hi) - ret;
     const double l1 = d1 * d1, l2 = d2 * d2;
-    if (l1 > l2) return {l1, 2 * d1, false};
-    if (l2 > l1) return {l2, 2 * d2 * dvc, true};
-    return {l1, d1 + d2 * dvc, false};  // tie (always when unclipped)
+    const pick w = max_weights(l1, l2);
+    return {l1 > l2 ? l1 : l2, w.a * 2 * d1 + w.b * 2 * d2 * clamp_grad(v, lo, hi), l2 > l1};
 }
 
 }  // namespace detail
