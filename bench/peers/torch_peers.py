@@ -21,6 +21,15 @@ Peers (name -> formula):
   rloo_scatter  verl compute_rloo_vectorized_outcome_advantage: c = bincount(inv)[inv],
                 s = index_add(r)[inv], A = ((c r - s) / max(c - 1, 1)) * (c > 1)
   rloo_verl_loop verl compute_rloo_outcome_advantage (loop form), same cap as verl_loop
+  gae_verl_loop verl compute_gae_advantage_return on layout "gae_t<T>" ([n / T, T] float32 rewards,
+                values, mask): a Python loop over t = T-1 .. 0 of column ops (TD error, running
+                advantage, next value and advantage carried through masked tokens), torch.stack of
+                the columns, returns = A + V, then masked_whiten (count + 1e-8, unbiased, rsqrt(var + 1e-8))
+  ppo_k3_autograd  the fused policy loss on layout "tokens_t<T>" ([n / T, T] float32 log-probs, old and
+                reference log-probs, advantages, float mask with 7 padding positions per row): verl's
+                compute_policy_loss_vanilla (log-ratio clamp 20, clip 0.2, dual clip 3) and kl_penalty
+                "low_var_kl" (clamps 20 / 10) with coefficient 0.001, token-mean, then loss.backward() for
+                d loss / d log_probs, as a trainer runs it under autograd
 
 Timing: time_peer() warms up, then takes the median over repeats of the mean time of an inner loop
 sized to last about 50 ms (one call per repeat when a call is slower than that).
@@ -44,6 +53,27 @@ VERL_LOOP_MAX_N = 1 << 14  # the per-uid Python loop takes ~1 s at 2^14 rows; la
 
 def make_data(layout, n, seed=42):
     g = np.random.default_rng(seed)
+    if layout.startswith("tokens_t"):  # [n / T, T] log-probs as a policy-loss step sees them
+        t = int(layout[len("tokens_t"):])
+        b = n // t
+        lp = (-1.0 + 0.1 * g.standard_normal((b, t))).astype(np.float32)
+        mask = np.ones((b, t), dtype=np.float32)
+        mask[:, t - 7:] = 0
+        return {"layout": layout, "n": n, "lp": torch.from_numpy(lp),
+                "old": torch.from_numpy(lp + (0.05 * g.standard_normal((b, t))).astype(np.float32)),
+                "ref": torch.from_numpy(lp + (0.05 * g.standard_normal((b, t))).astype(np.float32)),
+                "adv": torch.from_numpy(g.standard_normal((b, t)).astype(np.float32)),
+                "m": torch.from_numpy(mask)}
+    if layout.startswith("gae_t"):  # [n / T, T] tokens: terminal rewards, right padding, observation holes
+        t = int(layout[len("gae_t"):])
+        b = n // t
+        length = g.integers(t // 2, t + 1, size=b)
+        mask = (np.arange(t)[None, :] < length[:, None]) & (g.random((b, t)) > 0.05)
+        r = np.zeros((b, t), dtype=np.float32)
+        r[np.arange(b), length - 1] = g.random(b, dtype=np.float32)
+        return {"layout": layout, "n": n, "r": torch.from_numpy(r),
+                "v": torch.from_numpy(g.random((b, t), dtype=np.float32)),
+                "m": torch.from_numpy(mask.astype(np.float32))}
     d = {"layout": layout, "n": n, "group": GROUP,
          "r": torch.from_numpy(g.random(n, dtype=np.float32))}
     if layout == "ragged":
@@ -178,6 +208,50 @@ def rloo_verl_loop(d):
     return scores
 
 
+# ---- GAE peer ----
+
+def gae_verl_loop(d, gamma=0.99, lam=0.95):
+    r, v, m = d["r"], d["v"], d["m"]
+    with torch.no_grad():
+        nxt = torch.zeros(r.shape[0], dtype=r.dtype)
+        run = torch.zeros_like(nxt)
+        cols = []
+        for t in range(r.shape[1] - 1, -1, -1):
+            mt = m[:, t]
+            td = r[:, t] + gamma * nxt - v[:, t]
+            new = td + gamma * lam * run
+            nxt = v[:, t] * mt + (1 - mt) * nxt   # masked tokens pass the next value through
+            run = new * mt + (1 - mt) * run       # ... and the running advantage
+            cols.append(run)
+        adv = torch.stack(cols[::-1], dim=1)
+        ret = adv + v
+        count = m.sum()
+        mean = (adv * m).sum() / (count + 1e-8)
+        var = ((adv - mean) ** 2 * m).sum() / (count + 1e-8) * (count / (count - 1))
+        return (adv - mean) * torch.rsqrt(var + 1e-8), ret
+
+
+# ---- policy loss peer ----
+
+def ppo_k3_autograd(d, clip=0.2, clip_c=3.0, kl_coef=0.001):
+    lp = d["lp"].clone().requires_grad_(True)
+    old, ref, adv, m = d["old"], d["ref"], d["adv"], d["m"]
+    log_ratio = torch.clamp(lp - old, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    l1 = -adv * ratio
+    l2 = -adv * torch.clamp(ratio, 1 - clip, 1 + clip)
+    clipped = torch.maximum(l1, l2)
+    dual = torch.min(-adv * clip_c, clipped)
+    pg = torch.where(adv < 0, dual, clipped)
+    tokens = m.sum()
+    pg_loss = (pg * m).sum() / tokens
+    kl_in = torch.clamp(ref - lp, -20.0, 20.0)
+    kl = torch.clamp(torch.exp(kl_in) - kl_in - 1, -10.0, 10.0)
+    loss = pg_loss + kl_coef * (kl * m).sum() / tokens
+    loss.backward()
+    return loss.detach(), lp.grad
+
+
 PEERS = {
     "reshape": reshape,
     "reshape_trl": reshape_trl,
@@ -186,6 +260,8 @@ PEERS = {
     "rloo_reshape": rloo_reshape,
     "rloo_scatter": rloo_scatter,
     "rloo_verl_loop": rloo_verl_loop,
+    "gae_verl_loop": gae_verl_loop,
+    "ppo_k3_autograd": ppo_k3_autograd,
 }
 
 

@@ -16,6 +16,7 @@
 #include "adapt/std.hpp"
 
 #include "advantage/filters.hpp"
+#include "advantage/gae.hpp"
 #include "advantage/gdpo.hpp"
 #include "advantage/gpg.hpp"
 #include "advantage/grpo.hpp"
@@ -26,9 +27,12 @@
 #include "advantage/returns.hpp"
 #include "advantage/rloo.hpp"
 #include "advantage/shaping.hpp"
+#include "advantage/token_baseline.hpp"
 #include "advantage/tokens.hpp"
 #include "advantage/whiten.hpp"
 
 #include "policy_loss/aggregate.hpp"
+#include "policy_loss/entropy.hpp"
 #include "policy_loss/kl.hpp"
 #include "policy_loss/policy_loss.hpp"
+#include "policy_loss/value_loss.hpp"
