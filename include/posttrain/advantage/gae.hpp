@@ -191,9 +191,14 @@ struct gae_plan {
     index_t chunk = 0;        // > 0: rows are cut into chunks of this many tokens
 };
 
-// Rows of four run their recurrences interleaved: four independent dependency chains per loop
-// iteration instead of one (each row keeps its own order of operations, so the bits are the same).
-inline constexpr int gae_interleave = 4;
+// Rows run their recurrences in pairs: two independent dependency chains per loop iteration instead
+// of one (each row keeps its own order of operations, so the bits are the same). More rows mean more
+// concurrent streams (five per row) at the same offset within a page when T is a power of two,
+// which costs more in cache-set conflicts than the extra chains gain (measured on one core at
+// 2^22 tokens: 1 row 14.7 ms, 2 rows 10.9 ms, 4 rows 22.6 ms at T = 1024; 12.7 / 10.8 / 20.9 ms at
+// T = 4096; 18.8 / 14.4 / 11.7 ms at T = 1000). Streaming the whitening's count and sum into
+// this pass instead of masked_whiten's own passes was measured too: no faster.
+inline constexpr int gae_interleave = 2;
 
 // Runs the exact recurrence on rows [i0, i0 + K) over tokens [lo, hi), backwards, from the states
 // s[0..K); writes the advantages and (unless none) the returns; adds adv * 0 into probe (NaN when a
