@@ -1,6 +1,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -112,6 +113,17 @@ TEST_CASE("kl_token: subgradients at the clamp kinks follow torch.clamp (closed 
     o.estimator = kl_estimator::k1;
     CHECK(pl::detail::kl_token(-5.0, 0.0, o).value == -2.0);
     CHECK(pl::detail::kl_token(-5.0, 0.0, o).grad == 0.0);
+    // Infinite log-probs (nonfinite::propagate): the clamps give verl's k3 a finite value and gradient 0,
+    // and straight-through the infinite k2 gradient; neither branch poisons the other with 0 * inf.
+    const double ninf = -std::numeric_limits<double>::infinity();
+    for (const auto& [lp, ref] : {std::pair{ninf, -1.0}, std::pair{-1.0, ninf}}) {
+        const auto k = pl::detail::kl_token(lp, ref, pl::kl_options::verl(kl_estimator::k3));
+        CHECK(k.value == 10.0);
+        CHECK(k.grad == 0.0);
+        const auto st = pl::detail::kl_token(lp, ref, pl::kl_options::verl(kl_estimator::k3, true));
+        CHECK(st.value == 10.0);
+        CHECK(st.grad == lp - ref);
+    }
     // NaN propagates through the estimate (the public functions reject it first by default).
     CHECK(std::isnan(pl::detail::kl_token(nan_v, -1.0, pl::kl_options::verl(kl_estimator::k3)).value));
 }

@@ -7,13 +7,15 @@
 //   k1   r                      unbiased, can be negative
 //   abs  |r|
 //   k2   r^2 / 2                (verl "mse")
-//   k3   exp(d) - d - 1 >= 0    (verl "low_var_kl"), computed as expm1(d) - d
+//   k3   exp(d) - d - 1 >= 0    (verl "low_var_kl"), computed as (e^d - d) - 1 like the frameworks
 //
 // Clamps, each optional and stated in the options: log_ratio_clamp c clamps d to [-c, c] before the
 // estimator (verl k3 and NeMo: 20), value_clamp c clamps the estimate to [-c, c] (verl k3, OpenRLHF,
 // NeMo: 10). straight_through keeps the estimator's value but takes the gradient of k2 (verl "k3+").
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -155,10 +157,18 @@ POSTTRAIN_HD inline value_grad kl_token_as(double lp, double ref, const kl_optio
     const double vc = o.value_clamp > 0 ? o.value_clamp : INFINITY;
     const double g = (v >= -vc) & (v <= vc) ? dv * dd : 0.0;
     v = v > vc ? vc : (v < -vc ? -vc : v);
-    // A 0/1 blend rather than a select on the bool: GCC cannot vectorize a select whose condition is a
-    // loop-invariant bool, and the blend is exact for the finite values it sees.
-    const double straight = o.straight_through ? 1.0 : 0.0;
-    return {v, straight * (lp - ref) + (1.0 - straight) * g};
+    // A bitwise blend rather than a select on the bool: GCC cannot vectorize a select whose condition is
+    // a loop-invariant bool. Bits, not a 0/1 arithmetic blend, because 0 * inf is NaN: an infinite
+    // log-prob (legitimate under nonfinite::propagate) must not poison the branch that is not taken.
+    const std::uint64_t take_st = o.straight_through ? ~std::uint64_t(0) : std::uint64_t(0);
+    const double st = lp - ref;
+    std::uint64_t st_bits, g_bits;
+    std::memcpy(&st_bits, &st, sizeof st_bits);
+    std::memcpy(&g_bits, &g, sizeof g_bits);
+    const std::uint64_t bits = (st_bits & take_st) | (g_bits & ~take_st);
+    double grad;
+    std::memcpy(&grad, &bits, sizeof grad);
+    return {v, grad};
 }
 
 POSTTRAIN_HD inline value_grad kl_token(double lp, double ref, const kl_options& o) noexcept {
