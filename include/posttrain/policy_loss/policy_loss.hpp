@@ -377,8 +377,6 @@ inline loss_result summarize(const std::vector<row_partial>& parts, const aggreg
     };
     res.policy_loss = reduce([](const row_partial& p) { return p.loss; });
     res.kl_loss = reduce([](const row_partial& p) { return p.kl; });
-    // The KL term is inside the token values when kl_coef > 0: report it apart.
-    if (o.kl_coef > 0 && !o.kl_importance_weighted) res.policy_loss -= o.kl_coef * res.kl_loss;
     metric_sums& s = res.sums;
 #define POSTTRAIN_SUM(field) s.field = reduce([](const row_partial& p) { return p.sums.field; })
     POSTTRAIN_SUM(tokens);
@@ -397,7 +395,7 @@ inline loss_result summarize(const std::vector<row_partial>& parts, const aggreg
     POSTTRAIN_SUM(kept);
 #undef POSTTRAIN_SUM
     res.entropy_loss = entropy_loss;
-    res.loss = res.policy_loss + (o.kl_importance_weighted ? 0.0 : o.kl_coef * res.kl_loss) - o.entropy_coef * res.entropy_loss;
+    res.loss = res.policy_loss + o.kl_coef * res.kl_loss - o.entropy_coef * res.entropy_loss;
     double rmin = INFINITY, rmax = -INFINITY, low_min = INFINITY, high_max = -INFINITY, phi_sum = 0;
     for (index_t i = 0; i < B; ++i) {
         const row_partial& p = parts[std::size_t(i)];
@@ -416,6 +414,17 @@ inline loss_result summarize(const std::vector<row_partial>& parts, const aggreg
     res.seq_high_clip_max = high_max > -INFINITY ? high_max : NAN;
     res.phi_mean = B > 0 ? phi_sum / double(B) : 0.0;
     return res;
+}
+
+// Which of a token's inputs is not finite (the first of log_probs, old_log_probs, advantages).
+inline const char* nonfinite_argument(double lp, double old, double adv) noexcept {
+    return !numeric::is_finite(lp) ? "log_probs" : (!numeric::is_finite(old) ? "old_log_probs" : "advantages");
+}
+
+[[noreturn]] inline void raise_nonfinite(const char* fn, const char* argument, index_t i, index_t t) {
+    posttrain::detail::raise_invalid_argument(fn, argument,
+                                              "non-finite value at valid position [" + str(i) + ", " + str(t) +
+                                                  "] (masked positions may hold anything)");
 }
 
 // Minimum of v[0..n) (no NaN), with vector extensions where available (order does not matter for a min).
@@ -472,11 +481,11 @@ void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT ol
             const double pass = (lr >= -c) & (lr <= c) ? 1.0 : 0.0;
             const clipped_surrogate sg = ppo_surrogate(lrc, a, sp);
             const double f = HasWeights ? double(isw[t]) : 1.0;
-            double value = sg.value * f, dlp = sg.dw * f * pass, kv = 0;
+            const double value = sg.value * f;  // the policy term (the KL term is summed apart)
+            double dlp = sg.dw * f * pass, kv = 0;
             if constexpr (HasRef) {
                 const value_grad k = kl_token_as<E>(x, double(ref[t]), kl);
                 kv = k.value;
-                value += beta * k.value;
                 dlp += beta * k.grad;
             }
             const bool valid = m != 0;
@@ -542,7 +551,7 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
     const bool unit = lp.stride(1) == 1 && old.stride(1) == 1 && adv.stride(1) == 1 && mask.stride(1) == 1 &&
                       (ref.data() == nullptr || ref.stride(1) == 1) && (isw.data() == nullptr || isw.stride(1) == 1) &&
                       (grad.data() == nullptr || grad.stride(1) == 1);
-    for_each_row(policy, B, Tn, [&](index_t i) {
+    if (Tn > 0) for_each_row(policy, B, Tn, [&](index_t i) {
         const double wrow = plan.row_factor(n[std::size_t(i)]);
         const double gs = wrow * o.grad_scale;
         thread_local std::vector<T> buf;
@@ -596,11 +605,8 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
             for (index_t t = 0; t < Tn; ++t) grad(i, t) = gbuf[std::size_t(t)];
     });
     for (index_t i = 0; i < B; ++i)
-        if (bad[std::size_t(i)] >= 0)
-            posttrain::detail::raise_invalid_argument(
-                fn, "log_probs",
-                "non-finite log-prob, old log-prob or advantage at valid position [" + str(i) + ", " +
-                    str(bad[std::size_t(i)]) + "] (masked positions may hold anything)");
+        if (const index_t t = bad[std::size_t(i)]; t >= 0)
+            raise_nonfinite(fn, nonfinite_argument(double(lp(i, t)), double(old(i, t)), double(adv(i, t))), i, t);
     return summarize(parts, plan, o, 0.0);
 }
 
@@ -608,11 +614,12 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
 template <class Policy, class T, class M, class G>
 loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<const T, 2> old, tensor_view<const T, 2> adv,
                 tensor_view<const M, 2> mask, G grad, tensor_view<const T, 2> ref, tensor_view<const T, 2> rollout,
-                tensor_view<const T, 2> isw, tensor_view<const T, 2> ent, const options& o, const char* fn) {
+                tensor_view<const T, 2> isw, tensor_view<const T, 2> ent, const extras& given, bool has_grad,
+                const options& o, const char* fn) {
     const index_t B = lp.extent(0), Tn = lp.extent(1);
-    const bool has_grad = grad.data() != nullptr;
-    const bool has_ref = ref.data() != nullptr, has_rollout = rollout.data() != nullptr;
-    const bool has_isw = isw.data() != nullptr, has_ent = ent.data() != nullptr;
+    // Presence comes from the caller's extras, not from data pointers (an empty batch has none).
+    const bool has_ref = given.ref_log_probs.present(), has_rollout = given.rollout_log_probs.present();
+    const bool has_isw = given.is_weights.present(), has_ent = given.entropies.present();
     const bool token_level = o.level == ratio_level::token;
     const bool spread = o.level == ratio_level::sequence;  // gradient through the sequence mean
     const bool opsm = o.off_policy_threshold < INFINITY;
@@ -624,6 +631,12 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
     require(!(o.top_entropy_quantile < 1 || o.entropy_coef > 0) || has_ent, {fn, "extras.entropies"},
             "are required by top_entropy_quantile < 1 and entropy_coef > 0");
 
+    require(o.loss != objective::gmpo ||
+                (o.mismatch.mode == correction::none && opsm == false && o.top_entropy_quantile == 1),
+            {fn, "options"},
+            "gmpo is a per-sequence loss: the token-level mismatch correction, off-policy mask and top-entropy "
+            "mask do not apply to it (pass importance weights through extras.is_weights: gmpo takes their "
+            "geometric mean per sequence)");
     if (fast_path_applies(o, has_rollout, has_ent)) return run_fast(policy, lp, old, adv, mask, grad, ref, isw, o, fn);
 
     auto m_at = [&](index_t i, index_t t) { return mask_weight(mask(i, t)); };
@@ -702,17 +715,16 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
         }
     });
     for (index_t i = 0; i < B; ++i)
-        if (bad[std::size_t(i)] >= 0)
-            posttrain::detail::raise_invalid_argument(
-                fn, "log_probs",
-                "non-finite log-prob, old log-prob or advantage at valid position [" + str(i) + ", " +
-                    str(bad[std::size_t(i)]) + "] (masked positions may hold anything)");
+        if (const index_t t = bad[std::size_t(i)]; t >= 0)
+            raise_nonfinite(fn, nonfinite_argument(double(lp(i, t)), double(old(i, t)), double(adv(i, t))), i, t);
 
     std::vector<double> n(static_cast<std::size_t>(B));
     for (index_t i = 0; i < B; ++i) n[std::size_t(i)] = ctx[std::size_t(i)].n;
     aggregation_options agg = o.aggregation;
     if (o.loss == objective::gmpo) agg.mode = aggregation::seq_mean_token_sum;  // one value per sequence, averaged
     const aggregation_plan plan = plan_aggregation(n, Tn, agg);
+    // The KL and entropy terms are token terms: they aggregate by the caller's rule even under gmpo.
+    const aggregation_plan token_plan = o.loss == objective::gmpo ? plan_aggregation(n, Tn, o.aggregation) : plan;
 
     // ---- batch-level selections ----
     auto rho_token = [&](index_t i, index_t t) {
@@ -801,8 +813,8 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
     for_each_row(policy, B, Tn, [&](index_t i) {
         const row_context& r = ctx[std::size_t(i)];
         row_partial& p = parts[std::size_t(i)];
-        const double wrow = plan.row_factor(r.n);  // aggregation weight of this row's tokens
-        const double gs = wrow * o.grad_scale;
+        const double wrow = plan.row_factor(r.n);        // aggregation weight of this row's policy term
+        const double wkl = token_plan.row_factor(r.n);   // ... and of its KL term
         double seq_dw = 0;  // sequence level: sum over the row of dL/d log_w (already weighted)
         double s_loss = 0, s_kl = 0, s_ent = 0;
         const bool gmpo = o.loss == objective::gmpo;
@@ -916,29 +928,22 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             value *= f, dlp *= f, dw *= f;
             if (token_level) dlp += dw * pass, dw = 0;
             else if (!spread) dlp += dw * r.log_w_grad, dw = 0;  // sequence_token: the token's own log-prob
-            // KL to the reference (not masked by keep/rho).
-            double kv = 0;
+            // KL to the reference (not masked by keep/rho), times the ratio when importance weighted
+            // (whose gradient then also flows through the ratio's log-weight w).
+            double kv = 0, kl_dlp = 0, kl_dw = 0;
             if (has_ref) {
                 const auto k = kl_token(x, double(ref(i, t)), o.kl);
-                kv = k.value;
-                if (o.kl_importance_weighted) kv *= exp(w);
-                if (o.kl_coef > 0) {
-                    if (o.kl_importance_weighted) {
-                        const double rr = exp(w);
-                        value += o.kl_coef * k.value * rr;
-                        dlp += o.kl_coef * k.grad * rr;
-                        const double kdw = o.kl_coef * k.value * rr;
-                        if (token_level) dlp += kdw * pass;
-                        else if (!spread) dlp += kdw * r.log_w_grad;
-                        else dw += kdw;
-                    } else {
-                        value += o.kl_coef * k.value;
-                        dlp += o.kl_coef * k.grad;
-                    }
+                kv = k.value, kl_dlp = k.grad;
+                if (o.kl_importance_weighted) {
+                    const double rr = exp(w);
+                    kv *= rr, kl_dlp *= rr, kl_dw = k.value * rr;
+                    if (token_level) kl_dlp += kl_dw * pass, kl_dw = 0;
+                    else if (!spread) kl_dlp += kl_dw * r.log_w_grad, kl_dw = 0;
                 }
             }
-            if (has_grad) grad(i, t) = GT(gs * m * dlp);
-            seq_dw += m * dw;
+            const double kl_scale = wkl * o.kl_coef;
+            if (has_grad) grad(i, t) = GT(o.grad_scale * m * (wrow * dlp + kl_scale * kl_dlp));
+            seq_dw += m * (wrow * dw + kl_scale * kl_dw);
             s_loss += value * m;
             s_kl += kv * m;
             const double h = has_ent ? double(ent(i, t)) : 0.0;
@@ -967,7 +972,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
         }
         // Sequence level: d log_w / d lp_t = m_t / max(n, 1) (times the cap's pass-through).
         if (spread && has_grad && seq_dw != 0) {
-            const double add = gs * seq_dw * r.log_w_grad / (r.n > 1 ? r.n : 1.0);
+            const double add = o.grad_scale * seq_dw * r.log_w_grad / (r.n > 1 ? r.n : 1.0);
             for (index_t t = 0; t < Tn; ++t) {
                 const double m = m_at(i, t);
                 if (m != 0) grad(i, t) = GT(double(grad(i, t)) + add * m);
@@ -979,7 +984,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
                                       : (Tn > 0 && double(adv(i, 0)) < 0 ? r.phi_neg : r.phi);
         }
         p.loss = s_loss * wrow;
-        p.kl = s_kl * wrow;
+        p.kl = s_kl * wkl;
         p.entropy = s_ent;
     });
 
@@ -989,7 +994,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
         std::vector<double> rows(static_cast<std::size_t>(B));
         const bool token_mean = o.entropy_mode == entropy_aggregation::token_mean;
         for (index_t i = 0; i < B; ++i)
-            rows[std::size_t(i)] = parts[std::size_t(i)].entropy * (token_mean ? 1.0 : plan.row_factor(ctx[std::size_t(i)].n));
+            rows[std::size_t(i)] = parts[std::size_t(i)].entropy * (token_mean ? 1.0 : token_plan.row_factor(ctx[std::size_t(i)].n));
         entropy_loss = sum_rows(rows);
         if (token_mean) {
             double kept = 0;
@@ -1036,7 +1041,8 @@ loss_result compute(const Policy& policy, const LogProbs& log_probs, const OldLo
             const auto isw = optional(extra.is_weights, "extras.is_weights");
             const auto ent = optional(extra.entropies, "extras.entropies");
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
-                return detail::run(policy, lp, old, adv, m, tensor_view<CT, 2>{}, ref, rollout, isw, ent, opts, fn);
+                return detail::run(policy, lp, old, adv, m, tensor_view<CT, 2>{}, ref, rollout, isw, ent, extra, false,
+                                   opts, fn);
             } else {
                 auto gv = posttrain::detail::floating_output<2>(grad_log_probs, {fn, "grad_log_probs"});
                 auto* g = std::get_if<tensor_view<CT, 2>>(&gv);
@@ -1046,7 +1052,11 @@ loss_result compute(const Policy& policy, const LogProbs& log_probs, const OldLo
                 detail::check_no_alias(*g, old, {fn, "grad_log_probs"}, "old_log_probs");
                 detail::check_no_alias(*g, adv, {fn, "grad_log_probs"}, "advantages");
                 detail::check_no_alias(*g, m, {fn, "grad_log_probs"}, "mask");
-                return detail::run(policy, lp, old, adv, m, *g, ref, rollout, isw, ent, opts, fn);
+                detail::check_no_alias(*g, ref, {fn, "grad_log_probs"}, "extras.ref_log_probs");
+                detail::check_no_alias(*g, rollout, {fn, "grad_log_probs"}, "extras.rollout_log_probs");
+                detail::check_no_alias(*g, isw, {fn, "grad_log_probs"}, "extras.is_weights");
+                detail::check_no_alias(*g, ent, {fn, "grad_log_probs"}, "extras.entropies");
+                return detail::run(policy, lp, old, adv, m, *g, ref, rollout, isw, ent, extra, true, opts, fn);
             }
         },
         posttrain::detail::floating_input<2>(log_probs, {fn, "log_probs"}),
