@@ -305,9 +305,25 @@ void trl_grpo_loss(const case_context& c, produced& out) {
     if (o.loss == pl::objective::vespo) set_metric(out, "metric_vespo_phi_seq_mean", r.phi_mean);
 }
 
+// RTO's fork of OpenRLHF (pre-0.5 PolicyLoss): no log-ratio clamp, no dual clip, each sequence's
+// exact masked mean, then the mean over every row.
+void rto_policy_loss(const case_context& c, produced& out) {
+    pl::options o;
+    o.clip_low = o.clip_high = c.param("clip_eps");
+    o.log_ratio_clamp = 0;
+    o.aggregation.mode = pl::aggregation::seq_mean_token_mean;
+    o.aggregation.empty = pl::empty_rows::counted;
+    const tensor lp = c.input("log_probs"), old = c.input("old_log_probs"), adv = c.input("advantages"), m = c.input("action_mask");
+    tensor g = zeros(lp.shape);
+    const auto r = pl::compute(seq, lp.view2(), old.view2(), adv.view2(), m.view2(), view2(g.data, lp.rows(), lp.cols()), o);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_log_probs", g);
+}
+
 }  // namespace
 
 void register_policy_loss(registry& r) {
+    r.add("rto/PolicyLoss", {rto_policy_loss, float64_path, "policy_loss::compute, ppo_clip without clamp, seq_mean_token_mean over every row"});
     r.add("trl/GRPOTrainer._compute_loss", {trl_grpo_loss, float64_path, "policy_loss::compute, options::trl(loss_type, ...)"});
     r.add("openrlhf/PolicyLoss", {openrlhf_policy_loss, float64_path, "policy_loss::compute, options::openrlhf(gspo, token_level_loss) + mismatch correction"});
     const char* verl_what = "policy_loss::compute, options::verl(objective, mode) (metrics: sums / (tokens + 1e-8))";
