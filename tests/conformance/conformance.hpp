@@ -133,6 +133,9 @@ void register_kl_value(registry& r);
 
 // ---- helpers shared by the mappings ----
 
+// verl's loss_agg_mode strings ("token-mean", "seq-mean-token-mean", ...).
+posttrain::policy_loss::aggregation verl_agg_mode(const std::string& s);
+
 // A group layout over string or integer ids, built with posttrain's public grouping API.
 posttrain::grouping_result group_by(const group_ids& ids);
 

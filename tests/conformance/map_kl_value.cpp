@@ -53,14 +53,6 @@ void verl_adaptive_kl_controller(const case_context& c, produced& out) {
     out.set("values_after_each_update", from_values(values, {std::int64_t(values.size())}));
 }
 
-pl::aggregation verl_agg_mode(const std::string& s) {
-    if (s == "token-mean") return pl::aggregation::token_mean;
-    if (s == "token-sum") return pl::aggregation::token_sum;
-    if (s == "seq-mean-token-mean") return pl::aggregation::seq_mean_token_mean;
-    if (s == "seq-mean-token-sum") return pl::aggregation::seq_mean_token_sum;
-    if (s == "seq-mean-token-sum-norm") return pl::aggregation::seq_mean_token_sum_norm;
-    throw std::runtime_error("unknown verl loss_agg_mode " + s);
-}
 
 posttrain::tensor_view<const double, 3> view3(const tensor& t) {
     return posttrain::tensor_view<const double, 3>(t.data.data(), t.shape.at(0), t.shape.at(1), t.shape.at(2));

@@ -10,19 +10,11 @@ namespace {
 namespace pl = posttrain::policy_loss;
 using posttrain::exec::seq;
 
-pl::aggregation verl_mode(const std::string& s) {
-    if (s == "token-mean") return pl::aggregation::token_mean;
-    if (s == "token-sum") return pl::aggregation::token_sum;
-    if (s == "seq-mean-token-mean") return pl::aggregation::seq_mean_token_mean;
-    if (s == "seq-mean-token-sum") return pl::aggregation::seq_mean_token_sum;
-    if (s == "seq-mean-token-sum-norm") return pl::aggregation::seq_mean_token_sum_norm;
-    throw std::runtime_error("unknown verl loss_agg_mode " + s);
-}
 
 // agg_loss(loss_mat, loss_mask, loss_agg_mode, dp_size, batch_num_tokens, global_batch_size, loss_scale_factor)
 void verl_agg_loss(const case_context& c, produced& out) {
     const tensor L = c.input("loss_mat"), m = c.input("loss_mask");
-    const auto o = pl::aggregation_options::verl(verl_mode(c.params.at("loss_agg_mode").get<std::string>()),
+    const auto o = pl::aggregation_options::verl(verl_agg_mode(c.params.at("loss_agg_mode").get<std::string>()),
                                                  c.param_or("dp_size", 1), c.param_or("batch_num_tokens", 0),
                                                  c.param_or("global_batch_size", 0), c.param_or("loss_scale_factor", 0));
     tensor g = zeros(L.shape);
@@ -85,7 +77,7 @@ pl::loss_result run_verl(const case_context& c, produced& out, pl::options o, co
 
 void set_metric(produced& out, const std::string& name, double v) { out.set(name, from_values({v}, {})); }
 
-pl::aggregation case_mode(const case_context& c) { return verl_mode(c.params.at("loss_agg_mode").get<std::string>()); }
+pl::aggregation case_mode(const case_context& c) { return verl_agg_mode(c.params.at("loss_agg_mode").get<std::string>()); }
 
 // compute_policy_loss(old, lp, adv, mask, cliprange, cliprange_low, cliprange_high, clip_ratio_c, loss_agg_mode)
 void verl_ppo_explicit(const case_context& c, produced& out) {
@@ -321,6 +313,16 @@ void rto_policy_loss(const case_context& c, produced& out) {
 }
 
 }  // namespace
+
+posttrain::policy_loss::aggregation verl_agg_mode(const std::string& s) {
+    namespace pl = posttrain::policy_loss;
+    if (s == "token-mean") return pl::aggregation::token_mean;
+    if (s == "token-sum") return pl::aggregation::token_sum;
+    if (s == "seq-mean-token-mean") return pl::aggregation::seq_mean_token_mean;
+    if (s == "seq-mean-token-sum") return pl::aggregation::seq_mean_token_sum;
+    if (s == "seq-mean-token-sum-norm") return pl::aggregation::seq_mean_token_sum_norm;
+    throw std::runtime_error("unknown verl loss_agg_mode " + s);
+}
 
 void register_policy_loss(registry& r) {
     r.add("rto/PolicyLoss", {rto_policy_loss, float64_path, "policy_loss::compute, ppo_clip without clamp, seq_mean_token_mean over every row"});
