@@ -24,7 +24,7 @@
 // `thread_local std::vector<M> mbuf` and `mbuf.data()` do not compile for M = bool (std::vector<bool>
 // has no data()), so compute() with a bool mask does not build at all. Delete this define once fixed:
 // the bool-mask check below then runs.
-#define POSTTRAIN_TEST_NO_BOOL_MASK
+
 
 namespace pt = posttrain;
 namespace pl = posttrain::policy_loss;

@@ -229,7 +229,7 @@ struct metric_sums {
     double kl = 0;                     // sum of the KL term before kl_coef (times the ratio when importance weighted; TRL metric kl)
     double entropy = 0;                // sum of the entropies
     double rollout_minus_old = 0;      // sum of rollout - old (OpenRLHF vllm_kl)
-    double kept = 0;                   // tokens kept by the detached masks (OPSM, top entropy, mismatch masks)
+    double kept = 0;                   // tokens kept by the off-policy and top-entropy masks
 };
 
 struct [[nodiscard]] loss_result {
@@ -554,14 +554,17 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
     if (Tn > 0) for_each_row(policy, B, Tn, [&](index_t i) {
         const double wrow = plan.row_factor(n[std::size_t(i)]);
         const double gs = wrow * o.grad_scale;
+        // Bool masks are read as bytes (0/1): std::vector<bool> has no contiguous storage to gather into.
+        using MB = std::conditional_t<std::is_same_v<M, bool>, unsigned char, M>;
         thread_local std::vector<T> buf;
-        thread_local std::vector<M> mbuf;
+        thread_local std::vector<MB> mbuf;
         thread_local std::vector<GT> gbuf;
         const T *a_lp, *a_old, *a_adv, *a_ref = nullptr, *a_isw = nullptr;
-        const M* a_m;
+        const MB* a_m;
         GT* a_g = nullptr;
         if (unit) {
-            a_lp = &lp(i, 0), a_old = &old(i, 0), a_adv = &adv(i, 0), a_m = &mask(i, 0);
+            a_lp = &lp(i, 0), a_old = &old(i, 0), a_adv = &adv(i, 0);
+            a_m = reinterpret_cast<const MB*>(&mask(i, 0));
             if (ref.data()) a_ref = &ref(i, 0);
             if (isw.data()) a_isw = &isw(i, 0);
             if (grad.data()) a_g = &grad(i, 0);
@@ -571,7 +574,7 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
             gbuf.resize(std::size_t(Tn));
             T* b = buf.data();
             for (index_t t = 0; t < Tn; ++t) {
-                b[t] = lp(i, t), b[Tn + t] = old(i, t), b[2 * Tn + t] = adv(i, t), mbuf[std::size_t(t)] = mask(i, t);
+                b[t] = lp(i, t), b[Tn + t] = old(i, t), b[2 * Tn + t] = adv(i, t), mbuf[std::size_t(t)] = static_cast<MB>(mask(i, t));
                 if (ref.data()) b[3 * Tn + t] = ref(i, t);
                 if (isw.data()) b[4 * Tn + t] = isw(i, t);
             }
@@ -675,7 +678,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             }
             if (o.loss == objective::vespo) {
                 s_vespo += clamp(lr, -20.0, 20.0) * m;
-                if (has_isw) s_vespo += clamp(std::log(double(isw(i, t))), std::log(1e-8), 20.0);
+                if (has_isw) s_vespo += clamp(std::log(double(isw(i, t))), std::log(1e-8), 20.0) * m;
             }
             if (opsm) s_opsm += ((has_rollout ? double(rollout(i, t)) : y) - x) * m;
             if (has_rollout) s_roll += (y - double(rollout(i, t))) * m;
@@ -1023,6 +1026,10 @@ loss_result compute(const Policy& policy, const LogProbs& log_probs, const OldLo
             using CT = std::remove_const_t<T>;
             auto same = [&](const auto& x, const char* name) {
                 auto v = posttrain::detail::floating_input<2>(x, {fn, name});
+                static_assert(std::variant_size_v<decltype(v)> > 1 ||
+                                  std::is_same_v<std::variant_alternative_t<0, decltype(v)>, tensor_view<const CT, 2>>,
+                              "posttrain::policy_loss::compute: old_log_probs, advantages and the extras must have the "
+                              "element type of log_probs");
                 const auto* p = std::get_if<tensor_view<const CT, 2>>(&v);
                 detail::require(p != nullptr, {fn, name}, "must have the dtype of log_probs");
                 detail::check_same_shape(*p, lp, {fn, name}, "log_probs");
