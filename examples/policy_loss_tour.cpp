@@ -165,6 +165,17 @@ void tour_gspo() {
     r = pl::compute(pt::exec::seq, in(lp), in(old), in(adv), in(mask), out(grad), pl::options::trl(pl::options::trl_loss::luspo));
     std::printf("  %-16s loss %+.6f\n", "trl luspo", r.loss);
     print_rows("grad", grad);
+
+    // The two sequence forms agree unless a per-token weight varies inside a row: with is_weights the
+    // sequence form spreads the row's weighted sum evenly, sequence_token weights each token's own term.
+    const std::vector<double> w = {1.0, 2.0, 0.5, 1.0,    1.2, 0.8, 1.0, 0.0};
+    o = pl::options::trl(pl::options::trl_loss::grpo);
+    for (pl::ratio_level level : {pl::ratio_level::sequence, pl::ratio_level::sequence_token}) {
+        o.level = level;
+        r = pl::compute(pt::exec::seq, in(lp), in(old), in(adv), in(mask), out(grad), o, {.is_weights = in(w)});
+        std::printf("  %-16s loss %+.6f\n", level == pl::ratio_level::sequence ? "sequence, w" : "seq_token, w", r.loss);
+        print_rows("grad", grad);
+    }
     // [gspo]
 }
 
