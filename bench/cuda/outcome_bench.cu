@@ -14,58 +14,22 @@
 #include <posttrain/advantage/grpo.cuh>
 #include <posttrain/advantage/rloo.cuh>
 
+#include "timing.cuh"
+
 namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
-
-namespace {
-
-// Median-free but warm: a few untimed runs, then enough timed repetitions for ~20 ms of work.
-template <class F>
-double time_ms(F&& f) {
-    for (int i = 0; i < 3; ++i) f();
-    cudaEvent_t a, b;
-    POSTTRAIN_CUDA_CHECK(cudaEventCreate(&a));
-    POSTTRAIN_CUDA_CHECK(cudaEventCreate(&b));
-    POSTTRAIN_CUDA_CHECK(cudaEventRecord(a));
-    f();
-    POSTTRAIN_CUDA_CHECK(cudaEventRecord(b));
-    POSTTRAIN_CUDA_CHECK(cudaEventSynchronize(b));
-    float once = 0;
-    POSTTRAIN_CUDA_CHECK(cudaEventElapsedTime(&once, a, b));
-    int reps = once > 0 ? static_cast<int>(20.0 / once) : 1000;
-    reps = reps < 5 ? 5 : reps > 2000 ? 2000 : reps;
-    POSTTRAIN_CUDA_CHECK(cudaEventRecord(a));
-    for (int i = 0; i < reps; ++i) f();
-    POSTTRAIN_CUDA_CHECK(cudaEventRecord(b));
-    POSTTRAIN_CUDA_CHECK(cudaEventSynchronize(b));
-    float total = 0;
-    POSTTRAIN_CUDA_CHECK(cudaEventElapsedTime(&total, a, b));
-    POSTTRAIN_CUDA_CHECK(cudaEventDestroy(a));
-    POSTTRAIN_CUDA_CHECK(cudaEventDestroy(b));
-    return double(total) / reps;
-}
-
-void row(const char* op, index_t n, const std::string& device, double ms, double memcpy_ms) {
-    std::printf("{\"op\":\"%s\",\"size\":%lld,\"threads\":0,\"device\":\"%s\",\"posttrain_ms\":%.6f,"
-                "\"memcpy_ms\":%.6f,\"memcpy_fraction\":%.4f}\n",
-                op, static_cast<long long>(n), device.c_str(), ms, memcpy_ms, memcpy_ms / ms);
-    std::fflush(stdout);
-}
-
-}  // namespace
+using pt::bench::row;
+using pt::bench::time_ms;
 
 int main(int argc, char** argv) {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    const std::string device = pt::bench::device_name();
+    if (device.empty()) {
         std::printf("posttrain CUDA bench: no CUDA device present, skipped\n");
         return 77;
     }
     const int max_log2 = argc > 1 ? std::atoi(argv[1]) : 24;
     const int min_log2 = argc > 2 ? std::atoi(argv[2]) : 14;
-    cudaDeviceProp prop{};
-    POSTTRAIN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    const std::string device = std::string("cuda:") + prop.name;
 
     const index_t max_n = index_t{1} << max_log2;
     std::mt19937_64 rng(42);

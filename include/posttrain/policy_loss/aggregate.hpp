@@ -145,15 +145,14 @@ inline void check_aggregation_options(const aggregation_options& o, const char* 
             "unknown aggregation mode " + str(m));
 }
 
-// Resolves the divisor from the per-row token counts n[0..B) (summed in a fixed order).
-inline aggregation_plan plan_aggregation(const std::vector<double>& n, index_t T, const aggregation_options& o) {
+// Resolves the divisor of a batch of B rows of T tokens from its totals: the valid tokens and the
+// rows with at least one (shared by plan_aggregation and the CUDA kernels, which count on the device).
+POSTTRAIN_HD inline aggregation_plan resolve_plan(double tokens, double nonempty, index_t B, index_t T,
+                                                  const aggregation_options& o) noexcept {
     aggregation_plan p;
     p.mode = o.mode;
     p.row_denominator = o.row_denominator;
-    const index_t B = index_t(n.size());
-    p.totals.tokens = posttrain::detail::fixed_order_sum(B, [&](index_t i) { return n[std::size_t(i)]; });
-    double nonempty = 0;
-    for (double x : n) nonempty += x != 0 ? 1 : 0;
+    p.totals.tokens = tokens;
     p.totals.sequences = o.empty == empty_rows::counted ? double(B) : nonempty;
     const double sequences = o.global_sequences > 0 ? o.global_sequences : p.totals.sequences;
     double divisor = 1;
@@ -169,6 +168,15 @@ inline aggregation_plan plan_aggregation(const std::vector<double>& n, index_t T
     p.totals.divisor = divisor;
     p.scale = divisor != 0 ? o.multiplier / divisor : 0.0;
     return p;
+}
+
+// Resolves the divisor from the per-row token counts n[0..B) (summed in a fixed order).
+inline aggregation_plan plan_aggregation(const std::vector<double>& n, index_t T, const aggregation_options& o) {
+    const index_t B = index_t(n.size());
+    const double tokens = posttrain::detail::fixed_order_sum(B, [&](index_t i) { return n[std::size_t(i)]; });
+    double nonempty = 0;
+    for (double x : n) nonempty += x != 0 ? 1 : 0;
+    return resolve_plan(tokens, nonempty, B, T, o);
 }
 
 // Per-row token counts of a [B, T] mask (converted a chunk at a time, then summed in the fixed order).
