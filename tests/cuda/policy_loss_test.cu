@@ -172,15 +172,15 @@ bool same_result(const pl::loss_result& got, const pl::loss_result& want, double
     return ok;
 }
 
-// Gradients: |got - want| <= rel * (|want| + 1e-3 * max |want|) (a relative test with a floor for
-// values that cancel), exact zeros where the mask is 0.
+// Gradients: |got - want| <= rel * (|want| + 1e-3 * max |want|) + floor (a relative test with a floor
+// for values that cancel; `floor` covers half's subnormal step), exact zeros where the mask is 0.
 bool same_grad(const std::vector<double>& got, const std::vector<double>& want, const std::vector<double>& mask, double rel,
-               const std::string& what) {
+               const std::string& what, double floor = 0) {
     double top = 0;
     for (double w : want) top = std::fmax(top, std::fabs(w));
     int bad = 0;
     for (std::size_t k = 0; k < got.size(); ++k) {
-        const bool good = mask[k] == 0 ? got[k] == 0 : std::fabs(got[k] - want[k]) <= rel * (std::fabs(want[k]) + 1e-3 * top);
+        const bool good = mask[k] == 0 ? got[k] == 0 : std::fabs(got[k] - want[k]) <= rel * (std::fabs(want[k]) + 1e-3 * top) + floor;
         if (!good && bad++ < 5) {
             char buf[320];
             std::snprintf(buf, sizeof buf, "%s: grad[%zu]: got %.17g, want %.17g", what.c_str(), k, got[k], want[k]);
@@ -277,6 +277,8 @@ void mask_type_case(const batch& b, const char* name) {
     }
 }
 
+// 16-bit log-probs: the host oracle runs in float on the same values; its gradient, rounded to float
+// and then to T, may differ from the device's (rounded once) by one unit in T's last place.
 template <class T>
 void half_case(double grad_tol, const char* name) {
     for (const auto& s : {std::pair<index_t, index_t>{37, 29}, {16, 1000}, {3, 9000}}) {
@@ -295,7 +297,7 @@ void half_case(double grad_tol, const char* name) {
             const std::string what = std::string(name) + " " + std::to_string(b.B) + "x" + std::to_string(b.T) + " " +
                                      pl::detail::objective_name(obj);
             same_result(got, want, 1e-10, what);
-            same_grad(dg, hg, m01, grad_tol, what);
+            same_grad(dg, hg, m01, grad_tol, what, 6e-8);
         }
     }
 }
@@ -413,7 +415,7 @@ PT_TEST("policy loss: DLPack tensors (float32 and float16) and posttrain::none")
         std::vector<double> hg;
         const pl::loss_result want = host_run<__half>(b, bm.h(), o, uses{}, hg);
         same_result(got, want, 1e-10, "dlpack float16");
-        same_grad(as_double(g.host()), hg, m01, 2.5e-3, "dlpack float16");
+        same_grad(as_double(g.host()), hg, m01, 2.5e-3, "dlpack float16", 6e-8);
         // A bfloat16 gradient for float16 log-probs is a dtype mismatch.
         device_vec<__nv_bfloat16> gb(b.m.size());
         const DLTensor gbt = tensor(gb.data(), kDLBfloat, 16);
