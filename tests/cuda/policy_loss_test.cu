@@ -101,7 +101,8 @@ struct uses {
 
 // The host oracle on the batch as the dtype T sees it (16-bit types: their values, in float).
 template <class T, class M>
-pl::loss_result host_run(const batch& b, pt::tensor_view<const M, 2> mask, const pl::options& o, uses u, std::vector<double>& grad) {
+pl::loss_result host_run(const batch& b, pt::tensor_view<const M, 2> mask, const pl::options& o, uses u,
+                         std::vector<double>& grad) {
     using H = std::conditional_t<pl::detail::is_half_type_v<T>, float, T>;
     auto cast = [](const std::vector<double>& v) { return as_type<H>(as_double(as_type<T>(v))); };
     const auto lp = cast(b.lp), old = cast(b.old), adv = cast(b.adv), ref = cast(b.ref), isw = cast(b.isw), ent = cast(b.ent);
@@ -180,7 +181,8 @@ bool same_grad(const std::vector<double>& got, const std::vector<double>& want, 
     for (double w : want) top = std::fmax(top, std::fabs(w));
     int bad = 0;
     for (std::size_t k = 0; k < got.size(); ++k) {
-        const bool good = mask[k] == 0 ? got[k] == 0 : std::fabs(got[k] - want[k]) <= rel * (std::fabs(want[k]) + 1e-3 * top) + floor;
+        const double allowed = rel * (std::fabs(want[k]) + 1e-3 * top) + floor;
+        const bool good = mask[k] == 0 ? got[k] == 0 : std::fabs(got[k] - want[k]) <= allowed;
         if (!good && bad++ < 5) {
             char buf[320];
             std::snprintf(buf, sizeof buf, "%s: grad[%zu]: got %.17g, want %.17g", what.c_str(), k, got[k], want[k]);
@@ -212,7 +214,8 @@ pl::options variant_options(O obj, int v, uses& u) {
             o.kl_importance_weighted = true, u.ref = true;
             break;
         case 8:
-            o.aggregation.mode = A::seq_mean_token_sum_norm, o.aggregation.norm_constant = 77, o.aggregation.norm_per_sequence = true;
+            o.aggregation.mode = A::seq_mean_token_sum_norm;
+            o.aggregation.norm_constant = 77, o.aggregation.norm_per_sequence = true;
             o.dual_clip = 3, o.delta = 1.5;
             break;
         case 9:
@@ -309,7 +312,8 @@ void expect_invalid(const std::function<void()>& f, const std::string& argument,
         f();
     } catch (const pt::invalid_argument& e) {
         if (e.argument() != argument)
-            pt::test::report_failure(__FILE__, __LINE__, std::string(what) + ": expected argument '" + argument + "': " + e.what());
+            pt::test::report_failure(__FILE__, __LINE__,
+                                     std::string(what) + ": expected argument '" + argument + "': " + e.what());
         return;
     } catch (const std::exception& e) {
         pt::test::report_failure(__FILE__, __LINE__, std::string(what) + ": wrong exception: " + e.what());
@@ -320,7 +324,9 @@ void expect_invalid(const std::function<void()>& f, const std::string& argument,
 
 }  // namespace
 
-PT_TEST("policy loss double: every objective and aggregation, segment and chunked rows") { objective_matrix<double>(1e-11, "double"); }
+PT_TEST("policy loss double: every objective and aggregation, segment and chunked rows") {
+    objective_matrix<double>(1e-11, "double");
+}
 PT_TEST("policy loss float: every objective and aggregation (double inside, gradient rounded once)") {
     objective_matrix<float>(3e-7, "float");
 }
@@ -357,7 +363,8 @@ PT_TEST("policy loss: strided views (padded rows, every other column)") {
     o.kl_coef = 0.02;
     pl::device_extras ex;
     ex.ref_log_probs = cv(ref);
-    const pl::loss_result got = pl::compute(pt::exec::cuda, cv(lp), cv(old), cv(adv), cv(m), pt::device_view<double, 2>(g.data(), ext, str), o, ex);
+    const pl::loss_result got =
+        pl::compute(pt::exec::cuda, cv(lp), cv(old), cv(adv), cv(m), pt::device_view<double, 2>(g.data(), ext, str), o, ex);
     std::vector<double> hg;
     const mask_of<double> hm(b.m, B, T);
     const pl::loss_result want = host_run<double>(b, hm.h(), o, uses{true, false, false}, hg);
@@ -538,20 +545,21 @@ PT_TEST("policy loss: unsupported options and misuse throw before launching") {
     expect_invalid(call(o, wrong), "extras.ref_log_probs", "reference dtype");
     wrong.ref_log_probs = pt::device_view<const float, 2>(d.ref.data(), 16, 4);
     expect_invalid(call(o, wrong), "extras.ref_log_probs", "reference shape");
-    expect_invalid([&] { (void)pl::compute(pt::exec::cuda, d.view(d.lp), pt::device_view<const float, 2>(d.old.data(), 16, 4), d.view(d.adv), mask, gv); },
-                   "old_log_probs", "shape");
-    expect_invalid([&] { (void)pl::compute(pt::exec::cuda, d.view(d.lp), pt::device_view<const double, 2>(gd.data(), 4, 16), d.view(d.adv), mask, gv); },
-                   "old_log_probs", "dtype");
-    expect_invalid([&] { (void)pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), mask, pt::device_view<double, 2>(gd.data(), 4, 16)); },
-                   "grad_log_probs", "gradient dtype");
-    expect_invalid([&] { (void)pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), pt::device_view<const double, 2>(dm.data(), 2, 32), gv); },
-                   "mask", "mask shape");
-    expect_invalid([&] {
-        (void)pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), mask, pt::device_view<float, 2>(d.lp.data(), 4, 16));
-    }, "grad_log_probs", "gradient overlaps log_probs");
+    // Each argument replaced in turn: (old, mask, grad) against the good ones.
+    const auto old = d.view(d.old);
+    auto with = [&](auto old_v, auto mask_v, auto grad_v, const pl::device_extras& e = {}) {
+        return [&, old_v, mask_v, grad_v, e] {
+            (void)pl::compute(pt::exec::cuda, d.view(d.lp), old_v, d.view(d.adv), mask_v, grad_v, pl::options{}, e);
+        };
+    };
+    expect_invalid(with(pt::device_view<const float, 2>(d.old.data(), 16, 4), mask, gv), "old_log_probs", "shape");
+    expect_invalid(with(pt::device_view<const double, 2>(gd.data(), 4, 16), mask, gv), "old_log_probs", "dtype");
+    expect_invalid(with(old, mask, pt::device_view<double, 2>(gd.data(), 4, 16)), "grad_log_probs", "gradient dtype");
+    expect_invalid(with(old, pt::device_view<const double, 2>(dm.data(), 2, 32), gv), "mask", "mask shape");
+    expect_invalid(with(old, mask, pt::device_view<float, 2>(d.lp.data(), 4, 16)), "grad_log_probs",
+                   "gradient overlaps log_probs");
     pl::device_extras ex;
     ex.is_weights = d.view(d.isw);
-    expect_invalid([&] {
-        (void)pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), mask, pt::device_view<float, 2>(d.isw.data(), 4, 16), pl::options{}, ex);
-    }, "grad_log_probs", "gradient overlaps is_weights");
+    expect_invalid(with(old, mask, pt::device_view<float, 2>(d.isw.data(), 4, 16), ex), "grad_log_probs",
+                   "gradient overlaps is_weights");
 }

@@ -79,14 +79,14 @@ template <class E>
 inline constexpr bool is_half_type_v = std::is_same_v<E, __half> || std::is_same_v<E, __nv_bfloat16>;
 
 template <class T>
-__host__ __device__ inline double to_double(T x) {
+POSTTRAIN_HD inline double to_double(T x) {
     if constexpr (std::is_same_v<T, __half>) return static_cast<double>(__half2float(x));
     else if constexpr (std::is_same_v<T, __nv_bfloat16>) return static_cast<double>(__bfloat162float(x));
     else return static_cast<double>(x);
 }
 
 template <class T>
-__host__ __device__ inline T from_double(double x) {
+POSTTRAIN_HD inline T from_double(double x) {
     if constexpr (std::is_same_v<T, __half>) return __double2half(x);
     else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __double2bfloat16(x);
     else return static_cast<T>(x);
@@ -125,9 +125,10 @@ auto device_floats(X&& x, where w) {
             const auto v = posttrain::detail::view_from_dlpack<maybe_const<Const, std::uint16_t>, 2, device_space>(u, w);
             index_t e[2] = {v.extent(0), v.extent(1)};
             index_t s[2] = {v.stride(0), v.stride(1)};
-            if (f16) return V(tensor_view<maybe_const<Const, __half>, 2, device_space>(reinterpret_cast<maybe_const<Const, __half>*>(v.data()), e, s));
-            return V(tensor_view<maybe_const<Const, __nv_bfloat16>, 2, device_space>(
-                reinterpret_cast<maybe_const<Const, __nv_bfloat16>*>(v.data()), e, s));
+            using H = maybe_const<Const, __half>;
+            using BF = maybe_const<Const, __nv_bfloat16>;
+            if (f16) return V(tensor_view<H, 2, device_space>(reinterpret_cast<H*>(v.data()), e, s));
+            return V(tensor_view<BF, 2, device_space>(reinterpret_cast<BF*>(v.data()), e, s));
         }
         require(t.dtype.code == kDLFloat && t.dtype.lanes == 1 && (t.dtype.bits == 32 || t.dtype.bits == 64), w,
                 "expected dtype one of {float16, bfloat16, float32, float64}, found " + posttrain::detail::dtype_name(t.dtype));
@@ -635,17 +636,16 @@ struct raw_token {
 };
 
 template <class T, class M>
-__device__ inline raw_token<T, M> load_token(const loss_args<T, M>& a, index_t i, index_t t, index_t end, bool has_ref,
-                                             bool has_isw, bool has_ent) {
+__device__ inline raw_token<T, M> load_token(const loss_args<T, M>& a, index_t i, index_t t, index_t end) {
     raw_token<T, M> k{T{}, T{}, T{}, T{}, T{}, T{}, M{}};
     if (t < end) {
         k.m = a.mask(i, t);
         k.x = a.lp(i, t);
         k.y = a.old(i, t);
         k.a = a.adv(i, t);
-        if (has_ref) k.r = a.ref(i, t);
-        if (has_isw) k.w = a.isw(i, t);
-        if (has_ent) k.h = a.ent(i, t);
+        if (a.has_ref) k.r = a.ref(i, t);
+        if (a.has_isw) k.w = a.isw(i, t);
+        if (a.has_ent) k.h = a.ent(i, t);
     }
     return k;
 }
@@ -655,7 +655,7 @@ __global__ void __launch_bounds__(loss_threads, loss_min_blocks) loss_kernel(con
     const seg_geometry& g = a.g;
     const team_pos p = team_of(g);
     const aggregation_plan plan = *a.plan;
-    const bool has_ref = a.has_ref, has_isw = a.has_isw, has_ent = a.has_ent, has_grad = a.grad.data() != nullptr;
+    const bool has_grad = a.grad.data() != nullptr;
     const bool ent_token_mean = a.o.entropy_mode == entropy_aggregation::token_mean;
     loss_acc acc;
     seq_acc rows;
@@ -673,13 +673,13 @@ __global__ void __launch_bounds__(loss_threads, loss_min_blocks) loss_kernel(con
         index_t t = sp.begin + p.lane;
         raw_token<T, M> q[loss_prefetch];
 #pragma unroll
-        for (int j = 0; j < loss_prefetch; ++j) q[j] = load_token(a, i, t + index_t(j) * p.lanes, sp.end, has_ref, has_isw, has_ent);
+        for (int j = 0; j < loss_prefetch; ++j) q[j] = load_token(a, i, t + index_t(j) * p.lanes, sp.end);
 #pragma unroll 1  // one evaluation per iteration (see loss_prefetch)
         for (; t < sp.end; t += p.lanes) {
             const raw_token<T, M> k = q[0];
 #pragma unroll
             for (int j = 0; j + 1 < loss_prefetch; ++j) q[j] = q[j + 1];
-            q[loss_prefetch - 1] = load_token(a, i, t + index_t(loss_prefetch) * p.lanes, sp.end, has_ref, has_isw, has_ent);
+            q[loss_prefetch - 1] = load_token(a, i, t + index_t(loss_prefetch) * p.lanes, sp.end);
             // A bool mask weighs valid tokens by exactly 1: the products by m fold away.
             const double m = std::is_same_v<M, bool> ? 1.0 : mask_value(k.m);
             double g_out = 0;
