@@ -9,6 +9,7 @@
 #include "core/exec.hpp"
 #include "core/groups.hpp"
 #include "core/numeric.hpp"
+#include "core/random.hpp"
 #include "core/result.hpp"
 #include "core/traits.hpp"
 #include "core/view.hpp"

@@ -19,6 +19,7 @@
 #include <variant>
 #include <vector>
 
+#include "../core/random.hpp"
 #include "aggregate.hpp"
 #include "kl.hpp"
 #include "token_math.hpp"
@@ -271,6 +272,7 @@ struct row_context {
     double adv_mean = 0;     // gmpo: the row's mean advantage
     double gmpo_log_ratio = 0;
     double seq_is = 1;       // gmpo: geometric mean of the importance weights
+    double gmpo_loss = 0;    // gmpo: the row's loss -adv_mean * exp(gmpo_log_ratio) * seq_is
     double opsm_kl = 0;      // mean(rollout - logp) for the off-policy mask
     double rho_seq = 1;      // sequence-level mismatch weight (or keep flag)
     double phi = 0;          // vespo weighting (per sign of A: both kept)
@@ -302,15 +304,9 @@ inline std::vector<index_t> select_tokens(std::vector<std::pair<double, index_t>
     } else {
         // A seeded uniform subset (verl draws it with torch.randperm): partial Fisher-Yates driven by
         // splitmix64, over the candidates in row-major order.
-        std::uint64_t s = seed;
-        auto next = [&s] {
-            std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-            return z ^ (z >> 31);
-        };
+        splitmix64 rng(seed);
         for (index_t j = 0; j < k; ++j) {
-            const index_t r = j + index_t(next() % std::uint64_t(m - j));
+            const index_t r = j + index_t(rng.below(std::uint64_t(m - j)));
             std::swap(candidates[std::size_t(j)], candidates[std::size_t(r)]);
             out.push_back(candidates[std::size_t(j)].second);
         }
@@ -342,6 +338,7 @@ inline void check_options(const options& o, const char* fn) {
     nonneg(o.sequence_log_ratio_max, "sequence_log_ratio_max");
     nonneg(o.kl_coef, "kl_coef");
     nonneg(o.entropy_coef, "entropy_coef");
+    nonneg(o.dro_beta, "dro_beta");
     nonneg(o.mismatch.lower, "mismatch.lower");
     nonneg(o.mismatch.log_ratio_clamp, "mismatch.log_ratio_clamp");
     require(o.mismatch.upper >= o.mismatch.lower, {fn, arg}, "mismatch.upper must be >= mismatch.lower");
@@ -694,7 +691,8 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             r.adv_mean = s_adv / (n + eps_row);
             r.gmpo_log_ratio = s_gm / (n + eps_row);
             if (has_isw) r.seq_is = exp(s_isw / (n + eps_row));
-            if (n + eps_row == 0) r.adv_mean = 0, r.gmpo_log_ratio = 0;
+            if (n + eps_row == 0) r.adv_mean = 0, r.gmpo_log_ratio = 0, r.seq_is = 1;  // an empty row: loss 0
+            r.gmpo_loss = -r.adv_mean * exp(r.gmpo_log_ratio) * r.seq_is;
         }
         if (o.loss == objective::vespo) {
             const double lw = clamp(s_vespo, std::log(1e-8), 20.0), w = exp(lw);
@@ -772,7 +770,12 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
         std::vector<double> h;
         for (index_t i = 0; i < B; ++i)
             for (index_t t = 0; t < Tn; ++t)
-                if (m_at(i, t) != 0) h.push_back(double(ent(i, t)));
+                if (m_at(i, t) != 0) {
+                    const double e = double(ent(i, t));
+                    // A NaN would break the ordering the quantile's selection relies on.
+                    if (!numeric::is_finite(e)) raise_nonfinite(fn, "extras.entropies", i, t);
+                    h.push_back(e);
+                }
         entropy_threshold = h.empty() ? INFINITY : quantile(std::move(h), 1.0 - o.top_entropy_quantile);
     }
 
@@ -880,13 +883,10 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
                     const pick mw = min_weights(sg * lr, sg * lrc);
                     const double dmin = sg * sg * (mw.a + mw.b * clamp_grad(lr, -o.clip_low, o.clip_high));
                     ratio = exp(r.gmpo_log_ratio);
-                    const double row_loss = -r.adv_mean * ratio * r.seq_is;
-                    dlp = row_loss * dmin / (r.n + eps_row);
+                    dlp = r.gmpo_loss * dmin / (r.n + eps_row);
                     hi_clip = lr != lrc && a > 0;
                     lo_clip = lr != lrc && a < 0;
-                    value = 0;  // added once per row below
-                    (void)row_loss;
-                    break;
+                    break;  // the value is the row's, added once below
                 }
                 case objective::policy_gradient: value = -a * x, dlp = -a; break;
                 case objective::dro: {
@@ -969,10 +969,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             p.ratio_min = std::min(p.ratio_min, ratio);
             p.ratio_max = std::max(p.ratio_max, ratio);
         }
-        if (gmpo) {
-            const double row_loss = r.n + eps_row != 0 ? -r.adv_mean * exp(r.gmpo_log_ratio) * r.seq_is : 0.0;
-            s_loss = row_loss;  // aggregated as a per-sequence value
-        }
+        if (gmpo) s_loss = r.gmpo_loss;  // aggregated as a per-sequence value
         // Sequence level: d log_w / d lp_t = m_t / max(n, 1) (times the cap's pass-through).
         if (spread && has_grad && seq_dw != 0) {
             const double add = o.grad_scale * seq_dw * r.log_w_grad / (r.n > 1 ? r.n : 1.0);
