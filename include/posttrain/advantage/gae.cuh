@@ -233,6 +233,9 @@ __global__ void __launch_bounds__(scan_threads) scan_chunk_maps_kernel(P p, scan
 
 // Chunked rows, step 2: a block per row scans its chunks in scan order (last chunk first), in
 // batches of scan_threads, and leaves each chunk its incoming state (next, value) in carry[2k..].
+// A template (never instantiated twice differently) so that translation units including this header
+// do not each define it: a kernel cannot be inline.
+template <int Unused = 0>
 __global__ void __launch_bounds__(scan_threads) scan_chunk_carry_kernel(scan_tiles s, const scan_map* maps, double* carry) {
     using block_scan = cub::BlockScan<scan_map, scan_threads>;
     __shared__ typename block_scan::TempStorage tmp;
@@ -360,6 +363,9 @@ struct whiten_transform {
 
 // One block combines the tiles' moments in a fixed order: thread j folds tiles j, j + 256, ...,
 // then a fixed tree. Leaves the transform, and (optionally) {mean, variance, count} in stats.
+// A template (never instantiated twice differently) so that translation units including this header
+// do not each define it: a kernel cannot be inline.
+template <int Unused = 0>
 __global__ void __launch_bounds__(scan_threads) whiten_finalize_kernel(const tile_moments* moments, index_t tiles, whiten_params w,
                                                                        whiten_transform* out, double* stats, std::uint32_t* status) {
     __shared__ tile_moments part[scan_threads];

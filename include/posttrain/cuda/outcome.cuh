@@ -766,6 +766,9 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
     if (threadIdx.x == 0) m2_partials[blockIdx.x] = local;
 }
 
+// A template (never instantiated twice differently) so that translation units including this header
+// do not each define it: a kernel cannot be inline.
+template <int Unused = 0>
 __global__ void __launch_bounds__(cuda_tuning::block_threads)
     batch_finish_kernel(const outcome_partial* partials, const double* m2_partials, int count, outcome_params params,
                         double* sigma) {

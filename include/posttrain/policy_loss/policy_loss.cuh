@@ -314,7 +314,6 @@ struct token_eval {
 
 POSTTRAIN_HD inline token_eval eval_token(double x, double y, double a, bool has_ref, double ref, bool has_isw,
                                           double isw, const options& o) noexcept {
-    token_eval e{0, 0, 0, 0, 0, 0, false, false, false};
     // The log-ratio and whether its clamp passes the gradient.
     const double c = o.log_ratio_clamp;
     const double lr = x - y;
@@ -323,81 +322,15 @@ POSTTRAIN_HD inline token_eval eval_token(double x, double y, double a, bool has
         pass = 0;
         w = lr > c ? c : -c;
     }
-    double value = 0, dlp = 0, dw = 0;  // token loss, d/dlp (direct), d/dw
-    const double ratio = exp(w);
-    bool lo = false, hi = false, dual = false;
-    switch (o.loss) {
-        case objective::ppo_clip: {
-            const clipped_surrogate s = ppo_surrogate(w, a, surrogate_params{o.clip_low, o.clip_high, o.dual_clip, o.delta});
-            value = s.value, dw = s.dw, lo = s.low_clipped, hi = s.high_clipped, dual = s.dual_clipped;
-            break;
-        }
-        case objective::cispo: {
-            double rc = ratio;
-            if (o.cispo == cispo_bounds::relative) {
-                rc = clamp(ratio, 1.0 - o.clip_low, 1.0 + o.clip_high);
-                lo = ratio < 1.0 - o.clip_low;
-                hi = ratio > 1.0 + o.clip_high;
-            } else {
-                rc = ratio > o.clip_high ? o.clip_high : ratio;
-                hi = ratio > o.clip_high;
-            }
-            value = -rc * a * x, dlp = -rc * a;
-            break;
-        }
-        case objective::sapo: {
-            const double tau = a > 0 ? o.sapo_tau_pos : o.sapo_tau_neg;
-            const double s = sigmoid(tau * (ratio - 1.0));
-            value = -a * s * 4.0 / tau, dw = -a * 4.0 * s * (1.0 - s) * ratio;
-            break;
-        }
-        case objective::policy_gradient: value = -a * x, dlp = -a; break;
-        case objective::dro: {
-            const double d = x - y;
-            value = -a * x + 0.5 * o.dro_beta * d * d, dlp = -a + o.dro_beta * d;
-            break;
-        }
-        case objective::dppo_tv:
-        case objective::dppo_kl: {
-            const double rt = ratio < o.dppo_ratio_cap ? ratio : o.dppo_ratio_cap;
-            const double pr = exp(x), po = exp(y);
-            bool valid;
-            if (o.loss == objective::dppo_tv) {
-                valid = a > 0 ? (pr - po <= o.clip_high) : (pr - po >= -o.clip_low);
-            } else {
-                const double bkl = po * (y - x) + (1 - po) * ::log((1 - po + 1e-8) / (1 - pr + 1e-8));
-                valid = a > 0 ? (bkl <= o.clip_high || pr <= po) : (bkl <= o.clip_low || pr >= po);
-            }
-            const double v = valid ? 1.0 : 0.0;
-            value = -a * rt * x * v, dlp = -a * rt * v;
-            hi = !valid && a > 0, lo = !valid && a <= 0;
-            break;
-        }
-        case objective::topr: {
-            const double wgt = a > 0 ? 1.0 : clamp(ratio, 0.0, 1.0);
-            value = -wgt * a * x, dlp = -wgt * a;
-            break;
-        }
-        default: break;  // the other objectives are rejected before launch
-    }
+    const objective_eval t = token_objective(o, x, y, a, w);
     // The detached multiplier: keep = 1 and rho = the importance weight here.
     const double f = has_isw ? isw : 1.0;
-    value *= f, dlp *= f, dw *= f;
-    dlp += dw * pass;
-    // KL to the reference (not multiplied by the importance weight), times the ratio when importance
-    // weighted (whose gradient then also flows through the log-ratio w).
-    double kv = 0, kl_dlp = 0;
+    token_eval e{t.value * f, (t.dlp + t.dw * pass) * f, 0, 0, t.ratio, w, t.low, t.high, t.dual};
+    // KL to the reference (not multiplied by the importance weight).
     if (has_ref) {
-        const value_grad k = kl_token(x, ref, o.kl);
-        kv = k.value, kl_dlp = k.grad;
-        if (o.kl_importance_weighted) {
-            const double rr = exp(w);
-            kv *= rr, kl_dlp *= rr;
-            kl_dlp += k.value * rr * pass;
-        }
+        const kl_eval k = kl_term(o, x, ref, w);
+        e.kv = k.value, e.kl_dlp = k.dlp + k.dw * pass;
     }
-    e.value = value, e.dlp = dlp, e.kv = kv, e.kl_dlp = kl_dlp, e.ratio = ratio, e.w = w;
-    e.low = lo, e.high = hi, e.dual = dual;
     return e;
 }
 

@@ -264,6 +264,94 @@ namespace detail {
 
 using posttrain::detail::fixed_order_sum;
 
+// ---- per-token pieces shared by the host loops and the CUDA kernel (policy_loss.cuh) ----
+
+// One token of a token-local objective (every objective but gmpo, clip_cov, kl_cov and vespo, which
+// need their row or the batch), as a function of its log importance weight w: the value, d/dlp at
+// fixed w, d/dw, the ratio e^w and which clip is active.
+struct objective_eval {
+    double value = 0, dlp = 0, dw = 0, ratio = 1;
+    bool low = false, high = false, dual = false;
+};
+
+POSTTRAIN_HD inline objective_eval token_objective(const options& o, double x, double y, double a, double w) noexcept {
+    objective_eval e;
+    e.ratio = exp(w);
+    const double ratio = e.ratio;
+    switch (o.loss) {
+        case objective::ppo_clip: {
+            const clipped_surrogate s = ppo_surrogate(w, a, surrogate_params{o.clip_low, o.clip_high, o.dual_clip, o.delta});
+            e.value = s.value, e.dw = s.dw, e.low = s.low_clipped, e.high = s.high_clipped, e.dual = s.dual_clipped;
+            break;
+        }
+        case objective::cispo: {
+            double rc = ratio;
+            if (o.cispo == cispo_bounds::relative) {
+                rc = clamp(ratio, 1.0 - o.clip_low, 1.0 + o.clip_high);
+                e.low = ratio < 1.0 - o.clip_low;
+                e.high = ratio > 1.0 + o.clip_high;
+            } else {
+                rc = ratio > o.clip_high ? o.clip_high : ratio;
+                e.high = ratio > o.clip_high;
+            }
+            e.value = -rc * a * x, e.dlp = -rc * a;
+            break;
+        }
+        case objective::sapo: {
+            const double tau = a > 0 ? o.sapo_tau_pos : o.sapo_tau_neg;
+            const double s = sigmoid(tau * (ratio - 1.0));
+            e.value = -a * s * 4.0 / tau, e.dw = -a * 4.0 * s * (1.0 - s) * ratio;
+            break;
+        }
+        case objective::policy_gradient: e.value = -a * x, e.dlp = -a; break;
+        case objective::dro: {
+            const double d = x - y;
+            e.value = -a * x + 0.5 * o.dro_beta * d * d, e.dlp = -a + o.dro_beta * d;
+            break;
+        }
+        case objective::dppo_tv:
+        case objective::dppo_kl: {
+            const double rt = ratio < o.dppo_ratio_cap ? ratio : o.dppo_ratio_cap;
+            const double pr = exp(x), po = exp(y);
+            bool valid;
+            if (o.loss == objective::dppo_tv) {
+                valid = a > 0 ? (pr - po <= o.clip_high) : (pr - po >= -o.clip_low);
+            } else {
+                using std::log;
+                const double bkl = po * (y - x) + (1 - po) * log((1 - po + 1e-8) / (1 - pr + 1e-8));
+                valid = a > 0 ? (bkl <= o.clip_high || pr <= po) : (bkl <= o.clip_low || pr >= po);
+            }
+            const double v = valid ? 1.0 : 0.0;
+            e.value = -a * rt * x * v, e.dlp = -a * rt * v;
+            e.high = !valid && a > 0, e.low = !valid && a <= 0;
+            break;
+        }
+        case objective::topr: {
+            const double wgt = a > 0 ? 1.0 : clamp(ratio, 0.0, 1.0);
+            e.value = -wgt * a * x, e.dlp = -wgt * a;
+            break;
+        }
+        default: break;  // gmpo, clip_cov, kl_cov, vespo: evaluated by the host loop itself
+    }
+    return e;
+}
+
+// The KL term of one token, before kl_coef: its value (times the ratio e^w when importance weighted),
+// d/dlp at fixed w, and d/dw (0 unless importance weighted).
+struct kl_eval {
+    double value = 0, dlp = 0, dw = 0;
+};
+
+POSTTRAIN_HD inline kl_eval kl_term(const options& o, double x, double ref, double w) noexcept {
+    const value_grad k = kl_token(x, ref, o.kl);
+    kl_eval e{k.value, k.grad, 0.0};
+    if (o.kl_importance_weighted) {
+        const double rr = exp(w);
+        e.value = k.value * rr, e.dlp = k.grad * rr, e.dw = k.value * rr;
+    }
+    return e;
+}
+
 // Per-row quantities that need the whole row before any token's loss (sequence ratios, masks).
 struct row_context {
     double n = 0;            // valid tokens
@@ -838,16 +926,11 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             double ratio = exp(w);
             bool lo_clip = false, hi_clip = false, dual = false;
             switch (o.loss) {
-                case objective::ppo_clip: {
-                    const auto s = ppo_surrogate(w, a, sp);
-                    value = s.value, dw = s.dw, lo_clip = s.low_clipped, hi_clip = s.high_clipped, dual = s.dual_clipped;
-                    break;
-                }
                 case objective::clip_cov: {
-                    const auto s = ppo_surrogate(w, a, {o.clip_low, o.clip_high, 0, 0});
+                    const auto sg = ppo_surrogate(w, a, {o.clip_low, o.clip_high, 0, 0});
                     const double corr = is_selected(i, t) ? 0.0 : 1.0;
-                    value = s.value * corr, dw = s.dw * corr;
-                    lo_clip = s.low_clipped, hi_clip = s.high_clipped;
+                    value = sg.value * corr, dw = sg.dw * corr;
+                    lo_clip = sg.low_clipped, hi_clip = sg.high_clipped;
                     break;
                 }
                 case objective::kl_cov: {
@@ -856,25 +939,6 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
                         value += o.kl_cov_coef * std::fabs(w);
                         dw += o.kl_cov_coef * sign(w);
                     }
-                    break;
-                }
-                case objective::cispo: {
-                    double rc = ratio;
-                    if (o.cispo == cispo_bounds::relative) {
-                        rc = clamp(ratio, 1.0 - o.clip_low, 1.0 + o.clip_high);
-                        lo_clip = ratio < 1.0 - o.clip_low;
-                        hi_clip = ratio > 1.0 + o.clip_high;
-                    } else {
-                        rc = ratio > o.clip_high ? o.clip_high : ratio;
-                        hi_clip = ratio > o.clip_high;
-                    }
-                    value = -rc * a * x, dlp = -rc * a;
-                    break;
-                }
-                case objective::sapo: {
-                    const double tau = a > 0 ? o.sapo_tau_pos : o.sapo_tau_neg;
-                    const double s = sigmoid(tau * (ratio - 1.0));
-                    value = -a * s * 4.0 / tau, dw = -a * 4.0 * s * (1.0 - s) * ratio;
                     break;
                 }
                 case objective::gmpo: {
@@ -888,36 +952,16 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
                     lo_clip = lr != lrc && a < 0;
                     break;  // the value is the row's, added once below
                 }
-                case objective::policy_gradient: value = -a * x, dlp = -a; break;
-                case objective::dro: {
-                    const double d = x - y;
-                    value = -a * x + 0.5 * o.dro_beta * d * d, dlp = -a + o.dro_beta * d;
-                    break;
-                }
-                case objective::dppo_tv: case objective::dppo_kl: {
-                    const double rt = ratio < o.dppo_ratio_cap ? ratio : o.dppo_ratio_cap;
-                    const double pr = exp(x), po = exp(y);
-                    bool valid;
-                    if (o.loss == objective::dppo_tv) {
-                        valid = a > 0 ? (pr - po <= o.clip_high) : (pr - po >= -o.clip_low);
-                    } else {
-                        const double bkl = po * (y - x) + (1 - po) * std::log((1 - po + 1e-8) / (1 - pr + 1e-8));
-                        valid = a > 0 ? (bkl <= o.clip_high || pr <= po) : (bkl <= o.clip_low || pr >= po);
-                    }
-                    const double v = valid ? 1.0 : 0.0;
-                    value = -a * rt * x * v, dlp = -a * rt * v;
-                    hi_clip = !valid && a > 0, lo_clip = !valid && a <= 0;
-                    break;
-                }
                 case objective::vespo: {
                     const double phi = a >= 0 ? r.phi : r.phi_neg;
                     value = -phi * a * x, dlp = -phi * a;
                     ratio = phi;
                     break;
                 }
-                case objective::topr: {
-                    const double wgt = a > 0 ? 1.0 : clamp(ratio, 0.0, 1.0);
-                    value = -wgt * a * x, dlp = -wgt * a;
+                default: {  // the token-local objectives, shared with the CUDA kernel
+                    const objective_eval e = token_objective(o, x, y, a, w);
+                    value = e.value, dlp = e.dlp, dw = e.dw, ratio = e.ratio;
+                    lo_clip = e.low, hi_clip = e.high, dual = e.dual;
                     break;
                 }
             }
@@ -935,14 +979,10 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             // (whose gradient then also flows through the ratio's log-weight w).
             double kv = 0, kl_dlp = 0, kl_dw = 0;
             if (has_ref) {
-                const auto k = kl_token(x, double(ref(i, t)), o.kl);
-                kv = k.value, kl_dlp = k.grad;
-                if (o.kl_importance_weighted) {
-                    const double rr = exp(w);
-                    kv *= rr, kl_dlp *= rr, kl_dw = k.value * rr;
-                    if (token_level) kl_dlp += kl_dw * pass, kl_dw = 0;
-                    else if (!spread) kl_dlp += kl_dw * r.log_w_grad, kl_dw = 0;
-                }
+                const kl_eval k = kl_term(o, x, double(ref(i, t)), w);
+                kv = k.value, kl_dlp = k.dlp, kl_dw = k.dw;
+                if (token_level) kl_dlp += kl_dw * pass, kl_dw = 0;
+                else if (!spread) kl_dlp += kl_dw * r.log_w_grad, kl_dw = 0;
             }
             const double kl_scale = wkl * o.kl_coef;
             if (has_grad) grad(i, t) = GT(o.grad_scale * m * (wrow * dlp + kl_scale * kl_dlp));

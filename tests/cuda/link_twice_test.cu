@@ -1,0 +1,13 @@
+// Every CUDA header once more, in a translation unit of its own: the other test files include them
+// too, so a header that defines a non-inline, non-template symbol (a plain __global__ kernel, say)
+// fails this binary's link instead of a user's.
+
+#include <posttrain/advantage/gae.cuh>
+#include <posttrain/advantage/grpo.cuh>
+#include <posttrain/advantage/rloo.cuh>
+#include <posttrain/cuda/exec.cuh>
+#include <posttrain/cuda/groups.cuh>
+#include <posttrain/cuda/outcome.cuh>
+#include <posttrain/cuda/tuning.cuh>
+#include <posttrain/policy_loss/kl.cuh>
+#include <posttrain/policy_loss/policy_loss.cuh>
