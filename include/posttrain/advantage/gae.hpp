@@ -150,32 +150,38 @@ POSTTRAIN_HD inline scan_map returns_token_map(masked_tokens mode, double r, dou
 
 // ---- The host recurrence, written in the frameworks' order of operations -------------------------
 
-struct gae_state {
-    double next = 0;       // the value the previous token (in time: the next one) hands back
-    double adv = 0;        // running advantage (lambda of the advantages)
-    double adv_value = 0;  // running advantage of the returns' pass (decoupled lambdas only)
+// D is double, or a vector of doubles holding several rows (one per lane, each with the same
+// arithmetic in the same order).
+template <class D>
+struct gae_state_of {
+    D next{};       // the value the previous token (in time: the next one) hands back
+    D adv{};        // running advantage (lambda of the advantages)
+    D adv_value{};  // running advantage of the returns' pass (decoupled lambdas only)
 };
+using gae_state = gae_state_of<double>;
 
-// One backward step; returns the value the recurrence used for V_t (returns = A + that).
-template <gae_masking Mode, bool Decoupled>
-inline double gae_step(double r, double v, double m, double gamma, double gl, double glv, gae_state& s) noexcept {
+// One backward step; `used` receives the value the recurrence used for V_t (returns = A + that).
+// (Vectors pass by reference: by value they would change the ABI between instruction sets.)
+template <gae_masking Mode, bool Decoupled, class D>
+inline void gae_step(const D& r, const D& v, const D& m, double gamma, const D& gl, double glv, gae_state_of<D>& s,
+                     D& used) noexcept {
     if constexpr (Mode == gae_masking::carry) {
         // verl / NeMo: new = delta + gl*run; next = v*m + (1-m)*next; run = new*m + (1-m)*run.
-        const double delta = r + gamma * s.next - v;
-        const double fresh = delta + gl * s.adv;
+        const D delta = r + gamma * s.next - v;
+        const D fresh = delta + gl * s.adv;
         s.adv = fresh * m + (1.0 - m) * s.adv;
         if constexpr (Decoupled) s.adv_value = (delta + glv * s.adv_value) * m + (1.0 - m) * s.adv_value;
         s.next = v * m + (1.0 - m) * s.next;
-        return v;
+        used = v;
     } else {
         // OpenRLHF multiplies rewards and values by the mask first; TRL uses them as given.
-        const double rm = Mode == gae_masking::zero ? m * r : r;
-        const double vm = Mode == gae_masking::zero ? m * v : v;
-        const double delta = rm + gamma * s.next - vm;
+        D rm = r, vm = v;
+        if constexpr (Mode == gae_masking::zero) rm = m * r, vm = m * v;
+        const D delta = rm + gamma * s.next - vm;
         s.adv = delta + gl * s.adv;
         if constexpr (Decoupled) s.adv_value = delta + glv * s.adv_value;
         s.next = vm;
-        return vm;
+        used = vm;
     }
 }
 
@@ -215,7 +221,8 @@ inline void gae_rows(const gae_plan& plan, R r, V v, M m, A a, Ret* ret, index_t
         for (int k = 0; k < K; ++k) {
             const index_t i = i0 + k;
             const double w = mask_weight(m(i, t));
-            const double vt = gae_step<Mode, Decoupled>(double(r(i, t)), double(v(i, t)), w, gamma, gl[k], glv, s[k]);
+            double vt;
+            gae_step<Mode, Decoupled, double>(double(r(i, t)), double(v(i, t)), w, gamma, gl[k], glv, s[k], vt);
             a(i, t) = static_cast<AT>(mask_output ? s[k].adv * w : s[k].adv);
             if constexpr (!std::is_same_v<Ret, none_t>) {
                 using RT = typename Ret::value_type;
@@ -226,6 +233,70 @@ inline void gae_rows(const gae_plan& plan, R r, V v, M m, A a, Ret* ret, index_t
     }
     probe += p;
 }
+
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define POSTTRAIN_GAE_LANES 1
+// Eight rows at once, one per lane of a vector of doubles: eight independent recurrences per step
+// hide the latency of each row's dependency chain. Each lane runs gae_step's arithmetic in its
+// order; tiles of 64 tokens are transposed into lane order through small local buffers, so every
+// row is still read and written contiguously (no power-of-two strides between concurrent streams,
+// the cache-set conflicts that made interleaving more scalar rows slower). Rows past the end of
+// the batch are zero lanes whose results are dropped.
+inline constexpr int gae_lanes = 8;
+
+template <gae_masking Mode, bool Decoupled, class R, class V, class M, class A, class Ret>
+void gae_rows_lanes(const gae_plan& plan, R r, V v, M m, A a, Ret* ret, index_t i0, index_t count, index_t T,
+                    double& probe) {
+    typedef double lanes_t __attribute__((vector_size(gae_lanes * sizeof(double))));
+    using AT = typename A::value_type;
+    constexpr index_t tile = 256;
+    lanes_t gl = {}, p = {};
+    for (int k = 0; k < gae_lanes; ++k) gl[k] = k < count ? (plan.row_gl ? plan.row_gl[i0 + k] : plan.gl) : 0.0;
+    gae_state_of<lanes_t> s;
+    lanes_t rt[tile], vt[tile], mt[tile], at[tile], rett[tile];
+    for (index_t hi = T; hi > 0; hi -= tile) {
+        const index_t lo = hi > tile ? hi - tile : 0, n = hi - lo;
+        // Twenty-four backward streams are more than the hardware prefetchers follow: ask for the
+        // next tile's lines while this one is computed.
+        for (int k = 0; k < count && lo > 0; ++k) {
+            const index_t i = i0 + k, from = lo > tile ? lo - tile : 0;
+            for (index_t j = from; j < lo; j += 8) {
+                __builtin_prefetch(&r(i, j));
+                __builtin_prefetch(&v(i, j));
+                __builtin_prefetch(&m(i, j));
+            }
+        }
+        for (int k = 0; k < gae_lanes; ++k) {
+            const index_t i = i0 + k;
+            for (index_t j = 0; j < n; ++j) {
+                const bool row = k < count;
+                rt[j][k] = row ? double(r(i, lo + j)) : 0.0;
+                vt[j][k] = row ? double(v(i, lo + j)) : 0.0;
+                mt[j][k] = row ? mask_weight(m(i, lo + j)) : 0.0;
+            }
+        }
+        for (index_t j = n - 1; j >= 0; --j) {
+            lanes_t used;
+            gae_step<Mode, Decoupled, lanes_t>(rt[j], vt[j], mt[j], plan.gamma, gl, plan.glv, s, used);
+            at[j] = plan.mask_output ? s.adv * mt[j] : s.adv;
+            if constexpr (Decoupled) rett[j] = s.adv_value + used;
+            else rett[j] = s.adv + used;
+            p += s.adv * 0.0;
+        }
+        for (int k = 0; k < count; ++k) {
+            const index_t i = i0 + k;
+            for (index_t j = 0; j < n; ++j) a(i, lo + j) = static_cast<AT>(at[j][k]);
+            if constexpr (!std::is_same_v<Ret, none_t>) {
+                using RT = typename Ret::value_type;
+                for (index_t j = 0; j < n; ++j) (*ret)(i, lo + j) = static_cast<RT>(rett[j][k]);
+            }
+        }
+    }
+    for (int k = 0; k < count; ++k) probe += p[k];
+}
+#else
+#define POSTTRAIN_GAE_LANES 0
+#endif
 
 // The composed map of tokens [lo, hi) of row i (for the advantages' lambda, or the returns').
 template <class R, class V, class M>
@@ -245,6 +316,21 @@ bool gae_run(const Policy& policy, const gae_plan& plan, R r, V v, M m, A a, Ret
     if (rows == 0 || T == 0) return true;
     constexpr int K = gae_interleave;
     if (plan.chunk <= 0 || T <= plan.chunk) {
+#if POSTTRAIN_GAE_LANES
+        // Blocks of eight rows fixed by the row index (not by the thread split): every policy runs
+        // each row through the same code, so par stays bitwise equal to seq.
+        if (rows >= gae_lanes) {
+            const index_t blocks = (rows + gae_lanes - 1) / gae_lanes;
+            std::vector<double> probes(static_cast<std::size_t>(blocks), 0.0);
+            posttrain::detail::for_blocks(policy, blocks, gae_lanes * (T + 1), [&](index_t lo, index_t hi) {
+                for (index_t b = lo; b < hi; ++b) {
+                    const index_t i0 = b * gae_lanes, count = std::min<index_t>(gae_lanes, rows - i0);
+                    gae_rows_lanes<Mode, Decoupled>(plan, r, v, m, a, ret, i0, count, T, probes[std::size_t(b)]);
+                }
+            });
+            return posttrain::detail::fixed_order_sum(blocks, [&](index_t b) { return probes[std::size_t(b)]; }) == 0.0;
+        }
+#endif
         const index_t groups = (rows + K - 1) / K;
         std::vector<double> probes(static_cast<std::size_t>(groups), 0.0);
         posttrain::detail::for_blocks(policy, groups, K * (T + 1), [&](index_t lo, index_t hi) {
