@@ -238,7 +238,7 @@ inline void gae_rows(const gae_plan& plan, R r, V v, M m, A a, Ret* ret, index_t
 #define POSTTRAIN_GAE_LANES 1
 // Eight rows at once, one per lane of a vector of doubles: eight independent recurrences per step
 // hide the latency of each row's dependency chain. Each lane runs gae_step's arithmetic in its
-// order; tiles of 64 tokens are transposed into lane order through small local buffers, so every
+// order; tiles of 256 tokens are transposed into lane order through small local buffers, so every
 // row is still read and written contiguously (no power-of-two strides between concurrent streams,
 // the cache-set conflicts that made interleaving more scalar rows slower). Rows past the end of
 // the batch are zero lanes whose results are dropped.
@@ -256,16 +256,6 @@ void gae_rows_lanes(const gae_plan& plan, R r, V v, M m, A a, Ret* ret, index_t 
     lanes_t rt[tile], vt[tile], mt[tile], at[tile], rett[tile];
     for (index_t hi = T; hi > 0; hi -= tile) {
         const index_t lo = hi > tile ? hi - tile : 0, n = hi - lo;
-        // Twenty-four backward streams are more than the hardware prefetchers follow: ask for the
-        // next tile's lines while this one is computed.
-        for (int k = 0; k < count && lo > 0; ++k) {
-            const index_t i = i0 + k, from = lo > tile ? lo - tile : 0;
-            for (index_t j = from; j < lo; j += 8) {
-                __builtin_prefetch(&r(i, j));
-                __builtin_prefetch(&v(i, j));
-                __builtin_prefetch(&m(i, j));
-            }
-        }
         for (int k = 0; k < gae_lanes; ++k) {
             const index_t i = i0 + k;
             for (index_t j = 0; j < n; ++j) {
