@@ -232,7 +232,9 @@ void trl_grpo_loss(const case_context& c, produced& out) {
                 : type == "dapo" ? trl::dapo : type == "luspo" ? trl::luspo : type == "cispo" ? trl::cispo
                 : type == "sapo" ? trl::sapo : type == "vespo" ? trl::vespo
                 : throw std::runtime_error("unknown loss_type " + type);
-    const double gas = c.param_or("current_gradient_accumulation_steps", 1);
+    // Evaluation divides by no accumulation count.
+    const bool eval = c.params.value("mode", std::string("train")) == "eval";
+    const double gas = eval ? 1.0 : c.param_or("current_gradient_accumulation_steps", 1);
     const double items = c.inputs.contains("num_items_in_batch") ? number(c.inputs.at("num_items_in_batch")) : 0.0;
     auto o = pl::options::trl(t, c.param("max_completion_length"), gas, items, c.param_or("num_processes", 1));
     o.clip_low = c.param("epsilon_low");
@@ -248,7 +250,11 @@ void trl_grpo_loss(const case_context& c, produced& out) {
     // temperatures are float32 values.
     o.sapo_tau_pos = double(float(c.param("sapo_temperature_pos")));
     o.sapo_tau_neg = double(float(c.param("sapo_temperature_neg")));
-    if (c.params.value("use_vllm", false)) throw skip_case("use_vllm importance correction is not exercised by the cases");
+    if (t == trl::luspo && o.kl_coef != 0)
+        throw skip_case("luspo with beta > 0: this TRL snapshot averages (loss + beta KL) * |y| over every position, "
+                        "masked ones included (fixed upstream by PR #6654); posttrain implements the fixed form");
+    // vLLM's importance-sampling correction multiplies the loss (except vespo, which folds it into phi).
+    const bool vllm_is = c.params.value("use_vllm", false) && c.params.value("vllm_importance_sampling_correction", true);
     const tensor lp = c.input("per_token_logps"), m = c.input("completion_mask");
     // old_per_token_logps absent: TRL uses per_token_logps.detach().
     const tensor old = c.inputs.contains("old_per_token_logps") ? c.input("old_per_token_logps") : lp;
@@ -263,6 +269,12 @@ void trl_grpo_loss(const case_context& c, produced& out) {
     if (c.inputs.contains("ref_per_token_logps")) ref = c.input("ref_per_token_logps"), ex.ref_log_probs = ref.view2();
     if (c.inputs.contains("sampling_per_token_logps")) sampling = c.input("sampling_per_token_logps"), ex.rollout_log_probs = sampling.view2();
     if (c.inputs.contains("entropies")) ent = c.input("entropies"), ex.entropies = ent.view2();
+    tensor is_ratio;
+    // vespo reads the ratio whenever the batch carries it.
+    if ((vllm_is || t == trl::vespo) && c.inputs.contains("importance_sampling_ratio")) {
+        is_ratio = c.input("importance_sampling_ratio");
+        ex.is_weights = is_ratio.view2();
+    }
     tensor g = zeros(lp.shape);
     const auto r = pl::compute(seq, lp.view2(), old.view2(), adv.view2(), m.view2(), view2(g.data, lp.rows(), lp.cols()), o, ex);
     out.set("loss", from_values({r.loss}, {}));
