@@ -44,9 +44,14 @@ struct verl_case {
     std::optional<tensor> is_weights;
 };
 
+// A config field, or the reference's fallback when it is absent or None.
+double cfg_or(const json& cfg, const char* key, double fallback) {
+    return cfg.contains(key) && !cfg.at(key).is_null() ? number(cfg.at(key)) : fallback;
+}
+
 // The ActorConfig clip fields: clip_ratio_low / clip_ratio_high fall back to clip_ratio.
 void verl_clip(const json& cfg, pl::options& o) {
-    const double clip = number(cfg.at("clip_ratio"));
+    const double clip = cfg_or(cfg, "clip_ratio", 0.2);
     o.clip_low = cfg.contains("clip_ratio_low") && !cfg.at("clip_ratio_low").is_null() ? number(cfg.at("clip_ratio_low")) : clip;
     o.clip_high = cfg.contains("clip_ratio_high") && !cfg.at("clip_ratio_high").is_null() ? number(cfg.at("clip_ratio_high")) : clip;
 }
@@ -98,7 +103,7 @@ const json& verl_config(const case_context& c) { return c.params.at("config"); }
 void verl_vanilla(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::ppo_clip, case_mode(c));
     verl_clip(verl_config(c), o);
-    o.dual_clip = number(verl_config(c).at("clip_ratio_c"));
+    o.dual_clip = cfg_or(verl_config(c), "clip_ratio_c", 3.0);
     const auto r = run_verl(c, out, o);
     const double n = r.sums.tokens;
     set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_low + r.sums.clipped_high, n));
@@ -118,8 +123,8 @@ void verl_gspo(const case_context& c, produced& out) {
 
 void verl_sapo(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::sapo);
-    o.sapo_tau_pos = number(verl_config(c).at("tau_pos"));
-    o.sapo_tau_neg = number(verl_config(c).at("tau_neg"));
+    o.sapo_tau_pos = cfg_or(verl_config(c), "tau_pos", 1.0);
+    o.sapo_tau_neg = cfg_or(verl_config(c), "tau_neg", 1.05);
     const auto r = run_verl(c, out, o);
     set_metric(out, "pg_clipfrac", 0.0);
     set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, r.sums.tokens));
@@ -153,8 +158,8 @@ void verl_cispo(const case_context& c, produced& out) {
 void verl_kl_cov(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::kl_cov, case_mode(c));
     const json& pc = verl_config(c).at("policy_loss");
-    o.cov_ratio = number(pc.at("kl_cov_ratio"));
-    o.kl_cov_coef = number(pc.at("ppo_kl_coef"));
+    o.cov_ratio = cfg_or(pc, "kl_cov_ratio", 0.0002);
+    o.kl_cov_coef = cfg_or(pc, "ppo_kl_coef", 1.0);  // the function's own fallback (PolicyLossConfig says 0.1)
     const auto r = run_verl(c, out, o);
     set_metric(out, "ppo_kl", verl_mean(r.sums.abs_log_ratio, r.sums.tokens));
 }
@@ -163,9 +168,9 @@ void verl_clip_cov(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::clip_cov, case_mode(c));
     verl_clip(verl_config(c), o);
     const json& pc = verl_config(c).at("policy_loss");
-    o.cov_ratio = number(pc.at("clip_cov_ratio"));
-    o.clip_cov_lower = number(pc.at("clip_cov_lb"));
-    o.clip_cov_upper = number(pc.at("clip_cov_ub"));
+    o.cov_ratio = cfg_or(pc, "clip_cov_ratio", 0.0002);
+    o.clip_cov_lower = cfg_or(pc, "clip_cov_lb", 1.0);
+    o.clip_cov_upper = cfg_or(pc, "clip_cov_ub", 5.0);
     const auto r = run_verl(c, out, o);
     const double n = r.sums.tokens;
     set_metric(out, "pg_clipfrac", verl_mean(r.sums.selected, n));
