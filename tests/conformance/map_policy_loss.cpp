@@ -200,16 +200,13 @@ void openrlhf_policy_loss(const case_context& c, produced& out) {
     const tensor lp = c.input("log_probs"), old = c.input("old_log_probs"), adv = c.input("advantages"), m = c.input("action_mask");
     tensor rollout;
     pl::extras ex;
+    // The correction type is validated in __init__ even when the correction is off.
+    const std::string type = init.value("vllm_is_correction_type", std::string("tis"));
+    (void)pl::mismatch_correction::openrlhf(type, 0, 0);
     if (vllm) {
         rollout = c.input("rollout_log_probs");
         const auto& th = init.at("vllm_is_truncated_threshold");
-        o.mismatch.lower = number(th.at(0));
-        o.mismatch.upper = number(th.at(1));
-        o.mismatch.log_ratio_clamp = 0;
-        const std::string type = init.value("vllm_is_correction_type", std::string("tis"));
-        o.mismatch.mode = type == "icepop" ? pl::correction::token_mask
-                          : type == "seq-mask-tis" ? pl::correction::sequence_mask_token_weights
-                                                   : pl::correction::token_truncate;
+        o.mismatch = pl::mismatch_correction::openrlhf(type, number(th.at(0)), number(th.at(1)));
         if (gspo) o.mismatch.mode = pl::correction::none;  // GSPO takes the ratio against the rollout instead
         else ex.rollout_log_probs = rollout.view2();
     }

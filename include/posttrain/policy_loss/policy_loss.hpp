@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -70,6 +72,21 @@ struct mismatch_correction {
     double upper = 2.0;  // verl's default threshold
     double log_ratio_clamp = 20;  // clamp of (old - rollout) or its sequence sum before exp (verl); 0: none
     bool batch_normalize = false; // divide rho by its mean over valid tokens (token modes) or sequences (verl)
+
+    // OpenRLHF's vllm_is_correction_type ("tis", "icepop" or "seq-mask-tis") with its
+    // vllm_is_truncated_threshold [low, high]; the weight exp(old - rollout) is not clamped first.
+    static mismatch_correction openrlhf(std::string_view type, double low, double high) {
+        mismatch_correction m;
+        if (type == "tis") m.mode = correction::token_truncate;
+        else if (type == "icepop") m.mode = correction::token_mask;
+        else if (type == "seq-mask-tis") m.mode = correction::sequence_mask_token_weights;
+        else
+            posttrain::detail::raise_invalid_argument("posttrain::policy_loss::mismatch_correction::openrlhf", "type",
+                                                      "unknown correction \"" + std::string(type) +
+                                                          "\" (expected tis, icepop or seq-mask-tis)");
+        m.lower = low, m.upper = high, m.log_ratio_clamp = 0;
+        return m;
+    }
 };
 
 // Which tokens the entropy bonus averages.
