@@ -1610,3 +1610,20 @@ TEST_CASE("policy_loss::compute: B = 0 with every extra") {
                                             matrix(e, 0, 4), matrix(e, 0, 4), o); },
                    "extras.ref_log_probs", "required");
 }
+
+TEST_CASE("policy_loss::mismatch_correction::openrlhf: OpenRLHF's correction names") {
+    const auto tis = pl::mismatch_correction::openrlhf("tis", 0.5, 5.0);
+    CHECK(tis.mode == correction::token_truncate);
+    CHECK(tis.lower == 0.5);
+    CHECK(tis.upper == 5.0);
+    CHECK(tis.log_ratio_clamp == 0);  // OpenRLHF exponentiates the raw log-ratio
+    CHECK(pl::mismatch_correction::openrlhf("icepop", 0.8, 1.25).mode == correction::token_mask);
+    CHECK(pl::mismatch_correction::openrlhf("seq-mask-tis", 0.9, 1.1).mode == correction::sequence_mask_token_weights);
+    try {
+        (void)pl::mismatch_correction::openrlhf("truncate", 0.5, 2.0);
+        FAIL("an unknown correction type must raise");
+    } catch (const pt::invalid_argument& e) {
+        CHECK(e.argument() == std::string("type"));
+        CHECK(std::string(e.what()).find("truncate") != std::string::npos);
+    }
+}
