@@ -34,6 +34,7 @@ OPS = {
     "rloo_ids":       ("rloo_ids",       "ids",       ["rloo_scatter", "rloo_verl_loop"]),
     "rloo_ids_dense": ("rloo_ids_dense", "ids_dense", ["rloo_scatter", "rloo_verl_loop"]),
     "gae_t1024":      ("gae_t1024",      "gae_t1024", ["gae_verl_loop"]),
+    "gae_t4096":      ("gae_t4096",      "gae_t4096", ["gae_verl_loop"]),
     "ppo_k3":         ("ppo_k3",         "tokens_t1024", ["ppo_k3_autograd"]),
 }
 
