@@ -82,6 +82,14 @@ pl::loss_result run_verl(const case_context& c, produced& out, pl::options o, co
 
 void set_metric(produced& out, const std::string& name, double v) { out.set(name, from_values({v}, {})); }
 
+// verl's three PPO metrics, each a masked mean (sum / (tokens + 1e-8)) of the given sums.
+void verl_ppo_metrics(produced& out, const pl::loss_result& r, double clipped, double neg_log_ratio, double lower) {
+    const double n = r.sums.tokens;
+    set_metric(out, "pg_clipfrac", verl_mean(clipped, n));
+    set_metric(out, "ppo_kl", verl_mean(neg_log_ratio, n));
+    set_metric(out, "pg_clipfrac_lower", verl_mean(lower, n));
+}
+
 pl::aggregation case_mode(const case_context& c) { return verl_agg_mode(c.params.at("loss_agg_mode").get<std::string>()); }
 
 // compute_policy_loss(old, lp, adv, mask, cliprange, cliprange_low, cliprange_high, clip_ratio_c, loss_agg_mode)
@@ -92,10 +100,7 @@ void verl_ppo_explicit(const case_context& c, produced& out) {
     o.clip_high = c.param_or("cliprange_high", clip);
     o.dual_clip = c.param_or("clip_ratio_c", 3.0);
     const auto r = run_verl(c, out, o);
-    const double n = r.sums.tokens;
-    set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_low + r.sums.clipped_high, n));
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, n));
-    set_metric(out, "pg_clipfrac_lower", verl_mean(r.sums.dual_clipped, n));
+    verl_ppo_metrics(out, r, r.sums.clipped_low + r.sums.clipped_high, r.sums.neg_log_ratio, r.sums.dual_clipped);
 }
 
 const json& verl_config(const case_context& c) { return c.params.at("config"); }
@@ -105,20 +110,14 @@ void verl_vanilla(const case_context& c, produced& out) {
     verl_clip(verl_config(c), o);
     o.dual_clip = cfg_or(verl_config(c), "clip_ratio_c", 3.0);
     const auto r = run_verl(c, out, o);
-    const double n = r.sums.tokens;
-    set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_low + r.sums.clipped_high, n));
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, n));
-    set_metric(out, "pg_clipfrac_lower", verl_mean(r.sums.dual_clipped, n));
+    verl_ppo_metrics(out, r, r.sums.clipped_low + r.sums.clipped_high, r.sums.neg_log_ratio, r.sums.dual_clipped);
 }
 
 void verl_gspo(const case_context& c, produced& out) {
     auto o = pl::options::verl_gspo();  // loss_agg_mode is ignored: always seq-mean-token-mean
     verl_clip(verl_config(c), o);
     const auto r = run_verl(c, out, o);
-    const double n = r.sums.tokens;
-    set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_low + r.sums.clipped_high, n));
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio_raw, n));
-    set_metric(out, "pg_clipfrac_lower", 0.0);
+    verl_ppo_metrics(out, r, r.sums.clipped_low + r.sums.clipped_high, r.sums.neg_log_ratio_raw, 0.0);
 }
 
 void verl_sapo(const case_context& c, produced& out) {
@@ -126,9 +125,7 @@ void verl_sapo(const case_context& c, produced& out) {
     o.sapo_tau_pos = cfg_or(verl_config(c), "tau_pos", 1.0);
     o.sapo_tau_neg = cfg_or(verl_config(c), "tau_neg", 1.05);
     const auto r = run_verl(c, out, o);
-    set_metric(out, "pg_clipfrac", 0.0);
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, r.sums.tokens));
-    set_metric(out, "pg_clipfrac_lower", 0.0);
+    verl_ppo_metrics(out, r, 0.0, r.sums.neg_log_ratio, 0.0);
 }
 
 void verl_gpg(const case_context& c, produced& out) {
@@ -139,20 +136,14 @@ void verl_geo_mean(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::gmpo);
     verl_clip(verl_config(c), o);
     const auto r = run_verl(c, out, o);
-    const double n = r.sums.tokens;
-    set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_high, n));
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, n));
-    set_metric(out, "pg_clipfrac_lower", verl_mean(r.sums.clipped_low, n));
+    verl_ppo_metrics(out, r, r.sums.clipped_high, r.sums.neg_log_ratio, r.sums.clipped_low);
 }
 
 void verl_cispo(const case_context& c, produced& out) {
     auto o = pl::options::verl(pl::objective::cispo, case_mode(c));
     verl_clip(verl_config(c), o);
     const auto r = run_verl(c, out, o);
-    const double n = r.sums.tokens;
-    set_metric(out, "pg_clipfrac", verl_mean(r.sums.clipped_low + r.sums.clipped_high, n));
-    set_metric(out, "ppo_kl", verl_mean(r.sums.neg_log_ratio, n));
-    set_metric(out, "pg_clipfrac_lower", 0.0);
+    verl_ppo_metrics(out, r, r.sums.clipped_low + r.sums.clipped_high, r.sums.neg_log_ratio, 0.0);
 }
 
 void verl_kl_cov(const case_context& c, produced& out) {
