@@ -1627,3 +1627,30 @@ TEST_CASE("policy_loss::mismatch_correction::openrlhf: OpenRLHF's correction nam
         CHECK(std::string(e.what()).find("truncate") != std::string::npos);
     }
 }
+
+TEST_CASE("policy_loss::compute: a non-finite extra at a valid position is named, on both paths") {
+    const index_t B = 2, T = 3;
+    std::vector<double> lp = {-1, -2, -1.5, -0.5, -1, -2}, old = lp, adv = {1, -1, 0.5, -0.5, 1, 2},
+                        m = {1, 1, 0, 1, 1, 1}, g(6), ref = lp;
+    ref[4] = std::numeric_limits<double>::quiet_NaN();
+    for (const bool fast : {true, false}) {
+        pl::options o = pl::options::verl();
+        o.kl_coef = 0.1;
+        if (!fast) o.loss = objective::sapo;  // not on the PPO fast path
+        pl::extras ex;
+        ex.ref_log_probs = matrix(ref, B, T);
+        try {
+            (void)pl::compute(pt::exec::seq, matrix(lp, B, T), matrix(old, B, T), matrix(adv, B, T), matrix(m, B, T),
+                              matrix(g, B, T), o, ex);
+            FAIL("a NaN reference log-prob at a valid position must raise");
+        } catch (const pt::invalid_argument& e) {
+            CHECK(e.argument() == std::string("extras.ref_log_probs"));
+            CHECK(std::string(e.what()).find("[1, 1]") != std::string::npos);
+        }
+        ref[4] = -1;  // a NaN where the mask is 0 is ignored
+        ref[2] = std::numeric_limits<double>::quiet_NaN();
+        CHECK_NOTHROW((void)pl::compute(pt::exec::seq, matrix(lp, B, T), matrix(old, B, T), matrix(adv, B, T),
+                                        matrix(m, B, T), matrix(g, B, T), o, ex));
+        ref[2] = lp[2], ref[4] = std::numeric_limits<double>::quiet_NaN();
+    }
+}

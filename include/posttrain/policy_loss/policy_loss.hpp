@@ -518,9 +518,19 @@ inline loss_result summarize(const std::vector<row_partial>& parts, const aggreg
     return res;
 }
 
-// Which of a token's inputs is not finite (the first of log_probs, old_log_probs, advantages).
-inline const char* nonfinite_argument(double lp, double old, double adv) noexcept {
-    return !numeric::is_finite(lp) ? "log_probs" : (!numeric::is_finite(old) ? "old_log_probs" : "advantages");
+// The first of a valid token's inputs that is not finite (absent extras have no data), or nullptr.
+template <class T>
+const char* nonfinite_input(tensor_view<const T, 2> lp, tensor_view<const T, 2> old, tensor_view<const T, 2> adv,
+                            tensor_view<const T, 2> ref, tensor_view<const T, 2> rollout, tensor_view<const T, 2> isw,
+                            index_t i, index_t t) noexcept {
+    auto bad = [&](tensor_view<const T, 2> v) { return v.data() != nullptr && !numeric::is_finite(double(v(i, t))); };
+    if (bad(lp)) return "log_probs";
+    if (bad(old)) return "old_log_probs";
+    if (bad(adv)) return "advantages";
+    if (bad(ref)) return "extras.ref_log_probs";
+    if (bad(rollout)) return "extras.rollout_log_probs";
+    if (bad(isw)) return "extras.is_weights";
+    return nullptr;
 }
 
 [[noreturn]] inline void raise_nonfinite(const char* fn, const char* argument, index_t i, index_t t) {
@@ -605,14 +615,17 @@ void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT ol
             v_rmax[j] = valid ? -sg.ratio : INFINITY;  // negated: the max is minus a min
         }
         auto sum = [&](const double* v) { return fixed_order_sum(v, len); };
-        const double chunk_loss = sum(v_loss), chunk_raw = sum(v_raw);
-        // A non-finite valid input makes the loss or the log-ratio sum non-finite; only then look for it
-        // (an overflowing ratio without a clamp is not an input error and is left to propagate).
-        if (bad < 0 && !(numeric::is_finite(chunk_loss) && numeric::is_finite(chunk_raw)))
+        const double chunk_loss = sum(v_loss), chunk_raw = sum(v_raw), chunk_kl = sum(v_kl);
+        // A non-finite valid input makes the loss, the log-ratio or the KL sum non-finite; only then look
+        // for it (an overflowing ratio without a clamp is not an input error and is left to propagate).
+        if (bad < 0 && !(numeric::is_finite(chunk_loss) && numeric::is_finite(chunk_raw) && numeric::is_finite(chunk_kl)))
             for (index_t j = 0; j < len; ++j) {
                 const index_t t = t0 + j;
-                if (mask_value(mask[t]) != 0 && !(numeric::is_finite(double(lp[t])) && numeric::is_finite(double(old[t])) &&
-                                                  numeric::is_finite(double(adv[t])))) {
+                bool finite = numeric::is_finite(double(lp[t])) && numeric::is_finite(double(old[t])) &&
+                              numeric::is_finite(double(adv[t]));
+                if constexpr (HasRef) finite = finite && numeric::is_finite(double(ref[t]));
+                if constexpr (HasWeights) finite = finite && numeric::is_finite(double(isw[t]));
+                if (mask_value(mask[t]) != 0 && !finite) {
                     bad = t;
                     break;
                 }
@@ -620,7 +633,7 @@ void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT ol
         rmin = std::min(rmin, lanes_min(v_rmin, len));
         rmax = std::max(rmax, -lanes_min(v_rmax, len));
         s_loss += chunk_loss;
-        s_kl += sum(v_kl);
+        s_kl += chunk_kl;
         q.clipped_low += sum(v_low);
         q.clipped_high += sum(v_high);
         q.dual_clipped += sum(v_dual);
@@ -711,7 +724,7 @@ loss_result run_fast(const Policy& policy, tensor_view<const T, 2> lp, tensor_vi
     });
     for (index_t i = 0; i < B; ++i)
         if (const index_t t = bad[std::size_t(i)]; t >= 0)
-            raise_nonfinite(fn, nonfinite_argument(double(lp(i, t)), double(old(i, t)), double(adv(i, t))), i, t);
+            raise_nonfinite(fn, nonfinite_input(lp, old, adv, ref, tensor_view<const T, 2>{}, isw, i, t), i, t);
     return summarize(parts, plan, o, 0.0);
 }
 
@@ -767,7 +780,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             const double m = m_at(i, t);
             if (m == 0) continue;
             const double a = double(adv(i, t)), x = double(lp(i, t)), y = double(old(i, t));
-            if (!(numeric::is_finite(a) && numeric::is_finite(x) && numeric::is_finite(y)) && bad[std::size_t(i)] < 0)
+            if (bad[std::size_t(i)] < 0 && nonfinite_input(lp, old, adv, ref, rollout, isw, i, t) != nullptr)
                 bad[std::size_t(i)] = t;
             n += m;
             const double lr = x - y;
@@ -822,7 +835,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
     });
     for (index_t i = 0; i < B; ++i)
         if (const index_t t = bad[std::size_t(i)]; t >= 0)
-            raise_nonfinite(fn, nonfinite_argument(double(lp(i, t)), double(old(i, t)), double(adv(i, t))), i, t);
+            raise_nonfinite(fn, nonfinite_input(lp, old, adv, ref, rollout, isw, i, t), i, t);
 
     std::vector<double> n(static_cast<std::size_t>(B));
     for (index_t i = 0; i < B; ++i) n[std::size_t(i)] = ctx[std::size_t(i)].n;
