@@ -153,30 +153,18 @@ V* alternative(std::variant<Ts...>& v) noexcept {
 
 }  // namespace detail
 
-// An optional [B, T] device input with the dtype of log_probs (absent when default-constructed).
-class optional_device_input {
-public:
-    optional_device_input() = default;
+namespace detail {
+struct make_device_extra {
     template <class X>
-        requires(!std::is_same_v<std::remove_cvref_t<X>, optional_device_input>)
-    optional_device_input(const X& x)  // NOLINT: implicit, so that designated initializers read naturally
-        : view_(std::visit([](auto v) { return variant(v); },
-                           detail::device_floats<true>(x, {"posttrain::policy_loss::device_extras", "input"}))) {}
-
-    bool present() const noexcept { return view_.index() != 0; }
-    template <class T>
-    device_view<const T, 2> as(posttrain::detail::where w) const {
-        if (!present()) return {};
-        const auto* v = std::get_if<device_view<const T, 2>>(&view_);
-        posttrain::detail::require(v != nullptr, w, "must have the dtype of log_probs");
-        return *v;
+    auto operator()(const X& x) const {
+        return device_floats<true>(x, {"posttrain::policy_loss::device_extras", "input"});
     }
-
-private:
-    using variant = std::variant<std::monostate, device_view<const float, 2>, device_view<const double, 2>,
-                                 device_view<const __half, 2>, device_view<const __nv_bfloat16, 2>>;
-    variant view_;
 };
+}  // namespace detail
+
+// An optional [B, T] device input with the dtype of log_probs (absent when default-constructed).
+using optional_device_input =
+    detail::optional_view<detail::make_device_extra, device_space, float, double, __half, __nv_bfloat16>;
 
 // The optional inputs of the CUDA path (the host's extras less rollout_log_probs, whose corrections
 // are not supported here).

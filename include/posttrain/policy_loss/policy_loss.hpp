@@ -197,32 +197,46 @@ struct options {
     }
 };
 
-// Optional inputs, each [B, T] with the dtype of log_probs (absent when default-constructed).
-class optional_input {
+namespace detail {
+
+// An optional [B, T] input whose element type is decided at run time (absent when default-
+// constructed): the extras of the host and the CUDA entry points. Make turns any adaptable tensor into
+// a variant of tensor_view<const Elems, 2, Space>.
+template <class Make, class Space, class... Elems>
+class optional_view {
 public:
-    optional_input() = default;
+    optional_view() = default;
     template <class X>
-        requires(!std::is_same_v<std::remove_cvref_t<X>, optional_input>)
-    optional_input(const X& x)  // NOLINT: implicit, so that designated initializers read naturally
-        : view_(to_variant(posttrain::detail::floating_input<2>(x, {"posttrain::policy_loss::extras", "input"}))) {}
+        requires(!std::is_same_v<std::remove_cvref_t<X>, optional_view>)
+    optional_view(const X& x)  // NOLINT: implicit, so that designated initializers read naturally
+        : view_(std::visit([](auto v) { return variant(v); }, Make{}(x))) {}
 
     bool present() const noexcept { return view_.index() != 0; }
+    // The view, whose element type must be T (empty when absent).
     template <class T>
-    tensor_view<const T, 2> as(posttrain::detail::where w) const {
+    tensor_view<const T, 2, Space> as(posttrain::detail::where w) const {
         if (!present()) return {};
-        const auto* v = std::get_if<tensor_view<const T, 2>>(&view_);
+        const auto* v = std::get_if<tensor_view<const T, 2, Space>>(&view_);
         posttrain::detail::require(v != nullptr, w, "must have the dtype of log_probs");
         return *v;
     }
 
 private:
-    using variant = std::variant<std::monostate, tensor_view<const float, 2>, tensor_view<const double, 2>>;
-    template <class V>
-    static variant to_variant(const V& v) {
-        return std::visit([](auto x) { return variant(x); }, v);
-    }
+    using variant = std::variant<std::monostate, tensor_view<const Elems, 2, Space>...>;
     variant view_;
 };
+
+struct make_host_extra {
+    template <class X>
+    auto operator()(const X& x) const {
+        return posttrain::detail::floating_input<2>(x, {"posttrain::policy_loss::extras", "input"});
+    }
+};
+
+}  // namespace detail
+
+// An optional input, [B, T] with the dtype of log_probs.
+using optional_input = detail::optional_view<detail::make_host_extra, host_space, float, double>;
 
 struct extras {
     optional_input ref_log_probs;      // KL term (kl_coef > 0)
