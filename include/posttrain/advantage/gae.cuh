@@ -429,22 +429,16 @@ struct scan_scratch_layout {
 };
 
 inline scan_scratch_layout scan_scratch(index_t rows, index_t cols, bool whiten, bool row_lambda) {
-    using posttrain::detail::scratch_align;
     const scan_tiles s = make_scan_tiles(rows, cols);
     scan_scratch_layout l;
-    std::size_t off = 0;
-    auto take = [&](std::size_t bytes) {
-        const std::size_t at = off;
-        off += scratch_align(bytes);
-        return at;
-    };
+    posttrain::detail::scratch_cursor c;
     const std::size_t tiles = static_cast<std::size_t>(s.tiles);
-    l.maps = take(s.packed ? 0 : tiles * sizeof(scan_map));
-    l.carry = take(s.packed ? 0 : tiles * 2 * sizeof(double));
-    l.moments = take(whiten ? tiles * sizeof(tile_moments) : 0);
-    l.transform = take(whiten ? sizeof(whiten_transform) : 0);
-    l.row_gl = take(row_lambda ? static_cast<std::size_t>(rows) * sizeof(double) : 0);
-    l.total = off;
+    l.maps = c.take(s.packed ? 0 : tiles * sizeof(scan_map));
+    l.carry = c.take(s.packed ? 0 : tiles * 2 * sizeof(double));
+    l.moments = c.take(whiten ? tiles * sizeof(tile_moments) : 0);
+    l.transform = c.take(whiten ? sizeof(whiten_transform) : 0);
+    l.row_gl = c.take(row_lambda ? static_cast<std::size_t>(rows) * sizeof(double) : 0);
+    l.total = c.end;
     return l;
 }
 

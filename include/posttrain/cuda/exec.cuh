@@ -126,6 +126,17 @@ private:
 // Rounds a scratch sub-allocation up so that every piece stays 256-byte aligned (cudaMalloc's alignment).
 constexpr std::size_t scratch_align(std::size_t bytes) noexcept { return (bytes + 255) / 256 * 256; }
 
+// Lays out consecutive scratch regions one after the other, each starting on a scratch_align
+// boundary: take(bytes) returns the region's offset; end is the total size so far.
+struct scratch_cursor {
+    std::size_t end = 0;
+    std::size_t take(std::size_t bytes) noexcept {
+        const std::size_t at = end;
+        end += scratch_align(bytes);
+        return at;
+    }
+};
+
 // ORs bits into the optional status word.
 __device__ inline void report_status(std::uint32_t* status, std::uint32_t bits) {
     if (status != nullptr && bits != 0) atomicOr(reinterpret_cast<unsigned int*>(status), bits);

@@ -667,26 +667,20 @@ struct loss_scratch_layout {
 };
 
 inline loss_scratch_layout loss_scratch(const seg_geometry& g) {
-    using posttrain::detail::scratch_align;
     loss_scratch_layout l;
-    std::size_t off = 0;
-    auto take = [&](std::size_t bytes) {
-        const std::size_t at = off;
-        off += scratch_align(bytes);
-        return at;
-    };
+    posttrain::detail::scratch_cursor c;
     const bool chunked = g.chunks > 1;
     const std::size_t count_blocks = chunked ? g.row_blocks : g.blocks;
     const std::size_t seq_blocks = chunked ? g.row_blocks : g.blocks;
-    l.n = take(sizeof(double) * static_cast<std::size_t>(g.rows));
-    l.chunk_n = take(chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
-    l.counts = take(sizeof(count_acc) * count_blocks);
-    l.plan = take(sizeof(aggregation_plan));
-    l.partials = take(sizeof(loss_acc) * g.blocks);
-    l.chunk_clip = take(chunked ? sizeof(clip_pair) * static_cast<std::size_t>(g.count) : 0);
-    l.seq_partials = take(sizeof(seq_acc) * seq_blocks);
-    l.result = take(sizeof(loss_result));
-    l.total = off;
+    l.n = c.take(sizeof(double) * static_cast<std::size_t>(g.rows));
+    l.chunk_n = c.take(chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
+    l.counts = c.take(sizeof(count_acc) * count_blocks);
+    l.plan = c.take(sizeof(aggregation_plan));
+    l.partials = c.take(sizeof(loss_acc) * g.blocks);
+    l.chunk_clip = c.take(chunked ? sizeof(clip_pair) * static_cast<std::size_t>(g.count) : 0);
+    l.seq_partials = c.take(sizeof(seq_acc) * seq_blocks);
+    l.result = c.take(sizeof(loss_result));
+    l.total = c.end;
     return l;
 }
 
