@@ -1036,7 +1036,6 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             const double h = has_ent ? double(ent(i, t)) : 0.0;
             s_ent += h * m * keep;
             metric_sums& q = p.sums;
-            q.tokens += m;
             q.clipped_low += lo_clip ? m : 0.0;
             q.clipped_high += hi_clip ? m : 0.0;
             q.clipped_high_positive += hi_clip && a > 0 ? m : 0.0;
@@ -1053,6 +1052,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             p.ratio_min = std::min(p.ratio_min, ratio);
             p.ratio_max = std::max(p.ratio_max, ratio);
         }
+        p.sums.tokens = r.n;  // counted in pass 1
         if (gmpo) s_loss = r.gmpo_loss;  // aggregated as a per-sequence value
         // Sequence level: d log_w / d lp_t = m_t / max(n, 1) (times the cap's pass-through).
         if (spread && has_grad && seq_dw != 0) {
