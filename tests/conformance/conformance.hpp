@@ -130,6 +130,12 @@ void register_policy_loss(registry& r);
 void register_returns(registry& r);
 void register_token_baseline(registry& r);
 void register_kl_value(registry& r);
+// Preference optimisation (issue 4): the DPO family, KTO / ORPO, beyond pairs, token level, OREO.
+void register_preference(registry& r);
+void register_kto_orpo(registry& r);
+void register_listwise(registry& r);
+void register_token_preference(registry& r);
+void register_oreo(registry& r);
 
 // ---- helpers shared by the mappings ----
 

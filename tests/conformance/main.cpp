@@ -297,6 +297,11 @@ int main(int argc, char** argv) {
     register_returns(reg);
     register_token_baseline(reg);
     register_kl_value(reg);
+    register_preference(reg);
+    register_kto_orpo(reg);
+    register_listwise(reg);
+    register_token_preference(reg);
+    register_oreo(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;

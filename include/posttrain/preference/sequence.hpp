@@ -1,0 +1,420 @@
+#pragma once
+// Sequence log-probs for the preference losses: the masked sum of per-token log-probs of each
+// response, its length, and the backward that maps a per-sequence gradient back onto the tokens.
+//
+// Every sequence-level preference loss depends on token log-probs p_t only through
+//   S(y) = sum_t [m_t != 0] p_t   (and n(y) = sum_t [m_t != 0]),
+// so dL/dp_t = [m_t != 0] * dL/dS: a constant broadcast along the response. A loss therefore reads its
+// inputs once (the reduction), does O(B) work per pair, and writes its gradients once (the broadcast).
+//
+// Masks select, they do not multiply: a masked position contributes nothing whatever it holds (NaN or
+// -inf padding included), and a nonzero mask entry of any value counts as one token. Non-finite
+// log-probs at valid positions raise invalid_argument naming the argument and the first bad index.
+// Sums are taken in double in posttrain's fixed order (eight lanes), so every host policy gives the
+// same bits.
+
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "../advantage/tokens.hpp"
+#include "../core/exec.hpp"
+#include "../core/numeric.hpp"
+#include "../core/traits.hpp"
+
+namespace posttrain::preference {
+
+namespace detail {
+
+using namespace posttrain::detail;
+using posttrain::advantage::detail::check_same_shape;
+using posttrain::advantage::detail::for_each_row;
+
+template <class T, int R>
+using values_of = std::variant<std::monostate, tensor_view<const float, R>, tensor_view<const double, R>>;
+using mask_of = std::variant<std::monostate, tensor_view<const bool, 2>, tensor_view<const float, 2>,
+                             tensor_view<const double, 2>, tensor_view<const std::int64_t, 2>,
+                             tensor_view<const std::int32_t, 2>, tensor_view<const std::uint8_t, 2>,
+                             tensor_view<const std::int8_t, 2>>;
+using lengths_of = std::variant<std::monostate, tensor_view<const bool, 1>, tensor_view<const float, 1>,
+                                tensor_view<const double, 1>, tensor_view<const std::int64_t, 1>,
+                                tensor_view<const std::int32_t, 1>, tensor_view<const std::uint8_t, 1>,
+                                tensor_view<const std::int8_t, 1>>;
+template <class T, int R>
+using outputs_of = std::variant<std::monostate, tensor_view<float, R>, tensor_view<double, R>>;
+
+// Widens the single-alternative variant a static argument gives into one of the variants above.
+template <class Target, class Variant>
+Target widen(Variant&& v) {
+    return std::visit([](auto x) { return Target(x); }, std::forward<Variant>(v));
+}
+
+template <class M>
+inline bool is_valid(M m) noexcept {
+    if constexpr (std::is_same_v<M, bool>) return m;
+    else return m != M(0);
+}
+
+}  // namespace detail
+
+// The log-probs of a batch of B responses under one model, in one of two forms:
+//  - tokens(log_probs [B, T], mask [B, T]): per-token log-probs and the response mask; the library
+//    reduces them and maps gradients back to tokens;
+//  - sums(sums [B]) or sums(sums [B], lengths [B]): log-probs already summed per sequence (lengths are
+//    needed only by the length-normalised losses).
+// A default-constructed input is absent (e.g. no reference model). Non-owning: the caller's memory
+// must outlive the call that uses it.
+class sequence_input {
+public:
+    sequence_input() = default;
+
+    template <class LogProbs, class Mask>
+    static sequence_input tokens(const LogProbs& log_probs, const Mask& mask) {
+        constexpr const char* fn = "posttrain::preference::sequence_input::tokens";
+        sequence_input s;
+        s.tokens_ = detail::widen<detail::values_of<void, 2>>(posttrain::detail::floating_input<2>(log_probs, {fn, "log_probs"}));
+        s.mask_ = detail::widen<detail::mask_of>(posttrain::detail::mask_input<2>(mask, {fn, "mask"}));
+        std::visit(
+            [&](auto v, auto m) {
+                if constexpr (!std::is_same_v<decltype(v), std::monostate> && !std::is_same_v<decltype(m), std::monostate>)
+                    detail::check_same_shape(m, v, {fn, "mask"}, "log_probs");
+            },
+            s.tokens_, s.mask_);
+        return s;
+    }
+
+    template <class Sums>
+    static sequence_input sums(const Sums& sums) {
+        constexpr const char* fn = "posttrain::preference::sequence_input::sums";
+        sequence_input s;
+        s.sums_ = detail::widen<detail::values_of<void, 1>>(posttrain::detail::floating_input<1>(sums, {fn, "sums"}));
+        return s;
+    }
+
+    template <class Sums, class Lengths>
+    static sequence_input sums(const Sums& sums, const Lengths& lengths) {
+        constexpr const char* fn = "posttrain::preference::sequence_input::sums";
+        sequence_input s = sequence_input::sums(sums);
+        s.lengths_ = detail::widen<detail::lengths_of>(posttrain::detail::mask_input<1>(lengths, {fn, "lengths"}));
+        posttrain::detail::require(s.batch() == std::visit([](auto l) -> index_t {
+                    if constexpr (std::is_same_v<decltype(l), std::monostate>) return 0;
+                    else return l.extent(0);
+                }, s.lengths_),
+                {fn, "lengths"}, "must have one entry per sequence (the length of 'sums')");
+        return s;
+    }
+
+    bool present() const noexcept { return per_token() || tokens_.index() != 0 || sums_.index() != 0; }
+    bool per_token() const noexcept { return tokens_.index() != 0; }
+    bool has_lengths() const noexcept { return per_token() || lengths_.index() != 0; }
+    // B (0 when absent).
+    index_t batch() const noexcept {
+        return std::visit(
+            [](auto v) -> index_t {
+                if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
+                else return v.extent(0);
+            },
+            per_token() ? to_any(tokens_) : to_any(sums_));
+    }
+    // T (0 for the summed form).
+    index_t tokens_per_row() const noexcept {
+        return std::visit(
+            [](auto v) -> index_t {
+                if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
+                else return v.extent(1);
+            },
+            tokens_);
+    }
+
+    const detail::values_of<void, 2>& token_view() const noexcept { return tokens_; }
+    const detail::mask_of& mask_view() const noexcept { return mask_; }
+    const detail::values_of<void, 1>& sums_view() const noexcept { return sums_; }
+    const detail::lengths_of& lengths_view() const noexcept { return lengths_; }
+
+private:
+    using any_view = std::variant<std::monostate, tensor_view<const float, 2>, tensor_view<const double, 2>,
+                                  tensor_view<const float, 1>, tensor_view<const double, 1>>;
+    static any_view to_any(const detail::values_of<void, 2>& v) { return std::visit([](auto x) { return any_view(x); }, v); }
+    static any_view to_any(const detail::values_of<void, 1>& v) { return std::visit([](auto x) { return any_view(x); }, v); }
+
+    detail::values_of<void, 2> tokens_;
+    detail::mask_of mask_;
+    detail::values_of<void, 1> sums_;
+    detail::lengths_of lengths_;
+};
+
+// Where a loss writes dL/d(log-probs) of one batch of responses: a [B, T] view for an input given as
+// tokens (masked positions get 0), a [B] view for one given as sums, or nothing (default).
+class sequence_grad {
+public:
+    sequence_grad() = default;
+    sequence_grad(none_t) {}  // NOLINT: implicit, so that posttrain::none reads naturally
+    template <class G>
+        requires(!std::is_same_v<std::remove_cvref_t<G>, sequence_grad> && !std::is_same_v<std::remove_cvref_t<G>, none_t>)
+    sequence_grad(G&& g) {  // NOLINT: implicit, like the views the other losses take
+        constexpr const char* fn = "posttrain::preference::sequence_grad";
+        using V = std::remove_cvref_t<G>;
+        if constexpr (static_viewable<V>) {
+            if constexpr (static_view_t<V>::rank == 2) set_tokens(g, fn);
+            else set_sums(g, fn);
+        } else {
+            if (tensor_traits<V>::dlpack(g).ndim == 2) set_tokens(g, fn);
+            else set_sums(g, fn);
+        }
+    }
+    bool present() const noexcept { return tokens_.index() != 0 || sums_.index() != 0; }
+    bool per_token() const noexcept { return tokens_.index() != 0; }
+    const detail::outputs_of<void, 2>& token_view() const noexcept { return tokens_; }
+    const detail::outputs_of<void, 1>& sums_view() const noexcept { return sums_; }
+
+private:
+    template <class G>
+    void set_tokens(G&& g, const char* fn) {
+        tokens_ = detail::widen<detail::outputs_of<void, 2>>(posttrain::detail::floating_output<2>(g, {fn, "grad"}));
+    }
+    template <class G>
+    void set_sums(G&& g, const char* fn) {
+        sums_ = detail::widen<detail::outputs_of<void, 1>>(posttrain::detail::floating_output<1>(g, {fn, "grad"}));
+    }
+
+    detail::outputs_of<void, 2> tokens_;
+    detail::outputs_of<void, 1> sums_;
+};
+
+// Length-desensitised weighting (LD-DPO, TRL ld_alpha): the first shared[b] valid tokens of row b weigh
+// 1, the later ones alpha. Absent (shared == nullptr): every valid token weighs 1.
+struct token_weighting {
+    const double* shared = nullptr;
+    double alpha = 1.0;
+};
+
+// Per-sequence quantities of one sequence_input: S = sum of the (weighted) valid log-probs and n = the
+// number of valid tokens (NaN when the summed form came without lengths).
+struct sequence_values {
+    std::vector<double> sum;
+    std::vector<double> length;
+};
+
+namespace detail {
+
+// sum over the valid tokens of row i (weight w_shared for the first `shared` valid tokens, w_tail after)
+// and the count of valid tokens; fixed lane order, so every policy gives the same bits.
+template <class T, class M>
+void row_sum_and_count(tensor_view<const T, 2> lp, tensor_view<const M, 2> m, index_t i, index_t shared, double tail,
+                       double& sum, double& count) noexcept {
+    const index_t T_ = lp.extent(1);
+    constexpr index_t chunk = 512;  // a multiple of the lanes: the order is that of one long sum
+    double v[chunk], c[chunk];
+    double acc_v[8] = {}, acc_c[8] = {};
+    double seen = 0;
+    const bool contiguous = lp.stride(1) == 1 && m.stride(1) == 1;
+    for (index_t t0 = 0; t0 < T_; t0 += chunk) {
+        const index_t len = T_ - t0 < chunk ? T_ - t0 : chunk;
+        if (contiguous && shared < 0) {
+            const T* POSTTRAIN_RESTRICT x = &lp(i, t0);
+            const M* POSTTRAIN_RESTRICT y = &m(i, t0);
+            for (index_t j = 0; j < len; ++j) {
+                const bool ok = is_valid(y[j]);
+                v[j] = ok ? double(x[j]) : 0.0;
+                c[j] = ok ? 1.0 : 0.0;
+            }
+        } else {
+            for (index_t j = 0; j < len; ++j) {
+                const bool ok = is_valid(m(i, t0 + j));
+                const double w = shared < 0 || seen < double(shared) ? 1.0 : tail;
+                v[j] = ok ? w * double(lp(i, t0 + j)) : 0.0;
+                c[j] = ok ? 1.0 : 0.0;
+                seen += c[j];
+            }
+        }
+        const index_t blocked = len - len % 8;
+        accumulate_lanes(acc_v, v, blocked);
+        accumulate_lanes(acc_c, c, blocked);
+        for (index_t j = blocked; j < len; ++j) {  // only in the last chunk
+            acc_v[j - blocked] += v[j];
+            acc_c[j - blocked] += c[j];
+        }
+    }
+    sum = combine_lanes(acc_v);
+    count = combine_lanes(acc_c);
+}
+
+// The first valid non-finite log-prob of row i, or -1.
+template <class T, class M>
+index_t first_nonfinite(tensor_view<const T, 2> lp, tensor_view<const M, 2> m, index_t i) noexcept {
+    for (index_t t = 0; t < lp.extent(1); ++t)
+        if (is_valid(m(i, t)) && !numeric::is_finite(lp(i, t))) return t;
+    return -1;
+}
+
+[[noreturn]] inline void raise_nonfinite(where w, index_t i, index_t t) {
+    raise_invalid_argument(w.function, w.argument,
+                           "non-finite log-prob at a valid position [" + str(i) + (t >= 0 ? ", " + str(t) : std::string()) + "]");
+}
+
+// S and n of every row of `in` (which must hold `batch` rows). Raises on non-finite valid values.
+template <class Policy>
+sequence_values reduce(const Policy& policy, const sequence_input& in, index_t batch, where w,
+                       token_weighting weighting = {}) {
+    posttrain::detail::require(in.present(), w, "is required");
+    posttrain::detail::require(in.batch() == batch, w,
+            "must hold one sequence per pair: batch is " + str(in.batch()) + ", expected " + str(batch));
+    sequence_values out;
+    out.sum.assign(std::size_t(batch), 0.0);
+    out.length.assign(std::size_t(batch), std::nan(""));
+    if (in.per_token()) {
+        std::visit(
+            [&](auto lp, auto m) {
+                if constexpr (!std::is_same_v<decltype(lp), std::monostate> && !std::is_same_v<decltype(m), std::monostate>) {
+                    for_each_row(policy, batch, lp.extent(1), [&](index_t i) {
+                        const index_t shared = weighting.shared ? index_t(weighting.shared[i]) : -1;
+                        double s, n;
+                        row_sum_and_count(lp, m, i, shared, weighting.alpha, s, n);
+                        out.sum[std::size_t(i)] = s;
+                        out.length[std::size_t(i)] = n;
+                    });
+                    // A finite sum cannot hide a non-finite valid term: look for one only when it is not.
+                    for (index_t i = 0; i < batch; ++i)
+                        if (!numeric::is_finite(out.sum[std::size_t(i)])) {
+                            const index_t t = first_nonfinite(lp, m, i);
+                            if (t >= 0) raise_nonfinite(w, i, t);
+                            raise_invalid_argument(w.function, w.argument,
+                                                   "sum of row " + str(i) + " overflows (log-probs too large)");
+                        }
+                }
+            },
+            in.token_view(), in.mask_view());
+    } else {
+        posttrain::detail::require(weighting.shared == nullptr, w, "ld_alpha needs per-token log-probs (sequence_input::tokens)");
+        std::visit(
+            [&](auto s) {
+                if constexpr (!std::is_same_v<decltype(s), std::monostate>)
+                    for (index_t i = 0; i < batch; ++i) {
+                        const double v = double(s(i));
+                        if (!numeric::is_finite(v)) raise_nonfinite(w, i, -1);
+                        out.sum[std::size_t(i)] = v;
+                    }
+            },
+            in.sums_view());
+        std::visit(
+            [&](auto l) {
+                if constexpr (!std::is_same_v<decltype(l), std::monostate>)
+                    for (index_t i = 0; i < batch; ++i) {
+                        const double v = double(l(i));
+                        posttrain::detail::require(v >= 0 && numeric::is_finite(v), w, "lengths must be finite and non-negative");
+                        out.length[std::size_t(i)] = v;
+                    }
+            },
+            in.lengths_view());
+    }
+    return out;
+}
+
+// g[i, t] = coef[i] * (LD weight of token t) on the valid tokens of row i, 0 elsewhere.
+template <class Policy, class M, class G>
+void write_token_grad(const Policy& policy, tensor_view<const M, 2> m, const std::vector<double>& coef,
+                      tensor_view<G, 2> g, token_weighting weighting) {
+    const index_t T_ = g.extent(1);
+    for_each_row(policy, g.extent(0), T_, [&](index_t i) {
+        const double c = coef[std::size_t(i)];
+        if (weighting.shared == nullptr && g.stride(1) == 1 && m.stride(1) == 1) {
+            G* POSTTRAIN_RESTRICT y = &g(i, 0);
+            const M* POSTTRAIN_RESTRICT k = &m(i, 0);
+            const G cg = static_cast<G>(c);
+            for (index_t t = 0; t < T_; ++t) y[t] = is_valid(k[t]) ? cg : G(0);
+        } else {
+            const double shared = weighting.shared ? weighting.shared[i] : -1;
+            double seen = 0;
+            for (index_t t = 0; t < T_; ++t) {
+                const bool ok = is_valid(m(i, t));
+                const double wt = shared < 0 || seen < shared ? 1.0 : weighting.alpha;
+                g(i, t) = ok ? static_cast<G>(c * wt) : G(0);
+                seen += ok ? 1.0 : 0.0;
+            }
+        }
+    });
+}
+
+// Writes dL/d(log-probs) of `in` into `out`: coef[i] on every valid token of row i (times the token's
+// LD weight), 0 on masked tokens; coef[i] itself for the summed form. Checks shapes and aliasing.
+template <class Policy>
+void broadcast(const Policy& policy, const sequence_input& in, const std::vector<double>& coef, const sequence_grad& out,
+               where w, token_weighting weighting = {}) {
+    if (!out.present()) return;
+    posttrain::detail::require(out.per_token() == in.per_token(), w,
+            in.per_token() ? "must be a [B, T] view (its log-probs were given per token)"
+                           : "must be a [B] view (its log-probs were given as sums)");
+    if (in.per_token()) {
+        std::visit(
+            [&](auto g, auto lp, auto m) {
+                if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(lp), std::monostate> &&
+                              !std::is_same_v<decltype(m), std::monostate>) {
+                    check_same_shape(g, lp, w, "log_probs");
+                    posttrain::advantage::detail::check_no_alias(g, lp, w, "log_probs");
+                    posttrain::advantage::detail::check_no_alias(g, m, w, "mask");
+                    write_token_grad(policy, m, coef, g, weighting);
+                }
+            },
+            out.token_view(), in.token_view(), in.mask_view());
+    } else {
+        std::visit(
+            [&](auto g, auto s) {
+                if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(s), std::monostate>) {
+                    using G = typename decltype(g)::value_type;
+                    posttrain::detail::require(g.extent(0) == s.extent(0), w, "must have one entry per sequence");
+                    posttrain::advantage::detail::check_no_alias(g, s, w, "sums");
+                    for (index_t i = 0; i < g.extent(0); ++i) g(i) = static_cast<G>(coef[std::size_t(i)]);
+                }
+            },
+            out.sums_view(), in.sums_view());
+    }
+}
+
+}  // namespace detail
+
+// sums[b] = sum_t [mask[b, t] != 0] log_probs[b, t] and (unless posttrain::none) lengths[b] = the number
+// of valid tokens of row b. The reduction every sequence-level preference loss starts from, exposed
+// for callers who want the sums themselves (e.g. to cache reference log-probs).
+template <class Policy, class LogProbs, class Mask, class Sums, class Lengths = none_t>
+void sequence_log_probs(const Policy& policy, const LogProbs& log_probs, const Mask& mask, Sums&& sums,
+                        Lengths&& lengths = Lengths{0}) {
+    static_assert(host_policy<Policy>, "posttrain::preference::sequence_log_probs: host policy expected");
+    constexpr const char* fn = "posttrain::preference::sequence_log_probs";
+    const sequence_input in = sequence_input::tokens(log_probs, mask);
+    const auto v = detail::reduce(policy, in, in.batch(), {fn, "log_probs"});
+    auto write = [&](auto&& out, const std::vector<double>& x, const char* name) {
+        std::visit(
+            [&](auto o) {
+                using O = typename decltype(o)::value_type;
+                posttrain::detail::require(o.extent(0) == in.batch(), {fn, name}, "must have one entry per row of 'log_probs'");
+                for (index_t i = 0; i < o.extent(0); ++i) o(i) = static_cast<O>(x[std::size_t(i)]);
+            },
+            posttrain::detail::floating_output<1>(out, {fn, name}));
+    };
+    write(sums, v.sum, "sums");
+    if constexpr (!std::is_same_v<std::remove_cvref_t<Lengths>, none_t>) write(lengths, v.length, "lengths");
+}
+
+// The backward of sequence_log_probs: grad_log_probs[b, t] = [mask[b, t] != 0] * grad_sums[b].
+template <class Policy, class GradSums, class Mask, class GradLogProbs>
+void sequence_log_probs_backward(const Policy& policy, const GradSums& grad_sums, const Mask& mask,
+                                 GradLogProbs&& grad_log_probs) {
+    static_assert(host_policy<Policy>, "posttrain::preference::sequence_log_probs_backward: host policy expected");
+    constexpr const char* fn = "posttrain::preference::sequence_log_probs_backward";
+    std::visit(
+        [&](auto gs, auto m, auto g) {
+            posttrain::detail::require(gs.extent(0) == m.extent(0), {fn, "grad_sums"}, "must have one entry per row of 'mask'");
+            detail::check_same_shape(g, m, {fn, "grad_log_probs"}, "mask");
+            std::vector<double> coef(std::size_t(gs.extent(0)));
+            for (index_t i = 0; i < gs.extent(0); ++i) coef[std::size_t(i)] = double(gs(i));
+            posttrain::advantage::detail::check_no_alias(g, m, {fn, "grad_log_probs"}, "mask");
+            detail::write_token_grad(policy, m, coef, g, {});
+        },
+        posttrain::detail::floating_input<1>(grad_sums, {fn, "grad_sums"}),
+        posttrain::detail::mask_input<2>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<2>(grad_log_probs, {fn, "grad_log_probs"}));
+}
+
+}  // namespace posttrain::preference
