@@ -37,3 +37,8 @@
 #include "policy_loss/kl.hpp"
 #include "policy_loss/policy_loss.hpp"
 #include "policy_loss/value_loss.hpp"
+
+#include "preference/common.hpp"
+#include "preference/dpo.hpp"
+#include "preference/pair_math.hpp"
+#include "preference/sequence.hpp"

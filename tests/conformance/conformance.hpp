@@ -108,7 +108,7 @@ struct mapping {
 // posttrain does not reproduce, named so that nobody mistakes it for noise).
 struct deviation {
     std::string key;       // file key
-    std::string case_id;   // "*" for every case of the file
+    std::string case_id;   // a case id, or a pattern where '*' matches any characters ("*" = every case)
     std::string name;
     std::string reason;
     std::optional<tolerance> tol{};

@@ -173,9 +173,16 @@ bool compare_output(const std::string& where, const std::string& name, const ten
     return bad == 0;
 }
 
+// Shell-style match where '*' stands for any run of characters.
+bool glob_match(const char* pattern, const char* text) {
+    if (*pattern == '\0') return *text == '\0';
+    if (*pattern == '*') return glob_match(pattern + 1, text) || (*text != '\0' && glob_match(pattern, text + 1));
+    return *text == *pattern && glob_match(pattern + 1, text + 1);
+}
+
 const deviation* find_deviation(const registry& reg, const std::string& key, const std::string& id) {
     for (const auto& d : reg.deviations)
-        if (d.key == key && (d.case_id == "*" || d.case_id == id)) return &d;
+        if (d.key == key && glob_match(d.case_id.c_str(), id.c_str())) return &d;
     return nullptr;
 }
 
