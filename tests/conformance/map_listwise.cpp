@@ -37,7 +37,7 @@ void modpo_loss(const case_context& c, produced& out) {
     (void)res;
     // The float32 case ran upstream in float32 end to end (inputs, w, every intermediate); posttrain
     // computes in double from the same (exactly representable) float32 inputs: ~1e-6 relative.
-    if (pc.dtype == "float32") out.tol = tolerance{2e-6, 1e-7};
+    if (pc.dtype == "float32") out.tol = float32_path;
     std::vector<double> acc(static_cast<std::size_t>(B));
     for (std::size_t i = 0; i < acc.size(); ++i) acc[i] = chosen[i] > rejected[i] ? 1.0 : 0.0;
     out.set("losses", from_values(losses, {B}));

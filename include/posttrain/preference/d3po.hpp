@@ -85,8 +85,8 @@ d3po_result d3po(const Policy&, const Lp0& policy_logps_0, const Lr0& reference_
     const auto lr0 = read_like(reference_logps_0, "reference_logps_0");
     const auto lp1 = read_like(policy_logps_1, "policy_logps_1");
     const auto lr1 = read_like(reference_logps_1, "reference_logps_1");
-    const auto h0 = detail::read_dense(prefer_0, B, {fn, "prefer_0"}, false, false, true);
-    const auto h1 = detail::read_dense(prefer_1, B, {fn, "prefer_1"}, false, false, true);
+    const auto h0 = detail::read_dense<true>(prefer_0, B, {fn, "prefer_0"});
+    const auto h1 = detail::read_dense<true>(prefer_1, B, {fn, "prefer_1"});
 
     d3po_result res;
     res.pairs = B;

@@ -140,7 +140,7 @@ void apo_reference(const Policy&, const Current& current, const Previous& previo
                     "alpha must be in [0, 1), found " + std::to_string(options.alpha));
     auto c = detail::read_dense(current, -1, {fn, "current"}, true, true);
     const auto p = detail::read_dense(previous, c.rows, {fn, "previous"}, true, true);
-    const auto m = detail::read_dense(mask, c.rows, {fn, "mask"}, true, false, true);
+    const auto m = detail::read_dense<true>(mask, c.rows, {fn, "mask"}, true);
     detail::require(detail::input_rank(current) == 2 && p.cols == c.cols && m.cols == c.cols, {fn, "mask"},
                     "current, previous and mask must be [B, T] views of one shape");
     for (std::size_t j = 0; j < c.v.size(); ++j) {

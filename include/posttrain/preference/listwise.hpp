@@ -63,9 +63,9 @@ void copy_rows(View x, dense_values& out) {
 
 // Reads a [N] (or, with allow_matrix, [N, C]) input of floating or arithmetic element type into
 // doubles. `rows` < 0 accepts any N. Non-finite entries raise naming the first (unless allow_nonfinite).
-template <class X>
-dense_values read_dense(const X& x, index_t rows, where w, bool allow_matrix = false, bool allow_nonfinite = false,
-                        bool any_arithmetic = false) {
+// AnyArithmetic: integer and bool element types are accepted too (labels, scores, masks).
+template <bool AnyArithmetic = false, class X>
+dense_values read_dense(const X& x, index_t rows, where w, bool allow_matrix = false, bool allow_nonfinite = false) {
     dense_values out;
     const int r = input_rank(x);
     require(r == 1 || (allow_matrix && r == 2), w,
@@ -74,15 +74,15 @@ dense_values read_dense(const X& x, index_t rows, where w, bool allow_matrix = f
     if constexpr (static_viewable<std::remove_cvref_t<X>>) {
         constexpr int R = static_view_t<std::remove_cvref_t<X>>::rank;
         if constexpr (R == 1 || R == 2) {
-            if (any_arithmetic) read(posttrain::detail::mask_input<R>(x, w));
+            if constexpr (AnyArithmetic) read(posttrain::detail::mask_input<R>(x, w));
             else read(posttrain::detail::floating_input<R>(x, w));
         }
     } else {
-        if (r == 2) {
-            if (any_arithmetic) read(posttrain::detail::mask_input<2>(x, w));
-            else read(posttrain::detail::floating_input<2>(x, w));
+        if constexpr (AnyArithmetic) {
+            if (r == 2) read(posttrain::detail::mask_input<2>(x, w));
+            else read(posttrain::detail::mask_input<1>(x, w));
         } else {
-            if (any_arithmetic) read(posttrain::detail::mask_input<1>(x, w));
+            if (r == 2) read(posttrain::detail::floating_input<2>(x, w));
             else read(posttrain::detail::floating_input<1>(x, w));
         }
     }
