@@ -77,16 +77,16 @@ struct kto_options {
 // The log-probs of one side (desirable, undesirable or the mismatched kl pairs) under the policy and
 // the reference model. A side with no items may be left absent (default-constructed).
 struct kto_items {
-    sequence_input policy;
-    sequence_input reference;
+    sequence_input policy{};
+    sequence_input reference{};
 };
 
 // Optional per-item outputs: losses [B_D + B_U] (weighted; desirable items first, as TRL concatenates
 // them), chosen_rewards [B_D] and rejected_rewards [B_U] = beta l (detached).
 struct kto_outputs {
-    batch_output losses;
-    batch_output chosen_rewards;
-    batch_output rejected_rewards;
+    batch_output losses{};
+    batch_output chosen_rewards{};
+    batch_output rejected_rewards{};
 };
 
 struct [[nodiscard]] kto_result {

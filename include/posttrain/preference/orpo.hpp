@@ -84,9 +84,9 @@ struct orpo_options {
 // Optional per-pair outputs: the odds-ratio loss lambda softplus(-z) of each pair (TRL's odds_ratio_loss
 // returns its negative, lambda log sigma(z)) and the rewards lambda a, lambda b.
 struct odds_ratio_outputs {
-    batch_output losses;
-    batch_output chosen_rewards;
-    batch_output rejected_rewards;
+    batch_output losses{};
+    batch_output chosen_rewards{};
+    batch_output rejected_rewards{};
 };
 
 struct [[nodiscard]] odds_ratio_result {
