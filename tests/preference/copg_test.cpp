@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/preference/copg.hpp>
+#include <posttrain/preference/dpo.hpp>
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
@@ -96,6 +97,22 @@ TEST_CASE("copg: the pairwise definition, and k = 2 with a reward gap of 1/2 is 
         CHECK(g2[std::size_t(2 * p + 1)] == doctest::Approx(-g2[std::size_t(2 * p)]).epsilon(1e-14));
     }
     CHECK(k2.loss == doctest::Approx(beta * beta * ipo / 2).epsilon(1e-12));
+}
+
+TEST_CASE("copg: k = 2, reward gap 1/2 equals beta^2 * preference::dpo(ipo on sums)") {
+    const double beta = 0.25;
+    std::vector<double> s{-7.0, -9.0, -3.0, -2.5}, r{-8.0, -8.0, -3.0, -3.0}, R{0.5, 0.0, 0.5, 0.0}, g(4);
+    const auto c = pref::copg(pt::exec::seq, pref::sequence_input::sums(s), pref::sequence_input::sums(r), R,
+                              pt::uniform_groups{2}, g, {.beta = beta});
+    std::vector<double> sw{s[0], s[2]}, sl{s[1], s[3]}, rw{r[0], r[2]}, rl{r[1], r[3]}, gw(2), gl(2);
+    const auto d = pref::dpo(pt::exec::seq, pref::sequence_input::sums(sw), pref::sequence_input::sums(sl),
+                             pref::sequence_input::sums(rw), pref::sequence_input::sums(rl), gw, gl,
+                             pref::dpo_options::openrlhf(beta, 0, /*ipo=*/true));
+    CHECK(c.loss == doctest::Approx(beta * beta * d.loss).epsilon(1e-13));
+    for (int p = 0; p < 2; ++p) {
+        CHECK(g[std::size_t(2 * p)] == doctest::Approx(beta * beta * gw[std::size_t(p)]).epsilon(1e-13));
+        CHECK(g[std::size_t(2 * p + 1)] == doctest::Approx(beta * beta * gl[std::size_t(p)]).epsilon(1e-13));
+    }
 }
 
 TEST_CASE("copg: extreme log-ratios give finite (huge) values; identical rewards pull log-ratios together") {

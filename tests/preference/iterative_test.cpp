@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 #include <posttrain/adapt/std.hpp>
+#include <posttrain/preference/dpo.hpp>
 #include <posttrain/preference/iterative.hpp>
 
 #include "support/backends.hpp"
@@ -105,6 +106,18 @@ TEST_CASE("dno: q = 1 is DPO with the previous iterate as reference; q = 1/2 pul
         r = pref::dno(pt::exec::seq, S(a), S(z), S(z), S(z), half, g1, g2, {}, {.eta = 1.0});
         CHECK(std::isfinite(r.loss));
         CHECK(std::isfinite(g1[0]));
+    }
+}
+
+TEST_CASE("dno: targets 1 = DNO-Prct = preference::dpo with the previous iterate as reference") {
+    std::vector<double> p1{-10.0, -3.0, -7.0}, p2{-12.0, -2.0, -7.5}, t1{-11.0, -3.5, -6.0}, t2{-11.0, -2.5, -8.0};
+    std::vector<double> one(3, 1.0), g1(3), g2(3), d1(3), d2(3);
+    const auto r = pref::dno(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), one, g1, g2, {}, {.eta = 0.05});
+    const auto d = pref::dpo(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), d1, d2, pref::dpo_options::trl(pref::pair_loss::sigmoid, 0.05));
+    CHECK(r.loss == doctest::Approx(d.loss).epsilon(1e-14));
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(g1[i] == doctest::Approx(d1[i]).epsilon(1e-14));
+        CHECK(g2[i] == doctest::Approx(d2[i]).epsilon(1e-14));
     }
 }
 

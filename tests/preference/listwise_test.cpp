@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 #include <posttrain/adapt/std.hpp>
+#include <posttrain/preference/dpo.hpp>
 #include <posttrain/preference/listwise.hpp>
 
 #include "support/backends.hpp"
@@ -125,6 +126,21 @@ TEST_CASE("rankdpo: K = 2 is DPO weighted by |G1 - G2| |1/ln 2 - 1/ln 3|; ties g
     CHECK(none.loss == 0.0);
     CHECK(none.groups == 0);
     CHECK(g[0] == 0.0);
+}
+
+TEST_CASE("rankdpo: K = 2 equals preference::dpo (TRL sigmoid) times the DCG weight, loss and gradients") {
+    const double beta = 0.3;
+    std::vector<double> s{-10.0, -12.0}, r{-11.0, -11.5}, psi{0.8, 0.1}, g(2);
+    const auto res = pref::rankdpo(pt::exec::seq, pref::sequence_input::sums(s), pref::sequence_input::sums(r), psi,
+                                   pt::uniform_groups{2}, g, pref::rankdpo_options::paper(beta));
+    std::vector<double> sw{s[0]}, sl{s[1]}, rw{r[0]}, rl{r[1]}, gw(1), gl(1);
+    const auto d = pref::dpo(pt::exec::seq, pref::sequence_input::sums(sw), pref::sequence_input::sums(sl),
+                             pref::sequence_input::sums(rw), pref::sequence_input::sums(rl), gw, gl,
+                             pref::dpo_options::trl(pref::pair_loss::sigmoid, beta));
+    const double w = (std::exp2(0.8) - std::exp2(0.1)) * std::fabs(1 / std::log(2.0) - 1 / std::log(3.0));
+    CHECK(res.loss == doctest::Approx(w * d.loss).epsilon(1e-14));
+    CHECK(g[0] == doctest::Approx(w * gw[0]).epsilon(1e-14));
+    CHECK(g[1] == doctest::Approx(w * gl[0]).epsilon(1e-14));
 }
 
 TEST_CASE("rankdpo: hand-computed DCG weights with the model ranking, NDCG and accuracy") {
