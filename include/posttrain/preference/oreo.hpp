@@ -691,7 +691,7 @@ void oreo_importance_weights(const Policy& policy, const LogProbs& log_probs, co
             if (!numeric::is_finite(p[std::size_t(t)])) detail::raise_nonfinite_at({fn, "log_probs"}, i, t, p[std::size_t(t)]);
             if (!numeric::is_finite(q[std::size_t(t)])) detail::raise_nonfinite_at({fn, "ref_log_probs"}, i, t, q[std::size_t(t)]);
         }
-        lw[std::size_t(i)] = fixed_order_sum(T, [&](index_t t) {
+        lw[std::size_t(i)] = detail::fixed_order_sum(T, [&](index_t t) {
             return a[std::size_t(t)] != 0 ? p[std::size_t(t)] - q[std::size_t(t)] : 0.0;
         });
         w[std::size_t(i)] = std::exp(std::min(lw[std::size_t(i)], 1.0));
