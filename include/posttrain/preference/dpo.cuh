@@ -15,7 +15,7 @@
 // Semantics are the host dpo()'s (dpo.hpp, the same dpo_options and presets): every pair_loss but the
 // batch-coupled aot and aot_unpaired (they sort the batch), sft, the weighted multi-loss combination,
 // every score_transform, label smoothing, gamma, reference_free, average_log_prob, IPO on sums or
-// lengths, BCO's shifts (batch_mean included), extras.weights / margins, reduction, normalizer,
+// lengths, BCO's shifts (the batch means included), extras.weights / margins, reduction, normalizer,
 // grad_scale, the per-pair outputs and TRL's reward metrics. Not supported (invalid_argument naming
 // the option, before anything is launched): aot / aot_unpaired, ld_alpha != 1 (LD-DPO's token
 // weights need each pair's shared length before the reduction), more than max_device_terms terms.
@@ -30,7 +30,7 @@
 // The kernels, all on the policy's stream, none synchronizing the host:
 //   1. reduce: one kernel for all per-token sides (blockIdx.y = side; sequence.cuh): per-row sums and
 //      counts in double into scratch (a row kernel folds the chunks of long rows, in order);
-//   2. stats: only for sft or bco_shift::batch_mean, one block folds the batch constants they need
+//   2. stats: only for sft or BCO's batch-mean shifts, one block folds the batch constants they need
 //      (sum of chosen lengths and log-probs, the mean reward) before any pair is evaluated;
 //   3. pairs: pair_term / score_of / smoothed_logistic (pair_math.hpp, the host's own code) per pair,
 //      the weighted terms, the per-pair gradient coefficients d loss / d S (into scratch, or straight
@@ -237,9 +237,13 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
     for (int k = 0; k < c.nterms; ++k) {
         const loss_term term = c.terms[k];
         pair_params p{c.beta, c.eps, c.gamma, c.tau, 0.0};
-        if (term.loss == pair_loss::bco_pair)
-            p.delta = c.bco == bco_shift::none ? 0.0
-                                               : (c.bco == bco_shift::value ? c.bco_delta : st.reward / double(2 * c.pairs));
+        if (term.loss == pair_loss::bco_pair) {
+            const double mean = st.reward / double(2 * c.pairs);
+            p.delta = c.bco == bco_shift::none                 ? 0.0
+                      : c.bco == bco_shift::value              ? c.bco_delta
+                      : c.bco == bco_shift::batch_mean_float32 ? double(float(mean))
+                                                               : mean;
+        }
         double loss, tw, tl;
         if (term.loss == pair_loss::sft) {
             loss = st.sum_nw > 0 ? -st.sum_pw / st.sum_nw : 0.0;
@@ -638,7 +642,8 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
     for (int k = 0; k < a.c.nterms; ++k) {
         const pair_loss t = a.c.terms[k].loss;
         need_len = need_len || t == pair_loss::sigmoid_norm || t == pair_loss::sft || (t == pair_loss::ipo && o.ipo_length_normalized);
-        plan.need_stats = plan.need_stats || t == pair_loss::sft || (t == pair_loss::bco_pair && o.bco == bco_shift::batch_mean);
+        plan.need_stats = plan.need_stats || t == pair_loss::sft ||
+                          (t == pair_loss::bco_pair && (o.bco == bco_shift::batch_mean || o.bco == bco_shift::batch_mean_float32));
     }
     if (need_len) {
         require(chosen.has_lengths(), {fn, "chosen"}, "needs lengths for this loss (device_sequence_input::sums(sums, lengths))");
