@@ -31,8 +31,9 @@ struct loss_term {
 
 // BCO's reward shift delta (bco_pair): TRL >= 0.29 uses none; TRL <= 0.28 used the running mean of the
 // batch rewards, which a caller keeps across steps (dpo_result::bco_batch_reward_mean feeds it) and
-// passes as a value; batch_mean is that running mean on the first step (a fresh RunningMoments).
-enum class bco_shift { none, batch_mean, value };
+// passes as a value; batch_mean is that running mean on the first step (a fresh RunningMoments), and
+// batch_mean_float32 the same rounded to float, as RunningMoments stores it.
+enum class bco_shift { none, batch_mean, batch_mean_float32, value };
 
 struct dpo_options {
     pair_loss loss = pair_loss::sigmoid;
@@ -78,7 +79,7 @@ struct dpo_options {
         o.beta = beta;
         o.label_smoothing = loss == pair_loss::exo_pair && label_smoothing == 0 ? 1e-3 : label_smoothing;
         o.ipo_length_normalized = false;
-        o.bco = bco_shift::batch_mean;
+        o.bco = bco_shift::batch_mean_float32;
         o.exp_cap = 709.7827;  // floor(log(DBL_MAX) * 1e4) / 1e4, TRL's cap_exp for float64
         return o;
     }
@@ -358,7 +359,10 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     for (const loss_term& term : terms) {
         detail::pair_params p{o.beta, o.label_smoothing, o.gamma, o.discopop_tau, 0.0};
         if (term.loss == pair_loss::bco_pair)
-            p.delta = o.bco == bco_shift::none ? 0.0 : (o.bco == bco_shift::value ? o.bco_delta : reward_mean);
+            p.delta = o.bco == bco_shift::none             ? 0.0
+                      : o.bco == bco_shift::value            ? o.bco_delta
+                      : o.bco == bco_shift::batch_mean_float32 ? double(float(reward_mean))
+                                                             : reward_mean;
         if (term.loss == pair_loss::aot || term.loss == pair_loss::aot_unpaired) {
             std::vector<double> x(nb), y(nb), dx, dy;
             for (index_t i = 0; i < B; ++i) {
