@@ -195,10 +195,10 @@ TEST_CASE("ensemble_disagreement: worst case, uncertainty-weighted, variance") {
 }
 
 TEST_CASE_TEMPLATE("diagnostics: exec::par gives the bits of exec::seq", Backend, POSTTRAIN_HOST_BACKENDS) {
-    const index_t B = 97, T = 301, M = 5;
+    const index_t B = 97, T = 301, M = 5, N = 4001;  // above the parallel grain
     std::mt19937_64 rng(17);
     std::uniform_real_distribution<double> u(-3.0, -0.1), d(-0.5, 0.5);
-    std::vector<double> p(std::size_t(B * T)), q(p.size()), R(std::size_t(B * M));
+    std::vector<double> p(std::size_t(B * T)), q(p.size()), R(std::size_t(N * M));
     for (std::size_t j = 0; j < p.size(); ++j) p[j] = u(rng), q[j] = p[j] + d(rng);
     for (auto& x : R) x = d(rng);
     const auto m = pt::test::random_mask(std::size_t(B), std::size_t(T), 3);
@@ -216,8 +216,9 @@ TEST_CASE_TEMPLATE("diagnostics: exec::par gives the bits of exec::seq", Backend
     const auto h1 = pp::held_out_implicit_rewards(pt::exec::seq, P, Q, 0.1), h2 = pp::held_out_implicit_rewards(Backend::policy(), P, Q, 0.1);
     CHECK(h1.reward_mean == h2.reward_mean);
     CHECK(h1.token_logp_mean == h2.token_logp_mean);
-    const auto e1 = pp::ensemble_disagreement(pt::exec::seq, matrix(R, B, M), a1);
-    const auto e2 = pp::ensemble_disagreement(Backend::policy(), matrix(R, B, M), a2);
-    CHECK(pt::test::bitwise_equal(a1, a2));
+    std::vector<double> v1(static_cast<std::size_t>(N)), v2(static_cast<std::size_t>(N));
+    const auto e1 = pp::ensemble_disagreement(pt::exec::seq, matrix(R, N, M), pp::batch_output(), pp::batch_output(), v1);
+    const auto e2 = pp::ensemble_disagreement(Backend::policy(), matrix(R, N, M), pp::batch_output(), pp::batch_output(), v2);
+    CHECK(pt::test::bitwise_equal(v1, v2));
     CHECK(e1.variance_mean == e2.variance_mean);
 }

@@ -508,7 +508,7 @@ TEST_CASE("oreo: extreme log-ratios give finite losses and gradients") {
 
 TEST_CASE_TEMPLATE("oreo: exec::par gives the bits of exec::seq", Backend, POSTTRAIN_HOST_BACKENDS) {
     for (bool step : {false, true}) {
-        const auto b = make(61, 203, 5 + (step ? 1 : 0), step);
+        const auto b = make(97, 301, 5 + (step ? 1 : 0), step);
         pp::oreo_options o;
         o.step_level = step;
         o.hinge_coef = 0.3;
@@ -638,4 +638,19 @@ TEST_CASE("oreo: presets") {
     const auto r = pp::oreo_policy_loss(pt::exec::seq, matrix(e, 0, 4), matrix(e, 0, 4), matrix(e, 0, 4), matrix(e, 0, 4),
                                         matrix(e, 0, 4), vec(e), pt::none, pt::none);
     CHECK(r.loss == 0.0);
+}
+
+TEST_CASE("oreo: the docs example (docs/algorithms/oreo.md)") {
+    // One row, T = 3, every position a state and an action; beta = 0.5, R = 1, V = 0, no KL.
+    std::vector<double> p = {-1.0, -2.0, -0.5}, q = {-1.5, -1.0, -0.5}, v = {0, 0, 0}, s = {1, 1, 1}, a = {1, 1, 1};
+    std::vector<double> R = {1.0}, g(3);
+    pp::oreo_options o;
+    o.beta = 0.5;
+    o.kl_coef = 0;
+    const auto r = pp::oreo_policy_loss(pt::exec::seq, matrix(p, 1, 3), matrix(q, 1, 3), matrix(a, 1, 3), matrix(v, 1, 3),
+                                        matrix(s, 1, 3), R, pt::none, matrix(g, 1, 3), o);
+    CHECK(r.actor_loss == doctest::Approx(1.6041666667));
+    CHECK(g[0] == doctest::Approx(-0.4166666667));
+    CHECK(g[1] == doctest::Approx(-0.5));
+    CHECK(g[2] == doctest::Approx(-0.3333333333));
 }
