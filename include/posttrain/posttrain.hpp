@@ -40,5 +40,7 @@
 
 #include "preference/common.hpp"
 #include "preference/dpo.hpp"
+#include "preference/logits.hpp"
 #include "preference/pair_math.hpp"
 #include "preference/sequence.hpp"
+#include "preference/wpo.hpp"

@@ -3,6 +3,7 @@
 // rewards): they map to preference::dpo over sequence_input::sums with the framework's preset. The
 // gradients in the case files are those of mean(losses) (or of the returned mean loss).
 
+#include <limits>
 #include <string>
 
 #include "conformance.hpp"
@@ -146,6 +147,169 @@ void simpo_loss(const case_context& c, produced& out) {
     out.set("grad_policy_rejected_logps", from_values(r.grad_l, {B}));
 }
 
+// ---- logits-level pipelines ----
+
+// Causal-LM scoring as the trainers do it: log_softmax(logits[:, :-1]) at labels[:, 1:], as strided
+// views of the case tensors. `ignore` is the label that is not scored (SimPO: -100; TRL DPO scores every
+// position and masks afterwards, so it passes a value no label takes).
+struct scored_tokens {
+    index_t rows = 0, cols = 0, vocab = 0;
+    std::vector<std::int64_t> labels;  // [rows, cols]
+    std::vector<double> logp;          // [rows, cols]
+    posttrain::tensor_view<const double, 3> shifted_logits;
+};
+
+scored_tokens score_tokens(const tensor& logits, const tensor& ids, std::int64_t ignore) {
+    scored_tokens s;
+    s.rows = logits.shape[0];
+    s.cols = logits.shape[1] - 1;
+    s.vocab = logits.shape[2];
+    const index_t L = logits.shape[1];
+    const index_t ext[3] = {s.rows, s.cols, s.vocab}, str[3] = {L * s.vocab, s.vocab, 1};
+    s.shifted_logits = posttrain::tensor_view<const double, 3>(logits.data.data(), ext, str);
+    s.labels.resize(std::size_t(s.rows * s.cols));
+    for (index_t i = 0; i < s.rows; ++i)
+        for (index_t t = 0; t < s.cols; ++t) s.labels[std::size_t(i * s.cols + t)] = ids.ints[std::size_t(i * L + t + 1)];
+    s.logp.resize(std::size_t(s.rows * s.cols));
+    pref::token_log_probs(seq, s.shifted_logits,
+                          posttrain::tensor_view<const std::int64_t, 2>(s.labels.data(), s.rows, s.cols),
+                          posttrain::tensor_view<double, 2>(s.logp.data(), s.rows, s.cols), {ignore});
+    return s;
+}
+
+// d loss / d logits from d loss / d logp of the shifted positions (the last position gets 0).
+tensor logits_gradient(const tensor& logits, const scored_tokens& s, const std::vector<double>& grad_logp, std::int64_t ignore) {
+    tensor g = zeros(logits.shape);
+    const index_t L = logits.shape[1];
+    const index_t ext[3] = {s.rows, s.cols, s.vocab}, str[3] = {L * s.vocab, s.vocab, 1};
+    pref::token_log_probs_backward(seq, s.shifted_logits,
+                                   posttrain::tensor_view<const std::int64_t, 2>(s.labels.data(), s.rows, s.cols),
+                                   posttrain::tensor_view<const double, 2>(grad_logp.data(), s.rows, s.cols),
+                                   posttrain::tensor_view<double, 3>(g.data.data(), ext, str), {ignore});
+    return g;
+}
+
+// Rows [first, first + n) of a row-major [rows, cols] buffer as a view.
+template <class T>
+posttrain::tensor_view<T, 2> rows_of(T* data, index_t first, index_t n, index_t cols) {
+    return posttrain::tensor_view<T, 2>(data + first * cols, n, cols);
+}
+
+// TRL DPOTrainer._compute_loss (current): the batch is [chosen; rejected], log-probs of the completion
+// tokens are summed (LD-weighted with ld_alpha), the reference sums are precomputed; loss =
+// sum_k weight_k mean(per-pair loss_k), WPO weights from the detached logits.
+void trl_compute_loss(const case_context& c, produced& out) {
+    const tensor logits = c.input("logits"), ids = c.input("input_ids"), cmask = c.input("completion_mask");
+    const tensor ref_w = c.input("ref_chosen_logps"), ref_l = c.input("ref_rejected_logps");
+    const auto s = score_tokens(logits, ids, std::numeric_limits<std::int64_t>::min());
+    const index_t B = s.rows / 2, T = s.cols, L = logits.shape[1];
+    std::vector<std::int64_t> mask(std::size_t(s.rows * T));  // completion_mask[:, 1:]
+    for (index_t i = 0; i < s.rows; ++i)
+        for (index_t t = 0; t < T; ++t) mask[std::size_t(i * T + t)] = cmask.ints[std::size_t(i * L + t + 1)];
+
+    const auto types = c.params.at("loss_type").get<std::vector<std::string>>();
+    const auto weights = c.params.at("loss_weights").get<std::vector<double>>();
+    std::vector<pref::loss_term> terms;
+    for (std::size_t k = 0; k < types.size(); ++k) terms.push_back({parse_loss(types[k]), weights.at(k)});
+    auto o = pref::dpo_options::trl(terms, c.param("beta"), c.param("label_smoothing"));
+    o.discopop_tau = c.param_or("discopop_tau", 0.05);
+    if (c.has_param("ld_alpha")) o.ld_alpha = c.param("ld_alpha");
+    const std::string fdiv = c.params.at("f_divergence_type").get<std::string>();
+    using F = pref::score_transform;
+    o.divergence = fdiv == "forward_kl" ? F::forward_kl
+                   : fdiv == "js_divergence" ? F::js_divergence
+                   : fdiv == "alpha_divergence" ? F::alpha_divergence
+                                                : F::reverse_kl;
+    o.alpha_coef = c.param_or("f_alpha_divergence_coef", 1.0);
+
+    const double* lp = s.logp.data();
+    const std::int64_t* m = mask.data();
+    const auto chosen = pref::sequence_input::tokens(rows_of(lp, 0, B, T), rows_of(m, 0, B, T));
+    const auto rejected = pref::sequence_input::tokens(rows_of(lp, B, B, T), rows_of(m, B, B, T));
+    std::vector<double> grad(std::size_t(s.rows * T), 0.0), pair_weights;
+    pref::pair_extras extras;
+    if (c.params.at("use_weighting").get<bool>()) {
+        std::vector<double> sq(std::size_t(s.rows * T)), w(std::size_t(s.rows));
+        posttrain::advantage::sum_pi_squared_from_logits(seq, s.shifted_logits, posttrain::tensor_view<double, 2>(sq.data(), s.rows, T));
+        pref::wpo_weights(seq, posttrain::tensor_view<const double, 2>(lp, s.rows, T),
+                          posttrain::tensor_view<const double, 2>(sq.data(), s.rows, T),
+                          posttrain::tensor_view<const std::int64_t, 2>(m, s.rows, T), w);
+        for (index_t i = 0; i < B; ++i) pair_weights.push_back(w[std::size_t(i)] * w[std::size_t(B + i)]);
+        extras.weights = pref::sequence_input::sums(pair_weights);
+    }
+    std::vector<double> logps_w(std::size_t(B)), logps_l(std::size_t(B));
+    pref::pair_outputs outputs;
+    outputs.chosen_logps = logps_w;
+    outputs.rejected_logps = logps_l;
+    const auto r = pref::dpo(seq, chosen, rejected, pref::sequence_input::sums(ref_w.view1()),
+                             pref::sequence_input::sums(ref_l.view1()), rows_of(grad.data(), 0, B, T),
+                             rows_of(grad.data(), B, B, T), o, outputs, extras);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_logits", logits_gradient(logits, s, grad, std::numeric_limits<std::int64_t>::min()));
+    out.set("derived_chosen_logps", from_values(logps_w, {B}));
+    out.set("derived_rejected_logps", from_values(logps_l, {B}));
+    out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));
+    out.set("metric_rewards_rejected", from_values({r.metrics.rejected}, {}));
+    out.set("metric_rewards_margins", from_values({r.metrics.margin}, {}));
+    out.set("metric_rewards_accuracies", from_values({r.metrics.accuracy}, {}));
+    if (logits.dtype == "float32") out.tol = float32_path;
+}
+
+// SimPOTrainer.get_batch_loss_metrics: [chosen; rejected] logits, labels with -100, length-averaged
+// log-probs, SimPO loss (+ sft_weight * the chosen tokens' cross-entropy).
+void simpo_batch_loss_metrics(const case_context& c, produced& out) {
+    const tensor logits = c.input("logits");
+    const tensor cl = c.input("chosen_labels"), rl = c.input("rejected_labels");
+    const index_t B = cl.rows(), L = cl.cols(), V = logits.shape[2];
+    tensor labels = zeros({2 * B, L}, "int64");
+    labels.ints.resize(std::size_t(2 * B * L));
+    for (index_t i = 0; i < B * L; ++i) {
+        labels.ints[std::size_t(i)] = cl.ints[std::size_t(i)];
+        labels.ints[std::size_t(B * L + i)] = rl.ints[std::size_t(i)];
+    }
+    const std::int64_t ignore = std::int64_t(c.param_or("label_pad_token_id", -100));
+    const auto s = score_tokens(logits, labels, ignore);
+    const index_t T = s.cols;
+    std::vector<std::uint8_t> mask(std::size_t(2 * B * T));
+    for (std::size_t k = 0; k < mask.size(); ++k) mask[k] = s.labels[k] != ignore;
+
+    const std::string t = c.params.at("loss_type").get<std::string>();
+    auto o = pref::dpo_options::simpo(c.param("beta"), c.param("gamma_beta_ratio"), c.param("label_smoothing"), parse_loss(t));
+    const double sft_weight = c.param_or("sft_weight", 0.0);
+    if (sft_weight > 0) o.losses = {{o.loss, 1.0}, {pref::pair_loss::sft, sft_weight}};
+
+    const double* lp = s.logp.data();
+    const std::uint8_t* m = mask.data();
+    std::vector<double> grad(std::size_t(2 * B * T), 0.0), logps_w(std::size_t(B)), logps_l(std::size_t(B));
+    pref::pair_outputs outputs;
+    outputs.chosen_logps = logps_w;
+    outputs.rejected_logps = logps_l;
+    const auto r = pref::simpo(seq, pref::sequence_input::tokens(rows_of(lp, 0, B, T), rows_of(m, 0, B, T)),
+                               pref::sequence_input::tokens(rows_of(lp, B, B, T), rows_of(m, B, B, T)),
+                               rows_of(grad.data(), 0, B, T), rows_of(grad.data(), B, B, T), o, outputs);
+    out.set("loss", from_values({r.loss}, {}));
+    out.set("grad_logits", logits_gradient(logits, s, grad, ignore));
+    out.set("derived_policy_chosen_logps", from_values(logps_w, {B}));
+    out.set("derived_policy_rejected_logps", from_values(logps_l, {B}));
+    out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));
+    out.set("metric_rewards_rejected", from_values({r.metrics.rejected}, {}));
+    out.set("metric_rewards_accuracies", from_values({r.metrics.accuracy}, {}));
+    out.set("metric_rewards_margins", from_values({r.metrics.margin}, {}));
+    out.set("metric_logps_chosen", from_values({r.metrics.logps_chosen}, {}));
+    out.set("metric_logps_rejected", from_values({r.metrics.logps_rejected}, {}));
+    if (sft_weight > 0) out.set("metric_sft_loss", from_values({r.term_losses.at(1)}, {}));
+    // logits/chosen and logits/rejected are plain means of the logits tensor (all B * T * V entries),
+    // a trainer statistic outside any loss.
+    const index_t half = B * L * V;
+    double sum_w = 0, sum_l = 0;
+    for (index_t k = 0; k < half; ++k) {
+        sum_w += logits.data[std::size_t(k)];
+        sum_l += logits.data[std::size_t(half + k)];
+    }
+    out.set("metric_logits_chosen", from_values({sum_w / double(half)}, {}));
+    out.set("metric_logits_rejected", from_values({sum_l / double(half)}, {}));
+}
+
 }  // namespace
 
 void register_preference(registry& r) {
@@ -160,6 +324,17 @@ void register_preference(registry& r) {
                            "preference::dpo over sums, dpo_options::cpo(loss_type, beta, label_smoothing, simpo_gamma, alpha)"});
     r.add("simpo/simpo_loss", {simpo_loss, float64_path,
                                "preference::dpo over length-averaged sums, dpo_options::simpo(beta, gamma_beta_ratio, label_smoothing, loss_type)"});
+    r.add("trl/DPOTrainer._compute_loss",
+          {trl_compute_loss, float64_path,
+           "token_log_probs of the shifted logits, preference::dpo over tokens (chosen / rejected halves) with "
+           "dpo_options::trl(loss_type list, beta, label_smoothing) (+ ld_alpha, f-divergence, wpo_weights), backward to logits"});
+    r.add("simpo/get_batch_loss_metrics",
+          {simpo_batch_loss_metrics, float64_path,
+           "token_log_probs (ignore -100), preference::simpo over tokens with dpo_options::simpo(...) (+ sft term), backward to logits"});
+    r.deviations.push_back({"simpo/get_batch_loss_metrics", "*zero_length*", "zero_length_response",
+                            "SimPO divides a response's log-prob sum by its label count with no guard, so an empty response "
+                            "makes the loss and every gradient NaN; posttrain averages over max(n, 1) (an empty response has "
+                            "average 0) and stays finite"});
     r.deviations.push_back({"trl/dpo_loss", "*sft*", "sft_nll_from_model_output",
                             "TRL <= 0.28 'sft' returns model_output['nll_loss'], an NLL computed outside dpo_loss; posttrain's sft "
                             "term computes the NLL from the chosen log-probs (checked by the DPOTrainer._compute_loss sft cases)"});

@@ -145,6 +145,8 @@ struct pair_outputs {
     batch_output losses;            // per-pair loss (the weighted sum over terms, before the reduction)
     batch_output chosen_rewards;    // beta * l_w (AlphaPO: beta * s_w)
     batch_output rejected_rewards;
+    batch_output chosen_logps;      // the policy's S(y_w) as the loss used it (LD-weighted, length-averaged if asked)
+    batch_output rejected_logps;
 };
 
 struct [[nodiscard]] dpo_result {
@@ -207,7 +209,7 @@ inline void check_dpo_options(const dpo_options& o, const char* fn) {
         if (t.loss == pair_loss::exo_pair)
             require(o.label_smoothing > 0, w, "exo_pair needs label_smoothing > 0 (the target distribution [1-eps, eps])");
         if (t.loss == pair_loss::sft)
-            require(!o.average_log_prob, w, "sft is the NLL of the summed chosen log-probs: it does not combine with average_log_prob");
+            require(o.ld_alpha == 1.0, w, "sft is the plain NLL of the chosen tokens: it does not combine with ld_alpha");
         if (t.loss == pair_loss::discopop)
             require(finite(o.discopop_tau) && o.discopop_tau > 0, w, "discopop_tau must be finite and > 0");
         if (o.gamma != 0)
@@ -307,6 +309,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
         posttrain::detail::require(rejected.has_lengths(), {fn, "rejected"}, "needs lengths for this loss (sequence_input::sums(sums, lengths))");
     }
     auto inv_len = [](double n) { return 1.0 / std::max(n, 1.0); };
+    const std::vector<double> raw_w = pw.sum;  // the sft term's NLL is on the summed log-probs
     if (o.average_log_prob)
         for (index_t i = 0; i < B; ++i) {
             const std::size_t k = std::size_t(i);
@@ -351,7 +354,9 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
         double(2 * B);
 
     // Per-pair losses and d(loss)/d(l) of every term, then the weighted combination.
-    std::vector<double> pair_loss_total(nb, 0.0), dlw(nb, 0.0), dll(nb, 0.0);
+    // dlw / dll: d(loss)/d(l) of the pair terms (chained through the length average below); dsft:
+    // d(loss)/d(raw S_w) of the sft term.
+    std::vector<double> pair_loss_total(nb, 0.0), dlw(nb, 0.0), dll(nb, 0.0), dsft(nb, 0.0);
     dpo_result result;
     result.pairs = B;
     const double sum_nw = need_len ? detail::pair_sum(B, [&](index_t i) { return pw.length[std::size_t(i)]; }) : 0.0;
@@ -383,7 +388,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
                 tl[k] = term.loss == pair_loss::aot ? -dx[k] : dy[k];
             }
         } else if (term.loss == pair_loss::sft) {
-            const double nll = sum_nw > 0 ? -detail::pair_sum(B, [&](index_t i) { return pw.sum[std::size_t(i)]; }) / sum_nw : 0.0;
+            const double nll = sum_nw > 0 ? -detail::pair_sum(B, [&](index_t i) { return raw_w[std::size_t(i)]; }) / sum_nw : 0.0;
             for (index_t i = 0; i < B; ++i) {
                 const std::size_t k = std::size_t(i);
                 term_loss[k] = nll;
@@ -416,7 +421,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
         for (index_t i = 0; i < B; ++i) {
             const std::size_t k = std::size_t(i);
             pair_loss_total[k] += term.weight * term_loss[k];
-            dlw[k] += term.weight * tw[k];
+            (term.loss == pair_loss::sft ? dsft : dlw)[k] += term.weight * tw[k];
             dll[k] += term.weight * tl[k];
         }
     }
@@ -431,7 +436,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     for (index_t i = 0; i < B; ++i) {
         const std::size_t k = std::size_t(i);
         const double aw = o.average_log_prob ? inv_len(pw.length[k]) : 1.0, al = o.average_log_prob ? inv_len(pl.length[k]) : 1.0;
-        cw[k] = dlw[k] * aw * factor * o.grad_scale;
+        cw[k] = (dlw[k] * aw + dsft[k]) * factor * o.grad_scale;
         cl[k] = dll[k] * al * factor * o.grad_scale;
     }
     detail::broadcast(policy, chosen, cw, grad_chosen, {fn, "grad_chosen"}, chosen.per_token() ? weighting : token_weighting{});
@@ -440,6 +445,8 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     outputs.losses.write(pair_loss_total, {fn, "outputs.losses"});
     outputs.chosen_rewards.write(rew_w, {fn, "outputs.chosen_rewards"});
     outputs.rejected_rewards.write(rew_l, {fn, "outputs.rejected_rewards"});
+    outputs.chosen_logps.write(pw.sum, {fn, "outputs.chosen_logps"});
+    outputs.rejected_logps.write(pl.sum, {fn, "outputs.rejected_logps"});
     return result;
 }
 
