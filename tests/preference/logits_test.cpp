@@ -221,6 +221,16 @@ TEST_CASE("token_log_probs: bad input raises naming the function and the argumen
     CHECK_THROWS_WITH_AS(pp::token_log_probs(pt::exec::seq, cube(z, 1, 2, 3), matrix(y, 1, 2), matrix(lp, 1, 2)),
                          Contains("posttrain::preference::token_log_probs: argument 'logits': non-finite value nan at a scored position [0, 1, 1]"),
                          pt::invalid_argument);
+    // Under exec::par the first bad row is reported whatever thread found it first.
+    {
+        std::vector<double> big(8 * 2 * 3, 0.5);
+        big[std::size_t((5 * 2 + 1) * 3 + 2)] = nan_v;
+        big[std::size_t((2 * 2 + 0) * 3 + 0)] = inf_v;
+        const std::vector<std::int64_t> yb(16, 1);
+        std::vector<double> ob(16);
+        CHECK_THROWS_WITH_AS(pp::token_log_probs(pt::exec::par.with_threads(4), cube(big, 8, 2, 3), matrix(yb, 8, 2), matrix(ob, 8, 2)),
+                             Contains("argument 'logits': non-finite value inf at a scored position [2, 0, 0]"), pt::invalid_argument);
+    }
     // The same NaN at an ignored position is never read.
     const std::vector<std::int64_t> y_skip = {0, -100};
     pp::token_log_probs(pt::exec::seq, cube(z, 1, 2, 3), matrix(y_skip, 1, 2), matrix(lp, 1, 2));

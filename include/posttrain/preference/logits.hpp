@@ -11,8 +11,9 @@
 // A label equal to options.ignore_index (-100, the Hugging Face convention) marks a position that is
 // not scored: its log-prob is written as 0 and its logits gradient as 0, and its logits and upstream
 // gradient are never read (select, not multiply: padding may hold NaN). Any other label must lie in
-// [0, V). NaN or +inf logits at scored positions raise; -inf logits are vocabulary entries of
-// probability 0 (masked vocabularies) and are allowed unless every logit of the position is -inf.
+// [0, V) (checked before anything is written). NaN or +inf logits at scored positions raise (found
+// inside the parallel loop, raised after it for the first bad row); -inf logits are vocabulary entries
+// of probability 0 (masked vocabularies) and are allowed unless every logit of the position is -inf.
 //
 // Shifting for causal models (logits[:, :-1] against labels[:, 1:]) is the caller's: pass strided
 // views. Host policies only; rows are independent, so exec::par gives the bits of exec::seq.
@@ -43,10 +44,11 @@ using namespace posttrain::detail;
 
 // The normaliser of one scored position with label k: m = max_v z_v, e[0..V) = exp(z_v - m), and the
 // sum split as s = e_k + rest. Splitting keeps 1 - p_k = rest / s and log p_k = -log1p(rest) exact
-// when the label is the argmax and p_k is close to 1 (where 1 - e_k / s would cancel). The caller has
-// checked that no logit is NaN or +inf.
+// when the label is the argmax and p_k is close to 1 (where 1 - e_k / s would cancel).
 struct label_normalizer {
     double m = 0, e_k = 1, rest = 0;
+    index_t bad = -2;  // -2: valid; v >= 0: logit v is NaN or +inf; -1: every logit is -inf
+    bool ok() const noexcept { return bad == -2; }
     double s() const noexcept { return e_k + rest; }
     // log softmax(z)_k
     template <class Z>
@@ -56,16 +58,50 @@ struct label_normalizer {
     }
 };
 
+// Validates the position while taking its max (one pass over the vocabulary for both), so that the
+// check runs inside the parallel loop; a bad position is reported, not computed.
 template <class Z>
 label_normalizer label_normalizer_of(const Z& z, index_t V, index_t k, double* e) noexcept {
+    constexpr double inf = std::numeric_limits<double>::infinity();
     label_normalizer r;
-    double m = -std::numeric_limits<double>::infinity();
-    for (index_t v = 0; v < V; ++v) m = double(z(v)) > m ? double(z(v)) : m;
+    double m = -inf;
+    for (index_t v = 0; v < V; ++v) {
+        const double x = double(z(v));
+        if (!(x < inf)) {  // NaN or +inf
+            r.bad = v;
+            return r;
+        }
+        m = x > m ? x : m;
+    }
+    if (m == -inf) {
+        r.bad = -1;
+        return r;
+    }
     r.m = m;
     for (index_t v = 0; v < V; ++v) e[v] = std::exp(double(z(v)) - m);  // a -inf logit gives exp(-inf) = 0
     r.e_k = e[k];
     r.rest = fixed_order_sum(V, [&](index_t v) { return v == k ? 0.0 : e[v]; });
     return r;
+}
+
+// The first bad scored position of a row (t = -1: none), raised after the parallel loop in row order
+// (nothing may throw inside a parallel region, and the message must not depend on the thread count).
+struct logits_error {
+    index_t t = -1, v = -2;
+};
+
+template <class Z>
+void raise_logits_errors(tensor_view<const Z, 3> z, const std::vector<logits_error>& errors, where w) {
+    for (std::size_t i = 0; i < errors.size(); ++i) {
+        const auto& e = errors[i];
+        if (e.t < 0) continue;
+        if (e.v >= 0)
+            raise_invalid_argument(w.function, w.argument,
+                                   "non-finite value " + std::to_string(double(z(index_t(i), e.t, e.v))) +
+                                       " at a scored position [" + str(index_t(i)) + ", " + str(e.t) + ", " + str(e.v) + "]");
+        raise_invalid_argument(w.function, w.argument,
+                               "every logit of the scored position [" + str(index_t(i)) + ", " + str(e.t) + "] is -inf");
+    }
 }
 
 // The label of one position as a vocabulary index, or -1 when the position is ignored; raises on a
@@ -83,23 +119,6 @@ index_t label_index(L y, index_t V, std::int64_t ignore, index_t i, index_t t, w
                                "label " + std::to_string(x) + " at [" + str(i) + ", " + str(t) + "] is outside [0, " +
                                    str(V) + ") and is not the ignore_index " + std::to_string(ignore));
     return index_t(x);
-}
-
-// Every logit of a scored position must be finite or -inf, and not all -inf.
-template <class Z>
-void check_logits_row(const Z& z, index_t V, index_t i, index_t t, where w) {
-    bool any = false;
-    for (index_t v = 0; v < V; ++v) {
-        const double x = double(z(v));
-        if (x != x || x == std::numeric_limits<double>::infinity())
-            raise_invalid_argument(w.function, w.argument,
-                                   "non-finite value " + std::to_string(x) + " at a scored position [" + str(i) + ", " +
-                                       str(t) + ", " + str(v) + "]");
-        any = any || x != -std::numeric_limits<double>::infinity();
-    }
-    if (!any)
-        raise_invalid_argument(w.function, w.argument,
-                               "every logit of the scored position [" + str(i) + ", " + str(t) + "] is -inf");
 }
 
 // Shapes shared by the forward and the backward: labels [B, T] match the logits' first two extents.
@@ -140,11 +159,8 @@ void token_log_probs(const Policy& policy, const Logits& logits, const Labels& l
             posttrain::advantage::detail::check_no_alias(o, z, {fn, "out"}, "logits");
             posttrain::advantage::detail::check_no_alias(o, y, {fn, "out"}, "labels");
             detail::check_labels(y, V, options.ignore_index, {fn, "labels"});
-            for (index_t i = 0; i < B; ++i)
-                for (index_t t = 0; t < T; ++t)
-                    if (detail::label_index(y(i, t), V, options.ignore_index, i, t, {fn, "labels"}) >= 0)
-                        detail::check_logits_row(detail::position_logits(z, i, t), V, i, t, {fn, "logits"});
             using O = typename decltype(o)::value_type;
+            std::vector<detail::logits_error> errors(static_cast<std::size_t>(B));
             posttrain::advantage::detail::for_each_row(policy, B, T * V, [&](index_t i) {
                 std::vector<double> e(static_cast<std::size_t>(V));
                 for (index_t t = 0; t < T; ++t) {
@@ -154,9 +170,15 @@ void token_log_probs(const Policy& policy, const Logits& logits, const Labels& l
                         continue;
                     }
                     const auto zt = detail::position_logits(z, i, t);
-                    o(i, t) = static_cast<O>(detail::label_normalizer_of(zt, V, k, e.data()).log_prob(zt, k));
+                    const auto n = detail::label_normalizer_of(zt, V, k, e.data());
+                    if (!n.ok()) {
+                        errors[std::size_t(i)] = {t, n.bad};
+                        return;
+                    }
+                    o(i, t) = static_cast<O>(n.log_prob(zt, k));
                 }
             });
+            detail::raise_logits_errors(z, errors, {fn, "logits"});
         },
         posttrain::detail::floating_input<3>(logits, {fn, "logits"}), posttrain::detail::id_input<2>(labels, {fn, "labels"}),
         posttrain::detail::floating_output<2>(out, {fn, "out"}));
@@ -183,11 +205,11 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
             for (index_t i = 0; i < B; ++i)
                 for (index_t t = 0; t < T; ++t) {
                     if (detail::label_index(y(i, t), V, options.ignore_index, i, t, {fn, "labels"}) < 0) continue;
-                    detail::check_logits_row(detail::position_logits(z, i, t), V, i, t, {fn, "logits"});
                     detail::require(numeric::is_finite(double(up(i, t))), {fn, "grad_logp"},
                                     "non-finite value at a scored position [" + posttrain::detail::str(i) + ", " + posttrain::detail::str(t) + "]");
                 }
             using G = typename decltype(g)::value_type;
+            std::vector<detail::logits_error> errors(static_cast<std::size_t>(B));
             posttrain::advantage::detail::for_each_row(policy, B, T * V, [&](index_t i) {
                 std::vector<double> e(static_cast<std::size_t>(V));
                 for (index_t t = 0; t < T; ++t) {
@@ -197,10 +219,15 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
                         continue;
                     }
                     const auto n = detail::label_normalizer_of(detail::position_logits(z, i, t), V, k, e.data());
+                    if (!n.ok()) {
+                        errors[std::size_t(i)] = {t, n.bad};
+                        return;
+                    }
                     const double u = double(up(i, t)), f = u / n.s();
                     for (index_t v = 0; v < V; ++v) g(i, t, v) = static_cast<G>(v == k ? f * n.rest : -f * e[v]);
                 }
             });
+            detail::raise_logits_errors(z, errors, {fn, "logits"});
         },
         posttrain::detail::floating_input<3>(logits, {fn, "logits"}), posttrain::detail::id_input<2>(labels, {fn, "labels"}),
         posttrain::detail::floating_input<2>(grad_logp, {fn, "grad_logp"}),
