@@ -251,6 +251,27 @@ inline void store_row(const outputs2& g, index_t i, const double* in) {
                                (t >= 0 ? ", " + str(t) : std::string()) + "]");
 }
 
+// Per-token log-probs (and reference log-probs, when present) must be finite on the action tokens, the
+// only ones read; returns each row's action-token count. In row order, so the first bad index is reported.
+inline std::vector<double> check_action_rows(const values2& lp, const values2& rp, const mask_of& m, index_t B, index_t T,
+                                             const char* fn) {
+    std::vector<double> count(static_cast<std::size_t>(B), 0.0), p(static_cast<std::size_t>(T)), q(static_cast<std::size_t>(T)),
+        a(static_cast<std::size_t>(T));
+    for (index_t i = 0; i < B; ++i) {
+        load_row(lp, i, p.data());
+        load_row(rp, i, q.data());
+        load_mask_row(m, i, a.data());
+        for (index_t t = 0; t < T; ++t) {
+            const std::size_t k = std::size_t(t);
+            if (a[k] == 0) continue;
+            count[std::size_t(i)] += 1;
+            if (!numeric::is_finite(p[k])) raise_nonfinite_at({fn, "log_probs"}, i, t, p[k]);
+            if (present(rp) && !numeric::is_finite(q[k])) raise_nonfinite_at({fn, "ref_log_probs"}, i, t, q[k]);
+        }
+    }
+    return count;
+}
+
 inline void check_oreo_options(const oreo_options& o, const char* fn) {
     const where w{fn, "options"};
     require(numeric::is_finite(o.beta) && o.beta > 0, w, "beta must be finite and > 0, found " + std::to_string(o.beta));
@@ -616,14 +637,7 @@ void oreo_tail_sums(const Policy& policy, const LogProbs& log_probs, const Actio
     detail::require_shape(out, B, T, {fn, "tails"}, "log_probs");
     detail::require_no_alias(out, lp, {fn, "tails"}, "log_probs");
     detail::require_no_alias(out, m, {fn, "tails"}, "action_mask");
-    std::vector<double> p(static_cast<std::size_t>(T)), a(static_cast<std::size_t>(T));
-    for (index_t i = 0; i < B; ++i) {
-        detail::load_row(lp, i, p.data());
-        detail::load_mask_row(m, i, a.data());
-        for (index_t t = 0; t < T; ++t)
-            if (a[std::size_t(t)] != 0 && !numeric::is_finite(p[std::size_t(t)]))
-                detail::raise_nonfinite_at({fn, "log_probs"}, i, t, p[std::size_t(t)]);
-    }
+    (void)detail::check_action_rows(lp, {}, m, B, T, fn);
     detail::for_each_row(policy, B, T, [&](index_t i) {
         std::vector<double> x(static_cast<std::size_t>(T)), k(static_cast<std::size_t>(T)), s(static_cast<std::size_t>(T) + 1);
         detail::load_row(lp, i, x.data());
@@ -680,17 +694,13 @@ void oreo_importance_weights(const Policy& policy, const LogProbs& log_probs, co
     const index_t B = detail::extent_of(lp, 0), T = detail::extent_of(lp, 1);
     detail::require_shape(rp, B, T, {fn, "ref_log_probs"}, "log_probs");
     detail::require_shape(m, B, T, {fn, "action_mask"}, "log_probs");
+    (void)detail::check_action_rows(lp, rp, m, B, T, fn);
     std::vector<double> lw(static_cast<std::size_t>(B)), w(static_cast<std::size_t>(B));
     std::vector<double> p(static_cast<std::size_t>(T)), q(static_cast<std::size_t>(T)), a(static_cast<std::size_t>(T));
     for (index_t i = 0; i < B; ++i) {
         detail::load_row(lp, i, p.data());
         detail::load_row(rp, i, q.data());
         detail::load_mask_row(m, i, a.data());
-        for (index_t t = 0; t < T; ++t) {
-            if (a[std::size_t(t)] == 0) continue;
-            if (!numeric::is_finite(p[std::size_t(t)])) detail::raise_nonfinite_at({fn, "log_probs"}, i, t, p[std::size_t(t)]);
-            if (!numeric::is_finite(q[std::size_t(t)])) detail::raise_nonfinite_at({fn, "ref_log_probs"}, i, t, q[std::size_t(t)]);
-        }
         lw[std::size_t(i)] = detail::fixed_order_sum(T, [&](index_t t) {
             return a[std::size_t(t)] != 0 ? p[std::size_t(t)] - q[std::size_t(t)] : 0.0;
         });
@@ -838,24 +848,9 @@ oreo_kl_result oreo_kl_regularizer(const Policy& policy, const LogProbs& log_pro
     detail::require_no_alias(out, lp, {fn, "grad_log_probs"}, "log_probs");
     detail::require_no_alias(out, rp, {fn, "grad_log_probs"}, "ref_log_probs");
     detail::require_no_alias(out, m, {fn, "grad_log_probs"}, "action_mask");
-    std::vector<double> n(static_cast<std::size_t>(B));
-    {
-        std::vector<double> p(static_cast<std::size_t>(T)), q(static_cast<std::size_t>(T)), a(static_cast<std::size_t>(T));
-        for (index_t i = 0; i < B; ++i) {
-            detail::load_row(lp, i, p.data());
-            detail::load_row(rp, i, q.data());
-            detail::load_mask_row(m, i, a.data());
-            for (index_t t = 0; t < T; ++t) {
-                if (a[std::size_t(t)] == 0) continue;
-                n[std::size_t(i)] += 1;
-                if (!numeric::is_finite(p[std::size_t(t)])) detail::raise_nonfinite_at({fn, "log_probs"}, i, t, p[std::size_t(t)]);
-                if (!numeric::is_finite(q[std::size_t(t)]))
-                    detail::raise_nonfinite_at({fn, "ref_log_probs"}, i, t, q[std::size_t(t)]);
-            }
-            if (n[std::size_t(i)] == 0)
-                detail::raise_invalid_argument(fn, "action_mask", "row " + detail::str(i) + " has no action token");
-        }
-    }
+    const auto n = detail::check_action_rows(lp, rp, m, B, T, fn);
+    for (index_t i = 0; i < B; ++i)
+        if (n[std::size_t(i)] == 0) detail::raise_invalid_argument(fn, "action_mask", "row " + detail::str(i) + " has no action token");
     oreo_kl_result res;
     if (B == 0) return res;
     const double seqs = options.sequences > 0 ? options.sequences : double(B);
