@@ -654,3 +654,23 @@ TEST_CASE("oreo: the docs example (docs/algorithms/oreo.md)") {
     CHECK(g[1] == doctest::Approx(-0.5));
     CHECK(g[2] == doctest::Approx(-0.3333333333));
 }
+
+TEST_CASE("oreo_value_loss: clip_ratio over the states or over every position; value range") {
+    // One row, T = 4, left padding at 0; tails A = (5, 5, 1, 0.25), A' = 0: D = A.
+    std::vector<double> A = {5.0, 5.0, 1.0, 0.25}, Ar = {0, 0, 0, 0}, v = {nan_v, 0.5, -0.25, 1.0}, s = {0, 1, 1, 1};
+    std::vector<double> R = {0.0};
+    pp::oreo_options o;
+    o.clip_log = 0.5;
+    auto run = [&](const pp::oreo_options& opt) {
+        return pp::oreo_value_loss(pt::exec::seq, matrix(A, 1, 4), matrix(Ar, 1, 4), matrix(v, 1, 4), matrix(s, 1, 4), R, pt::none,
+                                   pt::none, pt::none, opt);
+    };
+    const auto r = run(o);
+    CHECK(r.clip_ratio == doctest::Approx(2.0 / 3));  // states 1, 2 clipped of 3
+    CHECK(r.value_min == -0.25);
+    CHECK(r.value_max == 1.0);
+    // e = beta * clip(D) + V: (0.015 + 0.5, 0.015 - 0.25, 0.0075 + 1)
+    CHECK(r.loss == doctest::Approx((0.515 * 0.515 + 0.235 * 0.235 + 1.0075 * 1.0075) / 3));
+    o.clip_ratio_all_positions = true;  // OREO: the padding position counts too
+    CHECK(run(o).clip_ratio == doctest::Approx(3.0 / 4));
+}
