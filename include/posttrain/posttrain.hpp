@@ -39,8 +39,10 @@
 #include "policy_loss/value_loss.hpp"
 
 #include "preference/common.hpp"
+#include "preference/diagnostics.hpp"
 #include "preference/dpo.hpp"
 #include "preference/logits.hpp"
+#include "preference/oreo.hpp"
 #include "preference/pair_math.hpp"
 #include "preference/sequence.hpp"
 #include "preference/wpo.hpp"

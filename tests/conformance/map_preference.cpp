@@ -237,13 +237,14 @@ void trl_compute_loss(const case_context& c, produced& out) {
         for (index_t i = 0; i < B; ++i) pair_weights.push_back(w[std::size_t(i)] * w[std::size_t(B + i)]);
         extras.weights = pref::sequence_input::sums(pair_weights);
     }
-    std::vector<double> logps_w(std::size_t(B)), logps_l(std::size_t(B));
-    pref::pair_outputs outputs;
-    outputs.chosen_logps = logps_w;
-    outputs.rejected_logps = logps_l;
     const auto r = pref::dpo(seq, chosen, rejected, pref::sequence_input::sums(ref_w.view1()),
                              pref::sequence_input::sums(ref_l.view1()), rows_of(grad.data(), 0, B, T),
-                             rows_of(grad.data(), B, B, T), o, outputs, extras);
+                             rows_of(grad.data(), B, B, T), o, {}, extras);
+    // derived_*: the plain completion sums (before LD weighting), from the same reduction.
+    std::vector<double> sums(static_cast<std::size_t>(2 * B));
+    pref::sequence_log_probs(seq, posttrain::tensor_view<const double, 2>(lp, s.rows, T),
+                             posttrain::tensor_view<const std::int64_t, 2>(m, s.rows, T), sums);
+    const std::vector<double> logps_w(sums.begin(), sums.begin() + B), logps_l(sums.begin() + B, sums.end());
     out.set("loss", from_values({r.loss}, {}));
     out.set("grad_logits", logits_gradient(logits, s, grad, std::numeric_limits<std::int64_t>::min()));
     out.set("derived_chosen_logps", from_values(logps_w, {B}));
@@ -251,7 +252,8 @@ void trl_compute_loss(const case_context& c, produced& out) {
     out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));
     out.set("metric_rewards_rejected", from_values({r.metrics.rejected}, {}));
     out.set("metric_rewards_margins", from_values({r.metrics.margin}, {}));
-    out.set("metric_rewards_accuracies", from_values({r.metrics.accuracy}, {}));
+    // TRL averages the 0/1 accuracies as a float32 tensor.
+    out.set("metric_rewards_accuracies", from_values({double(float(r.metrics.accuracy))}, {}));
     if (logits.dtype == "float32") out.tol = float32_path;
 }
 
@@ -280,7 +282,7 @@ void simpo_batch_loss_metrics(const case_context& c, produced& out) {
 
     const double* lp = s.logp.data();
     const std::uint8_t* m = mask.data();
-    std::vector<double> grad(std::size_t(2 * B * T), 0.0), logps_w(std::size_t(B)), logps_l(std::size_t(B));
+    std::vector<double> grad(std::size_t(2 * B * T), 0.0), logps_w(static_cast<std::size_t>(B)), logps_l(static_cast<std::size_t>(B));
     pref::pair_outputs outputs;
     outputs.chosen_logps = logps_w;
     outputs.rejected_logps = logps_l;
@@ -293,20 +295,23 @@ void simpo_batch_loss_metrics(const case_context& c, produced& out) {
     out.set("derived_policy_rejected_logps", from_values(logps_l, {B}));
     out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));
     out.set("metric_rewards_rejected", from_values({r.metrics.rejected}, {}));
-    out.set("metric_rewards_accuracies", from_values({r.metrics.accuracy}, {}));
+    out.set("metric_rewards_accuracies", from_values({double(float(r.metrics.accuracy))}, {}));  // a float32 mean in SimPO
     out.set("metric_rewards_margins", from_values({r.metrics.margin}, {}));
     out.set("metric_logps_chosen", from_values({r.metrics.logps_chosen}, {}));
     out.set("metric_logps_rejected", from_values({r.metrics.logps_rejected}, {}));
     if (sft_weight > 0) out.set("metric_sft_loss", from_values({r.term_losses.at(1)}, {}));
-    // logits/chosen and logits/rejected are plain means of the logits tensor (all B * T * V entries),
-    // a trainer statistic outside any loss.
-    const index_t half = B * L * V;
+    // logits/chosen and logits/rejected are plain means of the logits tensor, a trainer statistic outside
+    // any loss; with an SFT term SimPO has already cut the last position off the chosen logits.
+    const index_t half = B * L * V, cut = sft_weight > 0 ? 1 : 0;
     double sum_w = 0, sum_l = 0;
-    for (index_t k = 0; k < half; ++k) {
-        sum_w += logits.data[std::size_t(k)];
-        sum_l += logits.data[std::size_t(half + k)];
-    }
-    out.set("metric_logits_chosen", from_values({sum_w / double(half)}, {}));
+    for (index_t i = 0; i < B; ++i)
+        for (index_t t = 0; t < L; ++t)
+            for (index_t v = 0; v < V; ++v) {
+                const std::size_t k = std::size_t((i * L + t) * V + v);
+                if (t < L - cut) sum_w += logits.data[k];
+                sum_l += logits.data[std::size_t(half) + k];
+            }
+    out.set("metric_logits_chosen", from_values({sum_w / double(B * (L - cut) * V)}, {}));
     out.set("metric_logits_rejected", from_values({sum_l / double(half)}, {}));
 }
 
@@ -331,6 +336,11 @@ void register_preference(registry& r) {
     r.add("simpo/get_batch_loss_metrics",
           {simpo_batch_loss_metrics, float64_path,
            "token_log_probs (ignore -100), preference::simpo over tokens with dpo_options::simpo(...) (+ sft term), backward to logits"});
+    r.deviations.push_back({"trl/DPOTrainer._compute_loss", "*exo_pair*", "exo_pair_float32_epsilon",
+                            "TRL builds exo_pair's epsilon as torch.tensor(label_smoothing), a float32, so its log(1 - eps) and "
+                            "log(eps) carry float32 rounding of 1e-3 (about 2e-8 relative in the loss); posttrain uses eps in "
+                            "double. Compared at 1e-6.",
+                            float32_path});
     r.deviations.push_back({"simpo/get_batch_loss_metrics", "*zero_length*", "zero_length_response",
                             "SimPO divides a response's log-prob sum by its label count with no guard, so an empty response "
                             "makes the loss and every gradient NaN; posttrain averages over max(n, 1) (an empty response has "
