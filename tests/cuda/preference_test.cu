@@ -142,6 +142,11 @@ std::vector<named_options> option_cases() {
         o.average_log_prob = true;
         v.push_back({"ipo average_log_prob", o});
     }
+    {
+        auto o = pp::dpo_options::trl({{pair_loss::sigmoid, 1.0}, {pair_loss::sft, 0.5}});
+        o.average_log_prob = true;
+        v.push_back({"sigmoid + sft, average_log_prob (sft on raw sums)", o});
+    }
     return v;
 }
 
@@ -192,7 +197,7 @@ void compare_results(const pp::dpo_result& got, const pp::dpo_result& want, doub
 template <class T>
 struct host_run {
     std::vector<T> grad[2];
-    std::vector<double> losses, rew_w, rew_l;
+    std::vector<double> losses, rew_w, rew_l, logps_w, logps_l;
     pp::dpo_result result;
 };
 
@@ -223,10 +228,14 @@ host_run<T> run_host(const pair_data& d, const pp::dpo_options& o, bool ref, boo
     h.losses.assign(std::size_t(B), 0.0);
     h.rew_w.assign(std::size_t(B), 0.0);
     h.rew_l.assign(std::size_t(B), 0.0);
+    h.logps_w.assign(std::size_t(B), 0.0);
+    h.logps_l.assign(std::size_t(B), 0.0);
     pp::pair_outputs out;
     out.losses = pt::tensor_view<double, 1>(h.losses.data(), B);
     out.chosen_rewards = pt::tensor_view<double, 1>(h.rew_w.data(), B);
     out.rejected_rewards = pt::tensor_view<double, 1>(h.rew_l.data(), B);
+    out.chosen_logps = pt::tensor_view<double, 1>(h.logps_w.data(), B);
+    out.rejected_logps = pt::tensor_view<double, 1>(h.logps_l.data(), B);
     pp::pair_extras ex;
     if (extras) {
         ex.weights = pp::sequence_input::sums(pt::tensor_view<const double, 1>(d.weights.data(), B));
@@ -266,10 +275,13 @@ host_run<T> run_device(const pair_data& d, const pp::dpo_options& o, bool ref, b
         return pt::device_view<T, 1>(grad[s].data(), B);
     };
     device_vec<double> losses(static_cast<std::size_t>(B)), rw(static_cast<std::size_t>(B)), rl(static_cast<std::size_t>(B));
+    device_vec<float> pw(static_cast<std::size_t>(B)), pl(static_cast<std::size_t>(B));  // float outputs too
     pp::device_pair_outputs out;
     out.losses = losses.view();
     out.chosen_rewards = rw.view();
     out.rejected_rewards = rl.view();
+    out.chosen_logps = pw.view();
+    out.rejected_logps = pl.view();
     pp::device_pair_extras ex;
     if (extras) {
         ex.weights = w.cview();
@@ -289,6 +301,9 @@ host_run<T> run_device(const pair_data& d, const pp::dpo_options& o, bool ref, b
     h.losses = losses.host();
     h.rew_w = rw.host();
     h.rew_l = rl.host();
+    const auto hpw = pw.host(), hpl = pl.host();
+    h.logps_w.assign(hpw.begin(), hpw.end());
+    h.logps_l.assign(hpl.begin(), hpl.end());
     return h;
 }
 
@@ -300,6 +315,11 @@ void compare_runs(const host_run<T>& got, const host_run<T>& want, double tol, d
     close_rel(got.losses, want.losses, tol, what + " outputs.losses");
     close_rel(got.rew_w, want.rew_w, tol, what + " outputs.chosen_rewards");
     close_rel(got.rew_l, want.rew_l, tol, what + " outputs.rejected_rewards");
+    // float outputs: the host's double values rounded once
+    std::vector<double> lw(want.logps_w.size()), ll(want.logps_l.size());
+    for (std::size_t i = 0; i < lw.size(); ++i) lw[i] = float(want.logps_w[i]), ll[i] = float(want.logps_l[i]);
+    close_rel(got.logps_w, lw, 1e-6, what + " outputs.chosen_logps (float)");
+    close_rel(got.logps_l, ll, 1e-6, what + " outputs.rejected_logps (float)");
 }
 
 // Every option case against the host, per token and as sums.
@@ -336,7 +356,7 @@ PT_TEST("dpo host emulation: the kernels' per-pair code equals dpo() on the host
             for (index_t i = 0; i < B; ++i) {
                 const auto s = sums_of(i);
                 const auto r = pp::detail::ratios_of(cfg, s);
-                st.sum_nw += s.nw, st.sum_pw += r.pw, st.reward += cfg.beta * r.lw + cfg.beta * r.ll;
+                st.sum_nw += s.nw, st.sum_pw += s.pw, st.reward += cfg.beta * r.lw + cfg.beta * r.ll;
             }
             pp::detail::pair_acc acc;
             std::vector<double> cw(static_cast<std::size_t>(B)), cl(static_cast<std::size_t>(B));

@@ -134,6 +134,8 @@ struct device_pair_outputs {
     device_batch_output losses;            // per-pair loss (the weighted sum over terms, before the reduction)
     device_batch_output chosen_rewards;    // beta * l_w (AlphaPO: beta * s_w)
     device_batch_output rejected_rewards;
+    device_batch_output chosen_logps;      // the policy's S(y_w) as the loss used it (length-averaged if asked)
+    device_batch_output rejected_logps;
 };
 
 namespace detail {
@@ -158,7 +160,7 @@ struct pair_config {
 // The batch constants of sft and bco_shift::batch_mean.
 struct batch_stats {
     double sum_nw = 0;  // sum of the chosen lengths
-    double sum_pw = 0;  // sum of the chosen policy log-probs
+    double sum_pw = 0;  // sum of the chosen policy log-probs (raw sums: sft's NLL ignores the length average)
     double reward = 0;  // sum over pairs of beta l_w + beta l_l
     POSTTRAIN_HD void merge(const batch_stats& o) noexcept {
         sum_nw += o.sum_nw;
@@ -233,7 +235,9 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
     e.logps_w = r.pw;
     e.logps_l = r.pl;
     e.reward = c.beta * r.lw + c.beta * r.ll;
-    double dlw = 0, dll = 0;
+    // dlw / dll: d loss / d l of the pair terms (chained through the length average below); dsft:
+    // d loss / d (raw S_w) of the sft terms.
+    double dlw = 0, dll = 0, dsft = 0;
     for (int k = 0; k < c.nterms; ++k) {
         const loss_term term = c.terms[k];
         pair_params p{c.beta, c.eps, c.gamma, c.tau, 0.0};
@@ -265,10 +269,10 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
         }
         e.terms[k] = loss;
         e.total += term.weight * loss;
-        dlw += term.weight * tw;
+        (term.loss == pair_loss::sft ? dsft : dlw) += term.weight * tw;
         dll += term.weight * tl;
     }
-    e.cw = dlw * r.aw * c.factor * c.grad_scale;
+    e.cw = (dlw * r.aw + dsft) * c.factor * c.grad_scale;
     e.cl = dll * r.al * c.factor * c.grad_scale;
     return e;
 }
@@ -350,7 +354,7 @@ __device__ inline pair_sums load_pair(const side_in (&side)[max_token_sides], bo
 struct pair_args {
     side_in side[max_token_sides];  // chosen, rejected, ref_chosen, ref_rejected
     vec_in weights, margins;
-    vec_out losses, rew_w, rew_l;   // optional [B] outputs
+    vec_out losses, rew_w, rew_l, logps_w, logps_l;  // optional [B] outputs
     vec_out grad_w, grad_l;         // the gradient of a side given as sums (its coefficient itself)
     double* coef_w = nullptr;       // the coefficients of a side given per token (broadcast later), or null
     double* coef_l = nullptr;
@@ -368,7 +372,7 @@ __global__ void __launch_bounds__(seq_threads) dpo_stats_kernel(const pair_args 
         const pair_sums s = load_pair(a.side, a.c.has_ref, i, bad);
         const pair_ratios r = ratios_of(a.c, s);
         local.sum_nw += s.nw;
-        local.sum_pw += r.pw;
+        local.sum_pw += s.pw;
         local.reward += a.c.beta * r.lw + a.c.beta * r.ll;
     }
     (void)bad;  // the pair kernel reports the same values
@@ -392,6 +396,8 @@ __global__ void __launch_bounds__(seq_threads) dpo_pair_kernel(const pair_args a
         a.losses.set(i, e.total);
         a.rew_w.set(i, e.rew_w);
         a.rew_l.set(i, e.rew_l);
+        a.logps_w.set(i, e.logps_w);
+        a.logps_l.set(i, e.logps_l);
         a.grad_w.set(i, e.cw);
         a.grad_l.set(i, e.cl);
         if (a.coef_w != nullptr) a.coef_w[i] = e.cw;
@@ -667,6 +673,8 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
     a.losses = batch_out(outputs.losses, "outputs.losses");
     a.rew_w = batch_out(outputs.chosen_rewards, "outputs.chosen_rewards");
     a.rew_l = batch_out(outputs.rejected_rewards, "outputs.rejected_rewards");
+    a.logps_w = batch_out(outputs.chosen_logps, "outputs.chosen_logps");
+    a.logps_l = batch_out(outputs.rejected_logps, "outputs.rejected_logps");
 
     // Gradients: the form of their side, [B] ones checked here, [B, T] ones in the typed launch.
     plan.grad[0] = &grad_chosen;
