@@ -183,6 +183,20 @@ TEST_CASE("orpo: sums with lengths give the token form") {
         CHECK(gc[i] == doctest::Approx(g.c[i * 8]).epsilon(1e-13));
         CHECK(gr[i] == doctest::Approx(g.r[i * 8]).epsilon(1e-13));
     }
+    // Finite differences on the sums themselves (lengths are counts: constants).
+    const double h = 1e-6;
+    auto L = [&](const std::vector<double>& x, const std::vector<double>& y) {
+        return pref::orpo(pt::exec::seq, pref::sequence_input::sums(x, nc), pref::sequence_input::sums(y, nr), pt::none, pt::none, {}, o)
+            .loss;
+    };
+    for (std::size_t i = 0; i < 3; ++i) {
+        auto p = Sc, m = Sc;
+        p[i] += h, m[i] -= h;
+        CHECK(close(gc[i], (L(p, Sr) - L(m, Sr)) / (2 * h)));
+        p = Sr, m = Sr;
+        p[i] += h, m[i] -= h;
+        CHECK(close(gr[i], (L(Sc, p) - L(Sc, m)) / (2 * h)));
+    }
 }
 
 TEST_CASE("orpo: a -> 0- and b -> 0- stay finite (ceiling clamp), gradient correct below the ceiling") {
