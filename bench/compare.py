@@ -36,6 +36,8 @@ OPS = {
     "gae_t1024":      ("gae_t1024",      "gae_t1024", ["gae_verl_loop"]),
     "gae_t4096":      ("gae_t4096",      "gae_t4096", ["gae_verl_loop"]),
     "ppo_k3":         ("ppo_k3",         "tokens_t1024", ["ppo_k3_autograd"]),
+    "dpo_sigmoid":    ("dpo_sigmoid",    "pairs_t1024",  ["dpo_autograd"]),
+    "simpo":          ("simpo",          "pairs_t1024",  ["simpo_autograd"]),
 }
 
 

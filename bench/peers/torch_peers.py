@@ -30,6 +30,12 @@ Peers (name -> formula):
                 compute_policy_loss_vanilla (log-ratio clamp 20, clip 0.2, dual clip 3) and kl_penalty
                 "low_var_kl" (clamps 20 / 10) with coefficient 0.001, token-mean, then loss.backward() for
                 d loss / d log_probs, as a trainer runs it under autograd
+  dpo_autograd  TRL DPOTrainer's DPO on layout "pairs_t<T>" ([n / T, T] float32 log-probs of the chosen
+                and rejected responses and of the reference, bool completion masks with right padding):
+                masked_fill(~mask, 0).sum(-1) per response (the reference under no_grad), loss =
+                -logsigmoid(beta ((S_w - R_w) - (S_l - R_l))).mean(), beta 0.1, then loss.backward()
+  simpo_autograd  SimPO on the same layout without the reference: length-averaged log-probs,
+                -logsigmoid(beta (A_w - A_l) - gamma).mean(), beta 2, gamma 0.5, then loss.backward()
 
 Timing: time_peer() warms up, then takes the median over repeats of the mean time of an inner loop
 sized to last about 50 ms (one call per repeat when a call is slower than that).
@@ -64,6 +70,17 @@ def make_data(layout, n, seed=42):
                 "ref": torch.from_numpy(lp + (0.05 * g.standard_normal((b, t))).astype(np.float32)),
                 "adv": torch.from_numpy(g.standard_normal((b, t)).astype(np.float32)),
                 "m": torch.from_numpy(mask)}
+    if layout.startswith("pairs_t"):  # [n / T, T] chosen / rejected log-probs, policy and reference
+        t = int(layout[len("pairs_t"):])
+        b = n // t
+        d = {"layout": layout, "n": n}
+        for side in ("w", "l"):
+            ref = (-1.0 + 0.1 * g.standard_normal((b, t))).astype(np.float32)
+            length = g.integers(t // 2, t + 1, size=b)
+            d["r" + side] = torch.from_numpy(ref)
+            d["c" + side] = torch.from_numpy(ref + (0.05 * g.standard_normal((b, t))).astype(np.float32))
+            d["m" + side] = torch.from_numpy(np.arange(t)[None, :] < length[:, None])
+        return d
     if layout.startswith("gae_t"):  # [n / T, T] tokens: terminal rewards, right padding, observation holes
         t = int(layout[len("gae_t"):])
         b = n // t
@@ -252,6 +269,31 @@ def ppo_k3_autograd(d, clip=0.2, clip_c=3.0, kl_coef=0.001):
     return loss.detach(), lp.grad
 
 
+def dpo_autograd(d, beta=0.1):
+    cw = d["cw"].clone().requires_grad_(True)
+    cl = d["cl"].clone().requires_grad_(True)
+    mw, ml = d["mw"], d["ml"]
+    sw = cw.masked_fill(~mw, 0.0).sum(-1)
+    sl = cl.masked_fill(~ml, 0.0).sum(-1)
+    with torch.no_grad():
+        rw = d["rw"].masked_fill(~mw, 0.0).sum(-1)
+        rl = d["rl"].masked_fill(~ml, 0.0).sum(-1)
+    loss = -torch.nn.functional.logsigmoid(beta * ((sw - rw) - (sl - rl))).mean()
+    loss.backward()
+    return loss.detach(), cw.grad, cl.grad
+
+
+def simpo_autograd(d, beta=2.0, gamma=0.5):
+    cw = d["cw"].clone().requires_grad_(True)
+    cl = d["cl"].clone().requires_grad_(True)
+    mw, ml = d["mw"], d["ml"]
+    aw = cw.masked_fill(~mw, 0.0).sum(-1) / mw.sum(-1)
+    al = cl.masked_fill(~ml, 0.0).sum(-1) / ml.sum(-1)
+    loss = -torch.nn.functional.logsigmoid(beta * (aw - al) - gamma).mean()
+    loss.backward()
+    return loss.detach(), cw.grad, cl.grad
+
+
 PEERS = {
     "reshape": reshape,
     "reshape_trl": reshape_trl,
@@ -261,6 +303,8 @@ PEERS = {
     "rloo_scatter": rloo_scatter,
     "rloo_verl_loop": rloo_verl_loop,
     "gae_verl_loop": gae_verl_loop,
+    "dpo_autograd": dpo_autograd,
+    "simpo_autograd": simpo_autograd,
     "ppo_k3_autograd": ppo_k3_autograd,
 }
 

@@ -302,18 +302,20 @@ TEST_CASE("preference::dpo: float log-probs, bool masks and strided views") {
     const run_out d = run_tokens(pt::exec::seq, p, {});
     CHECK(r.loss == doctest::Approx(d.r.loss).epsilon(1e-6));
     CHECK(gw[0] == doctest::Approx(d.gw[0]).epsilon(1e-6));
-    // A strided view: every other column of a [3, 10] buffer.
-    std::vector<double> wide(30, nan_v);
-    std::vector<std::uint8_t> wmask(30, 0);
-    for (std::size_t k = 0; k < 15; ++k) {
-        wide[2 * k] = p.pw[k];
-        wmask[2 * k] = p.mw[k];
+    // A strided view (every other column of a [3, 26] buffer, the portable loop) gives the bits of the
+    // contiguous one (the SIMD loop), float and double.
+    const pairs q = make_pairs(3, 13, 21);
+    std::vector<double> wide(78, nan_v);
+    std::vector<std::uint8_t> wmask(78, 0);
+    for (std::size_t k = 0; k < 39; ++k) {
+        wide[2 * k] = q.pw[k];
+        wmask[2 * k] = q.mw[k];
     }
-    const pt::index_t ext[2] = {3, 5}, str[2] = {10, 2};
+    const pt::index_t ext[2] = {3, 13}, str[2] = {26, 2};
     std::vector<double> s1(3), s2(3);
     pref::sequence_log_probs(pt::exec::seq, pt::tensor_view<const double, 2>(wide.data(), ext, str),
                              pt::tensor_view<const std::uint8_t, 2>(wmask.data(), ext, str), s1);
-    pref::sequence_log_probs(pt::exec::seq, p.v(p.pw), p.m(p.mw), s2);
+    pref::sequence_log_probs(pt::exec::seq, q.v(q.pw), q.m(q.mw), s2);
     CHECK(pt::test::bitwise_equal(s1, s2));
 }
 
