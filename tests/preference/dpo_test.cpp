@@ -171,6 +171,7 @@ TEST_CASE("preference::dpo: options (label smoothing, margins, scores, length av
         check_gradients(p, s, "simpo + sft");
         auto c = pref::dpo_options::cpo(pair_loss::sigmoid, 0.5, 0, 0.5, 0.2);
         check_gradients(p, c, "cpo alphapo simpo");
+        check_gradients(p, pref::dpo_options::slic(1.0, 0.1), "slic");
         auto ipo = pref::dpo_options::cpo(pair_loss::ipo, 0.5);
         ipo.average_log_prob = true;
         check_gradients(p, ipo, "cpo ipo averaged");
@@ -232,6 +233,18 @@ TEST_CASE("preference::dpo: hand-checked values at initialisation (policy == ref
     CHECK(a.r.metrics.tie_fraction == 1.0);
     const run_out ipo = run_tokens(pt::exec::seq, p, pref::dpo_options::trl(pair_loss::ipo, 0.1));
     CHECK(ipo.r.loss == doctest::Approx(25.0).epsilon(1e-14));  // (1 / (2 beta))^2
+}
+
+TEST_CASE("preference::dpo: SLiC-HF by hand") {
+    // h = S_w - S_l: pair 0 violates the margin delta = 1 (h = 0.5), pair 1 satisfies it (h = 3).
+    std::vector<double> sw = {-2.0, -1.0}, sl = {-2.5, -4.0}, gw(2), gl(2);
+    const auto r = pref::dpo(pt::exec::seq, pref::sequence_input::sums(sw), pref::sequence_input::sums(sl), {}, {}, gw, gl,
+                             pref::dpo_options::slic(1.0, 0.1));
+    CHECK(r.loss == doctest::Approx(((1.0 - 0.5) + 0.1 * 2.0 + 0.0 + 0.1 * 1.0) / 2).epsilon(1e-15));
+    CHECK(gw[0] == doctest::Approx((-1.0 - 0.1) / 2).epsilon(1e-15));
+    CHECK(gw[1] == doctest::Approx(-0.1 / 2).epsilon(1e-15));
+    CHECK(gl[0] == doctest::Approx(0.5).epsilon(1e-15));
+    CHECK(gl[1] == 0.0);
 }
 
 TEST_CASE("preference::dpo: margins of +-50 and +-1e4 stay finite") {

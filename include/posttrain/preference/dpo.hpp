@@ -51,6 +51,7 @@ struct dpo_options {
     bco_shift bco = bco_shift::none;
     double bco_delta = 0;           // the shift for bco_shift::value
     double ld_alpha = 1.0;          // LD-DPO: tokens past the shared length min(n_w, n_l) weigh ld_alpha (1: off)
+    bool sft_token_mean = true;     // sft term: -sum S_w / sum n_w over the batch (TRL); false: -S_w per pair (SLiC-HF)
     reduction reduce = reduction::mean;
     double normalizer = 0;          // > 0: divide the summed loss by this (global pair count) instead of B
     double grad_scale = 1.0;
@@ -111,6 +112,17 @@ struct dpo_options {
         o.label_smoothing = label_smoothing;
         o.reference_free = true;
         o.average_log_prob = true;
+        return o;
+    }
+    // SLiC-HF calibration (Zhao et al. 2023; HALOs SLiCTrainer): max(0, delta - S_w + S_l) - lambda S_w on
+    // summed policy log-probs, no reference (the regulariser's target is the chosen response, as HALOs).
+    static dpo_options slic(double delta = 1.0, double lambda = 0.1) {
+        dpo_options o;
+        o.beta = 1.0;
+        o.gamma = delta - 1.0;  // hinge: max(0, 1 - (h - gamma)) = max(0, delta - h)
+        o.reference_free = true;
+        o.losses = {{pair_loss::hinge, 1.0}, {pair_loss::sft, lambda}};
+        o.sft_token_mean = false;
         return o;
     }
     // TRL CPOTrainer.cpo_loss: reference-free; loss sigmoid (cDPO), hinge, ipo (on sums of what it is
@@ -302,7 +314,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     // Lengths are needed by length averaging, length-normalised IPO, sigmoid_norm and sft.
     bool need_len = o.average_log_prob;
     for (const loss_term& t : terms)
-        need_len = need_len || t.loss == pair_loss::sigmoid_norm || t.loss == pair_loss::sft ||
+        need_len = need_len || t.loss == pair_loss::sigmoid_norm || (t.loss == pair_loss::sft && o.sft_token_mean) ||
                    (t.loss == pair_loss::ipo && o.ipo_length_normalized);
     if (need_len) {
         posttrain::detail::require(chosen.has_lengths(), {fn, "chosen"}, "needs lengths for this loss (sequence_input::sums(sums, lengths))");
@@ -386,6 +398,13 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
                 // aot: x = S_w - S_l reaches l_w with + and l_l with -, and y is constant.
                 tw[k] = dx[k];
                 tl[k] = term.loss == pair_loss::aot ? -dx[k] : dy[k];
+            }
+        } else if (term.loss == pair_loss::sft && !o.sft_token_mean) {
+            for (index_t i = 0; i < B; ++i) {
+                const std::size_t k = std::size_t(i);
+                term_loss[k] = -raw_w[k];
+                tw[k] = -1.0;
+                tl[k] = 0;
             }
         } else if (term.loss == pair_loss::sft) {
             const double nll = sum_nw > 0 ? -detail::pair_sum(B, [&](index_t i) { return raw_w[std::size_t(i)]; }) / sum_nw : 0.0;

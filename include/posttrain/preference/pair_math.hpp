@@ -32,7 +32,7 @@ enum class pair_loss {
     apo_down,      // APO-down: sigma(beta l_w) + (1 - sigma(u))
     discopop,      // DiscoPOP: (1 - m) softplus(-u) + m exp(-u), m = sigma(u / tau)
     sigmoid_norm,  // length-normalised DPO (Tulu 3): softplus(-beta (s_w / n_w - s_l / n_l))
-    sft,           // NLL of the chosen responses: -sum S_w / sum n_w over the batch
+    sft,           // NLL of the chosen responses: -sum S_w / sum n_w over the batch (SLiC: -S_w, sft_token_mean)
 };
 
 // The score a log-ratio enters the loss through (TRL f_divergence_type, and AlphaPO's reward).
