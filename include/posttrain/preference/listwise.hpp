@@ -10,8 +10,8 @@
 //   Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,  G = 2^psi - 1,  D(tau) = ln(1 + tau)
 //
 // tau is the 1-based rank of an item in its group, by the (detached) model utilities (default, as
-// LiPO-lambda and RankDPO's Fig. 2) or by psi; ties break by row index (a stable sort), so Delta
-// never depends on the policy. Delta is detached: ranks are piecewise constant in the scores.
+// LiPO-lambda and RankDPO's Fig. 2) or by psi; ties break by row index (a stable sort), so Delta is
+// always defined. Delta is detached: ranks are piecewise constant in the scores.
 // c_g is the per-group normalisation (sum, 1 / pairs, 1 / sum Delta, or 1 / (K (K-1) / 2) with tied
 // pairs adding log 2, the averaging of TPO's official code); groups are then averaged (or summed).
 //
