@@ -197,6 +197,24 @@ TEST_CASE("token_log_probs: -inf logits are probability-0 entries; float views; 
     pp::token_log_probs(pt::exec::seq, cube(zc, B, T - 1, V), matrix(yc, B, T - 1), matrix(b, B, T - 1));
     CHECK(pt::test::bitwise_equal(a, b));
 
+    // A vocabulary-strided layout (logits stored [V, T], gradient too) gives the contiguous bits.
+    {
+        const auto q = random_problem(1, 4, 6, 2.0, 13);
+        std::vector<double> zt(24), lc(4), ls(4), gc(24), gt(24);
+        for (pt::index_t t = 0; t < 4; ++t)
+            for (pt::index_t v = 0; v < 6; ++v) zt[std::size_t(v * 4 + t)] = q.z[std::size_t(t * 6 + v)];
+        const pt::index_t e3[3] = {1, 4, 6}, s3[3] = {24, 1, 4};
+        pt::tensor_view<const double, 3> zs(zt.data(), e3, s3);
+        pp::token_log_probs(pt::exec::seq, cube(q.z, 1, 4, 6), matrix(q.y, 1, 4), matrix(lc, 1, 4));
+        pp::token_log_probs(pt::exec::seq, zs, matrix(q.y, 1, 4), matrix(ls, 1, 4));
+        CHECK(pt::test::bitwise_equal(lc, ls));
+        const std::vector<double> w = {0.5, -1.0, 2.0, 1.5};
+        pp::token_log_probs_backward(pt::exec::seq, cube(q.z, 1, 4, 6), matrix(q.y, 1, 4), matrix(w, 1, 4), cube(gc, 1, 4, 6));
+        pp::token_log_probs_backward(pt::exec::seq, zs, matrix(q.y, 1, 4), matrix(w, 1, 4), pt::tensor_view<double, 3>(gt.data(), e3, s3));
+        for (pt::index_t t = 0; t < 4; ++t)
+            for (pt::index_t v = 0; v < 6; ++v) CHECK(gt[std::size_t(v * 4 + t)] == gc[std::size_t(t * 6 + v)]);
+    }
+
     // A custom ignore index and int32 labels.
     const std::vector<std::int32_t> y32 = {1, -1};
     std::vector<double> lp32(2, 5.0);

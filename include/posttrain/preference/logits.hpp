@@ -48,6 +48,7 @@ using namespace posttrain::detail;
 struct label_normalizer {
     double m = 0, e_k = 1, rest = 0;
     index_t bad = -2;  // -2: valid; v >= 0: logit v is NaN or +inf; -1: every logit is -inf
+    double log_p = 0;  // filled by the forward
     bool ok() const noexcept { return bad == -2; }
     double s() const noexcept { return e_k + rest; }
     // log softmax(z)_k
@@ -58,29 +59,36 @@ struct label_normalizer {
     }
 };
 
-// Validates the position while taking its max (one pass over the vocabulary for both), so that the
-// check runs inside the parallel loop; a bad position is reported, not computed.
+// Validates the position while taking its max (one branch-free pass over the vocabulary for both), so
+// that the check runs inside the parallel loop; a bad position is reported, not computed.
 template <class Z>
 label_normalizer label_normalizer_of(const Z& z, index_t V, index_t k, double* e) noexcept {
     constexpr double inf = std::numeric_limits<double>::infinity();
     label_normalizer r;
     double m = -inf;
+    bool bad = false;
     for (index_t v = 0; v < V; ++v) {
         const double x = double(z(v));
-        if (!(x < inf)) {  // NaN or +inf
-            r.bad = v;
-            return r;
-        }
+        bad |= !(x < inf);  // NaN or +inf
         m = x > m ? x : m;
+    }
+    if (bad) {
+        for (index_t v = 0; v < V; ++v)
+            if (!(double(z(v)) < inf)) {
+                r.bad = v;
+                return r;
+            }
     }
     if (m == -inf) {
         r.bad = -1;
         return r;
     }
     r.m = m;
-    for (index_t v = 0; v < V; ++v) e[v] = std::exp(double(z(v)) - m);  // a -inf logit gives exp(-inf) = 0
+    for (index_t v = 0; v < V; ++v) e[v] = std::exp(double(z(v)) - m);  // -inf logit: 0
     r.e_k = e[k];
-    r.rest = fixed_order_sum(V, [&](index_t v) { return v == k ? 0.0 : e[v]; });
+    e[k] = 0;  // the label's term is kept apart (rest)
+    r.rest = fixed_order_sum(e, V);
+    e[k] = r.e_k;
     return r;
 }
 
@@ -137,9 +145,25 @@ void check_labels(tensor_view<const L, 2> y, index_t V, std::int64_t ignore, whe
         for (index_t t = 0; t < y.extent(1); ++t) (void)label_index(y(i, t), V, ignore, i, t, w);
 }
 
+// The logits of one position as an accessor v -> z[i, t, v]; over a raw pointer when the vocabulary is
+// contiguous, so that the loops over it vectorize.
 template <class Z>
-auto position_logits(tensor_view<const Z, 3> z, index_t i, index_t t) noexcept {
-    return [=](index_t v) { return z(i, t, v); };
+struct position_accessor {
+    const Z* p;
+    index_t stride;
+    double operator()(index_t v) const noexcept { return double(p[v * stride]); }
+};
+template <class Z>
+struct contiguous_accessor {
+    const Z* p;
+    double operator()(index_t v) const noexcept { return double(p[v]); }
+};
+
+template <class Z, class F>
+decltype(auto) with_position_logits(tensor_view<const Z, 3> z, index_t i, index_t t, F&& f) {
+    const Z* p = z.extent(2) > 0 ? &z(i, t, 0) : z.data();
+    if (z.stride(2) == 1) return f(contiguous_accessor<Z>{p});
+    return f(position_accessor<Z>{p, z.stride(2)});
 }
 
 }  // namespace detail
@@ -169,13 +193,16 @@ void token_log_probs(const Policy& policy, const Logits& logits, const Labels& l
                         o(i, t) = O(0);
                         continue;
                     }
-                    const auto zt = detail::position_logits(z, i, t);
-                    const auto n = detail::label_normalizer_of(zt, V, k, e.data());
+                    const auto n = detail::with_position_logits(z, i, t, [&](auto zt) {
+                        auto r = detail::label_normalizer_of(zt, V, k, e.data());
+                        r.log_p = r.ok() ? r.log_prob(zt, k) : 0.0;
+                        return r;
+                    });
                     if (!n.ok()) {
                         errors[std::size_t(i)] = {t, n.bad};
                         return;
                     }
-                    o(i, t) = static_cast<O>(n.log_prob(zt, k));
+                    o(i, t) = static_cast<O>(n.log_p);
                 }
             });
             detail::raise_logits_errors(z, errors, {fn, "logits"});
@@ -218,13 +245,20 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
                         for (index_t v = 0; v < V; ++v) g(i, t, v) = G(0);
                         continue;
                     }
-                    const auto n = detail::label_normalizer_of(detail::position_logits(z, i, t), V, k, e.data());
+                    const auto n = detail::with_position_logits(
+                        z, i, t, [&](auto zt) { return detail::label_normalizer_of(zt, V, k, e.data()); });
                     if (!n.ok()) {
                         errors[std::size_t(i)] = {t, n.bad};
                         return;
                     }
                     const double u = double(up(i, t)), f = u / n.s();
-                    for (index_t v = 0; v < V; ++v) g(i, t, v) = static_cast<G>(v == k ? f * n.rest : -f * e[v]);
+                    if (g.stride(2) == 1 && V > 0) {
+                        G* POSTTRAIN_RESTRICT out = &g(i, t, 0);
+                        for (index_t v = 0; v < V; ++v) out[v] = static_cast<G>(-f * e[v]);
+                        out[k] = static_cast<G>(f * n.rest);
+                    } else {
+                        for (index_t v = 0; v < V; ++v) g(i, t, v) = static_cast<G>(v == k ? f * n.rest : -f * e[v]);
+                    }
                 }
             });
             detail::raise_logits_errors(z, errors, {fn, "logits"});
