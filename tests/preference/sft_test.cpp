@@ -59,12 +59,21 @@ TEST_CASE("sft: hand-computed token mean and sequence mean") {
     // Global normalizers (data-parallel): the token count or the response count of every rank.
     CHECK(run(x, nullptr, {.normalizer = 12}).loss == 0.5);
     CHECK(run(x, nullptr, {.normalization = pref::sft_normalization::sequence_mean, .normalizer = 9}).loss == 0.5);
+    // sequence_sum (SLiC-HF's regulariser): -(1/B) sum_i S_i, and it needs no lengths.
+    const auto q = run(x, &g, {.normalization = pref::sft_normalization::sequence_sum});
+    CHECK(q.loss == 3.0);
+    CHECK(g == std::vector<double>{-0.5, -0.5, -0.5, 0.0});
+    const std::vector<double> S{-3.0, -3.0};
+    std::vector<double> gs(2);
+    CHECK(pref::sft(pt::exec::seq, pref::sequence_input::sums(S), gs, {.normalization = pref::sft_normalization::sequence_sum}).loss == 3.0);
+    CHECK(gs == std::vector<double>{-0.5, -0.5});
 }
 
 TEST_CASE("sft: gradient matches central finite differences") {
     auto x = random_tokens(5, 9, 4);
     for (pt::index_t t = 0; t < 9; ++t) x.m[std::size_t(2 * 9 + t)] = 0;  // an empty response
-    for (auto mode : {pref::sft_normalization::token_mean, pref::sft_normalization::sequence_mean})
+    for (auto mode : {pref::sft_normalization::token_mean, pref::sft_normalization::sequence_mean,
+                      pref::sft_normalization::sequence_sum})
         for (double normalizer : {0.0, 50.0}) {
             const pref::sft_options o{.normalization = mode, .normalizer = normalizer, .grad_scale = -0.7};
             std::vector<double> g(x.p.size());

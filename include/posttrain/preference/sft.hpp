@@ -4,9 +4,10 @@
 //
 //   token_mean    (TRL):  L = -sum_i S_i / N,            N = sum_i n_i  (or options.normalizer)
 //   sequence_mean:        L = -(1/B) sum_i S_i / max(n_i, 1)             (B or options.normalizer)
+//   sequence_sum:         L = -(1/B) sum_i S_i          (SLiC-HF's regulariser: HALOs SLiCTrainer)
 //
 // with S_i the masked sum of the chosen log-probs of response i and n_i its token count. The gradient
-// is a constant along each response: dL/dp_t = -m_t / N, or -m_t / (B max(n_i, 1)).
+// is a constant along each response: dL/dp_t = -m_t / N, -m_t / (B max(n_i, 1)), or -m_t / B.
 //
 // A batch without a single valid token (token_mean, no normalizer) has loss 0 and gradient 0, where
 // TRL's cross-entropy would give 0/0 = NaN: an empty batch has nothing to learn, and a NaN would poison
@@ -25,12 +26,13 @@ namespace posttrain::preference {
 enum class sft_normalization {
     token_mean,     // every valid token of the batch weighs the same (TRL "sft", ORPO's cross-entropy)
     sequence_mean,  // mean log-prob per response, then the mean over responses
+    sequence_sum,   // summed log-prob per response, then the mean over responses (needs no lengths)
 };
 
 struct sft_options {
     sft_normalization normalization = sft_normalization::token_mean;
     // > 0: the global count the sum is divided by instead of the local one (tokens for token_mean,
-    // responses for sequence_mean), so that each data-parallel rank's loss is a share of the global mean.
+    // responses for the sequence modes), so that each data-parallel rank's loss is a share of the global mean.
     double normalizer = 0;
     double grad_scale = 1.0;
 
@@ -40,7 +42,7 @@ struct sft_options {
 
 struct [[nodiscard]] sft_result {
     double loss = 0;
-    double tokens = 0;      // valid tokens of the batch (sum of n_i)
+    double tokens = 0;      // valid tokens of the batch (sum of n_i; NaN for sums without lengths)
     index_t sequences = 0;  // responses
 };
 
@@ -55,20 +57,27 @@ struct sft_terms {
 
 inline void check_sft_options(sft_normalization normalization, double normalizer, where w) {
     const int n = static_cast<int>(normalization);
-    require(n >= 0 && n <= static_cast<int>(sft_normalization::sequence_mean), w,
+    require(n >= 0 && n <= static_cast<int>(sft_normalization::sequence_sum), w,
             "unknown sft_normalization " + str(n));
     require(normalizer >= 0 && numeric::is_finite(normalizer), w, "normalizer must be finite and >= 0 (0: the local count)");
 }
 
 inline sft_terms sft_terms_of(const sequence_values& v, sft_normalization normalization, double normalizer, where w) {
     const index_t B = index_t(v.sum.size());
-    for (index_t i = 0; i < B; ++i)
+    const bool lengths = normalization != sft_normalization::sequence_sum;
+    for (index_t i = 0; lengths && i < B; ++i)
         require(!std::isnan(v.length[std::size_t(i)]), w,
                 "the SFT term needs response lengths: give sequence_input::tokens or sequence_input::sums(sums, lengths)");
     sft_terms t;
     t.coef.assign(std::size_t(B), 0.0);
-    t.tokens = fixed_order_sum(v.length.data(), B);
-    if (normalization == sft_normalization::token_mean) {
+    t.tokens = fixed_order_sum(v.length.data(), B);  // NaN for sums without lengths (sequence_sum)
+    if (normalization == sft_normalization::sequence_sum) {
+        const double d = normalizer > 0 ? normalizer : double(B);
+        if (d > 0) {
+            t.loss = -fixed_order_sum(v.sum.data(), B) / d;
+            for (auto& c : t.coef) c = -1.0 / d;
+        }
+    } else if (normalization == sft_normalization::token_mean) {
         const double d = normalizer > 0 ? normalizer : t.tokens;
         if (d > 0) {
             t.loss = -fixed_order_sum(v.sum.data(), B) / d;
