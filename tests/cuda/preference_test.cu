@@ -114,6 +114,7 @@ std::vector<named_options> option_cases() {
     v.push_back({"simpo hinge, no reference", pp::dpo_options::simpo(2.0, 0.25, 0, pair_loss::hinge), false});
     v.push_back({"cpo alphapo, no reference", pp::dpo_options::cpo(pair_loss::sigmoid, 0.1, 0, 0, 0.25), false});
     v.push_back({"reward model, no reference", pp::dpo_options::reward_model(), false});
+    v.push_back({"slic (hinge + per-pair NLL), no reference", pp::dpo_options::slic(1.5, 0.1), false});
     {
         auto o = pp::dpo_options::trl(pair_loss::bco_pair);
         o.bco = pp::bco_shift::batch_mean;

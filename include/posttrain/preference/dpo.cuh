@@ -30,7 +30,7 @@
 // The kernels, all on the policy's stream, none synchronizing the host:
 //   1. reduce: one kernel for all per-token sides (blockIdx.y = side; sequence.cuh): per-row sums and
 //      counts in double into scratch (a row kernel folds the chunks of long rows, in order);
-//   2. stats: only for sft or BCO's batch-mean shifts, one block folds the batch constants they need
+//   2. stats: only for sft (token mean) or BCO's batch-mean shifts, one block folds the batch constants they need
 //      (sum of chosen lengths and log-probs, the mean reward) before any pair is evaluated;
 //   3. pairs: pair_term / score_of / smoothed_logistic (pair_math.hpp, the host's own code) per pair,
 //      the weighted terms, the per-pair gradient coefficients d loss / d S (into scratch, or straight
@@ -151,13 +151,13 @@ struct pair_config {
     double bco_delta = 0;
     score_transform f = score_transform::reverse_kl;  // alpha_divergence at alpha = 1 already made reverse_kl
     double alpha = 1, cap = 80;
-    bool reference_free = false, has_ref = false, average = false, ipo_len_norm = true;
+    bool reference_free = false, has_ref = false, average = false, ipo_len_norm = true, sft_token_mean = true;
     bool has_weights = false, has_margins = false;
     double factor = 1, grad_scale = 1;
     index_t pairs = 0;
 };
 
-// The batch constants of sft and bco_shift::batch_mean.
+// The batch constants of sft (token mean) and BCO's batch-mean shifts.
 struct batch_stats {
     double sum_nw = 0;  // sum of the chosen lengths
     double sum_pw = 0;  // sum of the chosen policy log-probs (raw sums: sft's NLL ignores the length average)
@@ -219,7 +219,7 @@ struct pair_eval {
 
 // One pair: the host dpo()'s loops over terms for pair i, in the host's order of operations.
 // weight / margin: extras (read only when c.has_weights / c.has_margins); st: the batch constants
-// (read only by sft and bco_shift::batch_mean).
+// (read only by sft's token mean and BCO's batch-mean shifts).
 POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sums& s, double weight, double margin,
                                             const batch_stats& st) noexcept {
     pair_eval e;
@@ -249,7 +249,11 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
                                                                : mean;
         }
         double loss, tw, tl;
-        if (term.loss == pair_loss::sft) {
+        if (term.loss == pair_loss::sft && !c.sft_token_mean) {  // SLiC: the pair's own NLL
+            loss = -s.pw;
+            tw = -1.0;
+            tl = 0;
+        } else if (term.loss == pair_loss::sft) {
             loss = st.sum_nw > 0 ? -st.sum_pw / st.sum_nw : 0.0;
             tw = st.sum_nw > 0 ? -double(c.pairs) / st.sum_nw : 0.0;
             tl = 0;
@@ -486,6 +490,7 @@ inline pair_config make_pair_config(const dpo_options& o, index_t B, bool has_re
     c.has_ref = has_ref;
     c.average = o.average_log_prob;
     c.ipo_len_norm = o.ipo_length_normalized;
+    c.sft_token_mean = o.sft_token_mean;
     c.factor = reduction_factor(o.reduce, o.normalizer, B);
     c.grad_scale = o.grad_scale;
     c.pairs = B;
@@ -647,8 +652,9 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
     bool need_len = o.average_log_prob;
     for (int k = 0; k < a.c.nterms; ++k) {
         const pair_loss t = a.c.terms[k].loss;
-        need_len = need_len || t == pair_loss::sigmoid_norm || t == pair_loss::sft || (t == pair_loss::ipo && o.ipo_length_normalized);
-        plan.need_stats = plan.need_stats || t == pair_loss::sft ||
+        const bool sft_mean = t == pair_loss::sft && o.sft_token_mean;  // the batch's token mean
+        need_len = need_len || t == pair_loss::sigmoid_norm || sft_mean || (t == pair_loss::ipo && o.ipo_length_normalized);
+        plan.need_stats = plan.need_stats || sft_mean ||
                           (t == pair_loss::bco_pair && (o.bco == bco_shift::batch_mean || o.bco == bco_shift::batch_mean_float32));
     }
     if (need_len) {
