@@ -94,14 +94,15 @@ void openrlhf_dpo(const case_context& c, produced& out) {
 }
 
 // OpenRLHF PairWiseLoss and LogExpLoss: the reward model's Bradley-Terry loss on scalar rewards.
-void openrlhf_reward_pairwise(const case_context& c, produced& out) {
+// PairWiseLoss subtracts an optional margin; LogExpLoss accepts one and ignores it.
+void openrlhf_reward_pairwise(const case_context& c, produced& out, bool use_margin) {
     const tensor cw = c.input("chosen_reward"), cl = c.input("reject_reward");
     auto o = pref::dpo_options::reward_model();
     const index_t B = cw.numel();
     std::vector<double> gw(static_cast<std::size_t>(B)), gl(static_cast<std::size_t>(B));
     pref::pair_extras extras;
     tensor margin;
-    if (c.inputs.contains("margin")) {
+    if (use_margin && c.inputs.contains("margin")) {
         margin = c.input("margin");
         extras.margins = pref::sequence_input::sums(margin.view1());
     }
@@ -116,10 +117,10 @@ void openrlhf_reward_pairwise(const case_context& c, produced& out) {
 // them outside for ipo and simpo); "simpo" is sigmoid with margin simpo_gamma.
 void trl_cpo_loss(const case_context& c, produced& out) {
     const std::string t = c.params.at("loss_type").get<std::string>();
-    const bool simpo = t == "simpo";
-    const auto o = pref::dpo_options::cpo(simpo ? pref::pair_loss::sigmoid : parse_loss(t), c.param("beta"),
-                                          c.param("label_smoothing"), simpo ? c.param("simpo_gamma") : 0.0,
-                                          c.param_or("alpha", 0.0));
+    const auto o = t == "simpo" ? pref::dpo_options::cpo_simpo(c.param("beta"), c.param("simpo_gamma"),
+                                                               c.param("label_smoothing"), c.param_or("alpha", 0.0))
+                                : pref::dpo_options::cpo(parse_loss(t), c.param("beta"), c.param("label_smoothing"),
+                                                         c.param_or("alpha", 0.0));
     const tensor cw = c.input("policy_chosen_logps"), cl = c.input("policy_rejected_logps");
     const sums_run r = run_sums(cw, cl, nullptr, nullptr, o);
     const index_t B = cw.numel();
@@ -321,12 +322,15 @@ void register_preference(registry& r) {
     r.add("trl/dpo_loss", {trl_dpo_loss, float64_path,
                            "preference::dpo over sums, dpo_options::trl_v028(loss_type, beta, label_smoothing)"});
     r.add("openrlhf/DPOLoss", {openrlhf_dpo, float64_path, "preference::dpo over sums, dpo_options::openrlhf(beta, label_smoothing, ipo)"});
-    r.add("openrlhf/PairWiseLoss", {openrlhf_reward_pairwise, float64_path,
+    r.add("openrlhf/PairWiseLoss", {[](const case_context& c, produced& out) { openrlhf_reward_pairwise(c, out, true); },
+                                    float64_path,
                                     "preference::dpo over reward sums, dpo_options::reward_model() (+ extras.margins)"});
-    r.add("openrlhf/LogExpLoss", {openrlhf_reward_pairwise, float64_path,
-                                  "preference::dpo over reward sums, dpo_options::reward_model() (log(1 + e^(r_l - r_w)) is the same function)"});
+    r.add("openrlhf/LogExpLoss", {[](const case_context& c, produced& out) { openrlhf_reward_pairwise(c, out, false); },
+                                  float64_path,
+                                  "preference::dpo over reward sums, dpo_options::reward_model() (log(1 + e^(r_l - r_w)) is the same "
+                                  "function; its margin argument is ignored upstream)"});
     r.add("trl/cpo_loss", {trl_cpo_loss, float64_path,
-                           "preference::dpo over sums, dpo_options::cpo(loss_type, beta, label_smoothing, simpo_gamma, alpha)"});
+                           "preference::dpo over sums, dpo_options::cpo(loss_type, beta, label_smoothing, alpha) or cpo_simpo(beta, simpo_gamma, ...)"});
     r.add("simpo/simpo_loss", {simpo_loss, float64_path,
                                "preference::dpo over length-averaged sums, dpo_options::simpo(beta, gamma_beta_ratio, label_smoothing, loss_type)"});
     r.add("trl/DPOTrainer._compute_loss",

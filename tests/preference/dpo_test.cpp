@@ -169,7 +169,7 @@ TEST_CASE("preference::dpo: options (label smoothing, margins, scores, length av
         auto s = pref::dpo_options::simpo(2.0, 0.5);
         s.losses = {{pair_loss::sigmoid, 1.0}, {pair_loss::sft, 0.3}};
         check_gradients(p, s, "simpo + sft");
-        auto c = pref::dpo_options::cpo(pair_loss::sigmoid, 0.5, 0, 0.5, 0.2);
+        auto c = pref::dpo_options::cpo_simpo(0.5, 0.5, 0, 0.2);
         check_gradients(p, c, "cpo alphapo simpo");
         check_gradients(p, pref::dpo_options::slic(1.0, 0.1), "slic");
         auto ipo = pref::dpo_options::cpo(pair_loss::ipo, 0.5);
@@ -187,6 +187,9 @@ TEST_CASE("preference::dpo: options (label smoothing, margins, scores, length av
         check_gradients(p, pref::dpo_options::trl(pair_loss::sigmoid, 0.5), "weights + margins", e);
         auto mpo = pref::dpo_options::trl({{pair_loss::sigmoid, 0.8}, {pair_loss::bco_pair, 0.2}, {pair_loss::sft, 1.0}}, 0.5);
         check_gradients(p, mpo, "mpo");
+        pref::pair_extras we;
+        we.weights = pref::sequence_input::sums(w);
+        check_gradients(p, mpo, "mpo + weights (the token-mean sft carries mean(w))", we);
         mpo.reduce = pref::reduction::sum;
         check_gradients(p, mpo, "sum reduction");
     }
@@ -233,6 +236,15 @@ TEST_CASE("preference::dpo: hand-checked values at initialisation (policy == ref
     CHECK(a.r.metrics.tie_fraction == 1.0);
     const run_out ipo = run_tokens(pt::exec::seq, p, pref::dpo_options::trl(pair_loss::ipo, 0.1));
     CHECK(ipo.r.loss == doctest::Approx(25.0).epsilon(1e-14));  // (1 / (2 beta))^2
+}
+
+TEST_CASE("preference::dpo: TRL's current sigmoid ignores label smoothing, also inside a multi-loss") {
+    const pairs p = make_pairs(4, 6, 22);
+    const double a = loss_of(p, pref::dpo_options::trl({{pair_loss::sigmoid, 1.0}, {pair_loss::robust, 1.0}}, 0.5, 0.1));
+    const double s = loss_of(p, pref::dpo_options::trl(pair_loss::sigmoid, 0.5));
+    const double r = loss_of(p, pref::dpo_options::trl(pair_loss::robust, 0.5, 0.1));
+    CHECK(a == doctest::Approx(s + r).epsilon(1e-14));
+    CHECK(loss_of(p, pref::dpo_options::trl_v028(pair_loss::sigmoid, 0.5, 0.1)) != doctest::Approx(s));
 }
 
 TEST_CASE("preference::dpo: SLiC-HF by hand") {
@@ -402,6 +414,21 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     auto nt = pref::dpo_options::trl(pair_loss::discopop);
     nt.discopop_tau = 0;
     opt(nt, "discopop_tau");
+    std::vector<double> w3 = {1, 2, 3}, neg3 = {1, -2, 3};
+    auto with_extras = [&](pref::dpo_options o, pref::pair_extras e, const char* what) {
+        CHECK_THROWS_WITH_AS((void)pref::dpo(pt::exec::seq, p.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), pt::none,
+                                             pt::none, o, {}, e),
+                             doctest::Contains(what), pt::invalid_argument);
+    };
+    pref::pair_extras ew;
+    ew.weights = pref::sequence_input::sums(w3);
+    with_extras(pref::dpo_options::trl(pair_loss::aot), ew, "do not apply to the batch-sorted 'aot'");
+    pref::pair_extras en;
+    en.weights = pref::sequence_input::sums(neg3);
+    with_extras(pref::dpo_options::trl(), en, "weights must be finite and >= 0");
+    pref::pair_extras em;
+    em.margins = pref::sequence_input::sums(w3);
+    with_extras(pref::dpo_options::trl(pair_loss::ipo), em, "margins apply to");
     // Lengths are needed by the length-normalised losses when sums are given.
     std::vector<double> s3 = {-1, -2, -3};
     CHECK_THROWS_WITH_AS(call(pref::sequence_input::sums(s3), pref::sequence_input::sums(s3), pref::sequence_input::sums(s3),

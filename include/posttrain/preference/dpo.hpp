@@ -40,6 +40,7 @@ struct dpo_options {
     std::vector<loss_term> losses;  // when non-empty, replaces `loss` (TRL loss_type list + loss_weights)
     double beta = 0.1;
     double label_smoothing = 0;     // eps: cDPO for sigmoid, flip rate for robust, target for exo_pair, aot*
+    bool smooth_sigmoid = true;     // label_smoothing applies to sigmoid / sigmoid_norm (cDPO); TRL >= 0.29 has none there
     double gamma = 0;               // target margin: z = beta * h - gamma (SimPO gamma = beta * gamma_beta_ratio)
     bool reference_free = false;    // l = S_policy (the reference is ignored by the loss; if given, rewards still use it)
     bool average_log_prob = false;  // S -> S / max(n, 1) before anything (SimPO, CPO's ipo / simpo)
@@ -61,14 +62,14 @@ struct dpo_options {
         dpo_options o;
         o.loss = loss;
         o.beta = beta;
-        o.label_smoothing = loss == pair_loss::sigmoid ? 0.0 : label_smoothing;
+        o.label_smoothing = label_smoothing;
+        o.smooth_sigmoid = false;
         return o;
     }
     // TRL's multi-loss (MPO) combination, e.g. {{sigmoid, 0.8}, {bco_pair, 0.2}, {sft, 1.0}}.
     static dpo_options trl(std::vector<loss_term> terms, double beta = 0.1, double label_smoothing = 0) {
         dpo_options o = trl(pair_loss::sigmoid, beta, label_smoothing);
         o.losses = std::move(terms);
-        o.label_smoothing = label_smoothing;
         return o;
     }
     // TRL <= 0.28 DPOTrainer.dpo_loss: cDPO label smoothing on sigmoid, IPO on sums, exo_pair's eps 0
@@ -125,16 +126,15 @@ struct dpo_options {
         o.sft_token_mean = false;
         return o;
     }
-    // TRL CPOTrainer.cpo_loss: reference-free; loss sigmoid (cDPO), hinge, ipo (on sums of what it is
-    // given) or "simpo" (sigmoid with margin simpo_gamma); alpha != 0 is AlphaPO's reward. The CPO
-    // trainer length-averages for ipo and simpo: set average_log_prob when passing token log-probs.
+    // TRL CPOTrainer.cpo_loss: reference-free; loss sigmoid (cDPO), hinge or ipo (on sums of what it is
+    // given); alpha != 0 is AlphaPO's reward. The CPO trainer length-averages for ipo and simpo: set
+    // average_log_prob when passing token log-probs.
     static dpo_options cpo(pair_loss loss = pair_loss::sigmoid, double beta = 0.1, double label_smoothing = 0,
-                           double simpo_gamma = 0, double alpha = 0) {
+                           double alpha = 0) {
         dpo_options o;
         o.loss = loss;
         o.beta = beta;
         o.label_smoothing = label_smoothing;
-        o.gamma = simpo_gamma;
         o.reference_free = true;
         o.ipo_length_normalized = false;
         if (alpha != 0) {
@@ -143,22 +143,28 @@ struct dpo_options {
         }
         return o;
     }
+    // CPO's loss_type "simpo": sigmoid (cDPO with label_smoothing) with the target margin simpo_gamma.
+    static dpo_options cpo_simpo(double beta = 0.1, double simpo_gamma = 0.5, double label_smoothing = 0, double alpha = 0) {
+        dpo_options o = cpo(pair_loss::sigmoid, beta, label_smoothing, alpha);
+        o.gamma = simpo_gamma;
+        return o;
+    }
 };
 
 // Optional per-pair inputs, [B] each: weights multiply each pair's loss (WPO weights, importance
 // weights; detached), margins are subtracted from z like gamma (OpenRLHF PairWiseLoss margin, ODPO).
 struct pair_extras {
-    sequence_input weights;  // sequence_input::sums(w)
-    sequence_input margins;  // sequence_input::sums(m)
+    sequence_input weights{};  // sequence_input::sums(w)
+    sequence_input margins{};  // sequence_input::sums(m)
 };
 
 // Optional per-pair outputs, [B] each.
 struct pair_outputs {
-    batch_output losses;            // per-pair loss (the weighted sum over terms, before the reduction)
-    batch_output chosen_rewards;    // beta * l_w (AlphaPO: beta * s_w)
-    batch_output rejected_rewards;
-    batch_output chosen_logps;      // the policy's S(y_w) as the loss used it (LD-weighted, length-averaged if asked)
-    batch_output rejected_logps;
+    batch_output losses{};            // per-pair loss (the weighted sum over terms, before the reduction)
+    batch_output chosen_rewards{};    // beta * l_w (AlphaPO: beta * s_w)
+    batch_output rejected_rewards{};
+    batch_output chosen_logps{};      // the policy's S(y_w) as the loss used it (LD-weighted, length-averaged if asked)
+    batch_output rejected_logps{};
 };
 
 struct [[nodiscard]] dpo_result {
@@ -196,6 +202,13 @@ inline std::vector<loss_term> terms_of(const dpo_options& o) {
     return o.losses.empty() ? std::vector<loss_term>{{o.loss, 1.0}} : o.losses;
 }
 
+// The losses of z = beta * h - margin, which a target margin (gamma, extras.margins) shifts; sft has no
+// margin to shift and passes.
+inline bool takes_margin(pair_loss l) noexcept {
+    return l == pair_loss::sigmoid || l == pair_loss::sigmoid_norm || l == pair_loss::hinge || l == pair_loss::robust ||
+           l == pair_loss::exo_pair || l == pair_loss::sft;
+}
+
 inline void check_dpo_options(const dpo_options& o, const char* fn) {
     const where w{fn, "options"};
     auto finite = [](double x) { return numeric::is_finite(x); };
@@ -225,9 +238,8 @@ inline void check_dpo_options(const dpo_options& o, const char* fn) {
         if (t.loss == pair_loss::discopop)
             require(finite(o.discopop_tau) && o.discopop_tau > 0, w, "discopop_tau must be finite and > 0");
         if (o.gamma != 0)
-            require(t.loss == pair_loss::sigmoid || t.loss == pair_loss::hinge || t.loss == pair_loss::robust ||
-                        t.loss == pair_loss::exo_pair || t.loss == pair_loss::sft,
-                    w, "gamma (a target margin) applies to sigmoid, hinge, robust and exo_pair, not to '" + name + "'");
+            require(takes_margin(t.loss), w,
+                    "gamma (a target margin) applies to sigmoid, sigmoid_norm, hinge, robust and exo_pair, not to '" + name + "'");
     }
 }
 
@@ -335,6 +347,20 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
 
     const auto weights = detail::sums_of(extras.weights, B, {fn, "extras.weights"});
     const auto margins = detail::sums_of(extras.margins, B, {fn, "extras.margins"});
+    for (const loss_term& t : terms) {
+        const std::string name = detail::pair_loss_name(t.loss);
+        posttrain::detail::require(margins.empty() || detail::takes_margin(t.loss), {fn, "extras.margins"},
+                                   "margins apply to sigmoid, sigmoid_norm, hinge, robust and exo_pair, not to '" + name + "'");
+        // TRL refuses WPO weights with AOT too: a sorted position's loss has no pair of its own to weigh.
+        posttrain::detail::require(weights.empty() || (t.loss != pair_loss::aot && t.loss != pair_loss::aot_unpaired),
+                                   {fn, "extras.weights"}, "per-pair weights do not apply to the batch-sorted '" + name + "'");
+    }
+    double mean_weight = 1.0;
+    if (!weights.empty()) {
+        for (double x : weights)
+            posttrain::detail::require(x >= 0, {fn, "extras.weights"}, "weights must be finite and >= 0");
+        mean_weight = detail::pair_sum(B, [&](index_t i) { return weights[std::size_t(i)]; }) / double(B);
+    }
 
     // Log-ratios (the loss's) and scores.
     std::vector<double> lw(nb), ll(nb), sw(nb), sl(nb), dsw(nb), dsl(nb);
@@ -423,6 +449,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
                 const double aw = per_len ? inv_len(pw.length[k]) : 1.0, al = per_len ? inv_len(pl.length[k]) : 1.0;
                 detail::pair_params pi = p;
                 if (!margins.empty()) pi.gamma += margins[k];
+                if ((term.loss == pair_loss::sigmoid || term.loss == pair_loss::sigmoid_norm) && !o.smooth_sigmoid) pi.eps = 0;
                 const detail::pair_value v = detail::pair_term(term.loss, sw[k] * aw, sl[k] * al, lw[k], ll[k], pi);
                 term_loss[k] = v.loss;
                 tw[k] = v.ds_w * aw * dsw[k] + v.dl_w;
@@ -433,8 +460,11 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
             for (index_t i = 0; i < B; ++i) {
                 const std::size_t k = std::size_t(i);
                 term_loss[k] *= weights[k];
-                tw[k] *= weights[k];
-                tl[k] *= weights[k];
+                // The token-mean sft loss is one batch constant: weighing its copies gives mean(w) * nll,
+                // whose gradient on every chosen response carries mean(w).
+                const double wk = term.loss == pair_loss::sft && o.sft_token_mean ? mean_weight : weights[k];
+                tw[k] *= wk;
+                tl[k] *= wk;
             }
         result.term_losses.push_back(detail::pair_sum(B, [&](index_t i) { return term_loss[std::size_t(i)]; }) / double(B));
         for (index_t i = 0; i < B; ++i) {
