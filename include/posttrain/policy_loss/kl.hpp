@@ -142,7 +142,7 @@ POSTTRAIN_HD inline value_grad kl_token_as(double lp, double ref, const kl_optio
     const double raw = ref - lp;  // rounds exactly like -(lp - ref)
     const double c = o.log_ratio_clamp > 0 ? o.log_ratio_clamp : INFINITY;
     const double d = raw > c ? c : (raw < -c ? -c : raw);
-    const double dd = (raw >= -c) & (raw <= c) ? -1.0 : 0.0;  // d d / d lp
+    const double dd = ((raw >= -c) & (raw <= c)) ? -1.0 : 0.0;  // d d / d lp
     double v = 0, dv = 0;                                       // value and d value / d d
     if constexpr (E == kl_estimator::k1) {
         v = -d, dv = -1;
@@ -155,7 +155,7 @@ POSTTRAIN_HD inline value_grad kl_token_as(double lp, double ref, const kl_optio
         v = (e - d) - 1.0, dv = e - 1.0;
     }
     const double vc = o.value_clamp > 0 ? o.value_clamp : INFINITY;
-    const double g = (v >= -vc) & (v <= vc) ? dv * dd : 0.0;
+    const double g = ((v >= -vc) & (v <= vc)) ? dv * dd : 0.0;
     v = v > vc ? vc : (v < -vc ? -vc : v);
     // A bitwise blend rather than a select on the bool: GCC cannot vectorize a select whose condition is
     // a loop-invariant bool. Bits, not a 0/1 arithmetic blend, because 0 * inf is NaN: an infinite
