@@ -20,6 +20,7 @@
 #include "common.hpp"
 #include "pair_math.hpp"
 #include "sequence.hpp"
+#include "sft.hpp"
 
 namespace posttrain::preference {
 
@@ -397,7 +398,6 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     std::vector<double> pair_loss_total(nb, 0.0), dlw(nb, 0.0), dll(nb, 0.0), dsft(nb, 0.0);
     dpo_result result;
     result.pairs = B;
-    const double sum_nw = need_len ? detail::pair_sum(B, [&](index_t i) { return pw.length[std::size_t(i)]; }) : 0.0;
     std::vector<double> term_loss(nb), tw(nb), tl(nb);
     for (const loss_term& term : terms) {
         detail::pair_params p{o.beta, o.label_smoothing, o.gamma, o.discopop_tau, 0.0};
@@ -425,21 +425,16 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
                 tw[k] = dx[k];
                 tl[k] = term.loss == pair_loss::aot ? -dx[k] : dy[k];
             }
-        } else if (term.loss == pair_loss::sft && !o.sft_token_mean) {
-            for (index_t i = 0; i < B; ++i) {
-                const std::size_t k = std::size_t(i);
-                term_loss[k] = -raw_w[k];
-                tw[k] = -1.0;
-                tl[k] = 0;
-            }
         } else if (term.loss == pair_loss::sft) {
-            const double nll = sum_nw > 0 ? -detail::pair_sum(B, [&](index_t i) { return raw_w[std::size_t(i)]; }) / sum_nw : 0.0;
+            // TRL copies its batch NLL (token mean) to every pair; SLiC's regulariser is -S_w per pair. Both
+            // come from the SFT loss's own terms: coef is d(reduced NLL)/d S_w, B times a pair's share.
+            const auto t = detail::sft_terms_of({raw_w, pw.length},
+                                                o.sft_token_mean ? sft_normalization::token_mean : sft_normalization::sequence_sum,
+                                                0.0, {fn, "chosen"});
             for (index_t i = 0; i < B; ++i) {
                 const std::size_t k = std::size_t(i);
-                term_loss[k] = nll;
-                // The per-pair mean of a batch constant: d mean / d S_w(i) = -1 / sum n_w, i.e. B times the
-                // share one pair's mean carries (the reduction divides by B again below).
-                tw[k] = sum_nw > 0 ? -double(B) / sum_nw : 0.0;
+                tw[k] = t.coef[k] * double(B);
+                term_loss[k] = o.sft_token_mean ? t.loss : tw[k] * raw_w[k];
                 tl[k] = 0;
             }
         } else {
