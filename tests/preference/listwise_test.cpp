@@ -143,6 +143,22 @@ TEST_CASE("rankdpo: K = 2 equals preference::dpo (TRL sigmoid) times the DCG wei
     CHECK(g[1] == doctest::Approx(w * gl[0]).epsilon(1e-14));
 }
 
+TEST_CASE("rankdpo: groups from unsorted prompt ids equal the contiguous layout") {
+    std::vector<double> s{-1.0, -4.0, -2.0, -3.0, -0.5, -6.0}, r(6, -2.0), psi{0.9, 0.1, 0.5, 0.3, 0.7, 0.2};
+    // rows 0, 2, 4 belong to prompt 7; rows 1, 3, 5 to prompt 3
+    const std::vector<std::int64_t> ids{7, 3, 7, 3, 7, 3};
+    const auto groups = pt::grouping::from_ids(pt::exec::seq, ids);
+    std::vector<double> g(6);
+    const auto a = pref::rankdpo(pt::exec::seq, pref::sequence_input::sums(s), pref::sequence_input::sums(r), psi, groups, g, {});
+    std::vector<double> s2{-4.0, -3.0, -6.0, -1.0, -2.0, -0.5}, psi2{0.1, 0.3, 0.2, 0.9, 0.5, 0.7}, g2(6);
+    const auto b = pref::rankdpo(pt::exec::seq, pref::sequence_input::sums(s2), pref::sequence_input::sums(r), psi2,
+                                 pt::uniform_groups{3}, g2, {});
+    CHECK(a.loss == b.loss);
+    CHECK(a.pairs == 6);
+    const int to[6] = {3, 0, 4, 1, 5, 2};  // row of the permuted layout
+    for (int i = 0; i < 6; ++i) CHECK(g[std::size_t(i)] == g2[std::size_t(to[i])]);
+}
+
 TEST_CASE("rankdpo: hand-computed DCG weights with the model ranking, NDCG and accuracy") {
     // one group of three; model utilities order 2 > 0 > 1 while psi orders 0 > 1 > 2
     std::vector<double> s{0.0, -1.0, 2.0}, zero(3, 0.0), psi{1.0, 0.5, 0.0}, g(3);

@@ -135,6 +135,23 @@ TEST_CASE("modpo: w = (1, 0) is DPO; hand-computed collective rewards; sums form
     CHECK(gs[0] == doctest::Approx(2 * gc[0]).epsilon(1e-14));
 }
 
+TEST_CASE("modpo: float inputs and outputs (the computation stays in double)") {
+    std::vector<float> pc{-52.0f, -39.3f}, pr{-44.3f, -21.0f}, rc{-54.1f, -41.7f}, rr{-44.1f, -20.0f}, mc{-0.18f, -0.1f}, mr{-0.41f, 0.11f};
+    std::vector<float> gc(2), gr(2), losses(2);
+    const auto r = pref::modpo(pt::exec::seq, pref::sequence_input::sums(pc), pref::sequence_input::sums(pr),
+                               pref::sequence_input::sums(rc), pref::sequence_input::sums(rr), mc, mr, gc, gr, {.losses = losses},
+                               pref::modpo_options::official({0.5, 0.5}, 0.1));
+    auto d = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    const auto pcd = d(pc), prd = d(pr), rcd = d(rc), rrd = d(rr), mcd = d(mc), mrd = d(mr);
+    std::vector<double> gcd(2), grd(2);
+    const auto e = pref::modpo(pt::exec::seq, pref::sequence_input::sums(pcd), pref::sequence_input::sums(prd),
+                               pref::sequence_input::sums(rcd), pref::sequence_input::sums(rrd), mcd, mrd, gcd, grd, {},
+                               pref::modpo_options::official({0.5, 0.5}, 0.1));
+    CHECK(r.loss == e.loss);
+    CHECK(gc[0] == float(gcd[0]));
+    CHECK(gr[1] == float(grd[1]));
+}
+
 TEST_CASE("modpo: extreme margins give finite losses and gradients; hinge kink gets 0") {
     for (double m : {50.0, -50.0, 1e4, -1e4}) {
         std::vector<double> pc{m}, pr{0.0}, z{0.0}, mc{0.0}, mr{0.0}, gc(1), gr(1), losses(1);
