@@ -112,7 +112,8 @@ std::vector<named_options> option_cases() {
     div("alpha_divergence_v028 0.5", pp::score_transform::alpha_divergence_v028, 0.5);
     v.push_back({"simpo", pp::dpo_options::simpo()});
     v.push_back({"simpo hinge, no reference", pp::dpo_options::simpo(2.0, 0.25, 0, pair_loss::hinge), false});
-    v.push_back({"cpo alphapo, no reference", pp::dpo_options::cpo(pair_loss::sigmoid, 0.1, 0, 0, 0.25), false});
+    v.push_back({"cpo alphapo, no reference", pp::dpo_options::cpo(pair_loss::sigmoid, 0.1, 0, 0.25), false});
+    v.push_back({"cpo_simpo, no reference", pp::dpo_options::cpo_simpo(0.1, 0.5, 0.1), false});
     v.push_back({"reward model, no reference", pp::dpo_options::reward_model(), false});
     v.push_back({"slic (hinge + per-pair NLL), no reference", pp::dpo_options::slic(1.5, 0.1), false});
     {
@@ -207,6 +208,13 @@ std::vector<T> cast(const std::vector<double>& v) {
     return std::vector<T>(v.begin(), v.end());
 }
 
+// Margins shift z = beta h - margin: given only where every term takes one (dpo() refuses the others).
+bool margins_apply(const pp::dpo_options& o) {
+    for (const auto& t : pp::detail::terms_of(o))
+        if (!pp::detail::takes_margin(t.loss)) return false;
+    return true;
+}
+
 template <class T>
 host_run<T> run_host(const pair_data& d, const pp::dpo_options& o, bool ref, bool tokens, bool extras) {
     host_run<T> h;
@@ -240,7 +248,7 @@ host_run<T> run_host(const pair_data& d, const pp::dpo_options& o, bool ref, boo
     pp::pair_extras ex;
     if (extras) {
         ex.weights = pp::sequence_input::sums(pt::tensor_view<const double, 1>(d.weights.data(), B));
-        ex.margins = pp::sequence_input::sums(pt::tensor_view<const double, 1>(d.margins.data(), B));
+        if (margins_apply(o)) ex.margins = pp::sequence_input::sums(pt::tensor_view<const double, 1>(d.margins.data(), B));
     }
     // (void): the [[nodiscard]] of dpo_result reaches its assignment operator under nvcc
     (void)(h.result = pp::dpo(pt::exec::seq, in[chosen], in[rejected], ref ? in[ref_chosen] : pp::sequence_input{},
@@ -286,7 +294,7 @@ host_run<T> run_device(const pair_data& d, const pp::dpo_options& o, bool ref, b
     pp::device_pair_extras ex;
     if (extras) {
         ex.weights = w.cview();
-        ex.margins = m.cview();
+        if (margins_apply(o)) ex.margins = m.cview();
     }
     const pp::device_sequence_input none;
     if (async) {
@@ -345,7 +353,8 @@ PT_TEST("dpo host emulation: the kernels' per-pair code equals dpo() on the host
             const bool ref = c.ref;
             const index_t B = d.B;
             pp::detail::pair_config cfg = pp::detail::make_pair_config(o, B, ref);
-            cfg.has_weights = cfg.has_margins = extras != 0;
+            cfg.has_weights = extras != 0;
+            cfg.has_margins = extras != 0 && margins_apply(o);
             auto sums_of = [&](index_t i) {
                 pp::detail::pair_sums s;
                 s.pw = d.sums[chosen][std::size_t(i)], s.pl = d.sums[rejected][std::size_t(i)];
@@ -358,6 +367,7 @@ PT_TEST("dpo host emulation: the kernels' per-pair code equals dpo() on the host
                 const auto s = sums_of(i);
                 const auto r = pp::detail::ratios_of(cfg, s);
                 st.sum_nw += s.nw, st.sum_pw += s.pw, st.reward += cfg.beta * r.lw + cfg.beta * r.ll;
+                st.sum_w += extras ? d.weights[std::size_t(i)] : 0.0;
             }
             pp::detail::pair_acc acc;
             std::vector<double> cw(static_cast<std::size_t>(B)), cl(static_cast<std::size_t>(B));
@@ -629,6 +639,9 @@ PT_TEST("dpo: bad input throws invalid_argument naming the argument, before laun
         pp::device_pair_extras ex;
         ex.weights = pt::device_view<const double, 1>(s0.data(), B - 1);
         names([&] { run(w, l, rw, rl, pt::none, pp::dpo_options::trl(), ex); }, "extras.weights");
+        pp::device_pair_extras em;
+        em.margins = s0.cview();
+        names([&] { run(w, l, rw, rl, pt::none, pp::dpo_options::trl(pair_loss::ipo), em); }, "extras.margins");
     }
     // the reduction
     names([&] {
@@ -667,4 +680,15 @@ PT_TEST("dpo: status word for non-finite log-probs at valid positions and non-fi
                   pp::device_sequence_input::sums(ds.cview()), pp::device_sequence_input::sums(dq.cview()),
                   pp::device_sequence_input::sums(dr.cview()), pt::none, pt::none, pp::dpo_options::trl());
     PT_CHECK((status2.host()[0] & pt::status_nonfinite_input) != 0);
+    // A negative weight (the host raises) sets the bit too.
+    std::vector<double> wv(static_cast<std::size_t>(B), 1.0);
+    wv[2] = -0.5;
+    const device_vec<double> dwv(wv);
+    pp::device_pair_extras ex;
+    ex.weights = dwv.cview();
+    device_vec<std::uint32_t> status3(1, 0u);
+    (void)pp::dpo(pt::exec::cuda.with_status(status3.data()), pp::device_sequence_input::sums(dw.cview()),
+                  pp::device_sequence_input::sums(dr.cview()), pp::device_sequence_input::sums(dq.cview()),
+                  pp::device_sequence_input::sums(dr.cview()), pt::none, pt::none, pp::dpo_options::trl(), {}, ex);
+    PT_CHECK((status3.host()[0] & pt::status_nonfinite_input) != 0);
 }

@@ -43,8 +43,8 @@
 // to GPU. They differ from the host oracle by summation order and the device's fused multiply-adds.
 //
 // What only the device sees goes to the status word (.with_status(d_status)), where the host throws:
-// a non-finite log-prob at a valid position or a row sum that overflows, a non-finite sum or weight
-// or margin, a negative or non-finite length given with sums, a score that overflows
+// a non-finite log-prob at a valid position or a row sum that overflows, a non-finite sum, a
+// negative or non-finite weight, a non-finite margin, a negative or non-finite length given with sums, a score that overflows
 // (options.divergence): status_nonfinite_input; the values are then computed as the arithmetic
 // propagates them.
 //
@@ -152,6 +152,7 @@ struct pair_config {
     score_transform f = score_transform::reverse_kl;  // alpha_divergence at alpha = 1 already made reverse_kl
     double alpha = 1, cap = 80;
     bool reference_free = false, has_ref = false, average = false, ipo_len_norm = true, sft_token_mean = true;
+    bool smooth_sigmoid = true;
     bool has_weights = false, has_margins = false;
     double factor = 1, grad_scale = 1;
     index_t pairs = 0;
@@ -162,10 +163,12 @@ struct batch_stats {
     double sum_nw = 0;  // sum of the chosen lengths
     double sum_pw = 0;  // sum of the chosen policy log-probs (raw sums: sft's NLL ignores the length average)
     double reward = 0;  // sum over pairs of beta l_w + beta l_l
+    double sum_w = 0;   // sum of extras.weights (the token-mean sft term's gradient carries their mean)
     POSTTRAIN_HD void merge(const batch_stats& o) noexcept {
         sum_nw += o.sum_nw;
         sum_pw += o.sum_pw;
         reward += o.reward;
+        sum_w += o.sum_w;
     }
 };
 
@@ -249,18 +252,20 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
                                                                : mean;
         }
         double loss, tw, tl;
-        if (term.loss == pair_loss::sft && !c.sft_token_mean) {  // SLiC: the pair's own NLL
-            loss = -s.pw;
-            tw = -1.0;
-            tl = 0;
-        } else if (term.loss == pair_loss::sft) {
-            loss = st.sum_nw > 0 ? -st.sum_pw / st.sum_nw : 0.0;
-            tw = st.sum_nw > 0 ? -double(c.pairs) / st.sum_nw : 0.0;
+        if (term.loss == pair_loss::sft) {
+            // sft.hpp's sft_terms_of, one pair at a time: coef = d(reduced NLL)/d S_w (-1 / the batch's
+            // tokens, TRL's token mean copied to every pair; -1 / B for SLiC's per-pair -S_w), B times a
+            // pair's share since the reduction divides by B again.
+            const double d = c.sft_token_mean ? st.sum_nw : double(c.pairs);
+            const double coef = d > 0 ? -1.0 / d : 0.0;
+            tw = coef * double(c.pairs);
+            loss = c.sft_token_mean ? (d > 0 ? -st.sum_pw / d : 0.0) : tw * s.pw;
             tl = 0;
         } else {
             const bool per_len = term.loss == pair_loss::sigmoid_norm || (term.loss == pair_loss::ipo && c.ipo_len_norm);
             const double aw = per_len ? inv_length(s.nw) : 1.0, al = per_len ? inv_length(s.nl) : 1.0;
             if (c.has_margins) p.gamma += margin;
+            if ((term.loss == pair_loss::sigmoid || term.loss == pair_loss::sigmoid_norm) && !c.smooth_sigmoid) p.eps = 0;
             const pair_value v = pair_term(term.loss, r.sw * aw, r.sl * al, r.lw, r.ll, p);
             loss = v.loss;
             tw = v.ds_w * aw * r.dsw + v.dl_w;
@@ -268,8 +273,11 @@ POSTTRAIN_HD inline pair_eval evaluate_pair(const pair_config& c, const pair_sum
         }
         if (c.has_weights) {
             loss *= weight;
-            tw *= weight;
-            tl *= weight;
+            // The token-mean sft loss is one batch constant: weighing its copies gives mean(w) * nll,
+            // whose gradient on every chosen response carries mean(w) (as dpo() does).
+            const double wk = term.loss == pair_loss::sft && c.sft_token_mean ? st.sum_w / double(c.pairs) : weight;
+            tw *= wk;
+            tl *= wk;
         }
         e.terms[k] = loss;
         e.total += term.weight * loss;
@@ -378,6 +386,7 @@ __global__ void __launch_bounds__(seq_threads) dpo_stats_kernel(const pair_args 
         local.sum_nw += s.nw;
         local.sum_pw += s.pw;
         local.reward += a.c.beta * r.lw + a.c.beta * r.ll;
+        local.sum_w += a.c.has_weights ? a.weights(i) : 0.0;
     }
     (void)bad;  // the pair kernel reports the same values
     const batch_stats total = pld::block_merge(local);
@@ -393,7 +402,7 @@ __global__ void __launch_bounds__(seq_threads) dpo_pair_kernel(const pair_args a
         const pair_sums s = load_pair(a.side, a.c.has_ref, i, bad);
         const double w = a.c.has_weights ? a.weights(i) : 1.0;
         const double m = a.c.has_margins ? a.margins(i) : 0.0;
-        bad |= !(numeric::is_finite(w) && numeric::is_finite(m));
+        bad |= !(numeric::is_finite(w) && w >= 0 && numeric::is_finite(m));
         const pair_eval e = evaluate_pair(a.c, s, w, m, st);
         bad |= e.bad;
         acc.add(e);
@@ -491,6 +500,7 @@ inline pair_config make_pair_config(const dpo_options& o, index_t B, bool has_re
     c.average = o.average_log_prob;
     c.ipo_len_norm = o.ipo_length_normalized;
     c.sft_token_mean = o.sft_token_mean;
+    c.smooth_sigmoid = o.smooth_sigmoid;
     c.factor = reduction_factor(o.reduce, o.normalizer, B);
     c.grad_scale = o.grad_scale;
     c.pairs = B;
@@ -671,6 +681,10 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
     a.margins = batch_in(extras.margins, "extras.margins");
     a.c.has_weights = a.weights.present();
     a.c.has_margins = a.margins.present();
+    for (int k = 0; k < a.c.nterms && a.c.has_margins; ++k)
+        require(takes_margin(a.c.terms[k].loss), {fn, "extras.margins"},
+                std::string("margins apply to sigmoid, sigmoid_norm, hinge, robust and exo_pair, not to '") +
+                    pair_loss_name(a.c.terms[k].loss) + "'");
     auto batch_out = [&](const device_batch_output& x, const char* name) {
         if (!x.present()) return vec_out{};
         require(x.size() == B, {fn, name}, "must have " + str(B) + " entries, found " + str(x.size()));
