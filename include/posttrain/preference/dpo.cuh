@@ -14,9 +14,10 @@
 //
 // Semantics are the host dpo()'s (dpo.hpp, the same dpo_options and presets): every pair_loss but the
 // batch-coupled aot and aot_unpaired (they sort the batch), sft, the weighted multi-loss combination,
-// every score_transform, label smoothing, gamma, reference_free, average_log_prob, IPO on sums or
-// lengths, BCO's shifts (the batch means included), extras.weights / margins, reduction, normalizer,
-// grad_scale, the per-pair outputs and TRL's reward metrics. Not supported (invalid_argument naming
+// every score_transform, label smoothing (smooth_sigmoid), gamma, reference_free, average_log_prob,
+// IPO on sums or lengths, BCO's shifts (the batch means included), sft as token mean or per pair
+// (SLiC), extras.weights / margins, reduction, normalizer, grad_scale, the per-pair outputs and
+// TRL's reward metrics. Not supported (invalid_argument naming
 // the option, before anything is launched): aot / aot_unpaired, ld_alpha != 1 (LD-DPO's token
 // weights need each pair's shared length before the reduction), more than max_device_terms terms.
 //
@@ -30,8 +31,9 @@
 // The kernels, all on the policy's stream, none synchronizing the host:
 //   1. reduce: one kernel for all per-token sides (blockIdx.y = side; sequence.cuh): per-row sums and
 //      counts in double into scratch (a row kernel folds the chunks of long rows, in order);
-//   2. stats: only for sft (token mean) or BCO's batch-mean shifts, one block folds the batch constants they need
-//      (sum of chosen lengths and log-probs, the mean reward) before any pair is evaluated;
+//   2. stats: only for sft (token mean) or BCO's batch-mean shifts, one block folds the batch
+//      constants they need (sums of chosen lengths, raw chosen log-probs and weights, the mean
+//      reward) before any pair is evaluated;
 //   3. pairs: pair_term / score_of / smoothed_logistic (pair_math.hpp, the host's own code) per pair,
 //      the weighted terms, the per-pair gradient coefficients d loss / d S (into scratch, or straight
 //      into a [B] gradient), the optional outputs, and one partial per block of the loss, the term
@@ -44,9 +46,9 @@
 //
 // What only the device sees goes to the status word (.with_status(d_status)), where the host throws:
 // a non-finite log-prob at a valid position or a row sum that overflows, a non-finite sum, a
-// negative or non-finite weight, a non-finite margin, a negative or non-finite length given with sums, a score that overflows
-// (options.divergence): status_nonfinite_input; the values are then computed as the arithmetic
-// propagates them.
+// negative or non-finite weight, a non-finite margin, a negative or non-finite length given with
+// sums, a score that overflows (options.divergence): status_nonfinite_input; the values are then
+// computed as the arithmetic propagates them.
 //
 // Scratch (dpo_workspace_bytes(B, T)): per-side row sums and counts, chunk sums of long rows, the
 // batch constants, the block partials, the gradient coefficients and the result slot of the
@@ -542,7 +544,8 @@ void dpo_launch(const exec::cuda_policy& pol, dpo_plan& plan, device_dpo_result*
         const auto* lp = std::get_if<device_view<const T, 2>>(&in.token_view());
         require(lp != nullptr, {fn, side_name(k)}, std::string("must have the dtype of '") + side_name(k0) + "'");
         const auto* m = std::get_if<device_view<const M, 2>>(&in.mask_view());
-        require(m != nullptr, {fn, side_name(k)}, std::string("its mask must have the dtype of the mask of '") + side_name(k0) + "'");
+        require(m != nullptr, {fn, side_name(k)},
+                std::string("its mask must have the dtype of the mask of '") + side_name(k0) + "'");
         red.side[j].lp = *lp;
         red.side[j].mask = *m;
     }
