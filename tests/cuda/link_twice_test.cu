@@ -11,3 +11,5 @@
 #include <posttrain/cuda/tuning.cuh>
 #include <posttrain/policy_loss/kl.cuh>
 #include <posttrain/policy_loss/policy_loss.cuh>
+#include <posttrain/preference/dpo.cuh>
+#include <posttrain/preference/sequence.cuh>

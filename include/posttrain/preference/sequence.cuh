@@ -270,13 +270,6 @@ inline constexpr int seq_threads = pld::loss_threads;
 inline constexpr int seq_unroll = pld::loss_unroll;  // loads in flight per lane
 inline constexpr int max_token_sides = 4;            // chosen, rejected and their references (dpo.cuh)
 
-// A nonzero mask entry of any value selects the token (sequence.hpp's is_valid, for the device).
-template <class M>
-POSTTRAIN_HD inline bool valid_token(M m) noexcept {
-    if constexpr (std::is_same_v<M, bool>) return m;
-    else return m != M(0);
-}
-
 // One [B, T] input of the reduction: its rows' sums and counts go to sum / len (absent: not
 // written); rows cut into chunks leave per-chunk sums in chunk_sum / chunk_len (g.count entries).
 template <class T, class M>
@@ -324,7 +317,7 @@ __global__ void __launch_bounds__(seq_threads) sequence_reduce_kernel(const redu
             }
 #pragma unroll
             for (int u = 0; u < seq_unroll; ++u) {
-                const bool ok = valid_token(k[u]);
+                const bool ok = is_valid(k[u]);
                 const double d = ok ? pld::to_double(v[u]) : 0.0;  // select: masked NaN / -inf padding is ignored
                 bad |= ok && !numeric::is_finite(d);
                 sum += d;
@@ -463,7 +456,7 @@ __global__ void __launch_bounds__(seq_threads) sequence_broadcast_kernel(const b
 #pragma unroll
             for (int u = 0; u < seq_unroll; ++u) {
                 const index_t t = t0 + index_t(u) * p.lanes;
-                if (t < sp.end) out[t * gs] = valid_token(k[u]) ? c : zero;
+                if (t < sp.end) out[t * gs] = is_valid(k[u]) ? c : zero;
             }
         }
     }

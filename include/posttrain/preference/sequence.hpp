@@ -53,8 +53,9 @@ Target widen(Variant&& v) {
     return std::visit([](auto x) { return Target(x); }, std::forward<Variant>(v));
 }
 
+// A nonzero mask entry of any value selects the token (host and device).
 template <class M>
-inline bool is_valid(M m) noexcept {
+POSTTRAIN_HD inline bool is_valid(M m) noexcept {
     if constexpr (std::is_same_v<M, bool>) return m;
     else return m != M(0);
 }
@@ -344,22 +345,24 @@ sequence_values reduce(const Policy& policy, const sequence_input& in, index_t b
         posttrain::detail::require(weighting.shared == nullptr, w, "ld_alpha needs per-token log-probs (sequence_input::tokens)");
         std::visit(
             [&](auto s) {
-                if constexpr (!std::is_same_v<decltype(s), std::monostate>)
+                if constexpr (!std::is_same_v<decltype(s), std::monostate>) {
                     for (index_t i = 0; i < batch; ++i) {
                         const double v = double(s(i));
                         if (!numeric::is_finite(v)) raise_nonfinite(w, i, -1);
                         out.sum[std::size_t(i)] = v;
                     }
+                }
             },
             in.sums_view());
         std::visit(
             [&](auto l) {
-                if constexpr (!std::is_same_v<decltype(l), std::monostate>)
+                if constexpr (!std::is_same_v<decltype(l), std::monostate>) {
                     for (index_t i = 0; i < batch; ++i) {
                         const double v = double(l(i));
                         posttrain::detail::require(v >= 0 && numeric::is_finite(v), w, "lengths must be finite and non-negative");
                         out.length[std::size_t(i)] = v;
                     }
+                }
             },
             in.lengths_view());
     }
