@@ -43,6 +43,8 @@
 #include "preference/d3po.hpp"
 #include "preference/diagnostics.hpp"
 #include "preference/dpo.hpp"
+#include "preference/dpo_options.hpp"
+#include "preference/dpo_pair.hpp"
 #include "preference/iterative.hpp"
 #include "preference/kto.hpp"
 #include "preference/listwise.hpp"
