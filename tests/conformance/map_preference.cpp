@@ -48,6 +48,16 @@ sums_run run_sums(const tensor& cw, const tensor& cl, const tensor* rw, const te
     return r;
 }
 
+// Stores a sums_run under the case file's names: per-pair losses (when the reference returns them),
+// rewards, and the gradients named grad_<prefix>chosen_logps / grad_<prefix>rejected_logps.
+void store(produced& out, const sums_run& r, index_t B, const std::string& grad_prefix, bool losses = true) {
+    if (losses) out.set("losses", from_values(r.losses, {B}));
+    out.set("chosen_rewards", from_values(r.chosen_rewards, {B}));
+    out.set("rejected_rewards", from_values(r.rejected_rewards, {B}));
+    out.set("grad_" + grad_prefix + "chosen_logps", from_values(r.grad_w, {B}));
+    out.set("grad_" + grad_prefix + "rejected_logps", from_values(r.grad_l, {B}));
+}
+
 // TRL v0.28 dpo_loss. f_divergence_type given as a string never matches the FDivergenceType enum the
 // method compares with, so those cases are reverse KL (README quirk 9); the enum-valued ones use the
 // v0.28 alpha / JS forms.
@@ -70,11 +80,7 @@ void trl_dpo_loss(const case_context& c, produced& out) {
     const tensor rw = c.input("ref_chosen_logps"), rl = c.input("ref_rejected_logps");
     const sums_run r = run_sums(cw, cl, &rw, &rl, o);
     const index_t B = cw.numel();
-    out.set("losses", from_values(r.losses, {B}));
-    out.set("chosen_rewards", from_values(r.chosen_rewards, {B}));
-    out.set("rejected_rewards", from_values(r.rejected_rewards, {B}));
-    out.set("grad_chosen_logps", from_values(r.grad_w, {B}));
-    out.set("grad_rejected_logps", from_values(r.grad_l, {B}));
+    store(out, r, B, "");
 }
 
 // OpenRLHF DPOLoss(beta, label_smoothing, ipo).
@@ -87,10 +93,7 @@ void openrlhf_dpo(const case_context& c, produced& out) {
     const sums_run r = run_sums(cw, cl, &rw, &rl, o);
     const index_t B = cw.numel();
     out.set("loss", from_values({r.result.loss}, {}));
-    out.set("chosen_rewards", from_values(r.chosen_rewards, {B}));
-    out.set("rejected_rewards", from_values(r.rejected_rewards, {B}));
-    out.set("grad_policy_chosen_logps", from_values(r.grad_w, {B}));
-    out.set("grad_policy_rejected_logps", from_values(r.grad_l, {B}));
+    store(out, r, B, "policy_", /*losses=*/false);
 }
 
 // OpenRLHF PairWiseLoss and LogExpLoss: the reward model's Bradley-Terry loss on scalar rewards.
@@ -124,11 +127,7 @@ void trl_cpo_loss(const case_context& c, produced& out) {
     const tensor cw = c.input("policy_chosen_logps"), cl = c.input("policy_rejected_logps");
     const sums_run r = run_sums(cw, cl, nullptr, nullptr, o);
     const index_t B = cw.numel();
-    out.set("losses", from_values(r.losses, {B}));
-    out.set("chosen_rewards", from_values(r.chosen_rewards, {B}));
-    out.set("rejected_rewards", from_values(r.rejected_rewards, {B}));
-    out.set("grad_policy_chosen_logps", from_values(r.grad_w, {B}));
-    out.set("grad_policy_rejected_logps", from_values(r.grad_l, {B}));
+    store(out, r, B, "policy_");
 }
 
 // SimPOTrainer.simpo_loss on length-averaged log-probs (the trainer averages them first, so the
@@ -141,11 +140,7 @@ void simpo_loss(const case_context& c, produced& out) {
     const tensor cw = c.input("policy_chosen_logps"), cl = c.input("policy_rejected_logps");
     const sums_run r = run_sums(cw, cl, nullptr, nullptr, o);
     const index_t B = cw.numel();
-    out.set("losses", from_values(r.losses, {B}));
-    out.set("chosen_rewards", from_values(r.chosen_rewards, {B}));
-    out.set("rejected_rewards", from_values(r.rejected_rewards, {B}));
-    out.set("grad_policy_chosen_logps", from_values(r.grad_w, {B}));
-    out.set("grad_policy_rejected_logps", from_values(r.grad_l, {B}));
+    store(out, r, B, "policy_");
 }
 
 // ---- logits-level pipelines ----
