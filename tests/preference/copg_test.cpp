@@ -12,40 +12,13 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pref = posttrain::preference;
 using pt::test::matrix;
-
-namespace {
-
-void check_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f,
-                    const std::vector<double>* mask = nullptr) {
-    for (std::size_t j = 0; j < x.size(); ++j) {
-        if (mask && (*mask)[j] == 0) {
-            CHECK(grad[j] == 0.0);
-            continue;
-        }
-        const double h = 1e-6, x0 = x[j];
-        x[j] = x0 + h;
-        const double up = f();
-        x[j] = x0 - h;
-        const double down = f();
-        x[j] = x0;
-        const double fd = (up - down) / (2 * h);
-        CHECK(std::fabs(fd - grad[j]) <= 1e-6 * std::fabs(grad[j]) + 1e-9);
-    }
-}
-
-std::vector<double> uniform(std::size_t n, double lo, double hi, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> d(lo, hi);
-    std::vector<double> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
-
-}  // namespace
+using pt::test::check_gradient;
+using pt::test::uniform;
 
 TEST_CASE_TEMPLATE("copg: finite differences over ragged groups (tokens), seq == par", Backend, POSTTRAIN_HOST_BACKENDS) {
     const pt::index_t N = 10, T = 7;
@@ -132,16 +105,7 @@ TEST_CASE("copg: extreme log-ratios give finite (huge) values; identical rewards
 TEST_CASE("copg: bad input") {
     std::vector<double> s{-1.0, -2.0, -3.0}, R{1.0, 0.0, 0.5}, R2{1.0, 0.0}, g(3), bad{1.0, std::nan(""), 0.0};
     auto S = [](const std::vector<double>& v) { return pref::sequence_input::sums(v); };
-    auto expect = [](auto&& call, const std::string& needle) {
-        try {
-            call();
-            FAIL("no exception");
-        } catch (const pt::invalid_argument& e) {
-            const std::string what = e.what();
-            CHECK(what.find("posttrain::preference::copg") != std::string::npos);
-            CHECK_MESSAGE(what.find(needle) != std::string::npos, what);
-        }
-    };
+    auto expect = [](auto&& call, const std::string& needle) { pt::test::expect_error(call, "posttrain::preference::copg", needle); };
     expect([&] { (void)pref::copg(pt::exec::seq, S(s), S(s), R2, pt::uniform_groups{3}, g, {}); }, "rewards");
     expect([&] { (void)pref::copg(pt::exec::seq, S(s), S(s), bad, pt::uniform_groups{3}, g, {}); }, "non-finite");
     expect([&] { (void)pref::copg(pt::exec::seq, S(s), S(s), R, pt::uniform_groups{1}, g, {}); }, "at least 2");

@@ -12,25 +12,14 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pref = posttrain::preference;
 using pt::test::matrix;
+using pt::test::check_gradient;
 
 namespace {
-
-void check_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f) {
-    for (std::size_t j = 0; j < x.size(); ++j) {
-        const double h = 1e-6, x0 = x[j];
-        x[j] = x0 + h;
-        const double up = f();
-        x[j] = x0 - h;
-        const double down = f();
-        x[j] = x0;
-        const double fd = (up - down) / (2 * h);
-        CHECK(std::fabs(fd - grad[j]) <= 1e-6 * std::fabs(grad[j]) + 1e-9);
-    }
-}
 
 struct trajectories {
     pt::index_t B = 0, S = 0;
@@ -73,7 +62,6 @@ pref::d3po_result run(const Policy& policy, const trajectories& t, std::vector<d
     return pref::d3po(policy, matrix(t.lp0, t.B, t.S), matrix(t.lr0, t.B, t.S), matrix(t.lp1, t.B, t.S), matrix(t.lr1, t.B, t.S),
                       t.h0, t.h1, pt::none, pt::none, o);
 }
-
 }  // namespace
 
 TEST_CASE_TEMPLATE("d3po: finite differences over [B, S] steps (inside and outside the clip band), seq == par", Backend,
@@ -150,16 +138,7 @@ TEST_CASE("d3po: extreme log-ratios are clipped: finite loss, zero gradient") {
 TEST_CASE("d3po: bad input") {
     std::vector<double> a{-1.0, -1.0}, b3{-1.0, -1.0, -1.0}, g(2), bad{-1.0, std::nan("")};
     std::vector<int> h{1, 0};
-    auto expect = [](auto&& call, const std::string& needle) {
-        try {
-            call();
-            FAIL("no exception");
-        } catch (const pt::invalid_argument& e) {
-            const std::string what = e.what();
-            CHECK(what.find("posttrain::preference::d3po") != std::string::npos);
-            CHECK_MESSAGE(what.find(needle) != std::string::npos, what);
-        }
-    };
+    auto expect = [](auto&& call, const std::string& needle) { pt::test::expect_error(call, "posttrain::preference::d3po", needle); };
     expect([&] { (void)pref::d3po(pt::exec::seq, a, a, b3, a, h, h, g, g, {}); }, "policy_logps_1");
     expect([&] { (void)pref::d3po(pt::exec::seq, a, bad, a, a, h, h, g, g, {}); }, "reference_logps_0");
     expect([&] { (void)pref::d3po(pt::exec::seq, a, a, a, a, h, h, g, g, {.clip_epsilon = 1.0}); }, "clip_epsilon");

@@ -10,28 +10,18 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pp = posttrain::preference;
 using pt::index_t;
 using pt::test::matrix;
+using pt::test::error_of;
+using pt::test::mentions;
 
 namespace {
 
 constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
-
-std::string error_of(auto&& f) {
-    try {
-        f();
-    } catch (const pt::invalid_argument& e) {
-        return e.what();
-    }
-    return "";
-}
-bool mentions(const std::string& what, const char* fn, const char* arg) {
-    return what.find(fn) != std::string::npos && what.find(arg) != std::string::npos;
-}
-
 }  // namespace
 
 TEST_CASE("kl_budget: k1 and k3 sums, means, sqrt, masked padding and empty rows") {

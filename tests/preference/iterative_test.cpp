@@ -13,53 +13,18 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pref = posttrain::preference;
 using pt::test::matrix;
+using pt::test::check_gradient;
+using pt::test::expect_error;
+using pt::test::uniform;
 
 namespace {
 
-void check_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f,
-                    const std::vector<double>* mask = nullptr) {
-    for (std::size_t j = 0; j < x.size(); ++j) {
-        if (mask && (*mask)[j] == 0) {
-            CHECK(grad[j] == 0.0);
-            continue;
-        }
-        const double h = 1e-6, x0 = x[j];
-        x[j] = x0 + h;
-        const double up = f();
-        x[j] = x0 - h;
-        const double down = f();
-        x[j] = x0;
-        const double fd = (up - down) / (2 * h);
-        CHECK(std::fabs(fd - grad[j]) <= 1e-6 * std::fabs(grad[j]) + 1e-9);
-    }
-}
-
-std::vector<double> uniform(std::size_t n, double lo, double hi, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> d(lo, hi);
-    std::vector<double> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
-
-template <class E>
-void expect_error(E&& call, const std::string& fn, const std::string& needle) {
-    try {
-        call();
-        FAIL("no exception");
-    } catch (const pt::invalid_argument& e) {
-        const std::string what = e.what();
-        CHECK_MESSAGE(what.find(fn) != std::string::npos, what);
-        CHECK_MESSAGE(what.find(needle) != std::string::npos, what);
-    }
-}
-
 pref::sequence_input S(const std::vector<double>& v) { return pref::sequence_input::sums(v); }
-
 }  // namespace
 
 // ---- DNO

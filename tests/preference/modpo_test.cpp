@@ -11,31 +11,14 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pref = posttrain::preference;
 using pt::test::matrix;
+using pt::test::check_gradient;
 
 namespace {
-
-// Central differences of f at every coordinate of x (h = 1e-6) against the analytic gradient.
-void check_gradient(std::vector<double>& x, const std::vector<double>& grad, const std::function<double()>& f,
-                    const std::vector<double>* mask = nullptr) {
-    for (std::size_t j = 0; j < x.size(); ++j) {
-        if (mask && (*mask)[j] == 0) {
-            CHECK(grad[j] == 0.0);
-            continue;
-        }
-        const double h = 1e-6, x0 = x[j];
-        x[j] = x0 + h;
-        const double up = f();
-        x[j] = x0 - h;
-        const double down = f();
-        x[j] = x0;
-        const double fd = (up - down) / (2 * h);
-        CHECK(std::fabs(fd - grad[j]) <= 1e-6 * std::fabs(grad[j]) + 1e-9);
-    }
-}
 
 struct pairs {
     pt::index_t B = 0, T = 0;
@@ -75,7 +58,6 @@ pref::modpo_result run(const Policy& policy, const pairs& p, pt::index_t K1, std
     return pref::modpo(policy, in(p.pc, p.mask_c), in(p.pr, p.mask_r), in(p.rc, p.mask_c), in(p.rr, p.mask_r),
                        matrix(p.margin_c, p.B, K1), matrix(p.margin_r, p.B, K1), Gc, Gr, out, o);
 }
-
 }  // namespace
 
 TEST_CASE_TEMPLATE("modpo: finite differences (sigmoid, hinge) and seq == par bitwise", Backend, POSTTRAIN_HOST_BACKENDS) {
@@ -187,16 +169,7 @@ TEST_CASE("modpo: zero-length responses are sums of 0 (documented), masked garba
 TEST_CASE("modpo: bad input names the function and the argument") {
     std::vector<double> s{-1.0, -2.0}, m1{0.1, 0.2}, m2{0.1, 0.2, 0.3, 0.4}, g(2), short_s{-1.0};
     auto S = [](const std::vector<double>& v) { return pref::sequence_input::sums(v); };
-    auto expect = [](auto&& call, const std::string& needle) {
-        try {
-            call();
-            FAIL("no exception");
-        } catch (const pt::invalid_argument& e) {
-            const std::string what = e.what();
-            CHECK(what.find("posttrain::preference::modpo") != std::string::npos);
-            CHECK_MESSAGE(what.find(needle) != std::string::npos, what);
-        }
-    };
+    auto expect = [](auto&& call, const std::string& needle) { pt::test::expect_error(call, "posttrain::preference::modpo", needle); };
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, pref::modpo_options::official({0.6, 0.6})); }, "sum to 1");
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, pref::modpo_options::official({0.01, 0.99})); }, "min_primary_weight");
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, pref::modpo_options::official({1.0})); }, "two objectives");

@@ -10,11 +10,14 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pp = posttrain::preference;
 using pt::index_t;
 using pt::test::matrix;
+using pt::test::error_of;
+using pt::test::mentions;
 
 namespace {
 
@@ -164,20 +167,6 @@ pp::oreo_trajectory_result trajectory(const Policy& policy, const batch& b, cons
 
 // |x - y| <= tol * max(1, |y|).
 bool close(double x, double y, double tol = 1e-6) { return std::fabs(x - y) <= tol * std::fmax(1.0, std::fabs(y)); }
-
-std::string error_of(auto&& f) {
-    try {
-        f();
-    } catch (const pt::invalid_argument& e) {
-        return e.what();
-    }
-    return "";
-}
-
-bool mentions(const std::string& what, const char* fn, const char* arg) {
-    return what.find(fn) != std::string::npos && what.find(arg) != std::string::npos;
-}
-
 }  // namespace
 
 TEST_CASE("oreo_policy_loss: hand-computed token-level residuals and the stop-gradient") {

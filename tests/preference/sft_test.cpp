@@ -11,6 +11,7 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/preference.hpp"
 
 namespace pt = posttrain;
 namespace pref = posttrain::preference;
@@ -124,16 +125,7 @@ TEST_CASE_TEMPLATE("sft: every host policy gives the bits of exec::seq", Backend
 
 TEST_CASE("sft: bad input raises naming the function and the argument") {
     auto raises = [](auto&& f, const std::string& argument, const std::string& what) {
-        try {
-            f();
-            FAIL("no exception; expected one about " << argument);
-        } catch (const pt::invalid_argument& e) {
-            const std::string msg = e.what();
-            INFO(msg);
-            CHECK(msg.find("posttrain::preference::sft") != std::string::npos);
-            CHECK(msg.find(argument) != std::string::npos);
-            CHECK(msg.find(what) != std::string::npos);
-        }
+        pt::test::expect_error(f, "posttrain::preference::sft", argument, what);
     };
     auto x = random_tokens(2, 3, 1);
     x.m[0] = 1;
