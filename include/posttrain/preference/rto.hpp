@@ -70,13 +70,10 @@ struct rto_coefficients {
 };
 
 inline rto_coefficients rto_resolve(const rto_options& o, const char* fn) {
-    auto finite = [&](double x, const char* what) {
-        require(numeric::is_finite(x), {fn, "options"}, std::string(what) + " must be finite, found " + std::to_string(x));
-    };
-    finite(o.dpo_reward_scale, "dpo_reward_scale");
-    finite(o.dpo_reward_clip, "dpo_reward_clip");
-    finite(o.kl_coef, "kl_coef");
-    finite(o.score_clip, "score_clip");
+    require_finite_option(o.dpo_reward_scale, fn, "dpo_reward_scale");
+    require_finite_option(o.dpo_reward_clip, fn, "dpo_reward_clip");
+    require_finite_option(o.kl_coef, fn, "kl_coef");
+    require_finite_option(o.score_clip, fn, "score_clip");
     require(o.score_clip >= 0, {fn, "options"}, "score_clip must be >= 0 (0: no clamp), found " + std::to_string(o.score_clip));
     rto_coefficients c;
     if (o.lenient) {
@@ -121,34 +118,26 @@ rto_dpo_reward_result rto_dpo_rewards(const Policy& policy, const DpoLogProbs& d
     static_assert(host_policy<Policy>, "posttrain::preference::rto_dpo_rewards: host policy expected");
     constexpr const char* fn = "posttrain::preference::rto_dpo_rewards";
     const auto c = detail::rto_resolve(options, fn);
-    const auto p = detail::token_values_of(dpo_log_probs, {fn, "dpo_log_probs"});
-    const auto q = detail::token_values_of(ref_log_probs, {fn, "ref_log_probs"});
-    const auto m = detail::token_mask_of(mask, {fn, "mask"});
-    const index_t B = p.rows(), T = p.cols();
-    detail::check_token_shape(q.rows(), q.cols(), B, T, {fn, "ref_log_probs"}, "dpo_log_probs");
-    detail::check_token_shape(m.rows(), m.cols(), B, T, {fn, "mask"}, "dpo_log_probs");
-    detail::check_token_output(rewards, B, T, {fn, "rewards"}, "dpo_log_probs", p, q, m);
+    const auto in = detail::token_log_ratio_of(dpo_log_probs, ref_log_probs, mask, fn, "dpo_log_probs");
+    const index_t B = in.B, T = in.T;
+    in.check_output(rewards, {fn, "rewards"});
     std::vector<double> sum(static_cast<std::size_t>(B)), clipped(sum.size()), count(sum.size());
     std::vector<detail::row_error> errors(sum.size());
     posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
-        std::vector<double> pr(static_cast<std::size_t>(T)), qr(pr.size()), d(pr.size());
-        std::vector<unsigned char> mr(pr.size());
-        p.load(i, pr.data());
-        q.load(i, qr.data());
-        m.load(i, mr.data());
+        detail::token_log_ratio::row x(T);
+        std::vector<double> d(static_cast<std::size_t>(T));
         auto& e = errors[std::size_t(i)];
-        detail::note_nonfinite(e, pr.data(), mr.data(), T, p.name);
-        detail::note_nonfinite(e, qr.data(), mr.data(), T, q.name);
+        in.load_checked(i, x, e);
         if (e.argument) return;
         // scale * (p - q): the r->Q* token reward with beta = scale (bitwise the fork's (p - q) * scale).
-        detail::token_reward_row(pr.data(), qr.data(), mr.data(), T, c.scale, d.data());
+        detail::token_reward_row(x.p.data(), x.q.data(), x.m.data(), T, c.scale, d.data());
         clipped[std::size_t(i)] = posttrain::detail::fixed_order_sum(T, [&](index_t t) {
-            const double x = d[std::size_t(t)];
-            return mr[std::size_t(t)] && c.clip > 0 && (x < -c.clip || x > c.clip) ? 1.0 : 0.0;
+            const double v = d[std::size_t(t)];
+            return x.m[std::size_t(t)] && c.clip > 0 && (v < -c.clip || v > c.clip) ? 1.0 : 0.0;
         });
         for (index_t t = 0; t < T; ++t) d[std::size_t(t)] = detail::rto_clip(d[std::size_t(t)], c.clip);
         sum[std::size_t(i)] = posttrain::detail::fixed_order_sum(d.data(), T);
-        count[std::size_t(i)] = posttrain::detail::fixed_order_sum(T, [&](index_t t) { return mr[std::size_t(t)] ? 1.0 : 0.0; });
+        count[std::size_t(i)] = detail::valid_count(x.m.data(), T);
         if (rewards.present()) detail::write_row(rewards, i, d.data());
     });
     detail::raise_first(errors, fn);
@@ -179,15 +168,11 @@ rto_reward_result rto_rewards(const Policy& policy, const Scores& scores, const 
     constexpr const char* fn = "posttrain::preference::rto_rewards";
     constexpr bool has_token_rewards = !std::is_same_v<std::remove_cvref_t<TokenRewards>, none_t>;
     const auto c = detail::rto_resolve(options, fn);
-    const auto p = detail::token_values_of(log_probs, {fn, "log_probs"});
-    const auto q = detail::token_values_of(ref_log_probs, {fn, "ref_log_probs"});
-    const auto m = detail::token_mask_of(mask, {fn, "mask"});
-    const index_t B = p.rows(), T = p.cols();
-    detail::check_token_shape(q.rows(), q.cols(), B, T, {fn, "ref_log_probs"}, "log_probs");
-    detail::check_token_shape(m.rows(), m.cols(), B, T, {fn, "mask"}, "log_probs");
+    const auto in = detail::token_log_ratio_of(log_probs, ref_log_probs, mask, fn, "log_probs");
+    const index_t B = in.B, T = in.T;
     const token_output out(rewards);
-    detail::check_token_output(out, B, T, {fn, "rewards"}, "log_probs", p, q, m);
-    detail::check_token_output(kl, B, T, {fn, "kl"}, "log_probs", p, q, m);
+    in.check_output(out, {fn, "rewards"});
+    in.check_output(kl, {fn, "kl"});
     detail::check_outputs_disjoint(kl, out, {fn, "kl"}, "rewards");
     const auto s = detail::widen<detail::values_of<void, 1>>(posttrain::detail::floating_input<1>(scores, {fn, "scores"}));
     std::visit([&](auto v) {
@@ -214,31 +199,24 @@ rto_reward_result rto_rewards(const Policy& policy, const Scores& scores, const 
     const auto k1 = detail::rto_kl_options();
     std::vector<detail::row_error> errors(static_cast<std::size_t>(B));
     posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
-        std::vector<double> pr(static_cast<std::size_t>(T)), qr(pr.size()), dr(pr.size());
-        std::vector<unsigned char> mr(pr.size());
-        p.load(i, pr.data());
-        q.load(i, qr.data());
-        m.load(i, mr.data());
+        detail::token_log_ratio::row x(T);
         auto& e = errors[std::size_t(i)];
-        detail::note_nonfinite(e, pr.data(), mr.data(), T, p.name);
-        detail::note_nonfinite(e, qr.data(), mr.data(), T, q.name);
+        in.load_checked(i, x, e);
         if constexpr (has_token_rewards) {
+            std::vector<double> dr(static_cast<std::size_t>(T));
             d.load(i, dr.data());
-            const std::vector<unsigned char> all(pr.size(), 1);  // added at every position, so checked at every one
+            const std::vector<unsigned char> all(dr.size(), 1);  // added at every position, so checked at every one
             detail::note_nonfinite(e, dr.data(), all.data(), T, d.name);
         }
     });
     detail::raise_first(errors, fn, "non-finite value at a position that is used");
     if (kl.present())
         posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
-            std::vector<double> pr(static_cast<std::size_t>(T)), qr(pr.size());
-            std::vector<unsigned char> mr(pr.size());
-            p.load(i, pr.data());
-            q.load(i, qr.data());
-            m.load(i, mr.data());
+            detail::token_log_ratio::row x(T);
+            in.load(i, x);
             for (index_t t = 0; t < T; ++t)
-                pr[std::size_t(t)] = mr[std::size_t(t)] ? posttrain::policy_loss::detail::kl_token(pr[std::size_t(t)], qr[std::size_t(t)], k1).value : 0.0;
-            detail::write_row(kl, i, pr.data());
+                x.p[std::size_t(t)] = x.m[std::size_t(t)] ? posttrain::policy_loss::detail::kl_token(x.p[std::size_t(t)], x.q[std::size_t(t)], k1).value : 0.0;
+            detail::write_row(kl, i, x.p.data());
         });
 
     // The score on the last valid token (T - 1 for an empty row), clamped as the fork does.

@@ -90,14 +90,11 @@ inline double tgdpo_side(const double* p, const double* q, const double* g, cons
 }
 
 inline void check_tgdpo_options(const tgdpo_options& o, const char* fn) {
-    auto finite = [&](double x, const char* what) {
-        require(numeric::is_finite(x), {fn, "options"}, std::string(what) + " must be finite, found " + std::to_string(x));
-    };
-    finite(o.beta, "beta");
-    finite(o.alpha, "alpha");
-    finite(o.sft_weight, "sft_weight");
-    finite(o.normalizer, "normalizer");
-    finite(o.grad_scale, "grad_scale");
+    require_finite_option(o.beta, fn, "beta");
+    require_finite_option(o.alpha, fn, "alpha");
+    require_finite_option(o.sft_weight, fn, "sft_weight");
+    require_finite_option(o.normalizer, fn, "normalizer");
+    require_finite_option(o.grad_scale, fn, "grad_scale");
     require(o.beta > 0, {fn, "options"}, "beta must be > 0, found " + std::to_string(o.beta));
     require(o.sft_weight >= 0, {fn, "options"}, "sft_weight must be >= 0, found " + std::to_string(o.sft_weight));
     require(o.normalizer >= 0, {fn, "options"}, "normalizer must be >= 0 (0: the pair count), found " + std::to_string(o.normalizer));
@@ -200,7 +197,7 @@ tgdpo_result tgdpo(const Policy& policy, const PC& policy_chosen, const PR& poli
         const double zl = side(pl, ql, gl, ml, mlr.data(), Tl, -1.0, wl.data(), r.reward_l, r.logp_l, r.ref_l,
                                outputs.rejected_token_rewards);
         if (e.argument) return;
-        const double nw = posttrain::detail::fixed_order_sum(Tw, [&](index_t t) { return mwr[std::size_t(t)] ? 1.0 : 0.0; });
+        const double nw = detail::valid_count(mwr.data(), Tw);
         r.z = zw - zl;
         // -log sigmoid(z) = softplus(-z): finite for any finite z, and sigmoid(-z) is its exact slope.
         r.sft = -r.logp_w / (nw > 1 ? nw : 1.0);

@@ -42,23 +42,22 @@ private:
 
 namespace detail {
 
+// Extent r of a type-erased view (0 for an absent one).
+template <class Variant>
+index_t erased_extent(const Variant& view, int r) noexcept {
+    return std::visit([r](auto v) -> index_t {
+        if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
+        else return v.extent(r);
+    }, view);
+}
+
 // A [B, T] floating input held type-erased, with its name for error messages.
 struct token_values {
     values_of<void, 2> view;
     const char* name = "";
     bool present() const noexcept { return view.index() != 0; }
-    index_t rows() const noexcept {
-        return std::visit([](auto v) -> index_t {
-            if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
-            else return v.extent(0);
-        }, view);
-    }
-    index_t cols() const noexcept {
-        return std::visit([](auto v) -> index_t {
-            if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
-            else return v.extent(1);
-        }, view);
-    }
+    index_t rows() const noexcept { return erased_extent(view, 0); }
+    index_t cols() const noexcept { return erased_extent(view, 1); }
     // dst[t] = row i as doubles (every position, masked ones included: the caller selects).
     void load(index_t i, double* dst) const noexcept {
         std::visit([&](auto v) {
@@ -77,18 +76,8 @@ token_values token_values_of(const X& x, where w) {
 struct token_mask {
     mask_of view;
     const char* name = "";
-    index_t rows() const noexcept {
-        return std::visit([](auto v) -> index_t {
-            if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
-            else return v.extent(0);
-        }, view);
-    }
-    index_t cols() const noexcept {
-        return std::visit([](auto v) -> index_t {
-            if constexpr (std::is_same_v<decltype(v), std::monostate>) return 0;
-            else return v.extent(1);
-        }, view);
-    }
+    index_t rows() const noexcept { return erased_extent(view, 0); }
+    index_t cols() const noexcept { return erased_extent(view, 1); }
     void load(index_t i, unsigned char* dst) const noexcept {
         std::visit([&](auto v) {
             if constexpr (!std::is_same_v<decltype(v), std::monostate>)
@@ -182,6 +171,55 @@ inline void note_nonfinite(row_error& e, const double* x, const unsigned char* m
         }
 }
 
+// How many of a row's T positions are valid (a fixed-order sum, as every count here is).
+inline double valid_count(const unsigned char* m, index_t T) noexcept {
+    return fixed_order_sum(T, [&](index_t t) { return m[t] ? 1.0 : 0.0; });
+}
+
+// An option that must be finite, named in the message as options.<what>.
+inline void require_finite_option(double x, const char* fn, const char* what) {
+    require(numeric::is_finite(x), {fn, "options"}, std::string(what) + " must be finite, found " + std::to_string(x));
+}
+
+// The argument triple the token-reward functions read: log-probs [B, T] of a model (named p_name),
+// the reference's (always "ref_log_probs") and the mask, each checked against the first's shape.
+struct token_log_ratio {
+    token_values p, q;
+    token_mask m;
+    index_t B = 0, T = 0;
+    const char* p_name = "";
+
+    // One row of them as doubles and bytes (every position: the caller selects the valid ones).
+    struct row {
+        std::vector<double> p, q;
+        std::vector<unsigned char> m;
+        explicit row(index_t T) : p(static_cast<std::size_t>(T)), q(p.size()), m(p.size()) {}
+    };
+    void load(index_t i, row& r) const noexcept {
+        p.load(i, r.p.data());
+        q.load(i, r.q.data());
+        m.load(i, r.m.data());
+    }
+    // Loads row i and records in e the first non-finite log-prob at a valid position (p's before q's).
+    void load_checked(index_t i, row& r, row_error& e) const noexcept {
+        load(i, r);
+        note_nonfinite(e, r.p.data(), r.m.data(), T, p.name);
+        note_nonfinite(e, r.q.data(), r.m.data(), T, q.name);
+    }
+    // A present [B, T] output (named w.argument) must have this shape and overlap none of the three.
+    void check_output(const token_output& out, where w) const { check_token_output(out, B, T, w, p_name, p, q, m); }
+};
+
+template <class P, class Q, class M>
+token_log_ratio token_log_ratio_of(const P& log_probs, const Q& ref_log_probs, const M& mask, const char* fn, const char* p_name) {
+    token_log_ratio in{token_values_of(log_probs, {fn, p_name}), token_values_of(ref_log_probs, {fn, "ref_log_probs"}),
+                       token_mask_of(mask, {fn, "mask"})};
+    in.B = in.p.rows(), in.T = in.p.cols(), in.p_name = p_name;
+    check_token_shape(in.q.rows(), in.q.cols(), in.B, in.T, {fn, "ref_log_probs"}, p_name);
+    check_token_shape(in.m.rows(), in.m.cols(), in.B, in.T, {fn, "mask"}, p_name);
+    return in;
+}
+
 // r_t = beta * (p_t - q_t) on valid tokens, 0 elsewhere.
 inline void token_reward_row(const double* p, const double* q, const unsigned char* m, index_t T, double beta,
                              double* r) noexcept {
@@ -210,16 +248,11 @@ token_reward_result token_rewards(const Policy& policy, const LogProbs& log_prob
                                   const batch_output& totals = {}, const token_reward_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::preference::token_rewards: host policy expected");
     constexpr const char* fn = "posttrain::preference::token_rewards";
-    posttrain::detail::require(numeric::is_finite(options.beta), {fn, "options"},
-                               "beta must be finite, found " + std::to_string(options.beta));
-    const auto p = detail::token_values_of(log_probs, {fn, "log_probs"});
-    const auto q = detail::token_values_of(ref_log_probs, {fn, "ref_log_probs"});
-    const auto m = detail::token_mask_of(mask, {fn, "mask"});
-    const index_t B = p.rows(), T = p.cols();
-    detail::check_token_shape(q.rows(), q.cols(), B, T, {fn, "ref_log_probs"}, "log_probs");
-    detail::check_token_shape(m.rows(), m.cols(), B, T, {fn, "mask"}, "log_probs");
-    detail::check_token_output(rewards, B, T, {fn, "rewards"}, "log_probs", p, q, m);
-    detail::check_token_output(prefix, B, T, {fn, "prefix"}, "log_probs", p, q, m);
+    detail::require_finite_option(options.beta, fn, "beta");
+    const auto in = detail::token_log_ratio_of(log_probs, ref_log_probs, mask, fn, "log_probs");
+    const index_t B = in.B, T = in.T;
+    in.check_output(rewards, {fn, "rewards"});
+    in.check_output(prefix, {fn, "prefix"});
     detail::check_outputs_disjoint(rewards, prefix, {fn, "prefix"}, "rewards");
     if (totals.present())
         posttrain::detail::require(totals.size() == B, {fn, "totals"},
@@ -228,24 +261,20 @@ token_reward_result token_rewards(const Policy& policy, const LogProbs& log_prob
     std::vector<double> total(static_cast<std::size_t>(B)), count(static_cast<std::size_t>(B));
     std::vector<detail::row_error> errors(static_cast<std::size_t>(B));
     posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
-        std::vector<double> pr(static_cast<std::size_t>(T)), qr(static_cast<std::size_t>(T)), r(static_cast<std::size_t>(T));
-        std::vector<unsigned char> mr(static_cast<std::size_t>(T));
-        p.load(i, pr.data());
-        q.load(i, qr.data());
-        m.load(i, mr.data());
+        detail::token_log_ratio::row x(T);
+        std::vector<double> r(static_cast<std::size_t>(T));
         auto& e = errors[std::size_t(i)];
-        detail::note_nonfinite(e, pr.data(), mr.data(), T, p.name);
-        detail::note_nonfinite(e, qr.data(), mr.data(), T, q.name);
+        in.load_checked(i, x, e);
         if (e.argument) return;
-        detail::token_reward_row(pr.data(), qr.data(), mr.data(), T, options.beta, r.data());
+        detail::token_reward_row(x.p.data(), x.q.data(), x.m.data(), T, options.beta, r.data());
         total[std::size_t(i)] = posttrain::detail::fixed_order_sum(T, [&](index_t t) { return r[std::size_t(t)]; });
-        count[std::size_t(i)] = posttrain::detail::fixed_order_sum(T, [&](index_t t) { return mr[std::size_t(t)] ? 1.0 : 0.0; });
+        count[std::size_t(i)] = detail::valid_count(x.m.data(), T);
         if (rewards.present()) detail::write_row(rewards, i, r.data());
         if (prefix.present()) {
             double run = 0;
             for (index_t t = 0; t < T; ++t) {
                 run += r[std::size_t(t)];  // r is 0 on masked tokens, so the sum carries across holes
-                r[std::size_t(t)] = mr[std::size_t(t)] ? run : 0.0;
+                r[std::size_t(t)] = x.m[std::size_t(t)] ? run : 0.0;
             }
             detail::write_row(prefix, i, r.data());
         }
