@@ -25,6 +25,7 @@ namespace pl = posttrain::policy_loss;
 using pt::index_t;
 using pt::bench::row;
 using pt::bench::time_ms;
+using pt::bench::upload;
 
 namespace {
 
@@ -44,12 +45,6 @@ struct inputs {
     }
     inputs(const inputs&) = delete;
     inputs& operator=(const inputs&) = delete;
-    static void upload(T*& d, const std::vector<double>& h) {
-        std::vector<T> t(h.size());
-        for (std::size_t k = 0; k < h.size(); ++k) t[k] = pl::detail::from_double<T>(h[k]);
-        POSTTRAIN_CUDA_CHECK(cudaMalloc(&d, sizeof(T) * h.size()));
-        POSTTRAIN_CUDA_CHECK(cudaMemcpy(d, t.data(), sizeof(T) * h.size(), cudaMemcpyHostToDevice));
-    }
 };
 
 }  // namespace

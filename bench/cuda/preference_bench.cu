@@ -26,6 +26,7 @@ namespace pp = posttrain::preference;
 using pt::index_t;
 using pt::bench::row;
 using pt::bench::time_ms;
+using pt::bench::upload;
 
 namespace {
 
@@ -46,12 +47,6 @@ struct sides {
     }
     sides(const sides&) = delete;
     sides& operator=(const sides&) = delete;
-    static void upload(T*& d, const std::vector<double>& h) {
-        std::vector<T> t(h.size());
-        for (std::size_t k = 0; k < h.size(); ++k) t[k] = pt::policy_loss::detail::from_double<T>(h[k]);
-        POSTTRAIN_CUDA_CHECK(cudaMalloc(&d, sizeof(T) * h.size()));
-        POSTTRAIN_CUDA_CHECK(cudaMemcpy(d, t.data(), sizeof(T) * h.size(), cudaMemcpyHostToDevice));
-    }
 };
 
 }  // namespace

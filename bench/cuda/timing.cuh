@@ -3,11 +3,14 @@
 // JSON line per measurement,
 //     {"op":..., "size":N, "threads":0, "device":..., "posttrain_ms":..., "memcpy_ms":..., "memcpy_fraction":...}
 // memcpy_fraction = memcpy_ms / posttrain_ms (1.0 = as fast as a copy of the bytes the op must move).
+// Also the upload of host test data to the device in the benchmark's dtype.
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <posttrain/cuda/exec.cuh>
+#include <posttrain/policy_loss/policy_loss.cuh>  // from_double: the rounding the kernels' own conversions use
 
 namespace posttrain::bench {
 
@@ -51,6 +54,16 @@ inline std::string device_name() {
     cudaDeviceProp prop{};
     POSTTRAIN_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     return std::string("cuda:") + prop.name;
+}
+
+// d = a new device array holding h converted to T (float, double, __half or __nv_bfloat16); the caller
+// cudaFrees it.
+template <class T>
+void upload(T*& d, const std::vector<double>& h) {
+    std::vector<T> t(h.size());
+    for (std::size_t k = 0; k < h.size(); ++k) t[k] = posttrain::policy_loss::detail::from_double<T>(h[k]);
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&d, sizeof(T) * h.size()));
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(d, t.data(), sizeof(T) * h.size(), cudaMemcpyHostToDevice));
 }
 
 }  // namespace posttrain::bench
