@@ -166,6 +166,34 @@ decltype(auto) with_position_logits(tensor_view<const Z, 3> z, index_t i, index_
     return f(position_accessor<Z>{p, z.stride(2)});
 }
 
+// The pass the forward and the backward share: the positions of each row in order; ignored(i, t) where
+// the label is the ignore index, otherwise the position's normaliser n = measure(zt, k, e) over its
+// logits accessor zt (e: V doubles of scratch, as label_normalizer_of fills it), then scored(i, t, k, e, n).
+// A bad position stops its row (nothing written from it on) and is raised after the parallel loop.
+template <class Policy, class Z, class L, class Ignored, class Measure, class Scored>
+void for_each_position(const Policy& policy, tensor_view<const Z, 3> z, tensor_view<const L, 2> y, std::int64_t ignore,
+                       const char* fn, Ignored&& ignored, Measure&& measure, Scored&& scored) {
+    const index_t B = z.extent(0), T = z.extent(1), V = z.extent(2);
+    std::vector<logits_error> errors(static_cast<std::size_t>(B));
+    posttrain::advantage::detail::for_each_row(policy, B, T * V, [&](index_t i) {
+        std::vector<double> e(static_cast<std::size_t>(V));
+        for (index_t t = 0; t < T; ++t) {
+            const index_t k = label_index(y(i, t), V, ignore, i, t, {fn, "labels"});
+            if (k < 0) {
+                ignored(i, t);
+                continue;
+            }
+            const label_normalizer n = with_position_logits(z, i, t, [&](auto zt) { return measure(zt, k, e.data()); });
+            if (!n.ok()) {
+                errors[std::size_t(i)] = {t, n.bad};
+                return;
+            }
+            scored(i, t, k, e.data(), n);
+        }
+    });
+    raise_logits_errors(z, errors, {fn, "logits"});
+}
+
 }  // namespace detail
 
 // out[b, t] = log_softmax(logits[b, t, :])[labels[b, t]] for logits [B, T, V] and integer labels
@@ -177,35 +205,23 @@ void token_log_probs(const Policy& policy, const Logits& logits, const Labels& l
     constexpr const char* fn = "posttrain::preference::token_log_probs";
     std::visit(
         [&](auto z, auto y, auto o) {
-            const index_t B = z.extent(0), T = z.extent(1), V = z.extent(2);
+            const index_t V = z.extent(2);
             detail::check_leading_shape(y, z, {fn, "labels"});
             detail::check_leading_shape(o, z, {fn, "out"});
             posttrain::advantage::detail::check_no_alias(o, z, {fn, "out"}, "logits");
             posttrain::advantage::detail::check_no_alias(o, y, {fn, "out"}, "labels");
             detail::check_labels(y, V, options.ignore_index, {fn, "labels"});
             using O = typename decltype(o)::value_type;
-            std::vector<detail::logits_error> errors(static_cast<std::size_t>(B));
-            posttrain::advantage::detail::for_each_row(policy, B, T * V, [&](index_t i) {
-                std::vector<double> e(static_cast<std::size_t>(V));
-                for (index_t t = 0; t < T; ++t) {
-                    const index_t k = detail::label_index(y(i, t), V, options.ignore_index, i, t, {fn, "labels"});
-                    if (k < 0) {
-                        o(i, t) = O(0);
-                        continue;
-                    }
-                    const auto n = detail::with_position_logits(z, i, t, [&](auto zt) {
-                        auto r = detail::label_normalizer_of(zt, V, k, e.data());
-                        r.log_p = r.ok() ? r.log_prob(zt, k) : 0.0;
-                        return r;
-                    });
-                    if (!n.ok()) {
-                        errors[std::size_t(i)] = {t, n.bad};
-                        return;
-                    }
+            detail::for_each_position(
+                policy, z, y, options.ignore_index, fn, [&](index_t i, index_t t) { o(i, t) = O(0); },
+                [&](auto zt, index_t k, double* e) {
+                    auto r = detail::label_normalizer_of(zt, V, k, e);
+                    r.log_p = r.ok() ? r.log_prob(zt, k) : 0.0;
+                    return r;
+                },
+                [&](index_t i, index_t t, index_t, const double*, const detail::label_normalizer& n) {
                     o(i, t) = static_cast<O>(n.log_p);
-                }
-            });
-            detail::raise_logits_errors(z, errors, {fn, "logits"});
+                });
         },
         posttrain::detail::floating_input<3>(logits, {fn, "logits"}), posttrain::detail::id_input<2>(labels, {fn, "labels"}),
         posttrain::detail::floating_output<2>(out, {fn, "out"}));
@@ -236,21 +252,12 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
                                     "non-finite value at a scored position [" + posttrain::detail::str(i) + ", " + posttrain::detail::str(t) + "]");
                 }
             using G = typename decltype(g)::value_type;
-            std::vector<detail::logits_error> errors(static_cast<std::size_t>(B));
-            posttrain::advantage::detail::for_each_row(policy, B, T * V, [&](index_t i) {
-                std::vector<double> e(static_cast<std::size_t>(V));
-                for (index_t t = 0; t < T; ++t) {
-                    const index_t k = detail::label_index(y(i, t), V, options.ignore_index, i, t, {fn, "labels"});
-                    if (k < 0) {
-                        for (index_t v = 0; v < V; ++v) g(i, t, v) = G(0);
-                        continue;
-                    }
-                    const auto n = detail::with_position_logits(
-                        z, i, t, [&](auto zt) { return detail::label_normalizer_of(zt, V, k, e.data()); });
-                    if (!n.ok()) {
-                        errors[std::size_t(i)] = {t, n.bad};
-                        return;
-                    }
+            detail::for_each_position(
+                policy, z, y, options.ignore_index, fn, [&](index_t i, index_t t) {
+                    for (index_t v = 0; v < V; ++v) g(i, t, v) = G(0);
+                },
+                [&](auto zt, index_t k, double* e) { return detail::label_normalizer_of(zt, V, k, e); },
+                [&](index_t i, index_t t, index_t k, const double* e, const detail::label_normalizer& n) {
                     const double u = double(up(i, t)), f = u / n.s();
                     if (g.stride(2) == 1 && V > 0) {
                         G* POSTTRAIN_RESTRICT out = &g(i, t, 0);
@@ -259,9 +266,7 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
                     } else {
                         for (index_t v = 0; v < V; ++v) g(i, t, v) = static_cast<G>(v == k ? f * n.rest : -f * e[v]);
                     }
-                }
-            });
-            detail::raise_logits_errors(z, errors, {fn, "logits"});
+                });
         },
         posttrain::detail::floating_input<3>(logits, {fn, "logits"}), posttrain::detail::id_input<2>(labels, {fn, "labels"}),
         posttrain::detail::floating_input<2>(grad_logp, {fn, "grad_logp"}),
