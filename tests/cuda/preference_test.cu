@@ -352,7 +352,7 @@ PT_TEST("dpo host emulation: the kernels' per-pair code equals dpo() on the host
             const pp::dpo_options& o = c.o;
             const bool ref = c.ref;
             const index_t B = d.B;
-            pp::detail::pair_config cfg = pp::detail::make_pair_config(o, B, ref);
+            pp::detail::pair_config cfg = pp::detail::make_pair_config(o, pp::detail::terms_of(o), B, ref);
             cfg.has_weights = extras != 0;
             cfg.has_margins = extras != 0 && margins_apply(o);
             auto sums_of = [&](index_t i) {
