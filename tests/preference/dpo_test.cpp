@@ -397,6 +397,11 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     bad.pw[0] = nan_v;
     CHECK_THROWS_WITH_AS(call(bad.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), base),
                          doctest::Contains("'chosen': non-finite log-prob at a valid position [0, 0]"), pt::invalid_argument);
+    pairs bad_ref = p;  // the reference shares the policy's mask: read in the same pass, named on its own
+    bad_ref.rl[5] = nan_v;
+    bad_ref.ml[5] = 1;
+    CHECK_THROWS_WITH_AS(call(p.chosen(), bad_ref.rejected(), p.ref_chosen(), bad_ref.ref_rejected(), base),
+                         doctest::Contains("'ref_rejected': non-finite log-prob at a valid position [1, 1]"), pt::invalid_argument);
     std::vector<double> empty;
     CHECK_THROWS_WITH_AS(call(pref::sequence_input::sums(empty), pref::sequence_input::sums(empty),
                               pref::sequence_input::sums(empty), pref::sequence_input::sums(empty), base),

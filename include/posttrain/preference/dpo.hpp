@@ -15,6 +15,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common.hpp"
@@ -109,13 +110,16 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     auto reduce_side = [&](const sequence_input& in, const char* name) {
         return detail::reduce(policy, in, B, {fn, name}, weighting_of(in));
     };
-    const sequence_values pw = reduce_side(chosen, "chosen"), pl = reduce_side(rejected, "rejected");
     const bool has_ref = ref_chosen.present() || ref_rejected.present();
     require(o.reference_free || has_ref, {fn, "ref_chosen"}, "is required unless options.reference_free");
-    sequence_values rw, rl;
-    if (has_ref) {
-        rw = reduce_side(ref_chosen, "ref_chosen");
-        rl = reduce_side(ref_rejected, "ref_rejected");
+    sequence_values pw, pl, rw, rl;
+    if (has_ref) {  // a policy side and its reference under one mask are read in one pass
+        std::tie(pw, rw) = detail::reduce_with_reference(policy, chosen, ref_chosen, B, {fn, "chosen"}, {fn, "ref_chosen"}, weighting);
+        std::tie(pl, rl) =
+            detail::reduce_with_reference(policy, rejected, ref_rejected, B, {fn, "rejected"}, {fn, "ref_rejected"}, weighting);
+    } else {
+        pw = reduce_side(chosen, "chosen");
+        pl = reduce_side(rejected, "rejected");
     }
 
     // Lengths are needed by length averaging, length-normalised IPO, sigmoid_norm and the token-mean sft.

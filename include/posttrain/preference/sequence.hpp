@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -246,6 +247,53 @@ bool row_sum_and_count_simd(const T* POSTTRAIN_RESTRICT x, const M* POSTTRAIN_RE
         return true;
     }
 }
+
+// Two value streams under one mask (a policy and its reference): the same lanes, so each sum has the
+// bits row_sum_and_count_simd gives it alone, with the mask read once.
+template <class T1, class T2, class M>
+void row_sums2_simd(const T1* POSTTRAIN_RESTRICT x1, const T2* POSTTRAIN_RESTRICT x2, const M* POSTTRAIN_RESTRICT y,
+                    index_t n, double (&acc_1)[8], double (&acc_2)[8], double (&acc_c)[8]) noexcept {
+    if constexpr (std::is_same_v<M, bool>) {
+        row_sums2_simd(x1, x2, reinterpret_cast<const std::uint8_t*>(y), n, acc_1, acc_2, acc_c);
+    } else {
+        typedef double d8 __attribute__((vector_size(8 * sizeof(double))));
+        typedef long long l8 __attribute__((vector_size(8 * sizeof(long long))));
+        typedef T1 a8 __attribute__((vector_size(8 * sizeof(T1))));
+        typedef T2 b8 __attribute__((vector_size(8 * sizeof(T2))));
+        typedef M m8 __attribute__((vector_size(8 * sizeof(M))));
+        d8 v1, v2, c;
+        std::memcpy(&v1, acc_1, sizeof v1);
+        std::memcpy(&v2, acc_2, sizeof v2);
+        std::memcpy(&c, acc_c, sizeof c);
+        const d8 one = d8{} + 1.0;
+        l8 one_bits;
+        std::memcpy(&one_bits, &one, sizeof one_bits);
+        for (index_t j = 0; j + 8 <= n; j += 8) {
+            a8 xa;
+            b8 xb;
+            m8 mv;
+            std::memcpy(&xa, x1 + j, sizeof xa);
+            std::memcpy(&xb, x2 + j, sizeof xb);
+            std::memcpy(&mv, y + j, sizeof mv);
+            const l8 keep = __builtin_convertvector(mv != m8{}, l8);
+            const d8 da = __builtin_convertvector(xa, d8), db = __builtin_convertvector(xb, d8);
+            l8 ba, bb;
+            std::memcpy(&ba, &da, sizeof ba);
+            std::memcpy(&bb, &db, sizeof bb);
+            const l8 ka = ba & keep, kb = bb & keep, kc = one_bits & keep;
+            d8 add_a, add_b, add_c;
+            std::memcpy(&add_a, &ka, sizeof add_a);
+            std::memcpy(&add_b, &kb, sizeof add_b);
+            std::memcpy(&add_c, &kc, sizeof add_c);
+            v1 += add_a;
+            v2 += add_b;
+            c += add_c;
+        }
+        std::memcpy(acc_1, &v1, sizeof v1);
+        std::memcpy(acc_2, &v2, sizeof v2);
+        std::memcpy(acc_c, &c, sizeof c);
+    }
+}
 #endif
 
 // sum over the valid tokens of row i (weight 1 for the first `shared` valid tokens, `tail` after;
@@ -392,6 +440,87 @@ void write_token_grad(const Policy& policy, tensor_view<const M, 2> m, const std
             }
         }
     });
+}
+
+// The views of one dtype pair under one mask, if `a` and `b` are per-token, contiguous in T and share
+// the same mask view: then both are reduced in one pass over the mask.
+inline bool same_mask_view(const sequence_input& a, const sequence_input& b) noexcept {
+    if (!a.per_token() || !b.per_token() || a.mask_view().index() != b.mask_view().index()) return false;
+    return std::visit(
+        [&](auto ma) {
+            if constexpr (std::is_same_v<decltype(ma), std::monostate>) {
+                return false;
+            } else {
+                const auto mb = std::get<decltype(ma)>(b.mask_view());
+                return ma.data() == mb.data() && ma.extent(0) == mb.extent(0) && ma.extent(1) == mb.extent(1) &&
+                       ma.stride(0) == mb.stride(0) && ma.stride(1) == mb.stride(1);
+            }
+        },
+        a.mask_view());
+}
+
+// S and n of a policy side and of its reference side: one pass when they share a mask view (and no
+// LD weighting applies), else two reductions. Same bits either way; errors name the right argument.
+template <class Policy>
+std::pair<sequence_values, sequence_values> reduce_with_reference(const Policy& policy, const sequence_input& in,
+                                                                  const sequence_input& ref, index_t batch, where w,
+                                                                  where w_ref, token_weighting weighting = {}) {
+#if defined(__GNUC__) && !defined(__CUDACC__)
+    if (weighting.shared == nullptr && in.present() && ref.present() && in.batch() == batch && ref.batch() == batch &&
+        same_mask_view(in, ref)) {
+        std::pair<sequence_values, sequence_values> out;
+        bool fused = false;
+        std::visit(
+            [&](auto a, auto b, auto m) {
+                if constexpr (!std::is_same_v<decltype(a), std::monostate> && !std::is_same_v<decltype(b), std::monostate> &&
+                              !std::is_same_v<decltype(m), std::monostate>) {
+                    const index_t T_ = a.extent(1);
+                    if (a.stride(1) != 1 || b.stride(1) != 1 || m.stride(1) != 1 || T_ == 0 || b.extent(1) != T_) return;
+                    fused = true;
+                    auto& [va, vb] = out;
+                    va.sum.assign(std::size_t(batch), 0.0);
+                    vb.sum.assign(std::size_t(batch), 0.0);
+                    va.length.assign(std::size_t(batch), 0.0);
+                    for_each_row(policy, batch, 2 * T_, [&](index_t i) {
+                        double acc_a[8] = {}, acc_b[8] = {}, acc_c[8] = {};
+                        const auto* x = &a(i, 0);
+                        const auto* z = &b(i, 0);
+                        const auto* y = &m(i, 0);
+                        const index_t blocked = T_ - T_ % 8;
+                        row_sums2_simd(x, z, y, blocked, acc_a, acc_b, acc_c);
+                        for (index_t j = blocked; j < T_; ++j) {
+                            const bool ok = is_valid(y[j]);
+                            acc_a[j - blocked] += ok ? double(x[j]) : 0.0;
+                            acc_b[j - blocked] += ok ? double(z[j]) : 0.0;
+                            acc_c[j - blocked] += ok ? 1.0 : 0.0;
+                        }
+                        va.sum[std::size_t(i)] = combine_lanes(acc_a);
+                        vb.sum[std::size_t(i)] = combine_lanes(acc_b);
+                        va.length[std::size_t(i)] = combine_lanes(acc_c);
+                    });
+                    vb.length = va.length;
+                    for (index_t i = 0; i < batch; ++i) {
+                        if (!numeric::is_finite(va.sum[std::size_t(i)])) {
+                            const index_t t = first_nonfinite(a, m, i);
+                            if (t >= 0) raise_nonfinite(w, i, t);
+                            raise_invalid_argument(w.function, w.argument, "sum of row " + str(i) + " overflows (log-probs too large)");
+                        }
+                        if (!numeric::is_finite(vb.sum[std::size_t(i)])) {
+                            const index_t t = first_nonfinite(b, m, i);
+                            if (t >= 0) raise_nonfinite(w_ref, i, t);
+                            raise_invalid_argument(w_ref.function, w_ref.argument,
+                                                   "sum of row " + str(i) + " overflows (log-probs too large)");
+                        }
+                    }
+                }
+            },
+            in.token_view(), ref.token_view(), in.mask_view());
+        if (fused) return out;
+    }
+#endif
+    auto a = reduce(policy, in, batch, w, in.per_token() ? weighting : token_weighting{});
+    auto b = reduce(policy, ref, batch, w_ref, ref.per_token() ? weighting : token_weighting{});
+    return {std::move(a), std::move(b)};
 }
 
 // Writes dL/d(log-probs) of `in` into `out`: coef[i] on every valid token of row i (times the token's
