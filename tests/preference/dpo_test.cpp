@@ -431,6 +431,10 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     pref::pair_extras en;
     en.weights = pref::sequence_input::sums(neg3);
     with_extras(pref::dpo_options::trl(), en, "weights must be finite and >= 0");
+    std::vector<double> nan3 = {1, nan_v, 3};
+    pref::pair_extras enan;
+    enan.margins = pref::sequence_input::sums(nan3);
+    with_extras(pref::dpo_options::trl(), enan, "'extras.margins': entry 1 is not finite");
     pref::pair_extras em;
     em.margins = pref::sequence_input::sums(w3);
     with_extras(pref::dpo_options::trl(pair_loss::ipo), em, "margins apply to");

@@ -55,14 +55,26 @@ inline void aot_terms(const std::vector<double>& x, const std::vector<double>& y
     }
 }
 
+// The values of an optional per-pair input (extras.weights, extras.margins); empty when absent.
 inline std::vector<double> sums_of(const sequence_input& in, index_t batch, where w) {
     if (!in.present()) return {};
     require(!in.per_token(), w, "must be given as a [B] vector (sequence_input::sums)");
-    return reduce(exec::seq, in, batch, w).sum;
+    require(in.batch() == batch, w, "must have one entry per pair: " + str(in.batch()) + ", expected " + str(batch));
+    std::vector<double> v(static_cast<std::size_t>(batch));
+    std::visit(
+        [&](auto s) {
+            if constexpr (!std::is_same_v<decltype(s), std::monostate>) {
+                for (index_t i = 0; i < batch; ++i) {
+                    v[std::size_t(i)] = double(s(i));
+                    require(numeric::is_finite(v[std::size_t(i)]), w, "entry " + str(i) + " is not finite");
+                }
+            }
+        },
+        in.sums_view());
+    return v;
 }
 
 }  // namespace detail
-
 
 // The fused DPO-family loss over B pairs. chosen / rejected: the policy's log-probs of the preferred
 // and dispreferred responses; ref_chosen / ref_rejected: the reference's (absent when
