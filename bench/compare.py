@@ -38,6 +38,7 @@ OPS = {
     "ppo_k3":         ("ppo_k3",         "tokens_t1024", ["ppo_k3_autograd"]),
     "dpo_sigmoid":    ("dpo_sigmoid",    "pairs_t1024",  ["dpo_autograd"]),
     "simpo":          ("simpo",          "pairs_t1024",  ["simpo_autograd"]),
+    "dpo_sigmoid_i64": ("dpo_sigmoid_i64", "pairs_i64_t1024", ["dpo_trl_autograd", "dpo_autograd"]),
 }
 
 

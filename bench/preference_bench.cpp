@@ -5,6 +5,7 @@
 //
 // Bytes per token of one side: DPO reads the policy and reference log-probs and the mask and writes
 // the gradient (4 + 4 + 1 + 4 = 13); SimPO has no reference (9). Both sides: 26 N and 18 N bytes.
+// dpo_sigmoid_i64 takes the int64 completion mask TRL's collator produces (8-byte mask: 40 N bytes).
 
 #include <posttrain/preference/dpo.hpp>
 
@@ -18,14 +19,16 @@ namespace {
 
 constexpr index_t row_length = 1024;
 
+template <class M>
 struct pair_batch {
     index_t rows = 0;
     std::vector<float> cw, cl, rw, rl, gw, gl;
-    std::vector<std::uint8_t> mw, ml;
+    std::vector<M> mw, ml;
 };
 
-pair_batch make_batch(index_t n) {
-    pair_batch b;
+template <class M>
+pair_batch<M> make_batch(index_t n) {
+    pair_batch<M> b;
     b.rows = n / row_length;
     std::mt19937_64 gen(5);
     std::normal_distribution<float> d(0.0f, 1.0f);
@@ -48,13 +51,16 @@ pair_batch make_batch(index_t n) {
     return b;
 }
 
-template <class Policy>
+template <class M>
+constexpr index_t bytes_per_token(bool simpo);
+
+template <class Policy, class M>
 void bm_pairs(benchmark::State& state, Policy policy, int threads, index_t n, bool simpo) {
-    pair_batch b = make_batch(n);
+    pair_batch<M> b = make_batch<M>(n);
     const index_t T = row_length;
-    auto in = [&](const std::vector<float>& v, const std::vector<std::uint8_t>& m) {
+    auto in = [&](const std::vector<float>& v, const std::vector<M>& m) {
         return pref::sequence_input::tokens(posttrain::tensor_view<const float, 2>(v.data(), b.rows, T),
-                                            posttrain::tensor_view<const std::uint8_t, 2>(m.data(), b.rows, T));
+                                            posttrain::tensor_view<const M, 2>(m.data(), b.rows, T));
     };
     const auto chosen = in(b.cw, b.mw), rejected = in(b.cl, b.ml);
     const auto ref_w = simpo ? pref::sequence_input{} : in(b.rw, b.mw);
@@ -67,26 +73,33 @@ void bm_pairs(benchmark::State& state, Policy policy, int threads, index_t n, bo
         benchmark::DoNotOptimize(r.loss);
         benchmark::ClobberMemory();
     }
-    pb::set_counters(state, n, (simpo ? 18 : 26) * n, threads);
+    pb::set_counters(state, n, bytes_per_token<M>(simpo) * n, threads);
 }
 
+template <class M>
+constexpr index_t bytes_per_token(bool simpo) {
+    return 2 * ((simpo ? 8 : 12) + index_t(sizeof(M)));
+}
+
+template <class M>
 void register_pairs(const char* name, bool simpo) {
     const int threads = pb::par_threads();
     for (index_t n : pb::size_ladder()) {
         if (n < row_length) continue;
-        pb::memcpy_sizes().insert((simpo ? 18 : 26) * n);
+        pb::memcpy_sizes().insert(bytes_per_token<M>(simpo) * n);
         benchmark::RegisterBenchmark((std::string(name) + "/seq/" + std::to_string(n)).c_str(),
-                                     bm_pairs<posttrain::exec::sequenced_policy>, posttrain::exec::seq, 1, n, simpo)
+                                     bm_pairs<posttrain::exec::sequenced_policy, M>, posttrain::exec::seq, 1, n, simpo)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
         benchmark::RegisterBenchmark((std::string(name) + "/par" + std::to_string(threads) + "/" + std::to_string(n)).c_str(),
-                                     bm_pairs<posttrain::exec::parallel_policy>, posttrain::exec::par.with_threads(threads),
+                                     bm_pairs<posttrain::exec::parallel_policy, M>, posttrain::exec::par.with_threads(threads),
                                      threads, n, simpo)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
     }
 }
 
-const int registered = (register_pairs("dpo_sigmoid", false), register_pairs("simpo", true), 0);
+const int registered = (register_pairs<std::uint8_t>("dpo_sigmoid", false), register_pairs<std::uint8_t>("simpo", true),
+                        register_pairs<std::int64_t>("dpo_sigmoid_i64", false), 0);
 
 }  // namespace

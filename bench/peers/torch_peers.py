@@ -34,6 +34,9 @@ Peers (name -> formula):
                 and rejected responses and of the reference, bool completion masks with right padding):
                 masked_fill(~mask, 0).sum(-1) per response (the reference under no_grad), loss =
                 -logsigmoid(beta ((S_w - R_w) - (S_l - R_l))).mean(), beta 0.1, then loss.backward()
+  dpo_trl_autograd  TRL DPOTrainer's own masking idiom on layout "pairs_i64_t<T>" (int64 completion masks,
+                as its collator produces): per_token_logps[mask == 0] = 0 on a non-leaf copy of the
+                log-probs, .sum(1), the reference likewise under no_grad, the sigmoid loss, backward
   simpo_autograd  SimPO on the same layout without the reference: length-averaged log-probs,
                 -logsigmoid(beta (A_w - A_l) - gamma).mean(), beta 2, gamma 0.5, then loss.backward()
 
@@ -70,6 +73,12 @@ def make_data(layout, n, seed=42):
                 "ref": torch.from_numpy(lp + (0.05 * g.standard_normal((b, t))).astype(np.float32)),
                 "adv": torch.from_numpy(g.standard_normal((b, t)).astype(np.float32)),
                 "m": torch.from_numpy(mask)}
+    if layout.startswith("pairs_i64_t"):  # the same with int64 masks (TRL's collator)
+        d = make_data("pairs_t" + layout[len("pairs_i64_t"):], n, seed)
+        for side in ("w", "l"):
+            d["m" + side] = d["m" + side].to(torch.int64)
+        d["layout"] = layout
+        return d
     if layout.startswith("pairs_t"):  # [n / T, T] chosen / rejected log-probs, policy and reference
         t = int(layout[len("pairs_t"):])
         b = n // t
@@ -272,12 +281,32 @@ def ppo_k3_autograd(d, clip=0.2, clip_c=3.0, kl_coef=0.001):
 def dpo_autograd(d, beta=0.1):
     cw = d["cw"].clone().requires_grad_(True)
     cl = d["cl"].clone().requires_grad_(True)
-    mw, ml = d["mw"], d["ml"]
+    mw, ml = d["mw"].bool(), d["ml"].bool()  # no-op for bool masks
     sw = cw.masked_fill(~mw, 0.0).sum(-1)
     sl = cl.masked_fill(~ml, 0.0).sum(-1)
     with torch.no_grad():
         rw = d["rw"].masked_fill(~mw, 0.0).sum(-1)
         rl = d["rl"].masked_fill(~ml, 0.0).sum(-1)
+    loss = -torch.nn.functional.logsigmoid(beta * ((sw - rw) - (sl - rl))).mean()
+    loss.backward()
+    return loss.detach(), cw.grad, cl.grad
+
+
+def dpo_trl_autograd(d, beta=0.1):
+    cw = d["cw"].clone().requires_grad_(True)
+    cl = d["cl"].clone().requires_grad_(True)
+    mw, ml = d["mw"], d["ml"]
+    # TRL's per_token_logps is the (non-leaf) output of selective_log_softmax; "* 1.0" stands for it.
+    pw = cw * 1.0
+    pl = cl * 1.0
+    pw[mw == 0] = 0.0
+    pl[ml == 0] = 0.0
+    sw, sl = pw.sum(dim=1), pl.sum(dim=1)
+    with torch.no_grad():
+        rw, rl = d["rw"].clone(), d["rl"].clone()
+        rw[mw == 0] = 0.0
+        rl[ml == 0] = 0.0
+        rw, rl = rw.sum(dim=1), rl.sum(dim=1)
     loss = -torch.nn.functional.logsigmoid(beta * ((sw - rw) - (sl - rl))).mean()
     loss.backward()
     return loss.detach(), cw.grad, cl.grad
@@ -304,6 +333,7 @@ PEERS = {
     "rloo_verl_loop": rloo_verl_loop,
     "gae_verl_loop": gae_verl_loop,
     "dpo_autograd": dpo_autograd,
+    "dpo_trl_autograd": dpo_trl_autograd,
     "simpo_autograd": simpo_autograd,
     "ppo_k3_autograd": ppo_k3_autograd,
 }
