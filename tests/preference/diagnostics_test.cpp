@@ -162,6 +162,23 @@ TEST_CASE("length_exploitation: slope, intercept, R^2 and degenerate variance") 
     CHECK(e.length_degenerate);
 }
 
+TEST_CASE("length_exploitation: tiny or huge spreads neither underflow nor overflow the fit") {
+    // Squared deviations of 1e-170 underflow to 0 and of 1e200 overflow to inf in a plain two-pass sum;
+    // the fit is scale-free, so these must give the answers of the same data at unit scale.
+    std::vector<double> x = {1, 2, 3};
+    const auto a = pp::length_exploitation(pt::exec::seq, std::vector<double>{0, 1e-170, 0}, x);
+    CHECK(a.r_squared == 0.0);
+    CHECK(a.slope == 0.0);
+    const auto b = pp::length_exploitation(pt::exec::seq, std::vector<double>{1, 2, 3}, std::vector<double>{0, 1e-170, 2e-170});
+    CHECK(b.slope == doctest::Approx(1e170));
+    CHECK(b.intercept == doctest::Approx(1.0));
+    CHECK(b.r_squared == doctest::Approx(1.0));
+    const auto c = pp::length_exploitation(pt::exec::seq, std::vector<double>{-1e200, 1e200, 0}, x);
+    CHECK(c.slope == doctest::Approx(5e199));
+    CHECK(c.r_squared == doctest::Approx(0.25));
+    CHECK(std::isfinite(c.intercept));
+}
+
 TEST_CASE("ensemble_disagreement: worst case, uncertainty-weighted, variance") {
     std::vector<double> R = {1.0, 2.0, 3.0,   // mean 2, population var 2/3
                              0.5, 0.5, 0.5};  // agreement: var exactly 0

@@ -232,13 +232,22 @@ inline length_exploitation_result fit_length(const std::vector<double>& y, const
     r.length_degenerate = mx.max == mx.min;
     r.reward_degenerate = my.max == my.min;
     if (r.length_degenerate || r.reward_degenerate) return r;
-    // Centred (two-pass) sums: no cancellation of large means.
-    const double sxx = fixed_order_sum(n, [&](index_t i) { const double d = x[std::size_t(i)] - mx.mean; return d * d; });
-    const double syy = fixed_order_sum(n, [&](index_t i) { const double d = y[std::size_t(i)] - my.mean; return d * d; });
-    const double sxy = fixed_order_sum(n, [&](index_t i) { return (x[std::size_t(i)] - mx.mean) * (y[std::size_t(i)] - my.mean); });
-    r.slope = sxy / sxx;
+    // Centred (two-pass) sums, no cancellation of large means, over deviations divided by their largest
+    // magnitude (> 0, as max != min): the squares lie in [0, 1] and neither underflow (spreads near
+    // 1e-170) nor overflow (near 1e200); the fit is scale-free, so the scales come back only in the slope.
+    double ax = 0, ay = 0;
+    for (index_t i = 0; i < n; ++i) {
+        ax = std::fmax(ax, std::fabs(x[std::size_t(i)] - mx.mean));
+        ay = std::fmax(ay, std::fabs(y[std::size_t(i)] - my.mean));
+    }
+    auto u = [&](index_t i) { return (x[std::size_t(i)] - mx.mean) / ax; };
+    auto v = [&](index_t i) { return (y[std::size_t(i)] - my.mean) / ay; };
+    const double suu = fixed_order_sum(n, [&](index_t i) { return u(i) * u(i); });
+    const double svv = fixed_order_sum(n, [&](index_t i) { return v(i) * v(i); });
+    const double suv = fixed_order_sum(n, [&](index_t i) { return u(i) * v(i); });
+    r.slope = suv / suu * (ay / ax);
     r.intercept = my.mean - r.slope * mx.mean;
-    const double rho2 = (sxy / sxx) * (sxy / syy);
+    const double rho2 = (suv / suu) * (suv / svv);
     r.r_squared = rho2 < 0 ? 0.0 : (rho2 > 1 ? 1.0 : rho2);  // rounding can leave [0, 1] by an ulp
     return r;
 }
