@@ -230,3 +230,32 @@ TEST_CASE("rto_rewards: plain PPO (no DPO rewards), coefficients, and bad input"
                                                matrix(m, 2, 3), pt::none, matrix(aliased, 2, 3)),
                          Contains("argument 'rewards': the output overlaps the input 'log_probs'"), pt::invalid_argument);
 }
+
+TEST_CASE("rto_rewards: a mask selects (any nonzero entry is one valid token), it does not weight the KL penalty") {
+    // The module's rule (sequence.hpp): a nonzero mask entry of any value counts as one token. A float
+    // mask of 0.5 must give the rewards, kl, tokens and mean_kl of a mask of 1.
+    const std::vector<double> old = {-1, -2, -3, -0.5}, ref = {-1.5, -1, -2, -0.7}, scores = {1.0};
+    const std::vector<double> one = {1, 1, 1, 0}, half = {0.5, 0.5, 2.0, 0};
+    std::vector<double> r1(4), rh(4), k1(4), kh(4);
+    pp::rto_options o;
+    o.kl_coef = 0.5;
+    const auto a = pp::rto_rewards(pt::exec::seq, scores, matrix(old, 1, 4), matrix(ref, 1, 4), matrix(one, 1, 4), pt::none,
+                                   matrix(r1, 1, 4), matrix(k1, 1, 4), o);
+    const auto b = pp::rto_rewards(pt::exec::seq, scores, matrix(old, 1, 4), matrix(ref, 1, 4), matrix(half, 1, 4), pt::none,
+                                   matrix(rh, 1, 4), matrix(kh, 1, 4), o);
+    CHECK(rh == r1);
+    CHECK(kh == k1);
+    CHECK(b.tokens == a.tokens);
+    CHECK(b.mean_kl == a.mean_kl);
+    CHECK(r1[0] == -0.5 * 0.5);
+}
+
+TEST_CASE("rto_rewards: a kl output over the scores is refused (kl is written before the scores are read)") {
+    const std::vector<double> old = {-1, -2, -3, -0.5}, ref = {-1.5, -1, -2, -0.7}, m = {1, 1, 1, 0};
+    std::vector<double> rw(4), kl = {1.0, 0, 0, 0};
+    const pt::tensor_view<const double, 1> scores(kl.data(), 1);
+    CHECK_THROWS_WITH_AS((void)pp::rto_rewards(pt::exec::seq, scores, matrix(old, 1, 4), matrix(ref, 1, 4), matrix(m, 1, 4), pt::none,
+                                               matrix(rw, 1, 4), matrix(kl, 1, 4)),
+                         doctest::Contains("posttrain::preference::rto_rewards: argument 'kl': the output overlaps the input 'scores'"),
+                         pt::invalid_argument);
+}

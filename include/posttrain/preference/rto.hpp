@@ -16,6 +16,7 @@
 // with beta = beta1, then clamped.
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -182,6 +183,9 @@ rto_reward_result rto_rewards(const Policy& policy, const Scores& scores, const 
                                            posttrain::detail::str(v.extent(0)));
             posttrain::detail::require(!detail::overlaps(out.view(), detail::values_of<void, 1>(v)), {fn, "rewards"},
                                        "the output overlaps the input 'scores'; pass a separate buffer");
+            // kl is written before the scores are read.
+            posttrain::detail::require(!detail::overlaps(kl.view(), detail::values_of<void, 1>(v)), {fn, "kl"},
+                                       "the output overlaps the input 'scores'; pass a separate buffer");
             for (index_t i = 0; i < B; ++i)
                 posttrain::detail::require(numeric::is_finite(double(v(i))), {fn, "scores"},
                                            "non-finite value at index " + posttrain::detail::str(i));
@@ -195,13 +199,17 @@ rto_reward_result rto_rewards(const Policy& policy, const Scores& scores, const 
         detail::check_token_output(kl, B, T, {fn, "kl"}, "log_probs", d);
     }
 
-    // Validate (nothing is written before every input is known good), and write kl.
+    // Validate (nothing is written before every input is known good), and write kl. The mask is read
+    // into 0/1 bytes on the way: the score placement and the KL penalty below take it as weights, and
+    // here a nonzero entry of any value selects one token (as everywhere in the preference module).
     const auto k1 = detail::rto_kl_options();
     std::vector<detail::row_error> errors(static_cast<std::size_t>(B));
+    std::vector<std::uint8_t> selected(static_cast<std::size_t>(B * T));
     posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
         detail::token_log_ratio::row x(T);
         auto& e = errors[std::size_t(i)];
         in.load_checked(i, x, e);
+        for (index_t t = 0; t < T; ++t) selected[std::size_t(i * T + t)] = x.m[std::size_t(t)];
         if constexpr (has_token_rewards) {
             std::vector<double> dr(static_cast<std::size_t>(T));
             d.load(i, dr.data());
@@ -225,9 +233,10 @@ rto_reward_result rto_rewards(const Policy& policy, const Scores& scores, const 
     place.clip_low = -options.score_clip;
     place.clip_high = options.score_clip;
     place.empty = advantage::empty_response::last_position;
-    advantage::outcome_token_rewards(policy, scores, none, mask, rewards, place);
+    const tensor_view<const std::uint8_t, 2> valid(selected.data(), B, T);
+    advantage::outcome_token_rewards(policy, scores, none, valid, rewards, place);
     // minus kl_coef * k1 on valid tokens, in place.
-    const auto kr = posttrain::policy_loss::apply_kl_penalty(policy, rewards, log_probs, ref_log_probs, mask, rewards, c.kl_coef,
+    const auto kr = posttrain::policy_loss::apply_kl_penalty(policy, rewards, log_probs, ref_log_probs, valid, rewards, c.kl_coef,
                                                              posttrain::policy_loss::kl_reward_options{k1});
     // plus the DPO token rewards, at every position (as the fork adds them).
     if constexpr (has_token_rewards)
