@@ -141,3 +141,15 @@ TEST_CASE("sft: bad input raises naming the function and the argument") {
     std::vector<double> wrong(5);
     raises([&] { (void)pref::sft(pt::exec::seq, y.input(), wrong, {}); }, "grad", "[B, T]");
 }
+
+TEST_CASE_TEMPLATE("sft: responses of T = 0 tokens with a [B, 0] gradient (empty rows, no element to touch)", Backend,
+                   POSTTRAIN_HOST_BACKENDS) {
+    // Every std::vector here is empty (data() == nullptr): the broadcast must not form a reference to
+    // element (i, 0) of a row that has none (UBSan: reference binding to null pointer, sequence.hpp
+    // write_token_grad). Run under -fsanitize=undefined -fno-sanitize-recover to see it fail.
+    std::vector<double> lp, m, g;
+    const auto r = pref::sft(Backend::policy(), pref::sequence_input::tokens(matrix(lp, 3, 0), matrix(m, 3, 0)), matrix(g, 3, 0));
+    CHECK(r.loss == 0.0);
+    CHECK(r.tokens == 0.0);
+    CHECK(r.sequences == 3);
+}
