@@ -130,6 +130,16 @@ TEST_CASE("apo_reference: bad input") {
     std::vector<double> t{-1.0, std::nan(""), -1.0, -1.0}, m{1, 1, 1, 1}, ot(4);
     expect_error([&] { pref::apo_reference(pt::exec::seq, matrix(t, 2, 2), matrix(m, 2, 2), matrix(m, 2, 2), matrix(ot, 2, 2), {}); },
                  fn, "current");
+    // The masked form names the argument whose shape is wrong (not always 'mask').
+    std::vector<double> c4{-1.0, -2.0, -3.0, -4.0}, p2{-1.0, -2.0}, m4{1, 1, 1, 1}, o4(4);
+    auto named = [&](auto&& call, const char* arg, const char* not_arg) {
+        const std::string what = pt::test::error_of(call);
+        CHECK_MESSAGE(pt::test::mentions(what, "apo_reference", arg), what);
+        CHECK_MESSAGE(what.find(std::string("'") + not_arg + "'") == std::string::npos, what);
+    };
+    named([&] { pref::apo_reference(pt::exec::seq, matrix(c4, 2, 2), matrix(p2, 2, 1), matrix(m4, 2, 2), matrix(o4, 2, 2), {}); },
+          "'previous'", "mask");
+    named([&] { pref::apo_reference(pt::exec::seq, c4, c4, m4, o4, {}); }, "'current'", "mask");
 }
 
 // ---- P3O

@@ -141,8 +141,11 @@ void apo_reference(const Policy&, const Current& current, const Previous& previo
     auto c = detail::read_dense(current, -1, {fn, "current"}, true, true);
     const auto p = detail::read_dense(previous, c.rows, {fn, "previous"}, true, true);
     const auto m = detail::read_dense<true>(mask, c.rows, {fn, "mask"}, true);
-    detail::require(detail::input_rank(current) == 2 && p.cols == c.cols && m.cols == c.cols, {fn, "mask"},
-                    "current, previous and mask must be [B, T] views of one shape");
+    detail::require(detail::input_rank(current) == 2, {fn, "current"}, "must be a [B, T] view (the masked form)");
+    detail::require(p.cols == c.cols, {fn, "previous"},
+                    "must have the shape of 'current': " + detail::str(p.cols) + " columns, expected " + detail::str(c.cols));
+    detail::require(m.cols == c.cols, {fn, "mask"},
+                    "must have the shape of 'current': " + detail::str(m.cols) + " columns, expected " + detail::str(c.cols));
     for (std::size_t j = 0; j < c.v.size(); ++j) {
         if (m.v[j] == 0) {
             c.v[j] = 0;
