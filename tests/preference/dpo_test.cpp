@@ -388,7 +388,7 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     };
     const pref::dpo_options base;
     CHECK_THROWS_WITH_AS(call(p.chosen(), q.rejected(), p.ref_chosen(), p.ref_rejected(), base),
-                         doctest::Contains("'rejected': must hold one sequence per pair"), pt::invalid_argument);
+                         doctest::Contains("'rejected': must hold one sequence per row of the batch: it has 2, expected 3"), pt::invalid_argument);
     CHECK_THROWS_WITH_AS(call(p.chosen(), p.rejected(), p.ref_chosen(), q.ref_rejected(), base),
                          doctest::Contains("ref_rejected"), pt::invalid_argument);
     CHECK_THROWS_WITH_AS(call(p.chosen(), p.rejected(), {}, {}, base), doctest::Contains("'ref_chosen': is required unless"),
@@ -452,4 +452,12 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     CHECK_THROWS_AS((void)pref::dpo(pt::exec::seq, p.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), inplace, pt::none),
                     pt::invalid_argument);
     (void)g34;
+    // One buffer for both gradients, or a gradient over the other side's input, is refused.
+    std::vector<double> both(12);
+    const auto shared = pt::tensor_view<double, 2>(both.data(), 3, 4);
+    CHECK_THROWS_WITH_AS((void)pref::dpo(pt::exec::seq, p.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), shared, shared),
+                         doctest::Contains("'grad_chosen': the output overlaps the input 'grad_rejected'"), pt::invalid_argument);
+    const auto over_ref = pt::tensor_view<double, 2>(const_cast<double*>(p.rl.data()), 3, 4);
+    CHECK_THROWS_WITH_AS((void)pref::dpo(pt::exec::seq, p.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), over_ref, pt::none),
+                         doctest::Contains("'grad_chosen': the output overlaps the input 'ref_rejected'"), pt::invalid_argument);
 }

@@ -363,7 +363,7 @@ sequence_values reduce(const Policy& policy, const sequence_input& in, index_t b
                        token_weighting weighting = {}) {
     posttrain::detail::require(in.present(), w, "is required");
     posttrain::detail::require(in.batch() == batch, w,
-            "must hold one sequence per pair: batch is " + str(in.batch()) + ", expected " + str(batch));
+            "must hold one sequence per row of the batch: it has " + str(in.batch()) + ", expected " + str(batch));
     sequence_values out;
     out.sum.assign(std::size_t(batch), 0.0);
     out.length.assign(std::size_t(batch), std::nan(""));
@@ -422,6 +422,7 @@ template <class Policy, class M, class G>
 void write_token_grad(const Policy& policy, tensor_view<const M, 2> m, const std::vector<double>& coef,
                       tensor_view<G, 2> g, token_weighting weighting) {
     const index_t T_ = g.extent(1);
+    if (T_ == 0) return;  // nothing to write (and no row start to take the address of)
     for_each_row(policy, g.extent(0), T_, [&](index_t i) {
         const double c = coef[std::size_t(i)];
         if (weighting.shared == nullptr && g.stride(1) == 1 && m.stride(1) == 1) {
@@ -440,6 +441,51 @@ void write_token_grad(const Policy& policy, tensor_view<const M, 2> m, const std
             }
         }
     });
+}
+
+// A gradient output may not overlap an input of another side either (one side's gradient is written
+// while the other side is still to be read): raises naming `w` and `in_name`.
+inline void check_grad_disjoint(const sequence_grad& g, const sequence_input& in, where w, const char* in_name) {
+    if (!g.present() || !in.present()) return;
+    auto against = [&](const auto& out_variant) {
+        std::visit(
+            [&](auto o) {
+                if constexpr (!std::is_same_v<decltype(o), std::monostate>) {
+                    auto check = [&](const auto& in_variant) {
+                        std::visit(
+                            [&](auto v) {
+                                if constexpr (!std::is_same_v<decltype(v), std::monostate>)
+                                    posttrain::advantage::detail::check_no_alias(o, v, w, in_name);
+                            },
+                            in_variant);
+                    };
+                    check(in.token_view());
+                    check(in.mask_view());
+                    check(in.sums_view());
+                    check(in.lengths_view());
+                }
+            },
+            out_variant);
+    };
+    against(g.token_view());
+    against(g.sums_view());
+}
+
+// Two gradient outputs may not overlap each other.
+inline void check_grads_disjoint(const sequence_grad& a, const sequence_grad& b, where w, const char* b_name) {
+    if (!a.present() || !b.present()) return;
+    auto any_of = [](const sequence_grad& g) {
+        using any = std::variant<std::monostate, tensor_view<float, 2>, tensor_view<double, 2>, tensor_view<float, 1>,
+                                 tensor_view<double, 1>>;
+        return g.per_token() ? std::visit([](auto v) { return any(v); }, g.token_view())
+                             : std::visit([](auto v) { return any(v); }, g.sums_view());
+    };
+    std::visit(
+        [&](auto x, auto y) {
+            if constexpr (!std::is_same_v<decltype(x), std::monostate> && !std::is_same_v<decltype(y), std::monostate>)
+                posttrain::advantage::detail::check_no_alias(x, y, w, b_name);
+        },
+        any_of(a), any_of(b));
 }
 
 // The views of one dtype pair under one mask, if `a` and `b` are per-token, contiguous in T and share
