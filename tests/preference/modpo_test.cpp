@@ -167,7 +167,7 @@ TEST_CASE("modpo: zero-length responses are sums of 0 (documented), masked garba
 }
 
 TEST_CASE("modpo: bad input names the function and the argument") {
-    std::vector<double> s{-1.0, -2.0}, m1{0.1, 0.2}, m2{0.1, 0.2, 0.3, 0.4}, g(2), short_s{-1.0};
+    std::vector<double> s{-1.0, -2.0}, m1{0.1, 0.2}, m2{0.1, 0.2, 0.3, 0.4}, g(2), g2(2), short_s{-1.0};
     auto S = [](const std::vector<double>& v) { return pref::sequence_input::sums(v); };
     auto expect = [](auto&& call, const std::string& needle) { pt::test::expect_error(call, "posttrain::preference::modpo", needle); };
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, pref::modpo_options::official({0.6, 0.6})); }, "sum to 1");
@@ -181,5 +181,6 @@ TEST_CASE("modpo: bad input names the function and the argument") {
     std::vector<double> bad_s{-1.0, std::nan("")};
     expect([&] { (void)pref::modpo(pt::exec::seq, S(bad_s), S(s), S(s), S(s), m1, m1, g, g, {}, {}); }, "policy_chosen");
     std::vector<double> l3(3);
-    expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {.losses = l3}, {}); }, "outputs.losses");
+    expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g2, {.losses = l3}, {}); }, "outputs.losses");
+    expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, {}); }, "'grad_chosen': the output overlaps the input 'grad_rejected'");
 }

@@ -217,12 +217,10 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     result.metrics = detail::pair_reward_metrics(rew_w, rew_l, logps_w, logps_l);
     result.bco_batch_reward_mean = st.reward / double(2 * B);
 
-    // Each gradient is checked against its own input by the broadcast, and here against the rest.
-    detail::check_grads_disjoint(grad_chosen, grad_rejected, {fn, "grad_chosen"}, "grad_rejected");
-    for (const auto& [in, name] : {std::pair{&rejected, "rejected"}, {&ref_chosen, "ref_chosen"}, {&ref_rejected, "ref_rejected"}})
-        detail::check_grad_disjoint(grad_chosen, *in, {fn, "grad_chosen"}, name);
-    for (const auto& [in, name] : {std::pair{&chosen, "chosen"}, {&ref_chosen, "ref_chosen"}, {&ref_rejected, "ref_rejected"}})
-        detail::check_grad_disjoint(grad_rejected, *in, {fn, "grad_rejected"}, name);
+    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
+                                {{chosen, "chosen"}, {rejected, "rejected"}, {ref_chosen, "ref_chosen"},
+                                 {ref_rejected, "ref_rejected"}, {extras.weights, "extras.weights"},
+                                 {extras.margins, "extras.margins"}});
     detail::broadcast(policy, chosen, cw, grad_chosen, {fn, "grad_chosen"}, weighting_of(chosen));
     detail::broadcast(policy, rejected, cl, grad_rejected, {fn, "grad_rejected"}, weighting_of(rejected));
     outputs.losses.write(total, {fn, "outputs.losses"});

@@ -232,6 +232,10 @@ kto_result kto(const Policy& policy, const kto_items& desirable, const kto_items
     outputs.losses.write(losses, {fn, "outputs.losses"});
     outputs.chosen_rewards.write(rew_d, {fn, "outputs.chosen_rewards"});
     outputs.rejected_rewards.write(rew_u, {fn, "outputs.rejected_rewards"});
+    detail::check_grads_against(fn, {{grad_desirable, "grad_desirable"}, {grad_undesirable, "grad_undesirable"}},
+                                {{desirable.policy, "desirable.policy"}, {desirable.reference, "desirable.reference"},
+                                 {undesirable.policy, "undesirable.policy"}, {undesirable.reference, "undesirable.reference"},
+                                 {kl.policy, "kl.policy"}, {kl.reference, "kl.reference"}});
     if (desirable.policy.present()) detail::broadcast(policy, desirable.policy, coef_d, grad_desirable, {fn, "grad_desirable"});
     else detail::require(!grad_desirable.present(), {fn, "grad_desirable"}, "given without desirable items");
     if (undesirable.policy.present()) detail::broadcast(policy, undesirable.policy, coef_u, grad_undesirable, {fn, "grad_undesirable"});

@@ -240,6 +240,8 @@ odds_ratio_result odds_ratio(const Policy& policy, const sequence_input& chosen,
     outputs.losses.write(t.losses, {fn, "outputs.losses"});
     outputs.chosen_rewards.write(t.rewards_chosen, {fn, "outputs.chosen_rewards"});
     outputs.rejected_rewards.write(t.rewards_rejected, {fn, "outputs.rejected_rewards"});
+    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
+                                {{chosen, "chosen"}, {rejected, "rejected"}});
     detail::broadcast(policy, chosen, t.coef_chosen, grad_chosen, {fn, "grad_chosen"});
     detail::broadcast(policy, rejected, t.coef_rejected, grad_rejected, {fn, "grad_rejected"});
     return t.result;
@@ -273,6 +275,8 @@ orpo_result orpo(const Policy& policy, const sequence_input& chosen, const seque
     outputs.losses.write(t.losses, {fn, "outputs.losses"});
     outputs.chosen_rewards.write(t.rewards_chosen, {fn, "outputs.chosen_rewards"});
     outputs.rejected_rewards.write(t.rewards_rejected, {fn, "outputs.rejected_rewards"});
+    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}, {grad_nll, "grad_nll"}},
+                                {{chosen, "chosen"}, {rejected, "rejected"}, {nll_chosen, "nll_chosen"}});
     detail::broadcast(policy, chosen, t.coef_chosen, grad_chosen, {fn, "grad_chosen"});
     detail::broadcast(policy, rejected, t.coef_rejected, grad_rejected, {fn, "grad_rejected"});
     if (separate) detail::broadcast(policy, nll_chosen, nll.coef, grad_nll, {fn, "grad_nll"});

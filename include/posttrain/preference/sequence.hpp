@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -486,6 +487,25 @@ inline void check_grads_disjoint(const sequence_grad& a, const sequence_grad& b,
                 posttrain::advantage::detail::check_no_alias(x, y, w, b_name);
         },
         any_of(a), any_of(b));
+}
+
+struct named_grad {
+    const sequence_grad& grad;
+    const char* name;
+};
+struct named_input {
+    const sequence_input& input;
+    const char* name;
+};
+
+// The gradients of a multi-input loss may not overlap each other nor any input of the call (one is
+// written while others are still read); each is also checked against its own input by broadcast().
+inline void check_grads_against(const char* fn, std::initializer_list<named_grad> grads,
+                                std::initializer_list<named_input> inputs) {
+    for (auto g = grads.begin(); g != grads.end(); ++g) {
+        for (const named_input& in : inputs) check_grad_disjoint(g->grad, in.input, {fn, g->name}, in.name);
+        for (auto h = g + 1; h != grads.end(); ++h) check_grads_disjoint(g->grad, h->grad, {fn, g->name}, h->name);
+    }
 }
 
 // The views of one dtype pair under one mask, if `a` and `b` are per-token, contiguous in T and share
