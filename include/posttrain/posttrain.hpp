@@ -41,6 +41,7 @@
 #include "preference/common.hpp"
 #include "preference/copg.hpp"
 #include "preference/d3po.hpp"
+#include "preference/dense.hpp"
 #include "preference/diagnostics.hpp"
 #include "preference/dpo.hpp"
 #include "preference/dpo_options.hpp"

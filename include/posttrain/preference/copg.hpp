@@ -13,7 +13,9 @@
 #include <cmath>
 #include <vector>
 
-#include "listwise.hpp"
+#include "common.hpp"
+#include "dense.hpp"
+#include "sequence.hpp"
 
 namespace posttrain::preference {
 

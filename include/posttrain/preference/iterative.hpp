@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "listwise.hpp"
+#include "common.hpp"
+#include "dense.hpp"
+#include "sequence.hpp"
 
 namespace posttrain::preference {
 

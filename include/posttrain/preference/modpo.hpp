@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "listwise.hpp"
+#include "common.hpp"
+#include "dense.hpp"
+#include "sequence.hpp"
 
 namespace posttrain::preference {
 
