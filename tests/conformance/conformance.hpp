@@ -160,4 +160,24 @@ inline posttrain::tensor_view<double, 2> view2(std::vector<double>& v, index_t r
     return posttrain::tensor_view<double, 2>(v.data(), rows, cols);
 }
 
+// The causal shift of a language model's outputs, as views of the case tensors: logits [rows, T, V]
+// from row `first`, positions 0..T-2 (each predicts the next token), and the labels [rows, T] they
+// are scored against, positions 1..T-1. shifted_grad is the logits gradient's matching view (its last
+// position, which predicts nothing, is left as it is: zero in a zeros() tensor).
+inline posttrain::tensor_view<const double, 3> shifted_logits(const tensor& z, index_t first, index_t rows) {
+    const index_t T = z.shape.at(1), V = z.shape.at(2);
+    const index_t e[3] = {rows, T - 1, V}, s[3] = {T * V, V, 1};
+    return posttrain::tensor_view<const double, 3>(z.data.data() + first * T * V, e, s);
+}
+inline posttrain::tensor_view<double, 3> shifted_grad(tensor& g, index_t first, index_t rows) {
+    const index_t T = g.shape.at(1), V = g.shape.at(2);
+    const index_t e[3] = {rows, T - 1, V}, s[3] = {T * V, V, 1};
+    return posttrain::tensor_view<double, 3>(g.data.data() + first * T * V, e, s);
+}
+inline posttrain::tensor_view<const std::int64_t, 2> shifted_labels(const tensor& y, index_t first, index_t rows) {
+    const index_t T = y.shape.at(1);
+    const index_t e[2] = {rows, T - 1}, s[2] = {T, 1};
+    return posttrain::tensor_view<const std::int64_t, 2>(y.ints.data() + first * T + 1, e, s);
+}
+
 }  // namespace conformance

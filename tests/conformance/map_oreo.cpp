@@ -130,11 +130,9 @@ void oreo_actor_step(const case_context& c, produced& out) {
     const tensor ids = c.input("ids"), z = c.input("policy_logits"), zr = c.input("reference_logits");
     const tensor values = c.input("values"), state = c.input("state_masks"), action = c.input("action_masks"),
                  rewards = c.input("rewards");
-    const index_t B = z.shape.at(0), S = z.shape.at(1), V = z.shape.at(2), T = S - 1;
-    const index_t e3[3] = {B, T, V}, s3[3] = {S * V, V, 1};
-    const tensor_view<const double, 3> zv(z.data.data(), e3, s3), zrv(zr.data.data(), e3, s3);
-    const index_t e2[2] = {B, T}, s2[2] = {S, 1};
-    const tensor_view<const std::int64_t, 2> labels(ids.ints.data() + 1, e2, s2);
+    const index_t B = z.shape.at(0), T = z.shape.at(1) - 1;
+    const auto zv = shifted_logits(z, 0, B), zrv = shifted_logits(zr, 0, B);
+    const auto labels = shifted_labels(ids, 0, B);
     tensor lp = zeros({B, T}), ref = zeros({B, T}), glp = zeros({B, T}), g = zeros(z.shape), gkl = zeros(z.shape);
     pp::token_log_probs(seq, zv, labels, view2(lp.data, B, T));
     pp::token_log_probs(seq, zrv, labels, view2(ref.data, B, T));
@@ -142,7 +140,7 @@ void oreo_actor_step(const case_context& c, produced& out) {
     const auto a = columns(action, 1, T);
     const auto r = pp::oreo_policy_loss(seq, lp.view2(), ref.view2(), a, values.view2(), columns(state, 0, T), rewards.view1(),
                                         posttrain::none, view2(glp.data, B, T), o);
-    const tensor_view<double, 3> gv(g.data.data(), e3, s3), gklv(gkl.data.data(), e3, s3);
+    const auto gv = shifted_grad(g, 0, B), gklv = shifted_grad(gkl, 0, B);
     pp::token_log_probs_backward(seq, zv, labels, glp.view2(), gv);
     double kl = r.kl, total = r.loss;
     if (o.unbiased_kl) {

@@ -145,43 +145,23 @@ void simpo_loss(const case_context& c, produced& out) {
 
 // ---- logits-level pipelines ----
 
-// Causal-LM scoring as the trainers do it: log_softmax(logits[:, :-1]) at labels[:, 1:], as strided
-// views of the case tensors. `ignore` is the label that is not scored (SimPO: -100; TRL DPO scores every
-// position and masks afterwards, so it passes a value no label takes).
-struct scored_tokens {
-    index_t rows = 0, cols = 0, vocab = 0;
-    std::vector<std::int64_t> labels;  // [rows, cols]
-    std::vector<double> logp;          // [rows, cols]
-    posttrain::tensor_view<const double, 3> shifted_logits;
-};
-
-scored_tokens score_tokens(const tensor& logits, const tensor& ids, std::int64_t ignore) {
-    scored_tokens s;
-    s.rows = logits.shape[0];
-    s.cols = logits.shape[1] - 1;
-    s.vocab = logits.shape[2];
-    const index_t L = logits.shape[1];
-    const index_t ext[3] = {s.rows, s.cols, s.vocab}, str[3] = {L * s.vocab, s.vocab, 1};
-    s.shifted_logits = posttrain::tensor_view<const double, 3>(logits.data.data(), ext, str);
-    s.labels.resize(std::size_t(s.rows * s.cols));
-    for (index_t i = 0; i < s.rows; ++i)
-        for (index_t t = 0; t < s.cols; ++t) s.labels[std::size_t(i * s.cols + t)] = ids.ints[std::size_t(i * L + t + 1)];
-    s.logp.resize(std::size_t(s.rows * s.cols));
-    pref::token_log_probs(seq, s.shifted_logits,
-                          posttrain::tensor_view<const std::int64_t, 2>(s.labels.data(), s.rows, s.cols),
-                          posttrain::tensor_view<double, 2>(s.logp.data(), s.rows, s.cols), {ignore});
-    return s;
+// Causal-LM scoring as the trainers do it: log_softmax(logits[:, :-1]) at labels[:, 1:] (the shifted
+// views of conformance.hpp). `ignore` is the label that is not scored (SimPO: -100; TRL DPO scores
+// every position and masks afterwards, so it passes a value no label takes).
+std::vector<double> score_tokens(const tensor& logits, const tensor& ids, std::int64_t ignore) {
+    const index_t rows = logits.shape[0], cols = logits.shape[1] - 1;
+    std::vector<double> logp(static_cast<std::size_t>(rows * cols));
+    pref::token_log_probs(seq, shifted_logits(logits, 0, rows), shifted_labels(ids, 0, rows), view2(logp, rows, cols), {ignore});
+    return logp;
 }
 
 // d loss / d logits from d loss / d logp of the shifted positions (the last position gets 0).
-tensor logits_gradient(const tensor& logits, const scored_tokens& s, const std::vector<double>& grad_logp, std::int64_t ignore) {
+tensor logits_gradient(const tensor& logits, const tensor& ids, const std::vector<double>& grad_logp, std::int64_t ignore) {
     tensor g = zeros(logits.shape);
-    const index_t L = logits.shape[1];
-    const index_t ext[3] = {s.rows, s.cols, s.vocab}, str[3] = {L * s.vocab, s.vocab, 1};
-    pref::token_log_probs_backward(seq, s.shifted_logits,
-                                   posttrain::tensor_view<const std::int64_t, 2>(s.labels.data(), s.rows, s.cols),
-                                   posttrain::tensor_view<const double, 2>(grad_logp.data(), s.rows, s.cols),
-                                   posttrain::tensor_view<double, 3>(g.data.data(), ext, str), {ignore});
+    const index_t rows = logits.shape[0], cols = logits.shape[1] - 1;
+    pref::token_log_probs_backward(seq, shifted_logits(logits, 0, rows), shifted_labels(ids, 0, rows),
+                                   posttrain::tensor_view<const double, 2>(grad_logp.data(), rows, cols), shifted_grad(g, 0, rows),
+                                   {ignore});
     return g;
 }
 
@@ -197,11 +177,10 @@ posttrain::tensor_view<T, 2> rows_of(T* data, index_t first, index_t n, index_t 
 void trl_compute_loss(const case_context& c, produced& out) {
     const tensor logits = c.input("logits"), ids = c.input("input_ids"), cmask = c.input("completion_mask");
     const tensor ref_w = c.input("ref_chosen_logps"), ref_l = c.input("ref_rejected_logps");
-    const auto s = score_tokens(logits, ids, std::numeric_limits<std::int64_t>::min());
-    const index_t B = s.rows / 2, T = s.cols, L = logits.shape[1];
-    std::vector<std::int64_t> mask(std::size_t(s.rows * T));  // completion_mask[:, 1:]
-    for (index_t i = 0; i < s.rows; ++i)
-        for (index_t t = 0; t < T; ++t) mask[std::size_t(i * T + t)] = cmask.ints[std::size_t(i * L + t + 1)];
+    constexpr std::int64_t no_ignore = std::numeric_limits<std::int64_t>::min();
+    const std::vector<double> logp = score_tokens(logits, ids, no_ignore);
+    const index_t rows = logits.shape[0], B = rows / 2, T = logits.shape[1] - 1;
+    const auto m = shifted_labels(cmask, 0, rows);  // completion_mask[:, 1:], a strided [rows, T] view
 
     const auto types = c.params.at("loss_type").get<std::vector<std::string>>();
     const auto weights = c.params.at("loss_weights").get<std::vector<double>>();
@@ -218,18 +197,20 @@ void trl_compute_loss(const case_context& c, produced& out) {
                                                 : F::reverse_kl;
     o.alpha_coef = c.param_or("f_alpha_divergence_coef", 1.0);
 
-    const double* lp = s.logp.data();
-    const std::int64_t* m = mask.data();
-    const auto chosen = pref::sequence_input::tokens(rows_of(lp, 0, B, T), rows_of(m, 0, B, T));
-    const auto rejected = pref::sequence_input::tokens(rows_of(lp, B, B, T), rows_of(m, B, B, T));
-    std::vector<double> grad(std::size_t(s.rows * T), 0.0), pair_weights;
+    const double* lp = logp.data();
+    const auto mask_rows = [&](index_t first) {
+        const index_t e[2] = {B, T}, st[2] = {m.stride(0), m.stride(1)};
+        return posttrain::tensor_view<const std::int64_t, 2>(m.data() + first * m.stride(0), e, st);
+    };
+    const auto chosen = pref::sequence_input::tokens(rows_of(lp, 0, B, T), mask_rows(0));
+    const auto rejected = pref::sequence_input::tokens(rows_of(lp, B, B, T), mask_rows(B));
+    std::vector<double> grad(static_cast<std::size_t>(rows * T), 0.0), pair_weights;
     pref::pair_extras extras;
     if (c.params.at("use_weighting").get<bool>()) {
-        std::vector<double> sq(std::size_t(s.rows * T)), w(std::size_t(s.rows));
-        posttrain::advantage::sum_pi_squared_from_logits(seq, s.shifted_logits, posttrain::tensor_view<double, 2>(sq.data(), s.rows, T));
-        pref::wpo_weights(seq, posttrain::tensor_view<const double, 2>(lp, s.rows, T),
-                          posttrain::tensor_view<const double, 2>(sq.data(), s.rows, T),
-                          posttrain::tensor_view<const std::int64_t, 2>(m, s.rows, T), w);
+        std::vector<double> sq(static_cast<std::size_t>(rows * T)), w(static_cast<std::size_t>(rows));
+        posttrain::advantage::sum_pi_squared_from_logits(seq, shifted_logits(logits, 0, rows), view2(sq, rows, T));
+        pref::wpo_weights(seq, posttrain::tensor_view<const double, 2>(lp, rows, T),
+                          posttrain::tensor_view<const double, 2>(sq.data(), rows, T), m, w);
         for (index_t i = 0; i < B; ++i) pair_weights.push_back(w[std::size_t(i)] * w[std::size_t(B + i)]);
         extras.weights = pref::sequence_input::sums(pair_weights);
     }
@@ -238,11 +219,10 @@ void trl_compute_loss(const case_context& c, produced& out) {
                              rows_of(grad.data(), B, B, T), o, {}, extras);
     // derived_*: the plain completion sums (before LD weighting), from the same reduction.
     std::vector<double> sums(static_cast<std::size_t>(2 * B));
-    pref::sequence_log_probs(seq, posttrain::tensor_view<const double, 2>(lp, s.rows, T),
-                             posttrain::tensor_view<const std::int64_t, 2>(m, s.rows, T), sums);
+    pref::sequence_log_probs(seq, posttrain::tensor_view<const double, 2>(lp, rows, T), m, sums);
     const std::vector<double> logps_w(sums.begin(), sums.begin() + B), logps_l(sums.begin() + B, sums.end());
     out.set("loss", from_values({r.loss}, {}));
-    out.set("grad_logits", logits_gradient(logits, s, grad, std::numeric_limits<std::int64_t>::min()));
+    out.set("grad_logits", logits_gradient(logits, ids, grad, no_ignore));
     out.set("derived_chosen_logps", from_values(logps_w, {B}));
     out.set("derived_rejected_logps", from_values(logps_l, {B}));
     out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));
@@ -266,17 +246,19 @@ void simpo_batch_loss_metrics(const case_context& c, produced& out) {
         labels.ints[std::size_t(B * L + i)] = rl.ints[std::size_t(i)];
     }
     const std::int64_t ignore = std::int64_t(c.param_or("label_pad_token_id", -100));
-    const auto s = score_tokens(logits, labels, ignore);
-    const index_t T = s.cols;
-    std::vector<std::uint8_t> mask(std::size_t(2 * B * T));
-    for (std::size_t k = 0; k < mask.size(); ++k) mask[k] = s.labels[k] != ignore;
+    const std::vector<double> logp = score_tokens(logits, labels, ignore);
+    const index_t T = L - 1;
+    const auto shifted = shifted_labels(labels, 0, 2 * B);
+    std::vector<std::uint8_t> mask(static_cast<std::size_t>(2 * B * T));
+    for (index_t i = 0; i < 2 * B; ++i)
+        for (index_t t = 0; t < T; ++t) mask[std::size_t(i * T + t)] = shifted(i, t) != ignore;
 
     const std::string t = c.params.at("loss_type").get<std::string>();
     auto o = pref::dpo_options::simpo(c.param("beta"), c.param("gamma_beta_ratio"), c.param("label_smoothing"), parse_loss(t));
     const double sft_weight = c.param_or("sft_weight", 0.0);
     if (sft_weight > 0) o.losses = {{o.loss, 1.0}, {pref::pair_loss::sft, sft_weight}};
 
-    const double* lp = s.logp.data();
+    const double* lp = logp.data();
     const std::uint8_t* m = mask.data();
     std::vector<double> grad(std::size_t(2 * B * T), 0.0), logps_w(static_cast<std::size_t>(B)), logps_l(static_cast<std::size_t>(B));
     pref::pair_outputs outputs;
@@ -286,7 +268,7 @@ void simpo_batch_loss_metrics(const case_context& c, produced& out) {
                                pref::sequence_input::tokens(rows_of(lp, B, B, T), rows_of(m, B, B, T)),
                                rows_of(grad.data(), 0, B, T), rows_of(grad.data(), B, B, T), o, outputs);
     out.set("loss", from_values({r.loss}, {}));
-    out.set("grad_logits", logits_gradient(logits, s, grad, ignore));
+    out.set("grad_logits", logits_gradient(logits, labels, grad, ignore));
     out.set("derived_policy_chosen_logps", from_values(logps_w, {B}));
     out.set("derived_policy_rejected_logps", from_values(logps_l, {B}));
     out.set("metric_rewards_chosen", from_values({r.metrics.chosen}, {}));

@@ -52,23 +52,6 @@ void tgdpo_dpo_loss(const case_context& c, produced& out) {
     out.set("grad_policy_rejected_logps", dl);
 }
 
-// A [rows, T, V] logits tensor seen from row `first`, positions 0..T-2 (the causal shift).
-posttrain::tensor_view<const double, 3> shifted_logits(const tensor& z, index_t first, index_t rows) {
-    const index_t T = z.shape[1], V = z.shape[2];
-    const index_t e[3] = {rows, T - 1, V}, s[3] = {T * V, V, 1};
-    return posttrain::tensor_view<const double, 3>(z.data.data() + first * T * V, e, s);
-}
-posttrain::tensor_view<double, 3> shifted_grad(std::vector<double>& g, index_t T, index_t V, index_t first, index_t rows) {
-    const index_t e[3] = {rows, T - 1, V}, s[3] = {T * V, V, 1};
-    return posttrain::tensor_view<double, 3>(g.data() + first * T * V, e, s);
-}
-// labels[first .. first + rows), positions 1..T-1.
-posttrain::tensor_view<const std::int64_t, 2> shifted_labels(const tensor& y, index_t first, index_t rows) {
-    const index_t T = y.shape[1];
-    const index_t e[2] = {rows, T - 1}, s[2] = {T, 1};
-    return posttrain::tensor_view<const std::int64_t, 2>(y.ints.data() + first * T + 1, e, s);
-}
-
 // CustomDPOTrainer.get_batch_loss_metrics: batch = [chosen rows; rejected rows]; each model's logits
 // go through get_batch_logps (shift, log_softmax, gather, * loss_mask), the TGDPO loss is the mean over
 // pairs, and grad_policy_logits chains dL/dp back through the log-softmax.
@@ -97,9 +80,9 @@ void tgdpo_get_batch_loss_metrics(const case_context& c, produced& out) {
                                mw, ml, view2(dw, B, L), view2(dl, B, L), {}, o);
     tensor grad = zeros({N, T, V});  // the last position of every row predicts nothing: gradient 0
     pref::token_log_probs_backward(seq, shifted_logits(zp, 0, B), shifted_labels(y, 0, B), posttrain::tensor_view<const double, 2>(dw.data(), B, L),
-                                   shifted_grad(grad.data, T, V, 0, B));
+                                   shifted_grad(grad, 0, B));
     pref::token_log_probs_backward(seq, shifted_logits(zp, B, B), shifted_labels(y, B, B), posttrain::tensor_view<const double, 2>(dl.data(), B, L),
-                                   shifted_grad(grad.data, T, V, B, B));
+                                   shifted_grad(grad, B, B));
     out.set("loss", from_values({r.loss}, {}));
     out.set("grad_policy_logits", grad);
     out.set("metric_rewards_chosen", from_values({r.rewards.chosen}, {}));
