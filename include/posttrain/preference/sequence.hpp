@@ -205,94 +205,62 @@ struct sequence_values {
 namespace detail {
 
 #if defined(__GNUC__) && !defined(__CUDACC__)
-// The contiguous, unweighted row sum at SIMD speed: eight values at a time, converted to double and
-// selected by their mask entries with GCC/clang vector extensions. Lane l adds the positions t = l
-// mod 8, the order of fixed_order_sum, so it gives the bits of the portable loop below. Returns false
-// when the element types have no vector form (the caller then takes the portable loop).
-template <class T, class M>
-bool row_sum_and_count_simd(const T* POSTTRAIN_RESTRICT x, const M* POSTTRAIN_RESTRICT y, index_t n, double (&acc_v)[8],
-                            double (&acc_c)[8]) noexcept {
+// The contiguous, unweighted masked sums of one row at SIMD speed: of x1 and, when Two, of x2 too
+// (a policy and its reference under one mask, read in one pass), and the count of valid tokens.
+// Eight values at a time are converted to double and selected by their mask entries with GCC/clang
+// vector extensions; lane l adds the positions t = l mod 8 (the tail included), the order of
+// fixed_order_sum, so each sum has the bits of the portable loop below.
+template <bool Two, class T1, class T2, class M>
+void row_sums_simd(const T1* POSTTRAIN_RESTRICT x1, const T2* POSTTRAIN_RESTRICT x2, const M* POSTTRAIN_RESTRICT y,
+                   index_t n, double (&acc_1)[8], double (&acc_2)[8], double (&acc_c)[8]) noexcept {
     if constexpr (std::is_same_v<M, bool>) {
-        return row_sum_and_count_simd(x, reinterpret_cast<const std::uint8_t*>(y), n, acc_v, acc_c);
-    } else {
-        typedef double d8 __attribute__((vector_size(8 * sizeof(double))));
-        typedef long long l8 __attribute__((vector_size(8 * sizeof(long long))));
-        typedef T t8 __attribute__((vector_size(8 * sizeof(T))));
-        typedef M m8 __attribute__((vector_size(8 * sizeof(M))));
-        d8 v, c;
-        std::memcpy(&v, acc_v, sizeof v);
-        std::memcpy(&c, acc_c, sizeof c);
-        const d8 one = d8{} + 1.0;
-        l8 one_bits;
-        std::memcpy(&one_bits, &one, sizeof one_bits);
-        for (index_t j = 0; j + 8 <= n; j += 8) {
-            t8 xv;
-            m8 mv;
-            std::memcpy(&xv, x + j, sizeof xv);
-            std::memcpy(&mv, y + j, sizeof mv);
-            // All-ones lanes where the mask is nonzero, widened to 64 bits: the select is a bitwise and,
-            // so a masked NaN never reaches the sum.
-            const l8 keep = __builtin_convertvector(mv != m8{}, l8);
-            const d8 xd = __builtin_convertvector(xv, d8);
-            l8 xb;
-            std::memcpy(&xb, &xd, sizeof xb);
-            const l8 kept = xb & keep, counted = one_bits & keep;
-            d8 add_v, add_c;
-            std::memcpy(&add_v, &kept, sizeof add_v);
-            std::memcpy(&add_c, &counted, sizeof add_c);
-            v += add_v;
-            c += add_c;
-        }
-        std::memcpy(acc_v, &v, sizeof v);
-        std::memcpy(acc_c, &c, sizeof c);
-        return true;
-    }
-}
-
-// Two value streams under one mask (a policy and its reference): the same lanes, so each sum has the
-// bits row_sum_and_count_simd gives it alone, with the mask read once.
-template <class T1, class T2, class M>
-void row_sums2_simd(const T1* POSTTRAIN_RESTRICT x1, const T2* POSTTRAIN_RESTRICT x2, const M* POSTTRAIN_RESTRICT y,
-                    index_t n, double (&acc_1)[8], double (&acc_2)[8], double (&acc_c)[8]) noexcept {
-    if constexpr (std::is_same_v<M, bool>) {
-        row_sums2_simd(x1, x2, reinterpret_cast<const std::uint8_t*>(y), n, acc_1, acc_2, acc_c);
+        row_sums_simd<Two>(x1, x2, reinterpret_cast<const std::uint8_t*>(y), n, acc_1, acc_2, acc_c);
     } else {
         typedef double d8 __attribute__((vector_size(8 * sizeof(double))));
         typedef long long l8 __attribute__((vector_size(8 * sizeof(long long))));
         typedef T1 a8 __attribute__((vector_size(8 * sizeof(T1))));
         typedef T2 b8 __attribute__((vector_size(8 * sizeof(T2))));
         typedef M m8 __attribute__((vector_size(8 * sizeof(M))));
+        // acc += x where `keep` is all ones, +0 where it is zero: a bitwise and (keep is the mask entry
+        // != 0, widened to 64-bit lanes), so a masked NaN never reaches the sum. (By reference: vectors
+        // passed by value change the ABI between instruction sets, -Wpsabi.)
+        auto add_masked = [](d8& acc, const d8& x, const l8& keep) {
+            l8 bits;
+            std::memcpy(&bits, &x, sizeof bits);
+            bits &= keep;
+            d8 kept;
+            std::memcpy(&kept, &bits, sizeof kept);
+            acc += kept;
+        };
         d8 v1, v2, c;
         std::memcpy(&v1, acc_1, sizeof v1);
         std::memcpy(&v2, acc_2, sizeof v2);
         std::memcpy(&c, acc_c, sizeof c);
         const d8 one = d8{} + 1.0;
-        l8 one_bits;
-        std::memcpy(&one_bits, &one, sizeof one_bits);
-        for (index_t j = 0; j + 8 <= n; j += 8) {
+        const index_t blocked = n - n % 8;
+        for (index_t j = 0; j < blocked; j += 8) {
             a8 xa;
-            b8 xb;
             m8 mv;
             std::memcpy(&xa, x1 + j, sizeof xa);
-            std::memcpy(&xb, x2 + j, sizeof xb);
             std::memcpy(&mv, y + j, sizeof mv);
             const l8 keep = __builtin_convertvector(mv != m8{}, l8);
-            const d8 da = __builtin_convertvector(xa, d8), db = __builtin_convertvector(xb, d8);
-            l8 ba, bb;
-            std::memcpy(&ba, &da, sizeof ba);
-            std::memcpy(&bb, &db, sizeof bb);
-            const l8 ka = ba & keep, kb = bb & keep, kc = one_bits & keep;
-            d8 add_a, add_b, add_c;
-            std::memcpy(&add_a, &ka, sizeof add_a);
-            std::memcpy(&add_b, &kb, sizeof add_b);
-            std::memcpy(&add_c, &kc, sizeof add_c);
-            v1 += add_a;
-            v2 += add_b;
-            c += add_c;
+            add_masked(v1, __builtin_convertvector(xa, d8), keep);
+            if constexpr (Two) {
+                b8 xb;
+                std::memcpy(&xb, x2 + j, sizeof xb);
+                add_masked(v2, __builtin_convertvector(xb, d8), keep);
+            }
+            add_masked(c, one, keep);
         }
         std::memcpy(acc_1, &v1, sizeof v1);
         std::memcpy(acc_2, &v2, sizeof v2);
         std::memcpy(acc_c, &c, sizeof c);
+        for (index_t j = blocked; j < n; ++j) {
+            const bool ok = is_valid(y[j]);
+            acc_1[j - blocked] += ok ? double(x1[j]) : 0.0;
+            if constexpr (Two) acc_2[j - blocked] += ok ? double(x2[j]) : 0.0;
+            acc_c[j - blocked] += ok ? 1.0 : 0.0;
+        }
     }
 }
 #endif
@@ -307,15 +275,10 @@ void row_sum_and_count(tensor_view<const T, 2> lp, tensor_view<const M, 2> m, in
     double acc_v[8] = {}, acc_c[8] = {};
 #if defined(__GNUC__) && !defined(__CUDACC__)
     if (shared < 0 && lp.stride(1) == 1 && m.stride(1) == 1) {
-        const index_t blocked = T_ - T_ % 8;
         const T* x = T_ > 0 ? &lp(i, 0) : nullptr;
         const M* y = T_ > 0 ? &m(i, 0) : nullptr;
-        row_sum_and_count_simd(x, y, blocked, acc_v, acc_c);
-        for (index_t j = blocked; j < T_; ++j) {
-            const bool ok = is_valid(y[j]);
-            acc_v[j - blocked] += ok ? double(x[j]) : 0.0;
-            acc_c[j - blocked] += ok ? 1.0 : 0.0;
-        }
+        double unused[8] = {};  // the second stream's lanes, not read (one stream)
+        row_sums_simd<false>(x, x, y, T_, acc_v, unused, acc_c);
         sum = combine_lanes(acc_v);
         count = combine_lanes(acc_c);
         return;
@@ -552,14 +515,7 @@ std::pair<sequence_values, sequence_values> reduce_with_reference(const Policy& 
                         const auto* x = &a(i, 0);
                         const auto* z = &b(i, 0);
                         const auto* y = &m(i, 0);
-                        const index_t blocked = T_ - T_ % 8;
-                        row_sums2_simd(x, z, y, blocked, acc_a, acc_b, acc_c);
-                        for (index_t j = blocked; j < T_; ++j) {
-                            const bool ok = is_valid(y[j]);
-                            acc_a[j - blocked] += ok ? double(x[j]) : 0.0;
-                            acc_b[j - blocked] += ok ? double(z[j]) : 0.0;
-                            acc_c[j - blocked] += ok ? 1.0 : 0.0;
-                        }
+                        row_sums_simd<true>(x, z, y, T_, acc_a, acc_b, acc_c);
                         va.sum[std::size_t(i)] = combine_lanes(acc_a);
                         vb.sum[std::size_t(i)] = combine_lanes(acc_b);
                         va.length[std::size_t(i)] = combine_lanes(acc_c);
