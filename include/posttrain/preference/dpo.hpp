@@ -27,12 +27,6 @@ namespace posttrain::preference {
 
 namespace detail {
 
-// sum_b f(b) in posttrain's fixed order.
-template <class F>
-double pair_sum(index_t n, F&& f) {
-    return fixed_order_sum(n, std::forward<F>(f));
-}
-
 // The per-pair mean of the batch-coupled AOT losses: the cDPO form on delta_k = x_(k) - y_(k) of two
 // ascending-sorted vectors; the gradient of position k goes to the item that sorts to k. Ties sort by
 // index (a stable order), so the assignment is deterministic.
@@ -171,7 +165,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     detail::batch_stats st;
     st.sum_nw = need_len ? detail::fixed_order_sum(pw.length.data(), B) : 0.0;
     st.sum_pw = detail::fixed_order_sum(pw.sum.data(), B);
-    st.reward = detail::pair_sum(B, [&](index_t i) {
+    st.reward = detail::fixed_order_sum(B, [&](index_t i) {
         const auto& r = ratios[std::size_t(i)];
         return o.beta * r.lw + o.beta * r.ll;
     });

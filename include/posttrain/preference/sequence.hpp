@@ -321,6 +321,18 @@ index_t first_nonfinite(tensor_view<const T, 2> lp, tensor_view<const M, 2> m, i
                            "non-finite log-prob at a valid position [" + str(i) + (t >= 0 ? ", " + str(t) : std::string()) + "]");
 }
 
+// Raises unless every row sum is finite. A finite sum cannot hide a non-finite valid term, so the row is
+// searched for the term only when its sum is not; a row of finite terms whose sum overflows is named too.
+template <class T, class M>
+void check_row_sums(const std::vector<double>& sums, tensor_view<const T, 2> lp, tensor_view<const M, 2> m, where w) {
+    for (index_t i = 0; i < index_t(sums.size()); ++i)
+        if (!numeric::is_finite(sums[std::size_t(i)])) {
+            const index_t t = first_nonfinite(lp, m, i);
+            if (t >= 0) raise_nonfinite(w, i, t);
+            raise_invalid_argument(w.function, w.argument, "sum of row " + str(i) + " overflows (log-probs too large)");
+        }
+}
+
 // S and n of every row of `in` (which must hold `batch` rows). Raises on non-finite valid values.
 template <class Policy>
 sequence_values reduce(const Policy& policy, const sequence_input& in, index_t batch, where w,
@@ -342,14 +354,7 @@ sequence_values reduce(const Policy& policy, const sequence_input& in, index_t b
                         out.sum[std::size_t(i)] = s;
                         out.length[std::size_t(i)] = n;
                     });
-                    // A finite sum cannot hide a non-finite valid term: look for one only when it is not.
-                    for (index_t i = 0; i < batch; ++i)
-                        if (!numeric::is_finite(out.sum[std::size_t(i)])) {
-                            const index_t t = first_nonfinite(lp, m, i);
-                            if (t >= 0) raise_nonfinite(w, i, t);
-                            raise_invalid_argument(w.function, w.argument,
-                                                   "sum of row " + str(i) + " overflows (log-probs too large)");
-                        }
+                    check_row_sums(out.sum, lp, m, w);
                 }
             },
             in.token_view(), in.mask_view());
@@ -521,19 +526,8 @@ std::pair<sequence_values, sequence_values> reduce_with_reference(const Policy& 
                         va.length[std::size_t(i)] = combine_lanes(acc_c);
                     });
                     vb.length = va.length;
-                    for (index_t i = 0; i < batch; ++i) {
-                        if (!numeric::is_finite(va.sum[std::size_t(i)])) {
-                            const index_t t = first_nonfinite(a, m, i);
-                            if (t >= 0) raise_nonfinite(w, i, t);
-                            raise_invalid_argument(w.function, w.argument, "sum of row " + str(i) + " overflows (log-probs too large)");
-                        }
-                        if (!numeric::is_finite(vb.sum[std::size_t(i)])) {
-                            const index_t t = first_nonfinite(b, m, i);
-                            if (t >= 0) raise_nonfinite(w_ref, i, t);
-                            raise_invalid_argument(w_ref.function, w_ref.argument,
-                                                   "sum of row " + str(i) + " overflows (log-probs too large)");
-                        }
-                    }
+                    check_row_sums(va.sum, a, m, w);
+                    check_row_sums(vb.sum, b, m, w_ref);
                 }
             },
             in.token_view(), ref.token_view(), in.mask_view());
