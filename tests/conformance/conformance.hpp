@@ -90,8 +90,10 @@ inline constexpr tolerance float32_path{1e-6, 1e-6};
 // one case (e.g. float32 inputs, or a float32 intermediate only some estimators have).
 struct produced {
     std::map<std::string, tensor> values;
+    std::map<std::string, json> exact;  // non-tensor outputs (lists, counts, records), compared for equality
     std::optional<tolerance> tol;
     void set(const std::string& name, tensor t) { values[name] = std::move(t); }
+    void set_exact(const std::string& name, json v) { exact[name] = std::move(v); }
 };
 
 using mapping_fn = std::function<void(const case_context&, produced&)>;
@@ -100,6 +102,9 @@ struct mapping {
     mapping_fn run;
     tolerance tol = float64_path;
     std::string what;  // one line: which posttrain call with which preset
+    // Outputs the reference's trace records that posttrain does not expose (internal bookkeeping of
+    // the reference), by name, with why; they are not compared and --list-deviations lists them.
+    std::map<std::string, std::string> internal = {};
 };
 
 // A deliberate divergence from a reference, named with its reason; --list-deviations prints the
@@ -136,6 +141,8 @@ void register_kto_orpo(registry& r);
 void register_listwise(registry& r);
 void register_token_preference(registry& r);
 void register_oreo(registry& r);
+// Tournament ranking of rollouts (issue 5): ArenaRL's topologies and its bidirectional judge.
+void register_arenarl(registry& r);
 
 // ---- helpers shared by the mappings ----
 

@@ -252,7 +252,21 @@ void run_file(const registry& reg, const fs::path& path, bool verbose, counts& t
         }
         bool ok = true;
         for (const auto& [name, value] : expected.items()) {
+            if (!is_tensor(value)) {
+                const auto e = out.exact.find(name);
+                if (e == out.exact.end()) {
+                    if (m.internal.count(name)) continue;
+                    std::cout << "FAIL " << where << " " << name << " not produced by the mapping\n";
+                    ok = false;
+                } else if (e->second != value) {
+                    std::cout << "FAIL " << where << " " << name << " expected " << value.dump().substr(0, 300)
+                              << " got " << e->second.dump().substr(0, 300) << "\n";
+                    ok = false;
+                }
+                continue;
+            }
             const auto p = out.values.find(name);
+            if (p == out.values.end() && m.internal.count(name)) continue;
             if (p == out.values.end()) {
                 std::cout << "FAIL " << where << " " << name << " not produced by the mapping\n";
                 ok = false;
@@ -288,8 +302,10 @@ void list_deviations(const registry& reg) {
         else std::cout << "    not compared (skipped)\n";
     }
     std::cout << "Mapped functions:\n";
-    for (const auto& [key, m] : reg.mappings)
+    for (const auto& [key, m] : reg.mappings) {
         std::cout << "  " << key << "  [rel " << m.tol.rel << ", abs " << m.tol.abs << "]\n    " << m.what << "\n";
+        for (const auto& [name, why] : m.internal) std::cout << "    not compared: " << name << " (" << why << ")\n";
+    }
 }
 
 }  // namespace
@@ -309,6 +325,7 @@ int main(int argc, char** argv) {
     register_listwise(reg);
     register_token_preference(reg);
     register_oreo(reg);
+    register_arenarl(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
