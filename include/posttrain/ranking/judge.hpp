@@ -135,8 +135,8 @@ bidirectional_judge<std::decay_t<Inner>> bidirectional(Inner&& inner) {
     return bidirectional_judge<std::decay_t<Inner>>(std::forward<Inner>(inner));
 }
 
-// A judge that survives failures: a match whose scores are not finite, or every match of a batch
-// that threw, is asked again (only the failed matches, in one batch) up to `retries` more times and
+// A judge that survives failures: a match whose scores are not finite, or that threw (for a batched
+// judge: every match of a batch that threw), is asked again (only the failed matches, in one batch) up to `retries` more times and
 // then scored `tie`. ArenaRL: retries = 10 per direction, tie = (5, 5). `failures()` counts the
 // matches that ended as the fallback tie.
 template <class Inner>
@@ -156,11 +156,7 @@ public:
             ask_.clear();
             for (std::size_t k : pending_) ask_.push_back(batch[k]);
             answers_.resize(ask_.size());
-            try {
-                detail::call_judge(inner_, ask_, answers_);
-            } catch (const std::exception&) {
-                for (scores& s : answers_) s = {detail::no_score, detail::no_score};
-            }
+            ask(ask_, answers_);
             std::size_t still = 0;
             for (std::size_t a = 0; a < pending_.size(); ++a) {
                 if (detail::failed(answers_[a])) pending_[still++] = pending_[a];
@@ -176,6 +172,25 @@ public:
     Inner& inner() noexcept { return inner_; }
 
 private:
+    // A batched judge that throws fails its whole batch; a pairwise one fails only the match it threw on.
+    void ask(std::span<const match> m, std::span<scores> out) {
+        if constexpr (batched_judge<Inner>) {
+            try {
+                detail::call_judge(inner_, m, out);
+            } catch (const std::exception&) {
+                for (scores& s : out) s = {detail::no_score, detail::no_score};
+            }
+        } else {
+            for (std::size_t k = 0; k < m.size(); ++k) {
+                try {
+                    detail::call_judge(inner_, m.subspan(k, 1), out.subspan(k, 1));
+                } catch (const std::exception&) {
+                    out[k] = {detail::no_score, detail::no_score};
+                }
+            }
+        }
+    }
+
     Inner inner_;
     scores tie_;
     int retries_;
