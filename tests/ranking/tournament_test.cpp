@@ -340,6 +340,27 @@ TEST_CASE("judges: bidirectional sums both orders and cancels a position bias; w
     CHECK(s3[0].second == 10.0);
 }
 
+TEST_CASE("judges: with_cache answers repeated matches from memory and from earlier records") {
+    const std::vector<double> q = random_qualities(6, 3);
+    long calls = 0;
+    auto counting = [&](index_t a, index_t b) {
+        ++calls;
+        return rk::scores{q[std::size_t(a)], q[std::size_t(b)]};
+    };
+    std::vector<double> r1(6), r2(6);
+    const auto rr = rk::round_robin(pt::exec::seq, pt::uniform_groups{6}, counting, r1, pt::none);
+    CHECK(calls == 15);
+    // The anchor round asks (i, 0): round robin asked (0, i), a different question; nothing is cached.
+    auto cached = rk::with_cache(counting, rr.comparisons);
+    (void)rk::anchor(pt::exec::seq, pt::uniform_groups{6}, cached, r2, pt::none);
+    CHECK(cached.misses() == 5);
+    // Round robin again: every match is known.
+    (void)rk::round_robin(pt::exec::seq, pt::uniform_groups{6}, cached, r2, pt::none);
+    CHECK(cached.misses() == 5);
+    CHECK(calls == 20);
+    CHECK(r1 == r2);
+}
+
 TEST_CASE("tournaments: bad input gives invalid_argument naming the function and the argument") {
     const std::vector<double> q{1, 2, 3, 4};
     std::vector<double> r(4);

@@ -14,12 +14,14 @@
 // invalid_argument, unless the judge is wrapped in with_fallback, which turns failures into a tie.
 //
 // Wrappers compose: bidirectional(with_fallback(j, {5, 5}, 10)) is ArenaRL's judge exactly — each
-// direction retried up to ten times and then scored (5, 5), the two directions summed.
+// direction retried up to ten times and then scored (5, 5), the two directions summed. with_cache(j,
+// records) answers repeated matches from memory (or from an earlier tournament's records).
 
 #include <concepts>
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <map>
 #include <string>
 #include <span>
 #include <type_traits>
@@ -203,6 +205,64 @@ private:
 template <judge Inner>
 fallback_judge<std::decay_t<Inner>> with_fallback(Inner&& inner, scores tie, int retries = 0) {
     return fallback_judge<std::decay_t<Inner>>(std::forward<Inner>(inner), tie, retries);
+}
+
+// A judge that remembers: a match (group, first, second) judged before, in this call or in the
+// `known` records (a previous tournament_result::comparisons, say), is answered from memory; only
+// new matches reach the inner judge, in one batch. Worth it for a deterministic (temperature 0) LLM
+// judge when topologies repeat pairings (Swiss rematches, a double-elimination grand final) or when
+// several topologies are compared on the same rollouts. The order of a match matters: (a, b) and
+// (b, a) are different questions to a judge with a position bias. `misses()` counts inner calls.
+template <class Inner>
+class cached_judge {
+public:
+    cached_judge(Inner inner, std::span<const comparison> known) : inner_(std::move(inner)) {
+        for (const comparison& c : known) memory_[{c.group, c.first, c.second}] = {c.first_score, c.second_score};
+    }
+
+    void operator()(std::span<const match> batch, std::span<scores> out) {
+        ask_.clear();
+        where_.clear();
+        for (std::size_t k = 0; k < batch.size(); ++k) {
+            const auto hit = memory_.find({batch[k].group, batch[k].first, batch[k].second});
+            if (hit != memory_.end()) {
+                out[k] = hit->second;
+            } else {
+                ask_.push_back(batch[k]);
+                where_.push_back(k);
+            }
+        }
+        if (ask_.empty()) return;
+        answers_.resize(ask_.size());
+        detail::call_judge(inner_, ask_, answers_);
+        misses_ += static_cast<index_t>(ask_.size());
+        for (std::size_t a = 0; a < ask_.size(); ++a) {
+            out[where_[a]] = answers_[a];
+            if (!detail::failed(answers_[a])) memory_[{ask_[a].group, ask_[a].first, ask_[a].second}] = answers_[a];
+        }
+    }
+
+    index_t misses() const noexcept { return misses_; }
+    Inner& inner() noexcept { return inner_; }
+
+private:
+    struct key {
+        index_t group, first, second;
+        bool operator<(const key& o) const noexcept {
+            return group != o.group ? group < o.group : first != o.first ? first < o.first : second < o.second;
+        }
+    };
+    Inner inner_;
+    std::map<key, scores> memory_;
+    index_t misses_ = 0;
+    std::vector<match> ask_;
+    std::vector<std::size_t> where_;
+    std::vector<scores> answers_;
+};
+
+template <judge Inner>
+cached_judge<std::decay_t<Inner>> with_cache(Inner&& inner, std::span<const comparison> known = {}) {
+    return cached_judge<std::decay_t<Inner>>(std::forward<Inner>(inner), known);
 }
 
 }  // namespace posttrain::ranking
