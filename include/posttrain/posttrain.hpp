@@ -60,3 +60,7 @@
 #include "preference/tgdpo.hpp"
 #include "preference/token_rewards.hpp"
 #include "preference/wpo.hpp"
+
+#include "ranking/judge.hpp"
+#include "ranking/rank_rewards.hpp"
+#include "ranking/tournament.hpp"
