@@ -143,6 +143,9 @@ void register_token_preference(registry& r);
 void register_oreo(registry& r);
 // Tournament ranking of rollouts (issue 5): ArenaRL's topologies and its bidirectional judge.
 void register_arenarl(registry& r);
+// Variance-aware prompt sampling (issue 7): MMR1's curriculum metrics and weights, and its samplers.
+void register_mmr1_scores(registry& r);
+void register_mmr1_samplers(registry& r);
 
 // ---- helpers shared by the mappings ----
 

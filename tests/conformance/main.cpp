@@ -326,6 +326,8 @@ int main(int argc, char** argv) {
     register_token_preference(reg);
     register_oreo(reg);
     register_arenarl(reg);
+    register_mmr1_scores(reg);
+    register_mmr1_samplers(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
