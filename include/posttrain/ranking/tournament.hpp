@@ -680,17 +680,16 @@ private:
 
 // Number of rows from the outputs (at least one must be a view; both must agree).
 template <class Rewards, class Advantages>
-index_t rows_of_outputs(const Rewards& rewards, const Advantages& advantages, const char* fn) {
+index_t rows_of_outputs(Rewards& rewards, Advantages& advantages, const char* fn) {
     constexpr bool has_r = !std::is_same_v<std::remove_cvref_t<Rewards>, none_t>;
     constexpr bool has_a = !std::is_same_v<std::remove_cvref_t<Advantages>, none_t>;
     static_assert(has_r || has_a, "posttrain::ranking: pass a rewards or an advantages view (or both); "
                                   "the number of rows comes from them");
+    const auto length = [](auto v) { return v.extent(0); };
     index_t n = -1;
-    if constexpr (has_r)
-        n = std::visit([](auto v) { return v.extent(0); }, posttrain::detail::floating_output<1>(const_cast<Rewards&>(rewards), {fn, "rewards"}));
+    if constexpr (has_r) n = std::visit(length, posttrain::detail::floating_output<1>(rewards, {fn, "rewards"}));
     if constexpr (has_a) {
-        const index_t m = std::visit([](auto v) { return v.extent(0); },
-                                     posttrain::detail::floating_output<1>(const_cast<Advantages&>(advantages), {fn, "advantages"}));
+        const index_t m = std::visit(length, posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
         if (n >= 0) advantage::detail::check_extent(m, n, {fn, "advantages"}, "length (one per row, as rewards)");
         n = m;
     }
