@@ -146,6 +146,8 @@ void register_arenarl(registry& r);
 // Variance-aware prompt sampling (issue 7): MMR1's curriculum metrics and weights, and its samplers.
 void register_mmr1_scores(registry& r);
 void register_mmr1_samplers(registry& r);
+// Step-level credit assignment (issue 6): verl-agent's GiGPO.
+void register_verl_agent(registry& r);
 
 // ---- helpers shared by the mappings ----
 

@@ -328,6 +328,7 @@ int main(int argc, char** argv) {
     register_arenarl(reg);
     register_mmr1_scores(reg);
     register_mmr1_samplers(reg);
+    register_verl_agent(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
