@@ -31,6 +31,11 @@
 //                measure of group_rl.md §4.2's table
 //
 // Usage: arena_study [--csv PATH] [--trials T] [--sizes 4,8,16] [--sigmas 0.5,1] [--seed S] [--no-demo]
+//                    [--judge scores|verdict]
+// --judge verdict keeps the same noisy comparison but reports only who won each direction, (1, 0) or
+// (0, 1), as a preference-only judge would: the score of a side then says nothing about its quality
+// beyond the result of that one match. (With the default score judge a side's score does not depend
+// on its opponent, so one match against the anchor already measures a row's quality.)
 // The defaults are a quick run (CI runs examples); scripts/arena-study runs the full study and draws
 // docs/algorithms/figures/arena_study.png from the CSV.
 //
@@ -104,14 +109,15 @@ struct noisy_judge {
     const std::vector<double>* quality = nullptr;  // [rows]
     std::vector<normal_source>* noise = nullptr;   // [groups]
     double sigma = 0;
-    long long calls = 0;  // one-direction calls made
+    bool verdict = false;  // --judge verdict: only who won, (1, 0) or (0, 1)
+    long long calls = 0;   // one-direction calls made
 
     void operator()(std::span<const rk::match> batch, std::span<rk::scores> out) {
         for (std::size_t k = 0; k < batch.size(); ++k) {
             normal_source& e = (*noise)[std::size_t(batch[k].group)];
             const double a = (*quality)[std::size_t(batch[k].first)] + sigma * e();
             const double b = (*quality)[std::size_t(batch[k].second)] + sigma * e();
-            out[k] = {a, b};
+            out[k] = verdict ? rk::scores{a > b ? 1.0 : 0.0, a > b ? 0.0 : 1.0} : rk::scores{a, b};
         }
         calls += static_cast<long long>(batch.size());
     }
@@ -229,11 +235,11 @@ struct run_output {
 };
 
 run_output run_cell(const entry& t, const std::vector<double>& quality, int n, int trials, double sigma,
-                    std::uint64_t stream) {
+                    bool verdict, std::uint64_t stream) {
     std::vector<normal_source> noise;
     noise.reserve(std::size_t(trials));
     for (int g = 0; g < trials; ++g) noise.emplace_back(mix_seed({stream, std::uint64_t(g)}));
-    auto judge = rk::bidirectional(rk::with_fallback(noisy_judge{&quality, &noise, sigma}, {5, 5}, 10));
+    auto judge = rk::bidirectional(rk::with_fallback(noisy_judge{&quality, &noise, sigma, verdict}, {5, 5}, 10));
 
     run_output out;
     out.advantages.assign(quality.size(), 0.0);
@@ -269,6 +275,7 @@ struct config {
     std::uint64_t seed = 2026;
     std::string csv = "arena_study.csv";
     bool demo = true;
+    bool verdict = false;
 };
 
 struct row {
@@ -297,11 +304,11 @@ std::vector<row> study(const config& c) {
             const entry rr_ref{"round_robin_reference", rk::round_robin_options::arenarl(),
                                [](long long m) { return m * (m - 1) / 2; }, 99};
             const run_output ref =
-                run_cell(rr_ref, quality, n, c.trials, sigma, mix_seed({c.seed, 2, std::uint64_t(n), s, rr_ref.stream}));
+                run_cell(rr_ref, quality, n, c.trials, sigma, c.verdict, mix_seed({c.seed, 2, std::uint64_t(n), s, rr_ref.stream}));
             std::vector<pt::index_t> se_order;  // single_elimination's, for the bye-mode check
             for (std::size_t t = 0; t < tops.size(); ++t) {
                 const run_output o =
-                    run_cell(tops[t], quality, n, c.trials, sigma, mix_seed({c.seed, 2, std::uint64_t(n), s, tops[t].stream}));
+                    run_cell(tops[t], quality, n, c.trials, sigma, c.verdict, mix_seed({c.seed, 2, std::uint64_t(n), s, tops[t].stream}));
                 if (t == 0) se_order = o.result.order;
                 if (t == 1 && (n & (n - 1)) == 0 && o.result.order != se_order)
                     fail("at N = " + std::to_string(n) + " (a power of two) the two bye modes ranked differently "
@@ -448,6 +455,11 @@ config parse(int argc, char** argv) {
         else if (a == "--sigmas") c.sigmas = parse_list<double>(value());
         else if (a == "--seed") c.seed = std::stoull(value());
         else if (a == "--no-demo") c.demo = false;
+        else if (a == "--judge") {
+            const std::string j = value();
+            if (j != "scores" && j != "verdict") throw std::invalid_argument("--judge: scores or verdict, found " + j);
+            c.verdict = j == "verdict";
+        }
         else if (a == "--help" || a == "-h") {
             std::printf("usage: arena_study [--csv PATH] [--trials T] [--sizes 4,8,16] [--sigmas 0.5,1] [--seed S] "
                         "[--no-demo]\n");
@@ -469,8 +481,8 @@ int main(int argc, char** argv) {
         const config c = parse(argc, argv);
         if (c.demo) demo();
         std::printf("== accuracy vs cost: %d trials per cell, simulated judge q + N(0, sigma^2) per side per "
-                    "direction, bidirectional ==\n",
-                    c.trials);
+                    "direction%s, bidirectional ==\n",
+                    c.trials, c.verdict ? " (verdict only: 1 to the higher side)" : "");
         const std::vector<row> rows = study(c);
         print_table(rows);
         write_csv(rows, c.csv);
