@@ -57,8 +57,8 @@ std::vector<double> random_qualities(std::size_t n, std::uint64_t seed) {
 }
 
 const std::vector<rk::topology> all_topologies = {
+    rk::single_elimination_options::arenarl(),
     rk::single_elimination_options{},
-    rk::single_elimination_options{.byes = rk::bye_mode::standard},
     rk::round_robin_options{},
     rk::anchor_options{},
     rk::swiss_options{.seed = 3},
@@ -119,7 +119,8 @@ TEST_CASE("single elimination: drop-and-repair versus textbook byes") {
     const std::vector<double> q{0, 5, 4, 3, 2};  // row 0 is the weakest anchor; seeds 1..4 are rows 1..4
     std::vector<double> r(5);
     SUBCASE("drop and repair (ArenaRL): no byes for the top seeds, the odd player out advances") {
-        const auto res = rk::single_elimination(pt::exec::seq, pt::uniform_groups{5}, quality_judge{&q}, r, pt::none);
+        const auto res = rk::single_elimination(pt::exec::seq, pt::uniform_groups{5}, quality_judge{&q}, r, pt::none,
+                                                rk::single_elimination_options::arenarl());
         CHECK(res.comparisons.size() == 8);
         // Seed order for 8 slots is 1 8 4 5 2 7 3 6; dropping 6..8 leaves 1 4 5 2 3: matches (1,4), (5,2).
         // Seeds 1..5 are rows 1, 2, 3, 4, 0 (the anchor scored 0 in every seeding match).
@@ -129,9 +130,8 @@ TEST_CASE("single elimination: drop-and-repair versus textbook byes") {
         CHECK(res.byes[0].row == 3);  // seed 3, the odd one out in round one
         CHECK(res.order.front() == 1);
     }
-    SUBCASE("standard: seeds 1, 2, 3 skip round one; seed 4 plays seed 5") {
-        const auto res = rk::single_elimination(pt::exec::seq, pt::uniform_groups{5}, quality_judge{&q}, r, pt::none,
-                                                {.byes = rk::bye_mode::standard});
+    SUBCASE("standard (the default): seeds 1, 2, 3 skip round one; seed 4 plays seed 5") {
+        const auto res = rk::single_elimination(pt::exec::seq, pt::uniform_groups{5}, quality_judge{&q}, r, pt::none);
         CHECK(res.comparisons.size() == 8);
         CHECK((res.comparisons[4].first == 4 && res.comparisons[4].second == 0));
         std::vector<index_t> bye_rows;

@@ -60,11 +60,18 @@ enum class bye_mode {
 
 struct single_elimination_options {
     index_t anchor = 0;  // group-local row every other row plays in the seeding round
-    bye_mode byes = bye_mode::drop_and_repair;
+    // Textbook byes by default: ArenaRL's drop-and-repair misorders a group whose size is not a power
+    // of two even under a perfect judge (Kendall tau 1/3 at N = 3, 0.87 at N = 6; docs/algorithms/
+    // tournaments.md), for the same number of comparisons.
+    bye_mode byes = bye_mode::standard;
     zscore_options zscore = {};
 
-    // qqr SingleEliminationGroupRewardModel (anchor = rollout 0).
-    static single_elimination_options arenarl() { return {}; }
+    // qqr SingleEliminationGroupRewardModel: anchor = rollout 0, drop-and-repair bracket.
+    static single_elimination_options arenarl() {
+        single_elimination_options o;
+        o.byes = bye_mode::drop_and_repair;
+        return o;
+    }
 };
 
 struct round_robin_options {
