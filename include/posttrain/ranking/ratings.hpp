@@ -49,7 +49,7 @@ struct bradley_terry_options {
     // fit, which exists only when each group's win graph is strongly connected; it is normalised to
     // mean log-strength 0 per group.
     double prior_games = 1.0;
-    double tolerance = 1e-10;        // stop when max_i |delta log p_i| <= tolerance
+    double tolerance = 1e-10;        // stop when max_i |log(p_i new / p_i old)| <= tolerance
     index_t max_iterations = 10000;  // a group still moving after this many is reported, not an error
 };
 
@@ -163,44 +163,51 @@ POSTTRAIN_HD inline bt_issue bt_check_group(const local_record* rec, index_t m, 
 // Hunter's MM iterations for one group, all rows updated together (Jacobi):
 //     p_i <- W_i / D_i,   W_i = prior/2 + sum of i's outcomes,
 //     D_i = prior / (p_i + 1) + sum over i's records of 1 / (p_i + p_opponent)
-// (the prior: `prior` games drawn against a reference of strength 1). With prior 0 the scale is free
-// and each iterate is normalised to mean log-strength 0. Writes theta[i] = log p_i; returns the
+// (the prior: `prior` games drawn against a reference of strength 1). With prior 0 the scale is free:
+// each iterate is rescaled so the group's first row has p = 1, and the result is shifted to mean
+// log-strength 0 at the end. Converged when every |log(p_new / p_old)| <= tolerance, tested as a
+// ratio bound so that the loop needs no log or exp. Writes theta[i] = log p_i; returns the
 // iterations made and sets *converged. Scratch p, w, den: n doubles each.
 POSTTRAIN_HD inline index_t bt_fit_group(const local_record* rec, index_t m, index_t n, double prior, double tolerance,
                                          index_t max_iterations, double* p, double* w, double* den, double* theta,
                                          bool* converged) noexcept {
     using std::exp;
-    using std::fabs;
     using std::log;
     for (index_t i = 0; i < n; ++i) p[i] = 1.0, theta[i] = 0.0;
     *converged = true;
     if (n == 0 || (prior == 0.0 && n == 1)) return 0;
     accumulate_wins(rec, m, n, 0.5 * prior, w);
-    for (index_t it = 1; it <= max_iterations; ++it) {
+    const double lo = exp(-tolerance), hi = exp(tolerance);
+    index_t it = 1;
+    for (;; ++it) {
         for (index_t i = 0; i < n; ++i) den[i] = prior / (p[i] + 1.0);
         for (index_t r = 0; r < m; ++r) {
             const double inv = 1.0 / (p[rec[r].a] + p[rec[r].b]);
             den[rec[r].a] += inv;
             den[rec[r].b] += inv;
         }
-        double shift = 0.0;
+        const double rescale = prior == 0.0 ? den[0] / w[0] : 1.0;
+        bool still = false;
         for (index_t i = 0; i < n; ++i) {
-            den[i] = log(w[i] / den[i]);  // den now holds the new, unshifted log-strength
-            shift += den[i];
+            const double next = w[i] / den[i] * rescale;
+            const double ratio = next / p[i];
+            still |= !(ratio >= lo && ratio <= hi);
+            p[i] = next;
         }
-        shift = prior == 0.0 ? shift / static_cast<double>(n) : 0.0;
-        double delta = 0.0;
-        for (index_t i = 0; i < n; ++i) {
-            const double t = den[i] - shift;
-            const double d = fabs(t - theta[i]);
-            delta = d > delta ? d : delta;
-            theta[i] = t;
-            p[i] = exp(t);
+        if (!still) break;
+        if (it == max_iterations) {
+            *converged = false;
+            break;
         }
-        if (delta <= tolerance) return it;
     }
-    *converged = false;
-    return max_iterations;
+    double mean = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        theta[i] = log(p[i]);
+        mean += theta[i];
+    }
+    mean = prior == 0.0 ? mean / static_cast<double>(n) : 0.0;
+    for (index_t i = 0; i < n; ++i) theta[i] -= mean;
+    return it;
 }
 
 // Online Elo over one group's records in order (FastChat's compute_elo arithmetic).
