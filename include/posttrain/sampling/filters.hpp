@@ -208,7 +208,7 @@ index_t pf_ppo_select(const Policy& policy, const Rewards& rewards, const Groups
     const index_t n = static_cast<index_t>(r.size());
     const auto layout = posttrain::detail::make_layout(groups, n, {fn, "groups"});
     const philox4x32_10 gen(options.seed);
-    const std::uint64_t stream = detail::stream_word(options.stream, purpose::filter);
+    const std::uint64_t stream = detail::stream_word(options.stream, purpose::pf_ppo_select);
     return std::visit(
         [&](auto k) {
             using K = typename decltype(k)::value_type;

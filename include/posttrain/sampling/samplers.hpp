@@ -47,6 +47,7 @@ enum class purpose : std::uint64_t {
     curriculum_pool = 5,
     curriculum_shuffle = 6,
     filter = 7,
+    pf_ppo_select = 8,
 };
 
 struct weighted_options {
