@@ -338,18 +338,24 @@ group_stats_result episode_core(const Ops& ops, const step_records<R>& s, tensor
         res.episode_groups = g.num_groups();
         return ops.grpo(ep, g, out, go);
     }
+    // One score per trajectory, trajectories in order of their first row, so that a group's
+    // statistics add its trajectories in batch order (as they do for rows across_steps).
     const index_t trajs = t.count();
+    std::vector<index_t> slot(static_cast<std::size_t>(trajs));
     std::vector<double> score(static_cast<std::size_t>(trajs)), adv(static_cast<std::size_t>(trajs));
     std::vector<std::int64_t> group(static_cast<std::size_t>(trajs));
-    for (index_t k = 0; k < trajs; ++k) {
-        score[std::size_t(k)] = double(ep(t.first_row(k)));
-        group[std::size_t(k)] = s.group(t.first_row(k));
+    for (index_t i = 0, next = 0; i < s.size(); ++i) {
+        const index_t k = t.traj_of[std::size_t(i)];
+        if (t.first_row(k) != i) continue;
+        slot[std::size_t(k)] = next;
+        score[std::size_t(next)] = double(ep(i));
+        group[std::size_t(next++)] = s.group(i);
     }
     const grouping_result g = ops.group(id_view(group.data(), trajs));
     res.episode_groups = g.num_groups();
     const group_stats_result st = ops.grpo(tensor_view<const double, 1>(score.data(), trajs), g,
                                            tensor_view<double, 1>(adv.data(), trajs), go);
-    ops.each(s.size(), [&](index_t i) { out(i) = adv[std::size_t(t.traj_of[std::size_t(i)])]; });
+    ops.each(s.size(), [&](index_t i) { out(i) = adv[std::size_t(slot[std::size_t(t.traj_of[std::size_t(i)])])]; });
     return st;
 }
 
