@@ -39,6 +39,8 @@ OPS = {
     "dpo_sigmoid":    ("dpo_sigmoid",    "pairs_t1024",  ["dpo_autograd"]),
     "simpo":          ("simpo",          "pairs_t1024",  ["simpo_autograd"]),
     "dpo_sigmoid_i64": ("dpo_sigmoid_i64", "pairs_i64_t1024", ["dpo_trl_autograd", "dpo_autograd"]),
+    "bradley_terry":  ("bradley_terry",  "uniform",   ["bt_mm_torch"]),
+    "rank_advantages": ("rank_advantages", "uniform", ["rank_adv_torch"]),
 }
 
 

@@ -323,6 +323,66 @@ def simpo_autograd(d, beta=2.0, gamma=0.5):
     return loss.detach(), cw.grad, cl.grad
 
 
+# ---- ranking peers (bench/ranking_bench.cpp; posttrain's docs/algorithms/bradley_terry.md, rank_rewards.md) ----
+
+BT_GROUP = 16
+
+
+def _bt_records(n, seed=5):
+    """Round-robin records of n / 16 groups as a caller holds them: (group, first row, second row,
+    first's outcome) int64/float64 tensors; outcomes drawn from theta ~ N(0, 1) with P = sigmoid."""
+    g = np.random.default_rng(seed)
+    groups = n // BT_GROUP
+    theta = g.standard_normal(n)
+    i, j = np.triu_indices(BT_GROUP, 1)
+    grp = np.repeat(np.arange(groups), i.size)
+    a = grp * BT_GROUP + np.tile(i, groups)
+    b = grp * BT_GROUP + np.tile(j, groups)
+    wins = (g.random(a.size) < 1.0 / (1.0 + np.exp(theta[b] - theta[a]))).astype(np.float64)
+    return {"g": torch.from_numpy(grp), "a": torch.from_numpy(a), "b": torch.from_numpy(b),
+            "wa": torch.from_numpy(wins), "groups": groups}
+
+
+def bt_mm_torch(d, prior=1.0, tol=1e-10, max_iter=10000):
+    """Bradley-Terry by Hunter's MM, vectorised over [G, 16, 16] win matrices (float64): the win
+    matrix is built from the records (index_put_ with accumulate), then all groups iterate together,
+    p <- W / (sum_j n_ij / (p_i + p_j) + prior / (p + 1)), W = wins + prior / 2, until
+    max |log p_new - log p| <= tol over the whole batch or max_iter (one host sync per iteration)."""
+    if "bt" not in d:  # the records are the input; built once, not timed after the warm-up call
+        d["bt"] = _bt_records(d["n"])
+    r = d["bt"]
+    G, k = r["groups"], BT_GROUP
+    la, lb = r["a"] - r["g"] * k, r["b"] - r["g"] * k
+    w = torch.zeros(G, k, k, dtype=torch.float64)
+    w.index_put_((r["g"], la, lb), r["wa"], accumulate=True)
+    w.index_put_((r["g"], lb, la), 1.0 - r["wa"], accumulate=True)
+    games = w + w.transpose(1, 2)
+    wins = w.sum(-1) + 0.5 * prior
+    p = torch.ones(G, k, dtype=torch.float64)
+    logp = torch.zeros_like(p)
+    for _ in range(max_iter):
+        den = (games / (p.unsqueeze(2) + p.unsqueeze(1))).sum(-1) + prior / (p + 1.0)
+        p = wins / den
+        new_logp = p.log()
+        delta = (new_logp - logp).abs().max().item()
+        logp = new_logp
+        if delta <= tol:
+            break
+    return logp
+
+
+def rank_adv_torch(d, eps=1e-6):
+    """ArenaRL's rank -> reward -> advantage on view(-1, 16): min rank = 1 + #(strictly better) by a
+    sort and searchsorted, reward (M - rank) / (M - 1) with M the group's largest rank (0 when M = 1),
+    then (r - mean) / (std + eps) with the unbiased std."""
+    x = d["r"].view(-1, d["group"])
+    neg = -x
+    rank = torch.searchsorted(torch.sort(neg, dim=1).values, neg).to(x.dtype) + 1.0
+    m = rank.max(dim=1, keepdim=True).values
+    reward = torch.where(m > 1, (m - rank) / (m - 1).clamp_min(1), torch.zeros_like(rank))
+    return (reward - reward.mean(dim=1, keepdim=True)) / (reward.std(dim=1, keepdim=True) + eps)
+
+
 PEERS = {
     "reshape": reshape,
     "reshape_trl": reshape_trl,
@@ -336,6 +396,8 @@ PEERS = {
     "dpo_trl_autograd": dpo_trl_autograd,
     "simpo_autograd": simpo_autograd,
     "ppo_k3_autograd": ppo_k3_autograd,
+    "bt_mm_torch": bt_mm_torch,
+    "rank_adv_torch": rank_adv_torch,
 }
 
 
