@@ -216,7 +216,7 @@ struct exponential_key {
         using std::log;
         const philox_block b = gen.block(stream, static_cast<std::uint64_t>(i));
         const double e = -log(unit_open_closed(philox_word64(b.v[1], b.v[0])));
-        return w[i] > 0 ? e / w[i] : std::numeric_limits<double>::infinity();
+        return w[i] > 0 ? e / w[i] : HUGE_VAL;  // HUGE_VAL: +inf, usable in device code
     }
 };
 
