@@ -220,3 +220,33 @@ TEST_CASE("ema_update: float32 form and bad input") {
     CHECK_THROWS_AS(smp::ema_update(pt::exec::seq, s, fn), pt::invalid_argument);
     CHECK_THROWS_AS(smp::ema_update(pt::exec::seq, s, s), pt::invalid_argument);  // state may not alias fresh
 }
+
+// The example of docs/algorithms/vps.md, compiled here.
+#include <posttrain/sampling/diversity.hpp>
+
+TEST_CASE("docs/algorithms/vps.md example") {
+    // 3 prompts x 4 rollouts: verifier outcomes, and each rollout's token ids (flat + offsets).
+    const std::vector<double> rewards = {1, 0, 1, 1,   0, 0, 0, 0,   1, 0, 0, 1};
+    const std::vector<std::int64_t> tokens = {7, 8, 9,  7, 8, 9,  7, 8, 9,  7, 8, 9,        // prompt 0: all alike
+                                              1, 2,  3, 4,  5, 6,  7, 8,                    // prompt 1: all different
+                                              4, 4, 2,  4, 4, 3,  4, 2, 2,  3, 4, 4};       // prompt 2: in between
+    const std::vector<std::int64_t> offsets = {0, 3, 6, 9, 12, 14, 16, 18, 20, 23, 26, 29, 32};
+    const pt::uniform_groups per_prompt{4};
+
+    std::vector<double> ovs(3), tds(3), vps(3), weights(3);
+    (void)smp::outcome_variance(pt::exec::seq, rewards, per_prompt, ovs);  // p(1 - p): 0.1875 0 0.25
+    (void)smp::self_bleu_diversity(pt::exec::par, tokens, pt::ragged(offsets), per_prompt, tds);  // 1 - self-BLEU
+    smp::variance_promotion_score(pt::exec::seq, ovs, tds, vps);           // 0.8 OVS + 0.2 TDS
+    const auto range = smp::minmax_weights(pt::exec::seq, vps, weights);   // min -> 0, max -> 1
+
+    std::vector<double> state = weights;                                  // first estimate: stored as is
+    smp::ema_update(pt::exec::seq, state, weights, {.momentum = 0.9});    // later ones: blended
+
+    CHECK(ovs == std::vector<double>{0.1875, 0.0, 0.25});
+    CHECK(tds[0] == 0.0);
+    CHECK(tds[1] == 1.0);
+    CHECK((tds[2] > 0.0 && tds[2] < 1.0));
+    CHECK(!range.all_equal);
+    CHECK(weights[0] == 0.0);
+    CHECK(state == weights);
+}
