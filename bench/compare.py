@@ -41,6 +41,7 @@ OPS = {
     "dpo_sigmoid_i64": ("dpo_sigmoid_i64", "pairs_i64_t1024", ["dpo_trl_autograd", "dpo_autograd"]),
     "bradley_terry":  ("bradley_terry",  "uniform",   ["bt_mm_torch"]),
     "rank_advantages": ("rank_advantages", "uniform", ["rank_adv_torch"]),
+    "gigpo_steps":    ("gigpo_steps",    "steps",     ["gigpo_verl_agent"]),
 }
 
 

@@ -444,3 +444,16 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# ---- verl-agent GiGPO (credit module): the peer and its data live in verl_agent_peer.py ----
+import verl_agent_peer as _verl_agent  # noqa: E402
+
+PEERS.update(_verl_agent.PEERS)
+_make_data_before_steps = make_data
+
+
+def make_data(layout, n, seed=42):  # noqa: F811 -- the "steps" layout is verl_agent_peer's
+    if layout == "steps":
+        return _verl_agent.make_data(layout, n, seed)
+    return _make_data_before_steps(layout, n, seed)

@@ -108,8 +108,8 @@ struct host_ops {
 };
 
 template <class Ops, class R>
-grouping_result anchor_groups_with(const Ops& ops, const step_records<R>& s) {
-    return group_by_columns({s.group, s.state}, s.size(), [&](id_view ids) { return ops.group(ids); });
+grouping_result anchor_groups_with(const Ops& ops, const step_records<R>& s, bool canonical = true) {
+    return group_by_columns({s.group, s.state}, s.size(), [&](id_view ids) { return ops.group(ids); }, false, canonical);
 }
 
 }  // namespace detail
@@ -381,7 +381,7 @@ gigpo_result gigpo_core(const Ops& ops, const step_records<R>& s, tensor_view<co
     grouping_result own;
     const grouping_result* groups = o.step_groups;
     if (groups == nullptr) {
-        own = anchor_groups_with(ops, s);
+        own = anchor_groups_with(ops, s, false);  // group order does not change any advantage
         groups = &own;
     }
     res.step = ops.grpo(sr, *groups, tensor_view<double, 1>(step.data(), n), level_options(o, true));

@@ -225,13 +225,16 @@ inline std::uint64_t mix_key(std::uint64_t h, std::int64_t v) noexcept {
     return static_cast<std::uint64_t>(combine_keys(static_cast<std::int64_t>(h), v));
 }
 
-// Rows grouped by exact equality of a tuple of 64-bit columns, groups in order of first occurrence,
-// ids = the first row of each group (so the grouping is canonical). The tuple is hashed into one key
-// and grouped by Group (grouping::from_ids of the caller's policy); the groups are then verified
-// column by column, and if two distinct tuples ever shared a hash the rows are grouped by an exact
-// lexicographic sort instead. O(N) (O(N log N) on that fallback).
+// Rows grouped by exact equality of a tuple of 64-bit columns, rows in row order inside a group and
+// ids = the first row of each group. canonical: groups in order of first occurrence (group_of is
+// then the labelling 0, 1, 2, ... by first occurrence), at the cost of one more grouping pass;
+// otherwise in an order fixed by the keys (same groups, same rows, same order inside each).
+// The tuple is hashed into one key and grouped by Group (grouping::from_ids of the caller's policy);
+// the groups are then verified column by column, and if two distinct tuples ever shared a hash the
+// rows are grouped by an exact lexicographic sort instead. O(N) (O(N log N) on that fallback).
 template <class Group>
-grouping_result group_by_columns(const std::vector<id_view>& cols, index_t n, Group&& group, bool force_exact_sort = false) {
+grouping_result group_by_columns(const std::vector<id_view>& cols, index_t n, Group&& group, bool force_exact_sort = false,
+                                 bool canonical = true) {
     std::vector<index_t> rep(static_cast<std::size_t>(n));
     bool verified = false;
     if (!force_exact_sort) {
@@ -241,7 +244,17 @@ grouping_result group_by_columns(const std::vector<id_view>& cols, index_t n, Gr
             for (const id_view& c : cols) k = mix_key(k, c(i));
             h[std::size_t(i)] = static_cast<std::int64_t>(k);
         }
-        const grouping_result g = group(id_view(h.data(), n));
+        grouping_result g = group(id_view(h.data(), n));
+        if (!canonical) {
+            bool exact = true;
+            for (index_t k = 0; k < g.num_groups() && exact; ++k) {
+                const index_t first = g.permutation[std::size_t(g.offsets[std::size_t(k)])];
+                for (index_t j = g.offsets[std::size_t(k)] + 1; j < g.offsets[std::size_t(k) + 1]; ++j)
+                    for (const id_view& c : cols) exact &= c(g.permutation[std::size_t(j)]) == c(first);
+                g.ids[std::size_t(k)] = first;
+            }
+            if (exact) return g;
+        }
         verified = true;
         for (index_t k = 0; k < g.num_groups() && verified; ++k) {
             const index_t lo = g.offsets[std::size_t(k)], hi = g.offsets[std::size_t(k) + 1];
