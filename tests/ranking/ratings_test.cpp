@@ -398,3 +398,30 @@ TEST_CASE_TEMPLATE("ratings: every backend equals seq bitwise (ragged and from_i
     // twice: run to run
     CHECK(bitwise_equal(run_all(B::policy(), off, c.records), run_all(B::policy(), off, c.records)));
 }
+
+TEST_CASE("docs example (bradley_terry.md, elo.md, win_counts.md, rank_rewards.md): the printed values") {
+    // one group of 4 rollouts; records from a judge: {group, first, second, first_score, second_score, round}
+    std::vector<rk::comparison> records = {
+        {0, 0, 1, 8, 6, 0}, {0, 0, 2, 7, 7, 0}, {0, 0, 3, 9, 2, 0},
+        {0, 1, 2, 5, 6, 0}, {0, 1, 3, 6, 4, 0}, {0, 2, 3, 8, 3, 0}};
+    const pt::uniform_groups groups{4};
+    std::vector<double> wins(4), theta(4), elo(4), rewards(4), adv(4);
+    rk::win_counts(pt::exec::seq, records, groups, wins);
+    CHECK(wins == std::vector<double>{2.5, 1.0, 2.5, 0.0});
+    rk::rank_rewards(pt::exec::seq, wins, groups, rewards);
+    CHECK(rewards[1] == doctest::Approx(1.0 / 3.0));
+    (void)rk::rank_advantages(pt::exec::seq, wins, groups, adv);
+    CHECK(adv[3] == doctest::Approx(-1.1667).epsilon(1e-4));
+    const auto fit = rk::bradley_terry(pt::exec::seq, records, groups, theta);
+    CHECK(fit.iterations == 222);
+    CHECK(theta[0] == doctest::Approx(1.0288).epsilon(1e-4));
+    CHECK(theta[3] == doctest::Approx(-1.7243).epsilon(1e-4));
+    (void)rk::strength_advantages(pt::exec::seq, theta, groups, adv);
+    CHECK(adv[1] == doctest::Approx(-0.4007).epsilon(1e-3));
+    rk::elo(pt::exec::seq, records, groups, elo, rk::elo_options::lmsys());
+    CHECK(elo[3] == doctest::Approx(994.0345).epsilon(1e-7));
+    rk::elo(pt::exec::seq, records, groups, elo);
+    CHECK(elo[0] == doctest::Approx(1030.5612).epsilon(1e-7));
+    CHECK_THROWS_WITH_AS((void)rk::bradley_terry(pt::exec::seq, records, groups, theta, {.prior_games = 0}),
+                         doctest::Contains("group 0: row 3 never won or tied"), std::invalid_argument);
+}

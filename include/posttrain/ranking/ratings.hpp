@@ -376,6 +376,9 @@ concept comparison_records = std::ranges::contiguous_range<const Records> &&
 
 template <class Records>
 std::span<const comparison> as_records(const Records& records) {
+    static_assert(comparison_records<Records>,
+                  "posttrain::ranking: records must be a contiguous range of posttrain::ranking::comparison "
+                  "(std::vector, std::span, an array, a tournament_result's comparisons)");
     return {std::ranges::data(records), static_cast<std::size_t>(std::ranges::size(records))};
 }
 
@@ -607,7 +610,6 @@ group_stats_result strength_advantages_run(const Runner& run, const LogStrengths
 // ArenaRL's round-robin points. Rows without records get 0. With rank_rewards(tie_rule::min_rank)
 // this reproduces ranking::round_robin's rewards from its own comparisons.
 template <class Policy, class Records, class Groups, class Wins>
-    requires detail::comparison_records<Records>
 void win_counts(const Policy& policy, const Records& records, const Groups& groups, Wins&& wins) {
     static_assert(host_policy<Policy>, "posttrain::ranking::win_counts: host policy expected "
                                        "(exec::thrust: include <posttrain/thrust/ranking.hpp>)");
@@ -618,7 +620,6 @@ void win_counts(const Policy& policy, const Records& records, const Groups& grou
 // Bradley-Terry log-strengths theta_i = log p_i (P(i beats j) = p_i / (p_i + p_j)) per group, fitted
 // by Hunter's (2004) MM iterations from the records' outcomes (a tie is half a win each).
 template <class Policy, class Records, class Groups, class LogStrengths>
-    requires detail::comparison_records<Records>
 rating_result bradley_terry(const Policy& policy, const Records& records, const Groups& groups, LogStrengths&& log_strengths,
                             const bradley_terry_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::ranking::bradley_terry: host policy expected "
@@ -629,7 +630,6 @@ rating_result bradley_terry(const Policy& policy, const Records& records, const 
 
 // Online Elo ratings: each group's records applied one after another in the order given.
 template <class Policy, class Records, class Groups, class Ratings>
-    requires detail::comparison_records<Records>
 void elo(const Policy& policy, const Records& records, const Groups& groups, Ratings&& ratings,
          const elo_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::ranking::elo: host policy expected "

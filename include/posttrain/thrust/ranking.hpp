@@ -105,7 +105,6 @@ namespace posttrain::ranking {
 
 // win_counts(exec::thrust(thrust::omp::par), records, groups, wins): as the host overload.
 template <class TP, class Records, class Groups, class Wins>
-    requires detail::comparison_records<Records>
 void win_counts(const exec::thrust_policy<TP>& policy, const Records& records, const Groups& groups, Wins&& wins) {
     posttrain::detail::check_host_thrust_policy<TP>();
     detail::win_counts_run(detail::thrust_runner<TP>{policy}, records, groups, std::forward<Wins>(wins),
@@ -114,7 +113,6 @@ void win_counts(const exec::thrust_policy<TP>& policy, const Records& records, c
 
 // bradley_terry(exec::thrust(...), records, groups, log_strengths, options): as the host overload.
 template <class TP, class Records, class Groups, class LogStrengths>
-    requires detail::comparison_records<Records>
 rating_result bradley_terry(const exec::thrust_policy<TP>& policy, const Records& records, const Groups& groups,
                             LogStrengths&& log_strengths, const bradley_terry_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<TP>();
@@ -124,7 +122,6 @@ rating_result bradley_terry(const exec::thrust_policy<TP>& policy, const Records
 
 // elo(exec::thrust(...), records, groups, ratings, options): as the host overload.
 template <class TP, class Records, class Groups, class Ratings>
-    requires detail::comparison_records<Records>
 void elo(const exec::thrust_policy<TP>& policy, const Records& records, const Groups& groups, Ratings&& ratings,
          const elo_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<TP>();
