@@ -421,6 +421,9 @@ public:
         return size() > 0 ? (consumed_ * n_random_) % size() : 0;
     }
 
+    // Where the pool stood when the cached list was generated.
+    index_t random_position_start() const noexcept { return position_start_; }
+
     // The epoch's index list: the cached one, or a fresh regeneration (MMR1's __iter__).
     template <class Policy>
         requires host_policy<Policy>
@@ -536,11 +539,6 @@ private:
         has_cache_ = true;
     }
 
-public:
-    // Where the pool stood when the cached list was generated.
-    index_t random_position_start() const noexcept { return position_start_; }
-
-private:
     mixed_curriculum_options opt_;
     std::vector<double> weights_;
     bool zero_fallback_ = false;
