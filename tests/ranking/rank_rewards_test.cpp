@@ -79,4 +79,11 @@ TEST_CASE("rank rewards: float outputs, permuted layouts, bad input") {
                          doctest::Contains("epsilon"), pt::invalid_argument);
     CHECK_THROWS_AS(rk::rank_rewards(pt::exec::seq, std::vector<double>{1, 2, 3}, pt::uniform_groups{2}, out),
                     pt::invalid_argument);
+    try {
+        (void)rk::rank_advantages(pt::exec::seq, std::vector<double>{1, 2, 3}, pt::uniform_groups{3}, short_out);
+        FAIL("expected invalid_argument");
+    } catch (const pt::invalid_argument& e) {
+        CHECK(e.function() == "posttrain::ranking::rank_advantages");
+        CHECK(e.argument() == "advantages");
+    }
 }

@@ -127,19 +127,27 @@ group_stats_result zscore_into(const Policy& policy, const std::vector<double>& 
     return advantage::grpo(policy, rewards, groups, std::forward<Advantages>(advantages), zscore_as_grpo(z));
 }
 
-// Per-row rank rewards of scores s[N] under a layout, into a double vector (row order).
+// Per-row rank rewards of scores s[N] under a layout, into a double vector (row order). Each block of
+// groups reuses one set of buffers.
 template <class Policy, class T, class Layout>
 std::vector<double> rank_rewards_rows(const Policy& policy, tensor_view<const T, 1> s, const Layout& layout,
                                       tie_rule rule) {
-    const index_t n_rows = s.extent(0);
+    const index_t n_rows = s.extent(0), groups = layout.num_groups();
     std::vector<double> rewards(static_cast<std::size_t>(n_rows), 0.0);
-    advantage::detail::for_each_group(policy, layout, n_rows, [&](index_t, auto rows, index_t n) {
-        std::vector<double> local(static_cast<std::size_t>(n)), out(static_cast<std::size_t>(n));
+    const index_t cost = groups > 0 ? n_rows / groups + 1 : 1;
+    posttrain::detail::for_blocks(policy, groups, cost, [&](index_t lo, index_t hi) {
+        std::vector<double> local, out;
         std::vector<index_t> order;
         std::vector<rank_counts> counts;
-        for (index_t j = 0; j < n; ++j) local[std::size_t(j)] = static_cast<double>(s(rows(j)));
-        rank_rewards_of_group(rule, local.data(), n, order, counts, out.data());
-        for (index_t j = 0; j < n; ++j) rewards[std::size_t(rows(j))] = out[std::size_t(j)];
+        for (index_t g = lo; g < hi; ++g) {
+            const auto rows = layout.rows(g);
+            const index_t n = layout.size(g);
+            local.resize(static_cast<std::size_t>(n));
+            out.resize(static_cast<std::size_t>(n));
+            for (index_t j = 0; j < n; ++j) local[std::size_t(j)] = static_cast<double>(s(rows(j)));
+            rank_rewards_of_group(rule, local.data(), n, order, counts, out.data());
+            for (index_t j = 0; j < n; ++j) rewards[std::size_t(rows(j))] = out[std::size_t(j)];
+        }
     });
     return rewards;
 }
@@ -177,14 +185,16 @@ group_stats_result rank_advantages(const Policy& policy, const Scores& scores, c
     constexpr const char* fn = "posttrain::ranking::rank_advantages";
     detail::check_zscore_options(options.zscore, fn);
     auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
+    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
     return std::visit(
-        [&](auto s) {
+        [&](auto s, auto a) {
+            advantage::detail::check_extent(a.extent(0), s.extent(0), {fn, "advantages"}, "length (one per score)");
             advantage::detail::check_finite(s, {fn, "scores"});
             const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
             const std::vector<double> r = detail::rank_rewards_rows(policy, s, layout, options.ties);
-            return detail::zscore_into(policy, r, groups, std::forward<Advantages>(advantages), options.zscore);
+            return detail::zscore_into(policy, r, groups, a, options.zscore);
         },
-        sv);
+        sv, av);
 }
 
 }  // namespace posttrain::ranking

@@ -2,8 +2,8 @@
 // Rating models fitted from comparison records, group by group: win counts, Bradley-Terry (Hunter's
 // MM iterations) and Elo, and advantages from Bradley-Terry strengths.
 //
-//     auto t = pt::ranking::round_robin(pt::exec::seq, pt::uniform_groups{8}, judge, pt::none, pt::none);
-//     std::vector<double> theta(N), adv(N);
+//     std::vector<double> wins_reward(N), theta(N), adv(N);
+//     auto t = pt::ranking::round_robin(pt::exec::seq, pt::uniform_groups{8}, judge, wins_reward, pt::none);
 //     auto fit = pt::ranking::bradley_terry(pt::exec::seq, t.comparisons, pt::uniform_groups{8}, theta);
 //     auto st = pt::ranking::strength_advantages(pt::exec::seq, theta, pt::uniform_groups{8}, adv);
 //
