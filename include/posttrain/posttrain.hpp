@@ -63,4 +63,8 @@
 
 #include "ranking/judge.hpp"
 #include "ranking/rank_rewards.hpp"
+#include "ranking/ratings.hpp"
 #include "ranking/tournament.hpp"
+
+#include "sampling/filters.hpp"
+#include "sampling/samplers.hpp"
