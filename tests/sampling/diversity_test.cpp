@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -248,4 +249,49 @@ TEST_CASE_TEMPLATE("diversity: par is bitwise equal to seq; id layouts follow th
     std::vector<double> got(P);
     (void)smp::self_bleu(B::policy(), tokens, seqs, by_id, got);
     CHECK(bitwise_equal(got, bleu));
+}
+
+namespace {
+// The textbook dynamic programme, written independently of the library.
+std::int64_t reference_levenshtein(const std::vector<std::int64_t>& a, const std::vector<std::int64_t>& b) {
+    std::vector<std::vector<std::int64_t>> d(a.size() + 1, std::vector<std::int64_t>(b.size() + 1));
+    for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = std::int64_t(i);
+    for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = std::int64_t(j);
+    for (std::size_t i = 1; i <= a.size(); ++i)
+        for (std::size_t j = 1; j <= b.size(); ++j)
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+    return d[a.size()][b.size()];
+}
+}  // namespace
+
+TEST_CASE("pairwise_edit_distance: the bit-parallel distance equals the dynamic programme") {
+    std::uint64_t state = 99;
+    const auto next = [&] {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        return state >> 33;
+    };
+    std::vector<double> v(1);
+    for (int trial = 0; trial < 400; ++trial) {
+        // Lengths across block boundaries (63, 64, 65, 128, ...), alphabets from 2 to 1000, shared
+        // prefixes and suffixes, negative ids.
+        const std::uint64_t vocab = trial % 3 == 0 ? 2 : (trial % 3 == 1 ? 7 : 1000);
+        const auto la = std::size_t(next() % 200), lb = trial % 5 == 0 ? la : std::size_t(next() % 200);
+        std::vector<std::int64_t> a(la), b(lb);
+        for (auto& x : a) x = std::int64_t(next() % vocab) - 3;
+        for (auto& x : b) x = std::int64_t(next() % vocab) - 3;
+        if (trial % 4 == 0)
+            for (std::size_t i = 0; i < std::min(la, lb) / 2; ++i) b[i] = a[i];
+        const batch pair({a, b});
+        const auto prompt = pair.one_prompt();
+        (void)smp::pairwise_edit_distance(pt::exec::seq, pair.tokens, pt::ragged(pair.offsets), pt::ragged(prompt), v,
+                                          smp::edit_distance_options::mmr1());
+        const double want = double(reference_levenshtein(a, b));
+        REQUIRE(v[0] == want);
+        // The sparse match-mask path (taken when the dense table would be too large).
+        smp::detail::levenshtein_scratch sparse;
+        sparse.dense_limit = 0;
+        std::vector<double> pairs;
+        const std::vector<smp::detail::seq_ref<std::int64_t>> seqs{{a.data(), 1, std::int64_t(la)}, {b.data(), 1, std::int64_t(lb)}};
+        REQUIRE(smp::detail::edit_distance_of(seqs, smp::edit_distance_options::mmr1(), sparse, pairs) == want);
+    }
 }

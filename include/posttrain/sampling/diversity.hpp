@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -238,53 +239,157 @@ double self_bleu_of(const std::vector<seq_ref<Id>>& seqs, const self_bleu_option
     return posttrain::ranking::detail::numpy_sum(s.scores.data(), K) / double(K);
 }
 
-// Unit-cost Levenshtein distance; the common prefix and suffix are stripped first, then one DP row
-// over the shorter remainder.
-template <class Id>
-index_t levenshtein(seq_ref<Id> a, seq_ref<Id> b, std::vector<index_t>& row) {
-    index_t lo = 0;
-    while (lo < a.len && lo < b.len && a[lo] == b[lo]) ++lo;
-    index_t ea = a.len, eb = b.len;
-    while (ea > lo && eb > lo && a[ea - 1] == b[eb - 1]) --ea, --eb;
-    index_t la = ea - lo, lb = eb - lo;
-    if (la == 0) return lb;
-    if (lb == 0) return la;
-    seq_ref<Id> x{a.p + lo * a.stride, a.stride, la}, y{b.p + lo * b.stride, b.stride, lb};
-    if (lb > la) {
-        std::swap(x, y);
-        std::swap(la, lb);
-    }
-    row.resize(std::size_t(lb + 1));
-    for (index_t j = 0; j <= lb; ++j) row[std::size_t(j)] = j;
-    for (index_t i = 1; i <= la; ++i) {
-        index_t diag = row[0];
-        row[0] = i;
-        const Id xi = x[i - 1];
-        for (index_t j = 1; j <= lb; ++j) {
-            const index_t up = row[std::size_t(j)];
-            const index_t sub = diag + (xi != y[j - 1]);
-            const index_t ins = row[std::size_t(j - 1)] + 1, del = up + 1;
-            index_t best = sub < ins ? sub : ins;
-            best = best < del ? best : del;
-            row[std::size_t(j)] = best;
-            diag = up;
+// Scratch of the pairwise edit distance of one prompt: its tokens renumbered 0..sigma-1 (equal
+// tokens, equal numbers), and for the bit-parallel distance the pattern's match masks, one row of
+// `blocks` words per token number (dense, kept all-zero between pairs) while sigma x blocks stays
+// under dense_limit, else (token, block, mask) entries sorted by token then block (O(m) memory
+// whatever the alphabet); and the state of each 64-row block.
+struct levenshtein_scratch {
+    struct entry {
+        index_t key;
+        index_t block;
+        std::uint64_t mask;
+    };
+    std::vector<window> w;               // the prompt's tokens sorted by value, for the renumbering
+    std::vector<index_t> local;          // the prompt's tokens as numbers, sequence after sequence
+    std::vector<index_t> start;          // sequence k is local[start[k] .. start[k + 1])
+    std::vector<std::uint64_t> dense;    // dense masks: row k * blocks ..
+    std::vector<entry> entries;          // sparse masks
+    std::vector<index_t> first;          // sparse: entries of token k are [first[k], first[k + 1])
+    std::vector<std::uint64_t> pv, mv;   // +1 / -1 vertical deltas per block
+    std::vector<int> h;                  // the horizontal delta leaving each block at its latest column
+    std::size_t dense_limit = std::size_t(1) << 20;  // the most words the dense table may take (tests lower it)
+};
+
+// One column step of a 64-row block of Myers' bit-vector algorithm (Hyyro's formulation for the
+// edit distance): eq is the block's match mask for the text token, hin the horizontal delta entering
+// at the block's top row (+1, 0, -1). Returns the horizontal delta leaving at row `out_bit`.
+inline int advance_block(std::uint64_t& pv, std::uint64_t& mv, std::uint64_t eq, int hin, std::uint64_t out_bit) noexcept {
+    const std::uint64_t hin_neg = hin < 0 ? 1u : 0u, hin_pos = hin > 0 ? 1u : 0u;
+    const std::uint64_t xv = eq | mv;
+    eq |= hin_neg;
+    const std::uint64_t xh = (((eq & pv) + pv) ^ pv) | eq;
+    std::uint64_t ph = mv | ~(xh | pv);
+    std::uint64_t mh = pv & xh;
+    const int hout = int((ph & out_bit) != 0) - int((mh & out_bit) != 0);  // branch-free: it is data dependent
+    ph = (ph << 1) | hin_pos;
+    mh = (mh << 1) | hin_neg;
+    pv = mh | ~(xv | ph);
+    mv = ph & xv;
+    return hout;
+}
+
+// The bit-vector recurrence over the grid of (text column j, pattern block b) for a pattern of m
+// tokens; mask(k, b) is block b of the match mask of token number k. Returns D[m][n].
+template <class Mask>
+index_t levenshtein_walk(levenshtein_scratch& s, index_t m, const index_t* text, index_t n, const Mask& mask) {
+    const index_t blocks = (m + 63) / 64;
+    s.pv.assign(std::size_t(blocks), ~std::uint64_t(0));  // D[i][0] = i: every vertical delta +1
+    s.mv.assign(std::size_t(blocks), 0);
+    s.h.assign(std::size_t(blocks), 0);
+    std::uint64_t* pv = s.pv.data();
+    std::uint64_t* mv = s.mv.data();
+    int* h = s.h.data();
+    const std::uint64_t high = std::uint64_t(1) << 63, last = std::uint64_t(1) << ((m - 1) % 64);
+    index_t score = m;  // D[m][0]
+    // Step (column j, block b) needs (j - 1, b) for the vertical deltas and (j, b - 1) for the
+    // horizontal delta entering the block, so the steps of one anti-diagonal t = j + b are
+    // independent: walking the grid by anti-diagonals lets the CPU overlap them, where column order
+    // chains every block of a column behind the previous one. Blocks run downwards within a
+    // diagonal so that h[b - 1] (block b - 1, column j) is read before this diagonal overwrites it.
+    for (index_t t = 0; t + 1 < n + blocks; ++t) {
+        const index_t b_hi = t < blocks - 1 ? t : blocks - 1, b_lo = t - (n - 1) > 0 ? t - (n - 1) : 0;
+        for (index_t b = b_hi; b >= b_lo; --b) {
+            const int hin = b == 0 ? 1 : h[b - 1];  // D[0][j] = j: the top row grows by one per column
+            const int hout = advance_block(pv[b], mv[b], mask(text[t - b], b), hin, b + 1 == blocks ? last : high);
+            h[b] = hout;
+            if (b + 1 == blocks) score += hout;  // the delta of the last row, D[m][j + 1] - D[m][j]
         }
     }
-    return row[std::size_t(lb)];
+    return score;
+}
+
+// Unit-cost Levenshtein distance of two renumbered sequences (numbers in [0, sigma)). The common
+// prefix and suffix are stripped, then the shorter remainder (m tokens, ceil(m / 64) blocks) is the
+// bit-vector pattern and the longer one is scanned once: O(n m / 64) word operations instead of the
+// O(n m) dynamic programme.
+inline index_t levenshtein(const index_t* a, index_t la, const index_t* b, index_t lb, index_t sigma,
+                           levenshtein_scratch& s) {
+    index_t lo = 0;
+    while (lo < la && lo < lb && a[lo] == b[lo]) ++lo;
+    while (la > lo && lb > lo && a[la - 1] == b[lb - 1]) --la, --lb;
+    a += lo;
+    b += lo;
+    la -= lo;
+    lb -= lo;
+    if (la == 0) return lb;
+    if (lb == 0) return la;
+    if (la < lb) {  // the pattern is the shorter one
+        std::swap(a, b);
+        std::swap(la, lb);
+    }
+    const index_t* text = a;
+    const index_t* pattern = b;
+    const index_t n = la, m = lb, blocks = (m + 63) / 64;
+    if (std::size_t(sigma) * std::size_t(blocks) <= s.dense_limit) {
+        if (s.dense.size() < std::size_t(sigma * blocks)) s.dense.resize(std::size_t(sigma * blocks), 0);
+        std::uint64_t* table = s.dense.data();
+        for (index_t i = 0; i < m; ++i) table[pattern[i] * blocks + i / 64] |= std::uint64_t(1) << (i % 64);
+        const index_t d = levenshtein_walk(s, m, text, n, [table, blocks](index_t k, index_t blk) { return table[k * blocks + blk]; });
+        for (index_t i = 0; i < m; ++i) table[pattern[i] * blocks + i / 64] = 0;  // all-zero for the next pair
+        return d;
+    }
+    s.entries.clear();
+    for (index_t i = 0; i < m; ++i) s.entries.push_back({pattern[i], i / 64, std::uint64_t(1) << (i % 64)});
+    std::sort(s.entries.begin(), s.entries.end(),
+              [](const auto& x, const auto& y) { return x.key != y.key ? x.key < y.key : x.block < y.block; });
+    std::size_t w = 0;  // merge the masks of one (token, block)
+    for (std::size_t r = 0; r < s.entries.size(); ++r) {
+        if (w > 0 && s.entries[w - 1].key == s.entries[r].key && s.entries[w - 1].block == s.entries[r].block)
+            s.entries[w - 1].mask |= s.entries[r].mask;
+        else
+            s.entries[w++] = s.entries[r];
+    }
+    s.entries.resize(w);
+    s.first.assign(std::size_t(sigma) + 1, index_t(w));
+    for (std::size_t r = w; r-- > 0;) s.first[std::size_t(s.entries[r].key)] = index_t(r);
+    for (index_t k = sigma; k-- > 0;)  // tokens absent from the pattern: an empty range
+        if (s.first[std::size_t(k)] > s.first[std::size_t(k) + 1]) s.first[std::size_t(k)] = s.first[std::size_t(k) + 1];
+    return levenshtein_walk(s, m, text, n, [&s](index_t k, index_t blk) -> std::uint64_t {
+        const auto lo_e = s.entries.begin() + s.first[std::size_t(k)], hi_e = s.entries.begin() + s.first[std::size_t(k) + 1];
+        const auto it = std::lower_bound(lo_e, hi_e, blk, [](const auto& x, index_t bb) { return x.block < bb; });
+        return it != hi_e && it->block == blk ? it->mask : 0;
+    });
+}
+
+// Numbers the prompt's tokens 0..sigma-1 by value (one sort per prompt, not one per pair).
+template <class Id>
+index_t renumber(const std::vector<seq_ref<Id>>& seqs, levenshtein_scratch& s) {
+    s.start.assign(seqs.size() + 1, 0);
+    for (std::size_t k = 0; k < seqs.size(); ++k) s.start[k + 1] = s.start[k] + seqs[k].len;
+    s.local.resize(std::size_t(s.start.back()));
+    sort_windows(s.w, seqs, 1);
+    index_t sigma = 0;
+    for (std::size_t i = 0; i < s.w.size(); ++i) {
+        if (i > 0 && !same_window(seqs, s.w[i - 1], s.w[i], 1)) ++sigma;
+        s.local[std::size_t(s.start[std::size_t(s.w[i].seq)] + s.w[i].start)] = sigma;
+    }
+    return s.w.empty() ? 0 : sigma + 1;
 }
 
 template <class Id>
-double edit_distance_of(const std::vector<seq_ref<Id>>& seqs, const edit_distance_options& o, std::vector<index_t>& row,
+double edit_distance_of(const std::vector<seq_ref<Id>>& seqs, const edit_distance_options& o, levenshtein_scratch& s,
                         std::vector<double>& pairs) {
     const index_t K = index_t(seqs.size());
+    const index_t sigma = renumber(seqs, s);
     pairs.clear();
     for (index_t i = 0; i < K; ++i)
         for (index_t j = i + 1; j < K; ++j) {
-            const auto& a = seqs[std::size_t(i)];
-            const auto& b = seqs[std::size_t(j)];
-            double d = double(levenshtein(a, b, row));
+            const index_t la = seqs[std::size_t(i)].len, lb = seqs[std::size_t(j)].len;
+            double d = double(levenshtein(s.local.data() + s.start[std::size_t(i)], la,
+                                          s.local.data() + s.start[std::size_t(j)], lb, sigma, s));
             if (o.normalization == edit_normalization::max_length) {
-                const index_t longest = a.len > b.len ? a.len : b.len;
+                const index_t longest = la > lb ? la : lb;
                 d = longest > 0 ? d / double(longest) : 0.0;
             }
             pairs.push_back(o.squared ? d * d : d);
@@ -406,7 +511,7 @@ diversity_result pairwise_edit_distance(const Policy& policy, const Tokens& toke
     constexpr const char* fn = "posttrain::sampling::pairwise_edit_distance";
     return detail::diversity_entry(
         policy, tokens, sequences, groups, std::forward<Out>(out), 2, fn,
-        [&, row = std::vector<index_t>(), pairs = std::vector<double>()](const auto& seqs) mutable {
+        [&, row = detail::levenshtein_scratch(), pairs = std::vector<double>()](const auto& seqs) mutable {
             return detail::edit_distance_of(seqs, options, row, pairs);
         });
 }
