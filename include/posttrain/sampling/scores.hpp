@@ -138,6 +138,16 @@ void check_same_or_disjoint(tensor_view<O, 1> out, tensor_view<const I, 1> in, w
             std::string("the output partly overlaps the input '") + in_name + "'; pass the same view or a separate buffer");
 }
 
+// x, rounded to T and kept apart from the arithmetic around it. GCC's C++ default
+// -ffp-contract=fast fuses a product into a following addition (one FMA, one rounding) whenever
+// the target has FMA (-march=native), across statements too; the float32 forms must round every
+// step as torch does, and the float64 forms should not change bits with the target either.
+template <class T>
+inline T rounded(T x) noexcept {
+    volatile T kept = x;
+    return kept;
+}
+
 // Elementwise work over [0, n): each index written once, so any policy gives the same bits.
 template <class Policy, class Body>
 void for_each_index(const Policy& p, index_t n, Body&& body) {
@@ -230,14 +240,14 @@ void weighted_sum(const Policy& policy, index_t metrics, index_t prompts, const 
         if (arithmetic == precision::float32) {
             float acc = 0;
             for (index_t m = 0; m < metrics; ++m) {
-                const float term = static_cast<float>(metric(m, p)) * static_cast<float>(weights[m]);
+                const float term = rounded(static_cast<float>(metric(m, p)) * static_cast<float>(weights[m]));
                 acc = m == 0 ? term : acc + term;
             }
             y(p) = static_cast<Y>(acc);
         } else {
             double acc = 0;
             for (index_t m = 0; m < metrics; ++m) {
-                const double term = metric(m, p) * weights[m];
+                const double term = rounded(metric(m, p) * weights[m]);
                 acc = m == 0 ? term : acc + term;
             }
             y(p) = static_cast<Y>(acc);
@@ -425,14 +435,14 @@ void ema_update(const Policy& policy, State&& state, const Fresh& fresh, const e
                 // torch: momentum * old + (1 - momentum) * new, the Python scalars rounded to float32.
                 const float a = static_cast<float>(mu), b = static_cast<float>(1.0 - mu);
                 detail::for_each_index(policy, N, [&](index_t i) {
-                    const float old_part = a * static_cast<float>(s(i));  // separate statements: no FMA contraction
-                    const float new_part = b * static_cast<float>(f(i));
+                    const float old_part = detail::rounded(a * static_cast<float>(s(i)));
+                    const float new_part = detail::rounded(b * static_cast<float>(f(i)));
                     s(i) = static_cast<S>(old_part + new_part);
                 });
             } else {
                 detail::for_each_index(policy, N, [&](index_t i) {
-                    const double old_part = mu * double(s(i));
-                    const double new_part = (1.0 - mu) * double(f(i));
+                    const double old_part = detail::rounded(mu * double(s(i)));
+                    const double new_part = detail::rounded((1.0 - mu) * double(f(i)));
                     s(i) = static_cast<S>(old_part + new_part);
                 });
             }
