@@ -12,8 +12,9 @@ grouping and per-step Python loops over 0-d torch tensors:
 
 mode "mean_norm", w = 1, as gigpo_options::verl_agent(). Data: the layout of credit_bench.cpp (episode
 groups of 8 trajectories of 1..16 steps written turn by turn, 10 states per group), with string uids
-and observations as verl-agent receives them. The loops take seconds per 2^16 rows, so sizes above
-GIGPO_LOOP_MAX_N are declined.
+and observations as verl-agent receives them. The anchor-state grouping scans the whole batch once per
+episode group (np.where per uid, O(G N)): about 1-2 s at 2^16 rows, 15 s at 2^18 and, extrapolated,
+4 minutes at 2^20 per call; sizes above GIGPO_LOOP_MAX_N are declined.
 """
 
 import uuid

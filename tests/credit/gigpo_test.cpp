@@ -12,7 +12,7 @@
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/credit/gigpo.hpp>
 
-#include "credit/rollouts.hpp"
+#include "rollouts.hpp"
 #include "support/backends.hpp"
 
 namespace pt = posttrain;
@@ -217,5 +217,6 @@ TEST_CASE("gigpo: bad input") {
     const auto wrong = pt::grouping::from_ids(pt::exec::seq, three);
     cr::gigpo_options o;
     o.step_groups = &wrong;
-    CHECK_THROWS_AS((void)cr::gigpo(pt::exec::seq, recs, ep, a, o), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)cr::gigpo(pt::exec::seq, recs, ep, a, o), doctest::Contains("options.step_groups"),
+                         pt::invalid_argument);
 }

@@ -10,7 +10,7 @@
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/credit/returns.hpp>
 
-#include "credit/rollouts.hpp"
+#include "rollouts.hpp"
 #include "support/backends.hpp"
 
 namespace pt = posttrain;

@@ -10,7 +10,7 @@
 #include <posttrain/advantage/grpo.hpp>
 #include <posttrain/credit/salt.hpp>
 
-#include "credit/rollouts.hpp"
+#include "rollouts.hpp"
 #include "support/backends.hpp"
 
 namespace pt = posttrain;

@@ -11,8 +11,8 @@
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/thrust/credit.hpp>
 
-#include "credit/rollouts.hpp"
-#include "support/backends.hpp"
+#include "../credit/rollouts.hpp"
+#include "../support/backends.hpp"
 
 namespace pt = posttrain;
 namespace cr = posttrain::credit;

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <variant>
@@ -133,6 +134,7 @@ grouping_result anchor_state_groups(const Policy& policy, const step_records<R>&
 template <class Policy, class R, class Similar>
 grouping_result similarity_groups(const Policy& policy, const step_records<R>& steps, Similar&& similar) {
     static_assert(host_policy<Policy>, "posttrain::credit::similarity_groups: host policy expected");
+    detail::check_records(steps, "posttrain::credit::similarity_groups", false);
     const index_t n = steps.size();
     const grouping_result g = grouping::from_ids(policy, steps.group);
     std::vector<std::int64_t> rep(static_cast<std::size_t>(n));
@@ -384,6 +386,8 @@ gigpo_result gigpo_core(const Ops& ops, const step_records<R>& s, tensor_view<co
         own = anchor_groups_with(ops, s, false);  // group order does not change any advantage
         groups = &own;
     }
+    require(index_t(groups->permutation.size()) == n && index_t(groups->group_of.size()) == n, {fn, "options.step_groups"},
+            "must group the " + str(n) + " step rows, found a grouping of " + str(index_t(groups->permutation.size())) + " rows");
     res.step = ops.grpo(sr, *groups, tensor_view<double, 1>(step.data(), n), level_options(o, true));
     const double w = o.step_weight;
     ops.each(n, [&](index_t i) { adv(i) = static_cast<A>(episode[std::size_t(i)] + w * step[std::size_t(i)]); });

@@ -10,6 +10,7 @@
 // every trajectory shares gets the mean, 0 under GRPO / RLOO (a "neutral" step). The paper's code
 // was not available: the merge rule and alpha are a reconstruction, see docs/algorithms/salt.md.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>

@@ -19,6 +19,8 @@
 // Data must be host-accessible (see thrust/exec.hpp).
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
