@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 #include <posttrain/adapt/std.hpp>
+#include <posttrain/sampling/diversity.hpp>
 #include <posttrain/sampling/scores.hpp>
 
 #include "support/backends.hpp"
@@ -222,8 +223,6 @@ TEST_CASE("ema_update: float32 form and bad input") {
 }
 
 // The example of docs/algorithms/vps.md, compiled here.
-#include <posttrain/sampling/diversity.hpp>
-
 TEST_CASE("docs/algorithms/vps.md example") {
     // 3 prompts x 4 rollouts: verifier outcomes, and each rollout's token ids (flat + offsets).
     const std::vector<double> rewards = {1, 0, 1, 1,   0, 0, 0, 0,   1, 0, 0, 1};

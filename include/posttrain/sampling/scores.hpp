@@ -10,7 +10,9 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <variant>
+#include <vector>
 
 #include "../advantage/common.hpp"
 #include "../core/error.hpp"
