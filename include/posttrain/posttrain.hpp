@@ -61,10 +61,17 @@
 #include "preference/token_rewards.hpp"
 #include "preference/wpo.hpp"
 
+#include "credit/gigpo.hpp"
+#include "credit/returns.hpp"
+#include "credit/salt.hpp"
+#include "credit/steps.hpp"
+
 #include "ranking/judge.hpp"
 #include "ranking/rank_rewards.hpp"
 #include "ranking/ratings.hpp"
 #include "ranking/tournament.hpp"
 
+#include "sampling/diversity.hpp"
 #include "sampling/filters.hpp"
 #include "sampling/samplers.hpp"
+#include "sampling/scores.hpp"

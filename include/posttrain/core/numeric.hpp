@@ -97,5 +97,28 @@ inline double fixed_order_sum(const double* v, index_t n) noexcept {
 
 inline bool is_nan(double x) noexcept { return x != x; }
 
+// numpy's float64 add.reduce order (pairwise: eight accumulators over blocks of 128, halves above),
+// for results that must be np.sum's / np.mean's bits (ArenaRL's anchor score, MMR1's mean self-BLEU).
+inline double numpy_sum(const double* a, index_t n) {
+    if (n < 8) {
+        double r = 0.0;
+        for (index_t i = 0; i < n; ++i) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (int k = 0; k < 8; ++k) r[k] = a[k];
+        index_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (int k = 0; k < 8; ++k) r[k] += a[i + k];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res += a[i];
+        return res;
+    }
+    index_t half = n / 2;
+    half -= half % 8;
+    return numpy_sum(a, half) + numpy_sum(a + half, n - half);
+}
+
 }  // namespace detail
 }  // namespace posttrain

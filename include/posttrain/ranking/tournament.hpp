@@ -163,29 +163,6 @@ struct standing {
     }
 };
 
-// numpy's float64 add.reduce order (pairwise: eight accumulators over blocks of 128, halves above),
-// so that the anchor's mean score is np.mean's bits.
-inline double numpy_sum(const double* a, index_t n) {
-    if (n < 8) {
-        double r = 0.0;
-        for (index_t i = 0; i < n; ++i) r += a[i];
-        return r;
-    }
-    if (n <= 128) {
-        double r[8];
-        for (int k = 0; k < 8; ++k) r[k] = a[k];
-        index_t i = 8;
-        for (; i < n - n % 8; i += 8)
-            for (int k = 0; k < 8; ++k) r[k] += a[i + k];
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; ++i) res += a[i];
-        return res;
-    }
-    index_t half = n / 2;
-    half -= half % 8;
-    return numpy_sum(a, half) + numpy_sum(a + half, n - half);
-}
-
 // A running list of match scores whose mean orders players within a tier. The mean is the naive
 // left-to-right sum over the count: it reproduces every ArenaRL golden (qqr uses statistics.mean,
 // which is correctly rounded; the two can differ only between mathematically equal means).
@@ -421,7 +398,7 @@ public:
             anchor_scores.push_back(s[k].second);
         }
         score_[std::size_t(anchor_)] =
-            numpy_sum(anchor_scores.data(), index_t(anchor_scores.size())) / static_cast<double>(anchor_scores.size());
+            posttrain::detail::numpy_sum(anchor_scores.data(), index_t(anchor_scores.size())) / static_cast<double>(anchor_scores.size());
         played_ = true;
     }
     void finish(standing& st) const { standing_by_min_rank(score_, st); }

@@ -31,7 +31,6 @@
 #include "../core/numeric.hpp"
 #include "../core/traits.hpp"
 #include "../core/view.hpp"
-#include "../ranking/tournament.hpp"  // ranking::detail::numpy_sum (np.mean's summation order)
 
 namespace posttrain::sampling {
 
@@ -237,7 +236,7 @@ double self_bleu_of(const std::vector<seq_ref<Id>>& seqs, const self_bleu_option
         }
         s.scores[std::size_t(k)] = bp * std::exp(exact_sum(terms, int(orders)));
     }
-    return posttrain::ranking::detail::numpy_sum(s.scores.data(), K) / double(K);
+    return posttrain::detail::numpy_sum(s.scores.data(), K) / double(K);
 }
 
 // Scratch of the pairwise edit distance of one prompt: its tokens renumbered 0..sigma-1 (equal
