@@ -152,6 +152,22 @@ std::vector<double> rank_rewards_rows(const Policy& policy, tensor_view<const T,
     return rewards;
 }
 
+// The argument checks of rank_rewards, shared by every backend: compute(s, layout, r) fills r.
+template <class Scores, class Groups, class Rewards, class Compute>
+void rank_rewards_entry(const Scores& scores, const Groups& groups, Rewards& rewards, Compute&& compute) {
+    constexpr const char* fn = "posttrain::ranking::rank_rewards";
+    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
+    auto rv = posttrain::detail::floating_output<1>(rewards, {fn, "rewards"});
+    std::visit(
+        [&](auto s, auto r) {
+            advantage::detail::check_extent(r.extent(0), s.extent(0), {fn, "rewards"}, "length (one per score)");
+            advantage::detail::check_no_alias(r, s, {fn, "rewards"}, "scores");
+            advantage::detail::check_finite(s, {fn, "scores"});
+            compute(s, posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"}), r);
+        },
+        sv, rv);
+}
+
 }  // namespace detail
 
 // Rank rewards of scores[N] within each group of the layout (higher score = better rank), written to
@@ -161,19 +177,10 @@ void rank_rewards(const Policy& policy, const Scores& scores, const Groups& grou
                   const rank_reward_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::ranking::rank_rewards: host policy expected "
                                        "(exec::thrust: include <posttrain/thrust/ranking.hpp>)");
-    constexpr const char* fn = "posttrain::ranking::rank_rewards";
-    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
-    auto rv = posttrain::detail::floating_output<1>(rewards, {fn, "rewards"});
-    std::visit(
-        [&](auto s, auto r) {
-            advantage::detail::check_extent(r.extent(0), s.extent(0), {fn, "rewards"}, "length (one per score)");
-            advantage::detail::check_no_alias(r, s, {fn, "rewards"}, "scores");
-            advantage::detail::check_finite(s, {fn, "scores"});
-            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
-            const std::vector<double> out = detail::rank_rewards_rows(policy, s, layout, options.ties);
-            for (index_t i = 0; i < r.extent(0); ++i) r(i) = static_cast<typename decltype(r)::value_type>(out[std::size_t(i)]);
-        },
-        sv, rv);
+    detail::rank_rewards_entry(scores, groups, rewards, [&](auto s, const auto& layout, auto r) {
+        const std::vector<double> out = detail::rank_rewards_rows(policy, s, layout, options.ties);
+        for (index_t i = 0; i < r.extent(0); ++i) r(i) = static_cast<typename decltype(r)::value_type>(out[std::size_t(i)]);
+    });
 }
 
 // Rank rewards, then the group z-score: ArenaRL's advantages from a score per row.

@@ -771,6 +771,14 @@ tournament_result run_tournaments(const Policy& policy, const Groups& groups, Ju
     return res;
 }
 
+// The anchor must be a row of every group that plays (groups of fewer than two rows do not).
+inline void check_anchor(index_t anchor, index_t group, index_t rows, const char* fn) {
+    if (rows >= 2 && (anchor < 0 || anchor >= rows))
+        posttrain::detail::raise_invalid_argument(fn, "options.anchor",
+                               "must be a row of every group, but group " + str(group) + " has " + str(rows) +
+                                   " rows and the anchor is " + str(anchor));
+}
+
 }  // namespace detail
 
 // ---- public entry points ------------------------------------------------------------------------
@@ -783,14 +791,9 @@ template <class Policy, class Groups, class Judge, class Rewards, class Advantag
 tournament_result single_elimination(const Policy& policy, const Groups& groups, Judge&& judge, Rewards&& rewards,
                                      Advantages&& advantages, const single_elimination_options& options = {}) {
     constexpr const char* fn = "posttrain::ranking::single_elimination";
-    detail::require(options.anchor >= 0, {fn, "options.anchor"}, "must be >= 0, found " + detail::str(options.anchor));
     return detail::run_tournaments(policy, groups, judge, std::forward<Rewards>(rewards),
                                    std::forward<Advantages>(advantages), options.zscore, fn, [&](index_t g, index_t n) {
-                                       if (n >= 2)
-                                           detail::require(options.anchor < n, {fn, "options.anchor"},
-                                                           "must be a row of every group, but group " + detail::str(g) +
-                                                               " has " + detail::str(n) + " rows and the anchor is " +
-                                                               detail::str(options.anchor));
+                                       detail::check_anchor(options.anchor, g, n, fn);
                                        return detail::single_elimination_state(n, options);
                                    });
 }
@@ -811,14 +814,9 @@ template <class Policy, class Groups, class Judge, class Rewards, class Advantag
 tournament_result anchor(const Policy& policy, const Groups& groups, Judge&& judge, Rewards&& rewards,
                          Advantages&& advantages, const anchor_options& options = {}) {
     constexpr const char* fn = "posttrain::ranking::anchor";
-    detail::require(options.anchor >= 0, {fn, "options.anchor"}, "must be >= 0, found " + detail::str(options.anchor));
     return detail::run_tournaments(policy, groups, judge, std::forward<Rewards>(rewards),
                                    std::forward<Advantages>(advantages), options.zscore, fn, [&](index_t g, index_t n) {
-                                       if (n >= 2)
-                                           detail::require(options.anchor < n, {fn, "options.anchor"},
-                                                           "must be a row of every group, but group " + detail::str(g) +
-                                                               " has " + detail::str(n) + " rows and the anchor is " +
-                                                               detail::str(options.anchor));
+                                       detail::check_anchor(options.anchor, g, n, fn);
                                        return detail::anchor_state(n, options.anchor);
                                    });
 }

@@ -256,6 +256,41 @@ void write_indices(O out, const std::vector<index_t>& idx) {
     for (index_t i = 0; i < out.extent(0); ++i) out(i) = static_cast<E>(idx[static_cast<std::size_t>(i)]);
 }
 
+// The argument checks and Philox setup of sample_with_replacement, shared by every backend:
+// fill(out, draw) writes draw(d) to out(d) for every d.
+template <class Out, class Fill>
+sample_result alias_draws(const alias_table& table, Out& indices, const weighted_options& options, Fill&& fill) {
+    constexpr const char* fn = "posttrain::sampling::sample_with_replacement";
+    const index_t n = static_cast<index_t>(table.prob.size());
+    require(n > 0 && table.alias.size() == table.prob.size(), {fn, "table"}, "empty or inconsistent alias table");
+    check_stream(options.stream, {fn, "options.stream"});
+    const alias_draw draw{table.prob.data(), table.alias.data(), n, philox4x32_10(options.seed),
+                          stream_word(options.stream, purpose::alias_draw)};
+    return with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
+        fill(out, draw);
+        return sample_result{out.extent(0), table.uniform_fallback};
+    });
+}
+
+// The argument checks and Philox setup of sample_without_replacement, shared by every backend:
+// smallest(n, k, key) returns the indices of the k smallest keys in key order.
+template <class Weights, class Out, class Smallest>
+sample_result smallest_key_draws(const Weights& weights, Out& indices, const weighted_options& options,
+                                 Smallest&& smallest) {
+    constexpr const char* fn = "posttrain::sampling::sample_without_replacement";
+    check_stream(options.stream, {fn, "options.stream"});
+    const checked_weights c = read_weights(weights, options.all_zero, {fn, "weights"});
+    const index_t n = static_cast<index_t>(c.w.size());
+    return with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
+        const index_t k = out.extent(0);
+        require(k <= c.positive, {fn, "indices"},
+                "asks for " + str(k) + " distinct items but only " + str(c.positive) + " have a positive weight");
+        const exponential_key key{c.w.data(), philox4x32_10(options.seed), stream_word(options.stream, purpose::exponential_key)};
+        write_indices(out, smallest(n, k, key));
+        return sample_result{k, c.uniform_fallback};
+    });
+}
+
 }  // namespace detail
 
 // The alias table of `weights` (float or double, >= 0, finite, not all zero unless all_zero ==
@@ -272,18 +307,11 @@ template <class Policy, class Out>
     requires host_policy<Policy>
 sample_result sample_with_replacement(const Policy& policy, const alias_table& table, Out&& indices,
                                       const weighted_options& options = {}) {
-    constexpr const char* fn = "posttrain::sampling::sample_with_replacement";
-    const index_t n = static_cast<index_t>(table.prob.size());
-    detail::require(n > 0 && table.alias.size() == table.prob.size(), {fn, "table"}, "empty or inconsistent alias table");
-    detail::check_stream(options.stream, {fn, "options.stream"});
-    const detail::alias_draw draw{table.prob.data(), table.alias.data(), n, philox4x32_10(options.seed),
-                                  detail::stream_word(options.stream, purpose::alias_draw)};
-    return detail::with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
+    return detail::alias_draws(table, indices, options, [&](auto out, const detail::alias_draw& draw) {
         using E = std::remove_const_t<typename decltype(out)::value_type>;
         posttrain::detail::for_blocks(policy, out.extent(0), 8, [&](index_t lo, index_t hi) {
             for (index_t d = lo; d < hi; ++d) out(d) = static_cast<E>(draw(d));
         });
-        return sample_result{out.extent(0), table.uniform_fallback};
     });
 }
 
@@ -303,19 +331,8 @@ template <class Policy, class Weights, class Out>
     requires host_policy<Policy>
 sample_result sample_without_replacement(const Policy& policy, const Weights& weights, Out&& indices,
                                          const weighted_options& options = {}) {
-    constexpr const char* fn = "posttrain::sampling::sample_without_replacement";
-    detail::check_stream(options.stream, {fn, "options.stream"});
-    const detail::checked_weights c = detail::read_weights(weights, options.all_zero, {fn, "weights"});
-    const index_t n = static_cast<index_t>(c.w.size());
-    return detail::with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
-        const index_t k = out.extent(0);
-        detail::require(k <= c.positive, {fn, "indices"},
-                        "asks for " + detail::str(k) + " distinct items but only " + detail::str(c.positive) +
-                            " have a positive weight");
-        const detail::exponential_key key{c.w.data(), philox4x32_10(options.seed),
-                                          detail::stream_word(options.stream, purpose::exponential_key)};
-        detail::write_indices(out, detail::smallest_keys(policy, n, k, key));
-        return sample_result{k, c.uniform_fallback};
+    return detail::smallest_key_draws(weights, indices, options, [&](index_t n, index_t k, const detail::exponential_key& key) {
+        return detail::smallest_keys(policy, n, k, key);
     });
 }
 

@@ -145,18 +145,9 @@ template <class TP, class Scores, class Groups, class Rewards>
 void rank_rewards(const exec::thrust_policy<TP>& policy, const Scores& scores, const Groups& groups, Rewards&& rewards,
                   const rank_reward_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<TP>();
-    constexpr const char* fn = "posttrain::ranking::rank_rewards";
-    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
-    auto rv = posttrain::detail::floating_output<1>(rewards, {fn, "rewards"});
-    std::visit(
-        [&](auto s, auto r) {
-            advantage::detail::check_extent(r.extent(0), s.extent(0), {fn, "rewards"}, "length (one per score)");
-            advantage::detail::check_no_alias(r, s, {fn, "rewards"}, "scores");
-            advantage::detail::check_finite(s, {fn, "scores"});
-            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
-            detail::thrust_rank_rewards_into(detail::thrust_runner<TP>{policy}, s, layout, options.ties, r);
-        },
-        sv, rv);
+    detail::rank_rewards_entry(scores, groups, rewards, [&](auto s, const auto& layout, auto r) {
+        detail::thrust_rank_rewards_into(detail::thrust_runner<TP>{policy}, s, layout, options.ties, r);
+    });
 }
 
 // rank_advantages(exec::thrust(...), scores, groups, advantages, options): as the host overload.

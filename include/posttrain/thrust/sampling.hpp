@@ -42,18 +42,11 @@ template <class ThrustPolicy, class Out>
 sample_result sample_with_replacement(const exec::thrust_policy<ThrustPolicy>& policy, const alias_table& table, Out&& indices,
                                       const weighted_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<ThrustPolicy>();
-    constexpr const char* fn = "posttrain::sampling::sample_with_replacement";
-    const index_t n = static_cast<index_t>(table.prob.size());
-    detail::require(n > 0 && table.alias.size() == table.prob.size(), {fn, "table"}, "empty or inconsistent alias table");
-    detail::check_stream(options.stream, {fn, "options.stream"});
-    const detail::alias_draw draw{table.prob.data(), table.alias.data(), n, philox4x32_10(options.seed),
-                                  detail::stream_word(options.stream, purpose::alias_draw)};
-    return detail::with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
+    return detail::alias_draws(table, indices, options, [&](auto out, const detail::alias_draw& draw) {
         std::vector<index_t> drawn(static_cast<std::size_t>(out.extent(0)));
         ::thrust::transform(policy.base, ::thrust::counting_iterator<index_t>(0),
                             ::thrust::counting_iterator<index_t>(out.extent(0)), drawn.data(), draw);
         detail::write_indices(out, drawn);
-        return sample_result{out.extent(0), table.uniform_fallback};
     });
 }
 
@@ -69,19 +62,8 @@ template <class ThrustPolicy, class Weights, class Out>
 sample_result sample_without_replacement(const exec::thrust_policy<ThrustPolicy>& policy, const Weights& weights,
                                          Out&& indices, const weighted_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<ThrustPolicy>();
-    constexpr const char* fn = "posttrain::sampling::sample_without_replacement";
-    detail::check_stream(options.stream, {fn, "options.stream"});
-    const detail::checked_weights c = detail::read_weights(weights, options.all_zero, {fn, "weights"});
-    const index_t n = static_cast<index_t>(c.w.size());
-    return detail::with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
-        const index_t k = out.extent(0);
-        detail::require(k <= c.positive, {fn, "indices"},
-                        "asks for " + detail::str(k) + " distinct items but only " + detail::str(c.positive) +
-                            " have a positive weight");
-        const detail::exponential_key key{c.w.data(), philox4x32_10(options.seed),
-                                          detail::stream_word(options.stream, purpose::exponential_key)};
-        detail::write_indices(out, detail::thrust_smallest_keys(policy.base, n, k, key));
-        return sample_result{k, c.uniform_fallback};
+    return detail::smallest_key_draws(weights, indices, options, [&](index_t n, index_t k, const detail::exponential_key& key) {
+        return detail::thrust_smallest_keys(policy.base, n, k, key);
     });
 }
 
