@@ -148,6 +148,10 @@ void register_mmr1_scores(registry& r);
 void register_mmr1_samplers(registry& r);
 // Step-level credit assignment (issue 6): verl-agent's GiGPO.
 void register_verl_agent(registry& r);
+// The papers' refinements of group-relative RL (issue 8): reward shaping (unlikeliness, COPO, CaRR) and
+// objectives (DisCO, TRPA).
+void register_shaping(registry& r);
+void register_objectives(registry& r);
 
 // ---- helpers shared by the mappings ----
 

@@ -329,6 +329,8 @@ int main(int argc, char** argv) {
     register_mmr1_scores(reg);
     register_mmr1_samplers(reg);
     register_verl_agent(reg);
+    register_shaping(reg);
+    register_objectives(reg);
 
     bool verbose = false, list = false, stats = false;
     std::vector<fs::path> roots;
