@@ -53,7 +53,12 @@
 // here from gamma draws by Marsaglia-Tsang on our own normal/uniform draws, not by std::*_distribution,
 // whose algorithms differ between standard libraries) and Philox seeds for the library's samplers.
 
-#include <posttrain/posttrain.hpp>
+#include <posttrain/advantage/grpo.hpp>
+#include <posttrain/core/groups.hpp>
+#include <posttrain/core/random.hpp>
+#include <posttrain/sampling/filters.hpp>
+#include <posttrain/sampling/samplers.hpp>
+#include <posttrain/sampling/scores.hpp>
 
 #include <algorithm>
 #include <cmath>
