@@ -1,0 +1,98 @@
+// TTRV frequency and entropy rewards: hand-computed values, the group baseline cancelling a shared
+// entropy reward, bad input, and seq == par bitwise.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/advantage/grpo.hpp>
+#include <posttrain/advantage/ttrv.hpp>
+
+#include "support/backends.hpp"
+
+namespace pt = posttrain;
+namespace adv = posttrain::advantage;
+
+TEST_CASE_TEMPLATE("ttrv: frequency + per-sample entropy, by hand", B, POSTTRAIN_HOST_BACKENDS) {
+    // group 0: answers 1, 1, 2, none; group 1: 5, 5, 5
+    std::vector<std::int64_t> ids{1, 1, 2, -1, 5, 5, 5};
+    std::vector<std::int64_t> off{0, 4, 7};
+    std::vector<double> r(7);
+    const auto res = adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r);
+    CHECK(res.groups == 2);
+    CHECK(res.missing_answers == 1);
+    CHECK(r[0] == doctest::Approx(0.5 + std::log(0.5)));
+    CHECK(r[2] == doctest::Approx(0.25 + std::log(0.25)));
+    CHECK(r[3] == 0.0);  // no answer: missing_reward
+    CHECK(r[4] == 1.0);  // unanimous: p = 1, log p = 0
+
+    std::vector<double> h(2);
+    adv::answer_entropy(B::policy(), ids, pt::ragged(off), h);
+    CHECK(h[0] == doctest::Approx(std::log(2.0)));  // -(0.5 ln 0.5 + 0.25 ln 0.25) = ln 2
+    CHECK(h[1] == 0.0);
+
+    adv::ttrv_options paper = adv::ttrv_options::paper(0.5);
+    CHECK(adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r, paper).groups == 2);
+    CHECK(r[0] == doctest::Approx(0.5 - 0.5 * std::log(2.0)));
+    CHECK(r[2] == doctest::Approx(0.25 - 0.5 * std::log(2.0)));
+
+    adv::ttrv_options norm;
+    norm.normalize_entropy = true;
+    (void)adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r, norm);
+    CHECK(r[2] == doctest::Approx(0.25 + std::log(0.25) / std::log(4.0)));  // = 0.25 - 1
+}
+
+TEST_CASE("ttrv: a group-shared entropy reward cancels under GRPO; the per-sample one does not") {
+    std::vector<std::int64_t> ids{3, 3, 3, 7, 7, 1, 1, 2, 1, 9, 9, 9};
+    std::vector<double> r_freq(12), r_paper(12), r_ps(12), a_freq(12), a_paper(12), a_ps(12);
+    (void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{6}, r_freq, adv::ttrv_options::frequency_only());
+    (void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{6}, r_paper, adv::ttrv_options::paper(2.0));
+    (void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{6}, r_ps, {});
+    (void)adv::grpo(pt::exec::seq, r_freq, pt::uniform_groups{6}, a_freq);
+    (void)adv::grpo(pt::exec::seq, r_paper, pt::uniform_groups{6}, a_paper);
+    (void)adv::grpo(pt::exec::seq, r_ps, pt::uniform_groups{6}, a_ps);
+    for (int i = 0; i < 12; ++i) CHECK(a_paper[std::size_t(i)] == doctest::Approx(a_freq[std::size_t(i)]));
+    CHECK(a_ps[5] != doctest::Approx(a_freq[5]));  // log p separates the lone answer further
+    CHECK(r_ps[3] - r_ps[0] == doctest::Approx((1.0 / 3 + std::log(1.0 / 3)) - (0.5 + std::log(0.5))));
+}
+
+TEST_CASE("ttrv: edge cases and bad input") {
+    std::vector<std::int64_t> ids{4}, off{0, 0, 1};
+    std::vector<double> r(1), h(2);
+    const auto res = adv::ttrv_rewards(pt::exec::seq, ids, pt::ragged(off), r);
+    CHECK(res.empty_groups == 1);
+    CHECK(r[0] == 1.0);  // singleton: p = 1
+    adv::answer_entropy(pt::exec::seq, ids, pt::ragged(off), h);
+    CHECK(h[0] == 0.0);
+    std::vector<double> wrong(2);
+    CHECK_THROWS_AS((void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{1}, wrong), pt::invalid_argument);
+    CHECK_THROWS_AS(adv::answer_entropy(pt::exec::seq, ids, pt::uniform_groups{1}, h), pt::invalid_argument);
+    adv::ttrv_options bad;
+    bad.entropy_weight = std::nan("");
+    CHECK_THROWS_AS((void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{1}, r, bad), pt::invalid_argument);
+    std::vector<std::int64_t> bad_off{0, 2};
+    CHECK_THROWS_AS((void)adv::ttrv_rewards(pt::exec::seq, ids, pt::ragged(bad_off), r), pt::invalid_argument);
+    // All answers missing: every reward is missing_reward, entropy 0.
+    std::vector<std::int64_t> none{-1, -2};
+    std::vector<double> r2(2), h1(1);
+    adv::ttrv_options o;
+    o.missing_reward = -1;
+    (void)adv::ttrv_rewards(pt::exec::seq, none, pt::uniform_groups{2}, r2, o);
+    CHECK(r2 == std::vector<double>{-1, -1});
+    adv::answer_entropy(pt::exec::seq, none, pt::uniform_groups{2}, h1);
+    CHECK(h1[0] == 0.0);
+}
+
+TEST_CASE("ttrv: seq == par bitwise") {
+    const std::size_t n = 40000;
+    std::vector<std::int64_t> ids(n);
+    for (std::size_t i = 0; i < n; ++i) ids[i] = std::int64_t((i * 2654435761u) % 7) - 1;
+    std::vector<double> a(n), b(n), ha(n / 16), hb(n / 16);
+    (void)adv::ttrv_rewards(pt::exec::seq, ids, pt::uniform_groups{16}, a);
+    (void)adv::ttrv_rewards(pt::exec::par.with_threads(4), ids, pt::uniform_groups{16}, b);
+    CHECK(pt::test::bitwise_equal(a, b));
+    adv::answer_entropy(pt::exec::seq, ids, pt::uniform_groups{16}, ha);
+    adv::answer_entropy(pt::exec::par.with_threads(4), ids, pt::uniform_groups{16}, hb);
+    CHECK(pt::test::bitwise_equal(ha, hb));
+}
