@@ -604,7 +604,7 @@ void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT ol
             const double x = double(lp[t]), y = double(old[t]), a = double(adv[t]);
             const double lr = x - y;
             const double lrc = lr > c ? c : (lr < -c ? -c : lr);
-            const double pass = (lr >= -c) & (lr <= c) ? 1.0 : 0.0;
+            const double pass = ((lr >= -c) & (lr <= c)) ? 1.0 : 0.0;
             const clipped_surrogate sg = ppo_surrogate(lrc, a, sp);
             const double f = HasWeights ? double(isw[t]) : 1.0;
             const double value = sg.value * f;  // the policy term (the KL term is summed apart)
@@ -618,9 +618,9 @@ void ppo_fast_row(const T* POSTTRAIN_RESTRICT lp, const T* POSTTRAIN_RESTRICT ol
             grad[t] = GT(valid ? gs * m * dlp : 0.0);
             v_loss[j] = valid ? value * m : 0.0;
             v_kl[j] = valid ? kv * m : 0.0;
-            v_low[j] = valid & sg.low_clipped ? m : 0.0;
-            v_high[j] = valid & sg.high_clipped ? m : 0.0;
-            v_dual[j] = valid & sg.dual_clipped ? m : 0.0;
+            v_low[j] = (valid & sg.low_clipped) ? m : 0.0;
+            v_high[j] = (valid & sg.high_clipped) ? m : 0.0;
+            v_dual[j] = (valid & sg.dual_clipped) ? m : 0.0;
             v_nlr[j] = valid ? -lrc * m : 0.0;
             v_raw[j] = valid ? -lr * m : 0.0;
             v_abs[j] = valid ? (lr < 0 ? -lr : lr) * m : 0.0;
@@ -945,7 +945,6 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
     };
 
     // ---- pass 2: token losses, gradients, metrics ----
-    const surrogate_params sp{o.clip_low, o.clip_high, o.dual_clip, o.delta};
     std::vector<row_partial> parts(static_cast<std::size_t>(B));
     using GT = typename G::value_type;
     for_each_row(policy, B, Tn, [&](index_t i) {

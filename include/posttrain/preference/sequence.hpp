@@ -511,7 +511,9 @@ std::pair<sequence_values, sequence_values> reduce_with_reference(const Policy& 
                     const index_t T_ = a.extent(1);
                     if (a.stride(1) != 1 || b.stride(1) != 1 || m.stride(1) != 1 || T_ == 0 || b.extent(1) != T_) return;
                     fused = true;
-                    auto& [va, vb] = out;
+                    // Named references, not a structured binding: clang before 16 cannot capture bindings.
+                    auto& va = out.first;
+                    auto& vb = out.second;
                     va.sum.assign(std::size_t(batch), 0.0);
                     vb.sum.assign(std::size_t(batch), 0.0);
                     va.length.assign(std::size_t(batch), 0.0);
