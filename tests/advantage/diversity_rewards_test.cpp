@@ -1,0 +1,121 @@
+// MultiRole-R1 diversity reward and Mixed-R1 BMAS: hand-computed values, edge cases, bad input,
+// seq == par bitwise.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/advantage/diversity_rewards.hpp>
+#include <posttrain/advantage/grpo.hpp>
+#include <posttrain/sampling/diversity.hpp>
+
+#include "support/backends.hpp"
+#include "support/data.hpp"
+
+namespace pt = posttrain;
+namespace adv = posttrain::advantage;
+using pt::test::matrix;
+
+TEST_CASE_TEMPLATE("multirole_rewards: by hand", B, POSTTRAIN_HOST_BACKENDS) {
+    std::vector<double> v{1, 0, 1, 1, 0}, c{2, 4, 0, 0, 0}, l{0.5, 0.25, 1, 0, 0}, r(5);
+    std::vector<std::int64_t> off{0, 3, 5};
+    adv::multirole_rewards(B::policy(), v, c, l, pt::ragged(off), r);
+    CHECK(r[0] == doctest::Approx(1 + 0.5 * 0.5 + 0.5 * 0.5));
+    CHECK(r[1] == doctest::Approx(0 + 0.5 * 1 + 0.5 * 0.25));
+    CHECK(r[2] == doctest::Approx(1 + 0 + 0.5));
+    CHECK(r[3] == 1.0);  // group max 0: no perspective reward
+    adv::multirole_options cap;
+    cap.scale = adv::perspective_scale::cap;
+    cap.cap = 3;
+    cap.perspective_weight = 1;
+    cap.lexical_weight = 0;
+    adv::multirole_rewards(B::policy(), v, c, l, pt::ragged(off), r, cap);
+    CHECK(r[0] == doctest::Approx(1 + 2.0 / 3));
+    CHECK(r[1] == 1.0);  // 4 >= cap
+    // In place over the verifier reward is allowed (each row reads its own inputs first).
+    std::vector<double> w = v;
+    adv::multirole_rewards(B::policy(), w, c, l, pt::ragged(off), w, cap);
+    CHECK(w[0] == doctest::Approx(1 + 2.0 / 3));
+}
+
+TEST_CASE("multirole_rewards composes with distinct-n and grpo") {
+    // Per-response distinct-2 via sampling::distinct_n with one sequence per group.
+    std::vector<std::int64_t> tok{1, 2, 1, 2, 1, 2, 3, 4, 5, 6, 7, 8};
+    std::vector<double> lex(2), v{1, 1}, c{1, 1}, r(2), a(2);
+    (void)pt::sampling::distinct_n(pt::exec::seq, tok, pt::uniform_groups{6}, pt::uniform_groups{1}, lex, pt::sampling::distinct_n_options{2});
+    CHECK(lex[0] == doctest::Approx(2.0 / 5));  // 12 21 12 21 12
+    CHECK(lex[1] == 1.0);
+    adv::multirole_rewards(pt::exec::seq, v, c, lex, pt::uniform_groups{2}, r);
+    (void)adv::grpo(pt::exec::seq, r, pt::uniform_groups{2}, a);
+    CHECK(a[1] > 0);
+    CHECK(a[0] < 0);
+}
+
+TEST_CASE("multirole_rewards: bad input") {
+    std::vector<double> v{1, 0}, c{1, -1}, l{0, 0}, r(2), shortr(1);
+    CHECK_THROWS_AS(adv::multirole_rewards(pt::exec::seq, v, c, l, pt::uniform_groups{2}, r), pt::invalid_argument);
+    c[1] = 1;
+    CHECK_THROWS_AS(adv::multirole_rewards(pt::exec::seq, v, c, l, pt::uniform_groups{2}, shortr), pt::invalid_argument);
+    adv::multirole_options o;
+    o.scale = adv::perspective_scale::cap;
+    o.cap = 0;
+    CHECK_THROWS_AS(adv::multirole_rewards(pt::exec::seq, v, c, l, pt::uniform_groups{2}, r, o), pt::invalid_argument);
+    v[0] = std::nan("");
+    CHECK_THROWS_AS(adv::multirole_rewards(pt::exec::seq, v, c, l, pt::uniform_groups{2}, r), pt::invalid_argument);
+    v[0] = 0;
+    CHECK_THROWS_AS(adv::multirole_rewards(pt::exec::seq, v, c, l, pt::uniform_groups{3}, r), pt::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("bmas: by hand", B, POSTTRAIN_HOST_BACKENDS) {
+    // rows: e0 = (1,0), e1 = (0,1), e2 = (1,1), e3 = (0,0), e4 = (-1,0)
+    std::vector<double> emb{1, 0, 0, 1, 1, 1, 0, 0, -1, 0};
+    const auto E = matrix(emb, 5, 2);
+    // row 0: response {0, 2}, reference {1}; row 1: response {4}, reference {0} (cos -1);
+    // row 2: empty response; row 3: response {3} (zero vector), reference {0, 0}
+    std::vector<std::int64_t> u{0, 2, 4, 9, 7, 7, 3, 0}, um{1, 1, 1, 0, 0, 0, 1, 0};
+    std::vector<std::int64_t> v{1, 0, 0, 0, 0, 0, 0, 0}, vm{1, 0, 1, 0, 1, 0, 1, 1};
+    std::vector<double> s(4);
+    const pt::tensor_view<const std::int64_t, 2> U(u.data(), 4, 2), UM(um.data(), 4, 2), V(v.data(), 4, 2), VM(vm.data(), 4, 2);
+    adv::bmas(B::policy(), E, U, UM, V, VM, s);
+    const double h = 1 / std::sqrt(2.0);
+    CHECK(s[0] == doctest::Approx(0.5 * ((0 + h) / 2 + h)));
+    CHECK(s[1] == doctest::Approx(-1.0));
+    CHECK(s[2] == 0.0);
+    CHECK(s[3] == 0.0);  // a zero embedding has cosine 0 with everything
+    adv::bmas(B::policy(), E, U, UM, V, VM, s, {.clip_to_unit = true});
+    CHECK(s[1] == 0.0);
+    // Identical sequences score 1.
+    std::vector<std::int64_t> same{0, 1}, ones{1, 1};
+    std::vector<double> one(1);
+    const pt::tensor_view<const std::int64_t, 2> S(same.data(), 1, 2), M(ones.data(), 1, 2);
+    adv::bmas(B::policy(), E, S, M, S, M, one);
+    CHECK(one[0] == doctest::Approx(1.0));
+}
+
+TEST_CASE("bmas: bad input and seq == par") {
+    std::vector<double> emb{1, 0, 0, 1};
+    std::vector<std::int64_t> u{0, 2}, m{1, 1}, v{0, 1};
+    std::vector<double> s(1);
+    const pt::tensor_view<const std::int64_t, 2> U(u.data(), 1, 2), M(m.data(), 1, 2), V(v.data(), 1, 2);
+    CHECK_THROWS_AS(adv::bmas(pt::exec::seq, matrix(emb, 2, 2), U, M, V, M, s), pt::invalid_argument);  // id 2 of 2 rows
+    std::vector<double> s2(2);
+    CHECK_THROWS_AS(adv::bmas(pt::exec::seq, matrix(emb, 2, 2), V, M, V, M, s2), pt::invalid_argument);
+    emb[0] = INFINITY;
+    CHECK_THROWS_AS(adv::bmas(pt::exec::seq, matrix(emb, 2, 2), V, M, V, M, s), pt::invalid_argument);
+
+    using pt::index_t;
+    const index_t Bn = 300, T = 20, d = 16, Vn = 50;
+    std::vector<double> E(std::size_t(Vn * d));
+    for (std::size_t i = 0; i < E.size(); ++i) E[i] = std::sin(double(i) * 0.37);
+    std::vector<std::int64_t> tu(std::size_t(Bn * T)), tm(std::size_t(Bn * T));
+    for (std::size_t i = 0; i < tu.size(); ++i) {
+        tu[i] = std::int64_t((i * 7919) % Vn);
+        tm[i] = (i % 5) != 0;
+    }
+    std::vector<double> a(static_cast<std::size_t>(Bn)), b(static_cast<std::size_t>(Bn));
+    const pt::tensor_view<const std::int64_t, 2> TU(tu.data(), Bn, T), TM(tm.data(), Bn, T);
+    adv::bmas(pt::exec::seq, matrix(E, Vn, d), TU, TM, TU, TM, a);
+    adv::bmas(pt::exec::par.with_threads(4), matrix(E, Vn, d), TU, TM, TU, TM, b);
+    CHECK(pt::test::bitwise_equal(a, b));
+}
