@@ -1,28 +1,32 @@
-// credit_gridworld: why step-level credit helps a multi-turn agent. A grid world with a key, a door
-// and dead ends is solved by a tabular softmax policy trained with posttrain's advantages:
+// credit_gridworld: why step-level credit helps a multi-turn agent. A key-and-door grid world with
+// dead ends is solved by a tabular softmax policy trained with posttrain's advantages:
 //
-//   grpo          advantage::grpo over the episode returns of each episode group, the trajectory's
-//                 advantage broadcast to all of its steps (outcome-only credit)
-//   gigpo         credit::gigpo, default options (mean_norm, per-trajectory episode statistics)
-//   gigpo_verl    credit::gigpo, gigpo_options::verl_agent() (mean_norm, across-steps statistics)
-//   gigpo_verl_std credit::gigpo, gigpo_options::verl_agent(mean_std_norm) (verl-agent's example scripts)
-//   salt          credit::salt (state_action merge, alpha = 1) over the GRPO trajectory advantages
+//   grpo            advantage::grpo (default: std-normalised) over the episode returns of each episode
+//                   group; the trajectory's advantage is broadcast to all of its steps (outcome-only credit)
+//   grpo_mean       the same without the std (scale::none): exactly GiGPO's episode level alone
+//                   (checked below), so gigpo - grpo_mean is the step level's contribution
+//   gigpo           credit::gigpo, default options (mean_norm, per-trajectory episode statistics)
+//   gigpo_verl      credit::gigpo, gigpo_options::verl_agent() (mean_norm, across-steps statistics)
+//   gigpo_verl_std  credit::gigpo, gigpo_options::verl_agent(mean_std_norm) (verl-agent's example scripts)
+//   salt            credit::salt (state_action merge, alpha = 1) over the grpo trajectory advantages
 //
-// The task. One map (below): the agent starts in the left room, must fetch the key from a dead-end
-// cell, walk through the door ('D', passable only with the key) and reach the goal ('G'). Actions:
-// up, down, left, right; walking into a wall (or a locked door) keeps the agent where it is. The
-// reward is sparse: 1 on reaching the goal, which ends the episode, 0 otherwise; an episode ends
-// unsolved after `horizon` turns. The observation (and the policy's state) is (cell, has key): the
-// history is not part of it, so the same state comes back again and again -- within one
-// trajectory (bumping a wall, walking back) and across the trajectories of a group -- which is what
-// GiGPO's anchor states and SALT's graph merge on.
+// The task (kMap below): a corridor with five dead-end branches hanging off it. The key 'K' is at
+// the corridor's left end; the door 'D' at the bottom of the middle branch opens only with the key,
+// and the goal 'G' lies behind it. Actions: up, down, left, right; walking into a wall (or the
+// locked door) keeps the agent where it is. The reward is sparse: 1 on reaching the goal, which ends
+// the episode, 0 otherwise; an episode ends unsolved after `horizon` turns (30; the shortest paths
+// from the two start cells take 11 and 17). The observation (and the policy's state) is (cell, has
+// key) without history, so the same state comes back again and again -- within one trajectory
+// (bumping a wall, walking back) and across the trajectories of a group -- which is what GiGPO's
+// anchor states and SALT's graph merge on. Most steps are shared; what matters is a few decisions
+// (turn back for the key, skip the dead ends, take the branch with the door).
 //
 // Training. Each step rolls out `groups` episode groups of `group` trajectories; all trajectories
-// of a group start in the same cell (the start cells are the map's 'S' cells, one per group in
-// turn). The environments advance in lockstep and every turn appends one row per live environment
-// to the step records (episode group, trajectory, a 64-bit key of the observation text, action key,
-// reward, step index) -- interleaved rows, as a batched multi-turn rollout loop produces them. The
-// records then give every step an advantage A_i, and one REINFORCE step is taken on the logits:
+// of a group start in the same cell (the map's 'S' cells, one per group in turn). The environments
+// advance in lockstep and every turn appends one row per live environment to the step records
+// (episode group, trajectory, a 64-bit key of the observation text, action key, reward, step index)
+// -- interleaved rows, as a batched multi-turn rollout loop produces them. The records then give
+// every step an advantage A_i, and one REINFORCE step is taken on the logits:
 //
 //     logits[s_i] += lr / T * sum_i A_i * (onehot(a_i) - softmax(logits[s_i]))     (T trajectories)
 //
@@ -32,14 +36,18 @@
 // Metrics, after every `eval_every` training steps: the policy's exact probability of reaching the
 // goal within the horizon and its exact expected episode length (capped at the horizon), averaged
 // over the start cells. Both are computed by propagating the state distribution of the stochastic
-// policy turn by turn (no sampling noise). Reported as mean and standard error over seeds.
+// policy turn by turn (no sampling noise). Reported as mean and standard error over seeds, and the
+// number of training steps until the success rate first reaches 0.9.
 //
-// Usage: credit_gridworld [--csv PATH] [--seeds N] [--steps N] [--eval-every N] [--lr X]
-//                         [--group G] [--horizon H] [--gamma X] [--seed S] [--threads N]
-// The defaults are a quick run (seconds; CI builds and runs every example). scripts/credit-study runs
-// the full study and draws docs/algorithms/figures/credit_study.png; docs/algorithms/credit_study.md
-// explains it. Everything is seeded (std::mt19937_64, sampling done here): the output is identical run
-// to run, with any --threads (runs are independent and each is sequential).
+// Before training, two checks on a real batch (the program fails if either does not hold):
+// exec::par gives exec::seq's bits for every estimator, and GiGPO with step_weight 0 equals grpo_mean.
+//
+// Usage: credit_gridworld [--csv PATH] [--seeds N] [--steps N] [--eval-every N] [--lr X] [--group G]
+//                         [--groups B] [--horizon H] [--gamma X] [--seed S] [--threads N] [--map FILE]
+// The defaults are a quick run (well under a second; CI builds every example). scripts/credit-study
+// runs the full study and draws docs/algorithms/figures/credit_study.png; docs/algorithms/credit_study.md
+// explains it. Everything is seeded (std::mt19937_64, sampling done here): the output is identical
+// run to run and with any --threads (runs are independent and each is sequential).
 
 #include <posttrain/posttrain.hpp>
 
@@ -65,7 +73,8 @@ namespace {
 // ---- the world ------------------------------------------------------------------------------------
 
 // '#' wall, '.' floor, 'S' a start cell (floor), 'K' the key (picked up on entering), 'D' the door
-// (a wall without the key), 'G' the goal.
+// (a wall without the key), 'G' the goal. --map FILE reads another map in the same characters
+// (the border must be walls).
 const std::vector<std::string> kMap = {
     "#############",
     "#K.S.....S..#",
@@ -87,8 +96,16 @@ struct world {
     int goal = -1, key = -1, door = -1;
 
     explicit world(std::vector<std::string> m) : map(std::move(m)) {
+        if (map.empty()) throw std::runtime_error("empty map");
         rows = int(map.size());
         cols = int(map[0].size());
+        // Every move stays inside the map because its border is wall.
+        for (int r = 0; r < rows; ++r) {
+            if (int(map[std::size_t(r)].size()) != cols) throw std::runtime_error("map rows differ in length");
+            for (int c = 0; c < cols; ++c)
+                if ((r == 0 || c == 0 || r == rows - 1 || c == cols - 1) && map[std::size_t(r)][std::size_t(c)] != '#')
+                    throw std::runtime_error("the map's border must be walls ('#')");
+        }
         for (int r = 0; r < rows; ++r)
             for (int c = 0; c < cols; ++c) {
                 const char ch = map[std::size_t(r)][std::size_t(c)];
