@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "tokens.hpp"
 
 namespace posttrain::advantage {
 
