@@ -43,6 +43,7 @@ using posttrain::advantage::detail::check_same_shape;
 using posttrain::advantage::detail::mask_weight;
 using posttrain::detail::require;
 using posttrain::detail::str;
+using posttrain::detail::where;
 
 template <class T>
 void check_finite_tokens3(tensor_view<const T, 3> x, auto valid, where w) {
