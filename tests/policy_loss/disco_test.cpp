@@ -156,6 +156,13 @@ TEST_CASE("disco: the code's values keep the gradient (and the penalty is hinge 
     CHECK(ref.penalty == doctest::Approx(20 * (exact.kl - o.delta) * exact.kl).epsilon(1e-14));
     CHECK(exact.penalty == doctest::Approx(10 * (exact.kl - o.delta) * (exact.kl - o.delta)).epsilon(1e-14));
     for (std::size_t k = 0; k < g1.size(); ++k) CHECK(g2[k] == doctest::Approx(g1[k]).epsilon(1e-13));
+
+    // grad_scale multiplies the gradient, not the value.
+    std::vector<double> g3(g2.size());
+    const auto scaled = pl::disco(pt::exec::seq, matrix(b.lp, b.B, b.T), matrix(b.old, b.B, b.T), matrix(b.mask, b.B, b.T),
+                                  b.rewards, pt::ragged(b.offsets), matrix(g3, b.B, b.T), o, -2.0);
+    CHECK(scaled.loss == ref.loss);
+    for (std::size_t k = 0; k < g2.size(); ++k) CHECK(g3[k] == -2.0 * g2[k]);
 }
 
 TEST_CASE("disco: edge cases") {

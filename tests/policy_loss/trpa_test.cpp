@@ -141,6 +141,15 @@ TEST_CASE("trpa: the objective is the pairwise loss plus the trust region") {
     CHECK(f.preference_loss == p.loss);
     CHECK(f.trust_region_kl == doctest::Approx(kl.loss).epsilon(1e-14));
     CHECK(f.loss == doctest::Approx(p.loss + 0.3 * kl.loss).epsilon(1e-14));
+
+    // grad_scale multiplies the gradient, not the value.
+    std::vector<double> g1(b.lp.size()), g2(b.lp.size());
+    (void)pl::trpa(pt::exec::seq, matrix(b.lp, b.B, b.T), matrix(b.ref, b.B, b.T), matrix(b.old, b.B, b.T),
+                   matrix(b.mask, b.B, b.T), b.levels, pt::ragged(b.offsets), matrix(g1, b.B, b.T), o);
+    const auto s = pl::trpa(pt::exec::seq, matrix(b.lp, b.B, b.T), matrix(b.ref, b.B, b.T), matrix(b.old, b.B, b.T),
+                            matrix(b.mask, b.B, b.T), b.levels, pt::ragged(b.offsets), matrix(g2, b.B, b.T), o, 0.5);
+    CHECK(s.loss == f.loss);
+    for (std::size_t k = 0; k < g1.size(); ++k) CHECK(g2[k] == 0.5 * g1[k]);
 }
 
 TEST_CASE("trpa: bad input is refused by name") {
