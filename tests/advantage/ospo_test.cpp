@@ -49,3 +49,13 @@ TEST_CASE("ospo: bad input is refused under its own name") {
     CHECK_THROWS_WITH_AS((void)adv::ospo(pt::exec::seq, r, pt::uniform_groups{3}, a), doctest::Contains("ospo"),
                          pt::invalid_argument);
 }
+
+TEST_CASE("ospo: the docs example compiles and runs") {
+    const std::vector<double> rewards = {1, 2, 3, 4};
+    const std::vector<std::int64_t> step_ids = {0, 1, 0, 1};
+    // docs/algorithms/ospo.md
+    const auto steps = pt::grouping::from_ids(pt::exec::seq, step_ids);
+    std::vector<double> adv(rewards.size());
+    (void)pt::advantage::ospo(pt::exec::par, rewards, steps, adv);
+    CHECK(adv == std::vector<double>{-1, -1, 1, 1});
+}

@@ -322,3 +322,19 @@ TEST_CASE("reproduction: the difficulty-bias weights of GRPO, Dr. GRPO and DisCO
                      << w_disco);
     }
 }
+
+TEST_CASE("disco: the docs example compiles and runs") {
+    const batch b = random_batch({4, 4}, 3, 8, 0.2);
+    const auto log_probs = matrix(b.lp, b.B, b.T), old_log_probs = matrix(b.old, b.B, b.T), mask = matrix(b.mask, b.B, b.T);
+    const std::vector<double>& rewards = b.rewards;
+    const std::vector<std::int64_t> uids = {5, 5, 5, 5, 2, 2, 2, 2};
+    std::vector<double> g(b.lp.size());
+    auto grad_log_probs = matrix(g, b.B, b.T);
+    // docs/algorithms/disco.md
+    namespace pl = posttrain::policy_loss;
+    auto o = pl::disco_options::official(pl::disco_score::log_likelihood, pl::disco_objective::log_sum_exp);
+    auto r = pl::disco(posttrain::exec::par, log_probs, old_log_probs, mask, rewards,
+                       posttrain::grouping::from_ids(posttrain::exec::seq, uids), grad_log_probs, o);
+    CHECK(std::isfinite(r.loss));
+    CHECK(r.groups == 2);
+}

@@ -138,3 +138,17 @@ TEST_CASE_TEMPLATE("reg_grpo: every policy gives the bits of exec::seq", Backend
     CHECK(r0.loss == r1.loss);
     CHECK(pt::test::bitwise_equal(g0, g1));
 }
+
+TEST_CASE("reg_grpo: the docs example compiles and runs") {
+    const batch b = random_batch({4, 4}, 3, 8);
+    const index_t B = b.B, G = 4;
+    const auto log_probs = matrix(b.lp, b.B, b.T), old_log_probs = matrix(b.old, b.B, b.T), mask = matrix(b.mask, b.B, b.T);
+    const std::vector<double>& rewards = b.adv;
+    std::vector<double> g(b.lp.size());
+    auto grad_log_probs = matrix(g, b.B, b.T);
+    // docs/algorithms/reg_grpo.md
+    std::vector<double> adv(static_cast<std::size_t>(B));
+    (void)pt::advantage::grpo(pt::exec::seq, rewards, pt::uniform_groups{G}, adv);
+    auto r = pt::policy_loss::reg_grpo(pt::exec::par, log_probs, old_log_probs, mask, adv, pt::uniform_groups{G}, grad_log_probs);
+    CHECK(r.rows == B);
+}

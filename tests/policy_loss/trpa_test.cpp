@@ -184,3 +184,18 @@ TEST_CASE_TEMPLATE("trpa: every policy gives the bits of exec::seq", Backend, PO
     CHECK(r0.pairs == r1.pairs);
     CHECK(pt::test::bitwise_equal(g0, g1));
 }
+
+TEST_CASE("trpa: the docs example compiles and runs") {
+    const batch b = random_batch({4, 4}, 3, 8);
+    const auto log_probs = matrix(b.lp, b.B, b.T), ref_log_probs = matrix(b.ref, b.B, b.T),
+               old_log_probs = matrix(b.old, b.B, b.T), mask = matrix(b.mask, b.B, b.T);
+    const std::vector<std::int64_t> uids = {5, 5, 5, 5, 2, 2, 2, 2};
+    std::vector<double> g(b.lp.size());
+    auto grad_log_probs = matrix(g, b.B, b.T);
+    // docs/algorithms/trpa.md
+    namespace pl = posttrain::policy_loss;
+    std::vector<std::int64_t> levels = b.levels; /* trpa_preference_level(verifier(response)) */
+    auto r = pl::trpa(posttrain::exec::par, log_probs, ref_log_probs, old_log_probs, mask, levels,
+                      posttrain::grouping::from_ids(posttrain::exec::seq, uids), grad_log_probs, pl::trpa_options::official());
+    CHECK(std::isfinite(r.loss));
+}
