@@ -162,7 +162,7 @@ struct batch_kl {
     double value = 0, tokens = 0;
 };
 
-POSTTRAIN_HD inline value_grad kl_term(double lp, double old, const kl_options& o, bool reversed) noexcept {
+POSTTRAIN_HD inline value_grad sequence_kl_token(double lp, double old, const kl_options& o, bool reversed) noexcept {
     if (!reversed) return kl_token(lp, old, o);
     const auto r = kl_token(old, lp, o);
     return {r.value, -r.grad};  // d / d(second argument) of every unclamped non-straight-through estimator
@@ -178,7 +178,7 @@ batch_kl batch_kl_mean(const Policy& policy, tensor_view<const A, 2> lp, tensor_
         sum[std::size_t(i)] = posttrain::detail::fixed_order_sum(T, [&](index_t t) {
             if (mask_weight(m(i, t)) == 0) return 0.0;
             n += 1;
-            return kl_term(double(lp(i, t)), double(old(i, t)), o, reversed).value;
+            return sequence_kl_token(double(lp(i, t)), double(old(i, t)), o, reversed).value;
         });
         cnt[std::size_t(i)] = n;
     });
@@ -206,7 +206,7 @@ void write_sequence_grad(const Policy& policy, tensor_view<G, 2> g, tensor_view<
             }
             const double x = double(lp(i, t));
             double d = c != 0 ? c * term_grad(k, x, double(other(i, t))) : 0.0;
-            if (kl_weight != 0) d += kl_weight * kl_term(x, double(kl_other(i, t)), ko, kl_reversed).grad;
+            if (kl_weight != 0) d += kl_weight * sequence_kl_token(x, double(kl_other(i, t)), ko, kl_reversed).grad;
             g(i, t) = static_cast<G>(d * grad_scale);
         }
     });
