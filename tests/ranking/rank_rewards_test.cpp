@@ -39,6 +39,14 @@ TEST_CASE("rank rewards: min-rank and average-position ties, by hand") {
     CHECK(rk::detail::position_reward(2, 5) == 0.5);
 }
 
+TEST_CASE("rank rewards: one large tied group costs linear time and shares one reward") {
+    const std::vector<double> s(200000, 1.0);
+    std::vector<double> r(s.size());
+    rk::rank_rewards(pt::exec::seq, s, pt::uniform_groups{index_t(s.size())}, r, {rk::tie_rule::average_position});
+    for (double x : r) REQUIRE(x == r[0]);
+    CHECK(r[0] == doctest::Approx(0.5).epsilon(1e-12));
+}
+
 TEST_CASE_TEMPLATE("rank advantages: the z-score of the rank rewards, as GRPO's; seq == par", B, POSTTRAIN_HOST_BACKENDS) {
     const auto off = pt::test::random_offsets(3000, 20, 31);
     std::vector<double> s(std::size_t(off.back()));

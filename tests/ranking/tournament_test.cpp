@@ -386,6 +386,8 @@ TEST_CASE("tournaments: bad input gives invalid_argument naming the function and
     CHECK_THROWS_WITH_AS((void)rk::single_elimination(pt::exec::seq, pt::uniform_groups{4}, quality_judge{&q}, r, pt::none,
                                                       {.anchor = -1}),
                          doctest::Contains("options.anchor"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)rk::round_robin(pt::exec::seq, pt::uniform_groups{4}, quality_judge{&q}, r, r),
+                         doctest::Contains("overlaps"), pt::invalid_argument);
     std::vector<double> short_adv(3);
     CHECK_THROWS_WITH_AS((void)rk::round_robin(pt::exec::seq, pt::uniform_groups{4}, quality_judge{&q}, r, short_adv),
                          doctest::Contains("advantages"), pt::invalid_argument);

@@ -21,8 +21,8 @@
 #include <variant>
 #include <vector>
 
+#include "../core/numeric.hpp"
 #include "../policy_loss/policy_loss.hpp"
-#include "../sampling/scores.hpp"  // sampling::detail::rounded: float32 steps kept apart from FMA contraction
 #include "grpo.hpp"
 
 namespace posttrain::advantage {
@@ -76,7 +76,7 @@ double answer_entropy(const Answer& answer, index_t n, const copo_options& o) {
         ++distinct.back().second;
     }
     std::sort(distinct.begin(), distinct.end());
-    using posttrain::sampling::detail::rounded;
+    using posttrain::detail::rounded;
     if (o.float32) {
         float h = 0;
         const float eps = static_cast<float>(o.entropy_epsilon);
@@ -99,7 +99,7 @@ inline double copo_global_reward(double mean, double entropy, index_t n, const c
     if (!o.reward_coef) return mean;
     double lambda = n > 1 ? (1.0 - 1.0 / double(n)) / std::log2(double(n)) : (o.nan_singleton_coef ? std::nan("") : 0.0);
     if (o.float32) {
-        using posttrain::sampling::detail::rounded;
+        using posttrain::detail::rounded;
         const float c = 1.0f - rounded(static_cast<float>(lambda) * static_cast<float>(entropy));
         return mean * double(c);
     }
@@ -184,7 +184,7 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
                 float m2 = 0;
                 for (double v : prompts) {
                     const float d = static_cast<float>(v) - mean;
-                    m2 = posttrain::sampling::detail::rounded(m2 + posttrain::sampling::detail::rounded(d * d));
+                    m2 = posttrain::detail::rounded(m2 + posttrain::detail::rounded(d * d));
                 }
                 const float sd = P > 1 ? std::sqrt(m2 / static_cast<float>(P - 1)) : std::nanf("");
                 res.global_mean = mean, res.global_std = sd;

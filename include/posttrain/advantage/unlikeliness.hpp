@@ -17,7 +17,6 @@
 
 #include "common.hpp"
 #include "tokens.hpp"
-#include "../sampling/scores.hpp"  // sampling::detail::rounded: float32 steps kept apart from FMA contraction
 
 namespace posttrain::advantage {
 
@@ -113,7 +112,7 @@ unlikeliness_result unlikeliness_rewards(const Policy& policy, const Rewards& re
                     const index_t j = order[std::size_t(k)];
                     double mult = 1.0 - options.beta * (double(k) / double(n));
                     if (options.float32_multiplier)
-                        mult = double(1.0f - posttrain::sampling::detail::rounded(static_cast<float>(double(k) / double(n)) *
+                        mult = double(1.0f - posttrain::detail::rounded(static_cast<float>(double(k) / double(n)) *
                                                                               static_cast<float>(options.beta)));
                     out(rows(j)) = static_cast<O>(value[std::size_t(j)] * mult);
                 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -64,7 +65,8 @@ template <class Body>
 void for_blocks(const exec::parallel_policy& p, index_t n, index_t cost_per_item, Body&& body) {
     if (n <= 0) return;
     const int threads = thread_count(p);
-    const index_t work = n * (cost_per_item > 0 ? cost_per_item : 1);
+    const index_t cost = cost_per_item > 0 ? cost_per_item : 1;
+    const index_t work = n > std::numeric_limits<index_t>::max() / cost ? std::numeric_limits<index_t>::max() : n * cost;
     if (threads <= 1 || work < parallel_grain) {
         body(index_t{0}, n);
         return;

@@ -97,6 +97,16 @@ inline double fixed_order_sum(const double* v, index_t n) noexcept {
 
 inline bool is_nan(double x) noexcept { return x != x; }
 
+// x, rounded to T and kept apart from the arithmetic around it. GCC's C++ default
+// -ffp-contract=fast fuses a product into a following addition (one FMA, one rounding) whenever
+// the target has FMA (-march=native), across statements too; the float32 forms must round every
+// step as torch does, and the float64 forms should not change bits with the target either.
+template <class T>
+inline T rounded(T x) noexcept {
+    volatile T kept = x;
+    return kept;
+}
+
 // numpy's float64 add.reduce order (pairwise: eight accumulators over blocks of 128, halves above),
 // for results that must be np.sum's / np.mean's bits (ArenaRL's anchor score, MMR1's mean self-BLEU).
 inline double numpy_sum(const double* a, index_t n) {

@@ -154,7 +154,7 @@ public:
     void operator()(std::span<const match> batch, std::span<scores> out) {
         pending_.clear();
         for (std::size_t k = 0; k < batch.size(); ++k) pending_.push_back(k);
-        for (int attempt = 0; attempt <= retries_ && !pending_.empty(); ++attempt) {
+        for (long long attempt = 0; attempt <= retries_ && !pending_.empty(); ++attempt) {
             ask_.clear();
             for (std::size_t k : pending_) ask_.push_back(batch[k]);
             answers_.resize(ask_.size());

@@ -101,11 +101,18 @@ inline void rank_counts_of_group(const double* score, index_t n, std::vector<ind
 }
 
 // Rewards of one group from its scores (local order), written to reward[0..n).
+// A tied run shares one reward: it is computed once per run (from its first member in rank order),
+// so a group of n equal scores costs O(n), not O(n^2) under tie_rule::average_position.
 inline void rank_rewards_of_group(tie_rule rule, const double* score, index_t n, std::vector<index_t>& order,
                                   std::vector<rank_counts>& counts, double* reward) {
     counts.resize(static_cast<std::size_t>(n));
     rank_counts_of_group(score, n, order, counts.data());
-    for (index_t j = 0; j < n; ++j) reward[j] = reward_from_counts(rule, counts[std::size_t(j)], n);
+    for (index_t k = 0; k < n;) {
+        const rank_counts& c = counts[std::size_t(order[std::size_t(k)])];
+        const double r = reward_from_counts(rule, c, n);
+        for (index_t q = k; q < k + c.equal; ++q) reward[order[std::size_t(q)]] = r;
+        k += c.equal;
+    }
 }
 
 inline advantage::grpo_options zscore_as_grpo(const zscore_options& z) {
@@ -168,6 +175,25 @@ void rank_rewards_entry(const Scores& scores, const Groups& groups, Rewards& rew
         sv, rv);
 }
 
+// The argument checks of rank_advantages, shared by every backend: rewards_of(s, layout) returns the
+// rank rewards (row order), zscore(rewards, advantages_view) writes the advantages.
+template <class Scores, class Groups, class Advantages, class RewardsOf, class ZScore>
+group_stats_result rank_advantages_entry(const Scores& scores, const Groups& groups, Advantages& advantages,
+                                         const rank_advantage_options& options, RewardsOf&& rewards_of, ZScore&& zscore) {
+    constexpr const char* fn = "posttrain::ranking::rank_advantages";
+    check_zscore_options(options.zscore, fn);
+    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
+    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
+    return std::visit(
+        [&](auto s, auto a) {
+            advantage::detail::check_extent(a.extent(0), s.extent(0), {fn, "advantages"}, "length (one per score)");
+            advantage::detail::check_finite(s, {fn, "scores"});
+            const std::vector<double> r = rewards_of(s, posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"}));
+            return zscore(r, a);
+        },
+        sv, av);
+}
+
 }  // namespace detail
 
 // Rank rewards of scores[N] within each group of the layout (higher score = better rank), written to
@@ -189,19 +215,10 @@ group_stats_result rank_advantages(const Policy& policy, const Scores& scores, c
                                    Advantages&& advantages, const rank_advantage_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::ranking::rank_advantages: host policy expected "
                                        "(exec::thrust: include <posttrain/thrust/ranking.hpp>)");
-    constexpr const char* fn = "posttrain::ranking::rank_advantages";
-    detail::check_zscore_options(options.zscore, fn);
-    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
-    auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
-    return std::visit(
-        [&](auto s, auto a) {
-            advantage::detail::check_extent(a.extent(0), s.extent(0), {fn, "advantages"}, "length (one per score)");
-            advantage::detail::check_finite(s, {fn, "scores"});
-            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
-            const std::vector<double> r = detail::rank_rewards_rows(policy, s, layout, options.ties);
-            return detail::zscore_into(policy, r, groups, a, options.zscore);
-        },
-        sv, av);
+    return detail::rank_advantages_entry(
+        scores, groups, advantages, options,
+        [&](auto s, const auto& layout) { return detail::rank_rewards_rows(policy, s, layout, options.ties); },
+        [&](const std::vector<double>& r, auto a) { return detail::zscore_into(policy, r, groups, a, options.zscore); });
 }
 
 }  // namespace posttrain::ranking

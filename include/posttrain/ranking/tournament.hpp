@@ -504,10 +504,11 @@ public:
         for (index_t k = 0; k < n_;) {
             index_t e = k;
             while (e < n_ && !better(order[std::size_t(k)], order[std::size_t(e)])) ++e;
+            const double shared = reward_from_counts(tie_rule::average_position, {k, e - k, 1}, n_);
             for (index_t q = k; q < e; ++q) {
                 const index_t r = order[std::size_t(q)];
                 st.tier[std::size_t(r)] = k;
-                st.reward[std::size_t(r)] = reward_from_counts(tie_rule::average_position, {k, e - k, 1}, n_);
+                st.reward[std::size_t(r)] = shared;
             }
             k = e;
         }
@@ -677,6 +678,10 @@ index_t rows_of_outputs(Rewards& rewards, Advantages& advantages, const char* fn
         if (n >= 0) advantage::detail::check_extent(m, n, {fn, "advantages"}, "length (one per row, as rewards)");
         n = m;
     }
+    if constexpr (has_r && has_a)
+        std::visit([&](auto r, auto a) { advantage::detail::check_no_alias(a, r, {fn, "advantages"}, "rewards"); },
+                   posttrain::detail::floating_output<1>(rewards, {fn, "rewards"}),
+                   posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
     return n;
 }
 

@@ -116,7 +116,16 @@ struct pf_ppo_options {
 
 namespace detail {
 
-inline std::vector<double> pf_ppo_weights_of(const std::vector<double>& s, const pf_ppo_options& o) {
+// Lengths are counts: a negative one is an error, not a short response.
+template <class LengthView>
+void check_lengths(const LengthView& len, where at) {
+    using L = std::remove_const_t<typename LengthView::value_type>;
+    if constexpr (std::is_signed_v<L>)
+        for (index_t i = 0; i < len.extent(0); ++i)
+            require(len(i) >= 0, at, "length " + str(i) + " is negative");
+}
+
+inline std::vector<double> pf_ppo_weights_of(const std::vector<double>& s, const pf_ppo_options& o, const char* fn) {
     const auto [lo, hi] = std::minmax_element(s.begin(), s.end());
     std::vector<double> w(s.size());
     for (std::size_t i = 0; i < s.size(); ++i) {
@@ -127,6 +136,11 @@ inline std::vector<double> pf_ppo_weights_of(const std::vector<double>& s, const
             case pf_ppo_method::max_random: v = s[i] == *hi ? 0.4 : 0.1; break;
         }
         w[i] = std::max(v + o.epsilon, o.epsilon);
+        // |s|^p overflows for large |s|, or is inf at s = 0 for p < 0: a weight must stay finite.
+        if (!numeric::is_finite(w[i]))
+            posttrain::detail::raise_invalid_argument(fn, "options.weight_pow",
+                                   "|score|^weight_pow is not finite for score " + str(index_t(i)) + " = " +
+                                       std::to_string(s[i]) + " (weight_pow " + std::to_string(o.weight_pow) + ")");
     }
     return w;
 }
@@ -160,7 +174,7 @@ template <class Policy, class Scores, class Weights>
 void pf_ppo_weights(const Policy&, const Scores& scores, Weights&& weights, const pf_ppo_options& options = {}) {
     constexpr const char* fn = "posttrain::sampling::pf_ppo_weights";
     detail::check_pf_ppo(options, fn);
-    const std::vector<double> w = detail::pf_ppo_weights_of(detail::read_finite(scores, {fn, "scores"}), options);
+    const std::vector<double> w = detail::pf_ppo_weights_of(detail::read_finite(scores, {fn, "scores"}), options, fn);
     std::visit(
         [&](auto out) {
             using E = typename decltype(out)::value_type;
@@ -178,7 +192,7 @@ template <class Policy, class Scores, class Out>
 sample_result pf_ppo_resample(const Policy& policy, const Scores& scores, Out&& indices, const pf_ppo_options& options = {}) {
     constexpr const char* fn = "posttrain::sampling::pf_ppo_resample";
     detail::check_pf_ppo(options, fn);
-    const std::vector<double> w = detail::pf_ppo_weights_of(detail::read_finite(scores, {fn, "scores"}), options);
+    const std::vector<double> w = detail::pf_ppo_weights_of(detail::read_finite(scores, {fn, "scores"}), options, fn);
     return sample_with_replacement(policy, w, std::forward<Out>(indices),
                                    weighted_options{options.seed, options.stream, zero_weights::error});
 }
@@ -270,10 +284,7 @@ void overlong_penalty(const Policy& policy, const Lengths& lengths, Penalty&& pe
         [&](auto len, auto out) {
             using E = typename decltype(out)::value_type;
             detail::require(out.extent(0) == len.extent(0), {fn, "penalty"}, "expected one entry per length");
-            using L = std::remove_const_t<typename decltype(len)::value_type>;
-            if constexpr (std::is_signed_v<L>)
-                for (index_t i = 0; i < len.extent(0); ++i)
-                    detail::require(len(i) >= 0, {fn, "lengths"}, "length " + detail::str(i) + " is negative");
+            detail::check_lengths(len, {fn, "lengths"});
             posttrain::detail::for_blocks(policy, len.extent(0), 1, [&](index_t lo, index_t hi) {
                 for (index_t i = lo; i < hi; ++i) {
                     const double exceed = static_cast<double>(len(i)) - expected;
@@ -295,6 +306,7 @@ index_t truncated_by_length(const Policy&, const Lengths& lengths, Truncated&& t
         [&](auto len, auto out) {
             using E = typename decltype(out)::value_type;
             detail::require(out.extent(0) == len.extent(0), {fn, "truncated"}, "expected one entry per length");
+            detail::check_lengths(len, {fn, "lengths"});
             index_t count = 0;
             for (index_t i = 0; i < len.extent(0); ++i) {
                 const bool t = static_cast<double>(len(i)) >= static_cast<double>(max_length);

@@ -11,6 +11,7 @@
 // every purpose (alias draws, keys, permutations, ...) without two of them sharing numbers.
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -216,7 +217,11 @@ struct exponential_key {
         using std::log;
         const philox_block b = gen.block(stream, static_cast<std::uint64_t>(i));
         const double e = -log(unit_open_closed(philox_word64(b.v[1], b.v[0])));
-        return w[i] > 0 ? e / w[i] : HUGE_VAL;  // HUGE_VAL: +inf, usable in device code
+        if (!(w[i] > 0)) return HUGE_VAL;  // HUGE_VAL: +inf, usable in device code
+        // A subnormal weight can overflow e / w to +inf; cap it below the zero weights' key, so that a
+        // positive weight is always drawn before any zero weight.
+        const double key = e / w[i];
+        return key < DBL_MAX ? key : DBL_MAX;
     }
 };
 
@@ -263,6 +268,8 @@ sample_result alias_draws(const alias_table& table, Out& indices, const weighted
     constexpr const char* fn = "posttrain::sampling::sample_with_replacement";
     const index_t n = static_cast<index_t>(table.prob.size());
     require(n > 0 && table.alias.size() == table.prob.size(), {fn, "table"}, "empty or inconsistent alias table");
+    require(!(table.uniform_fallback && options.all_zero == zero_weights::error), {fn, "table"},
+            "was built from all-zero weights (a uniform table) and options.all_zero is zero_weights::error");
     check_stream(options.stream, {fn, "options.stream"});
     const alias_draw draw{table.prob.data(), table.alias.data(), n, philox4x32_10(options.seed),
                           stream_word(options.stream, purpose::alias_draw)};
@@ -594,16 +601,24 @@ struct [[nodiscard]] stratified_result {
 
 namespace detail {
 
+// draw * n_b (and rank * buckets) needs up to 126 bits when N exceeds 2^31.5.
+#if defined(__SIZEOF_INT128__)
+__extension__ using mul_div_t = unsigned __int128;
+#else
+using mul_div_t = std::uint64_t;  // exact while N < 2^32
+#endif
+
 inline std::vector<index_t> bucket_of(const std::vector<double>& s, const stratified_options& o) {
     const index_t n = static_cast<index_t>(s.size()), k = o.buckets;
     std::vector<index_t> b(static_cast<std::size_t>(n), 0);
     if (o.edges == bucketing::equal_width) {
         const auto [lo, hi] = std::minmax_element(s.begin(), s.end());
-        const double width = *hi - *lo;
-        if (!(width > 0)) return b;
+        // Halved, the range of finite scores cannot overflow (hi - lo can: -1e308 .. 1e308).
+        const double half_width = *hi / 2 - *lo / 2;
+        if (!(half_width > 0)) return b;
         for (index_t i = 0; i < n; ++i) {
-            const index_t j = static_cast<index_t>((s[static_cast<std::size_t>(i)] - *lo) / width * static_cast<double>(k));
-            b[static_cast<std::size_t>(i)] = std::min(j, k - 1);
+            const double at = (s[static_cast<std::size_t>(i)] / 2 - *lo / 2) / half_width * static_cast<double>(k);
+            b[static_cast<std::size_t>(i)] = static_cast<index_t>(std::clamp(at, 0.0, static_cast<double>(k - 1)));
         }
     } else {
         std::vector<index_t> order(static_cast<std::size_t>(n));
@@ -612,17 +627,12 @@ inline std::vector<index_t> bucket_of(const std::vector<double>& s, const strati
             const double x = s[static_cast<std::size_t>(a)], y = s[static_cast<std::size_t>(c)];
             return x < y || (x == y && a < c);
         });
-        for (index_t r = 0; r < n; ++r) b[static_cast<std::size_t>(order[static_cast<std::size_t>(r)])] = r * k / n;
+        for (index_t r = 0; r < n; ++r)
+            b[static_cast<std::size_t>(order[static_cast<std::size_t>(r)])] =
+                static_cast<index_t>(static_cast<mul_div_t>(r) * static_cast<mul_div_t>(k) / static_cast<mul_div_t>(n));
     }
     return b;
 }
-
-// draw * n_b needs up to 126 bits when N exceeds 2^31.5.
-#if defined(__SIZEOF_INT128__)
-__extension__ using mul_div_t = unsigned __int128;
-#else
-using mul_div_t = std::uint64_t;  // exact while N < 2^32
-#endif
 
 inline std::vector<index_t> allocate(const std::vector<index_t>& size, index_t total, index_t draw, allocation a) {
     const std::size_t k = size.size();
@@ -667,7 +677,8 @@ template <class Policy, class Scores, class Out>
 stratified_result stratified_sample(const Policy& policy, const Scores& scores, Out&& indices,
                                     const stratified_options& options = {}) {
     constexpr const char* fn = "posttrain::sampling::stratified_sample";
-    detail::require(options.buckets > 0, {fn, "options.buckets"}, "must be positive");
+    detail::require(options.buckets > 0 && options.buckets <= (index_t(1) << 32), {fn, "options.buckets"},
+                    "must be in [1, 2^32], found " + detail::str(options.buckets));
     detail::check_stream(options.stream, {fn, "options.stream"});
     std::vector<double> s = std::visit(
         [&](auto v) {

@@ -140,15 +140,7 @@ void check_same_or_disjoint(tensor_view<O, 1> out, tensor_view<const I, 1> in, w
             std::string("the output partly overlaps the input '") + in_name + "'; pass the same view or a separate buffer");
 }
 
-// x, rounded to T and kept apart from the arithmetic around it. GCC's C++ default
-// -ffp-contract=fast fuses a product into a following addition (one FMA, one rounding) whenever
-// the target has FMA (-march=native), across statements too; the float32 forms must round every
-// step as torch does, and the float64 forms should not change bits with the target either.
-template <class T>
-inline T rounded(T x) noexcept {
-    volatile T kept = x;
-    return kept;
-}
+using posttrain::detail::rounded;
 
 // Elementwise work over [0, n): each index written once, so any policy gives the same bits.
 template <class Policy, class Body>
@@ -386,7 +378,10 @@ minmax_result minmax_weights(const Policy& policy, const Values& values, Weights
             minmax_result res;
             res.min = r.nan ? std::nan("") : r.lo;
             res.max = r.nan ? std::nan("") : r.hi;
-            res.all_equal = !r.nan && r.lo == r.hi;
+            // Equal in the arithmetic used: two doubles that round to one float are equal in float32.
+            res.all_equal = !r.nan && (options.arithmetic == precision::float32
+                                           ? static_cast<float>(r.lo) == static_cast<float>(r.hi)
+                                           : r.lo == r.hi);
             using W = typename decltype(w)::value_type;
             if (res.all_equal) {
                 const W fill = options.all_equal_values == all_equal::uniform ? W(1) : W(0);
@@ -403,7 +398,13 @@ minmax_result minmax_weights(const Policy& policy, const Values& values, Weights
                 });
             } else {
                 const double lo = res.min, den = (res.max - res.min) + options.epsilon;
-                detail::for_each_index(policy, N, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) - lo) / den); });
+                if (den < HUGE_VAL) {
+                    detail::for_each_index(policy, N, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) - lo) / den); });
+                } else {
+                    // max - min overflowed (finite values of opposite signs near DBL_MAX): the same ratio, halved.
+                    const double half = (res.max / 2 - lo / 2) + options.epsilon / 2;
+                    detail::for_each_index(policy, N, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) / 2 - lo / 2) / half); });
+                }
             }
             return res;
         },

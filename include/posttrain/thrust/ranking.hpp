@@ -155,19 +155,15 @@ template <class TP, class Scores, class Groups, class Advantages>
 group_stats_result rank_advantages(const exec::thrust_policy<TP>& policy, const Scores& scores, const Groups& groups,
                                    Advantages&& advantages, const rank_advantage_options& options = {}) {
     posttrain::detail::check_host_thrust_policy<TP>();
-    constexpr const char* fn = "posttrain::ranking::rank_advantages";
-    detail::check_zscore_options(options.zscore, fn);
-    auto sv = posttrain::detail::floating_input<1>(scores, {fn, "scores"});
-    return std::visit(
-        [&](auto s) {
-            advantage::detail::check_finite(s, {fn, "scores"});
-            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
-            const detail::thrust_runner<TP> run{policy};
+    const detail::thrust_runner<TP> run{policy};
+    return detail::rank_advantages_entry(
+        scores, groups, advantages, options,
+        [&](auto s, const auto& layout) {
             std::vector<double> r(static_cast<std::size_t>(s.extent(0)));
             detail::thrust_rank_rewards_into(run, s, layout, options.ties, tensor_view<double, 1>(r.data(), s.extent(0)));
-            return run.zscore(r, groups, std::forward<Advantages>(advantages), options.zscore);
+            return r;
         },
-        sv);
+        [&](const std::vector<double>& r, auto a) { return run.zscore(r, groups, a, options.zscore); });
 }
 
 }  // namespace posttrain::ranking
