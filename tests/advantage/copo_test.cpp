@@ -11,6 +11,7 @@
 
 #include "support/backends.hpp"
 #include "support/data.hpp"
+#include "support/gradient.hpp"
 
 namespace pt = posttrain;
 namespace adv = posttrain::advantage;
@@ -167,6 +168,35 @@ TEST_CASE("copo_loss: w = 1 is the local loss alone, w = 0 the global one") {
         CHECK(res.loss == doctest::Approx(ref.loss).epsilon(1e-14));
         for (std::size_t k = 0; k < g.size(); ++k) CHECK(g[k] == doctest::Approx(g_ref[k]).epsilon(1e-14));
     }
+}
+
+TEST_CASE("copo_loss: the KL and entropy terms count once, whatever the blend") {
+    auto b = make_batch(11);
+    std::vector<double> ref(b.lp.size()), ent(b.lp.size());
+    for (std::size_t k = 0; k < ref.size(); ++k) ref[k] = b.old[k] + 0.1 * std::sin(double(k)), ent[k] = 0.5 + 0.3 * std::cos(double(k));
+    auto o = pl::copo_loss_options::official(pl::aggregation::token_mean);
+    o.loss.kl_coef = 0.3, o.loss.entropy_coef = 0.01;
+    pl::extras x;
+    x.ref_log_probs = mat(ref, b.B, b.T);
+    x.entropies = mat(ent, b.B, b.T);
+    // w = 1: exactly the local loss, KL and entropy included.
+    const std::vector<double> ones(std::size_t(b.B), 1.0);
+    std::vector<double> g(b.lp.size()), g_ref(b.lp.size());
+    const auto res = pl::copo_loss(pt::exec::seq, mat(b.lp, b.B, b.T), mat(b.old, b.B, b.T), mat(b.la, b.B, b.T),
+                                   mat(b.ga, b.B, b.T), mat(b.mask, b.B, b.T), ones, out2(g, b.B, b.T), o, x);
+    const auto loc = pl::compute(pt::exec::seq, mat(b.lp, b.B, b.T), mat(b.old, b.B, b.T), mat(b.la, b.B, b.T),
+                                 mat(b.mask, b.B, b.T), out2(g_ref, b.B, b.T), o.loss, x);
+    CHECK(res.loss == loc.loss);
+    CHECK(bitwise_equal(g, g_ref));
+    CHECK(res.global.loss == 0.0);
+    // A general blend: gradient = central differences with KL and entropy on.
+    std::vector<double> grad(b.lp.size());
+    (void)pl::copo_loss(pt::exec::seq, mat(b.lp, b.B, b.T), mat(b.old, b.B, b.T), mat(b.la, b.B, b.T), mat(b.ga, b.B, b.T),
+                        mat(b.mask, b.B, b.T), b.w, out2(grad, b.B, b.T), o, x);
+    pt::test::check_gradient(b.lp, grad, [&] {
+        return pl::copo_loss(pt::exec::seq, mat(b.lp, b.B, b.T), mat(b.old, b.B, b.T), mat(b.la, b.B, b.T), mat(b.ga, b.B, b.T),
+                             mat(b.mask, b.B, b.T), b.w, pt::none, o, x).loss;
+    }, &b.mask, {1e-6, 1e-7});
 }
 
 TEST_CASE_TEMPLATE("copo: seq == par bitwise", B, POSTTRAIN_HOST_BACKENDS) {

@@ -309,11 +309,12 @@ struct copo_loss_options {
 
 struct [[nodiscard]] copo_loss_result {
     double loss = 0;      // local.loss + global.loss
-    loss_result local;    // the local part (its loss already weighted by w); its metrics are unweighted
-    loss_result global;   // the global part (weighted by global_coef (1 - w))
+    loss_result local;    // the local part (its loss already weighted by w) plus the KL and entropy terms once;
+                          // its metrics are unweighted
+    loss_result global;   // the global part (weighted by global_coef (1 - w)): its policy term only
 };
 
-// loss = agg(w_i l^loc) + agg(global_coef (1 - w_i) l^glob), with w = local_weights[B] (copo_blend_weights)
+// loss = agg(w_i l^loc) + agg(global_coef (1 - w_i) l^glob) + kl_coef KL - entropy_coef H (once), with w = local_weights[B] (copo_blend_weights)
 // entering as detached per-token weights; grad_log_probs ([B, T] or posttrain::none) receives the
 // gradient of the sum. local_advantages and global_advantages are [B, T] (the per-row values broadcast
 // by broadcast_to_tokens). Aggregation is linear in the token losses, so the sum of the two
@@ -346,10 +347,17 @@ copo_loss_result copo_loss(const Policy& policy, const LogProbs& log_probs, cons
             extras xl = extra, xg = extra;
             xl.is_weights = tensor_view<const T, 2>(wl.data(), ext, str);
             xg.is_weights = tensor_view<const T, 2>(wg.data(), ext, str);
+            // The blend weights scale only the policy term (compute never weighs its KL or entropy terms by
+            // is_weights), so the KL and entropy terms are added once, by the local call: the global call
+            // runs without them (its entropies stay when they also select tokens: top_entropy_quantile).
+            options og = opts.loss;
+            og.kl_coef = 0, og.entropy_coef = 0;
+            xg.ref_log_probs = {};
+            if (og.top_entropy_quantile >= 1) xg.entropies = {};
             copo_loss_result res;
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
                 res.local = compute(policy, lp, old_log_probs, local_advantages, mask, none, opts.loss, xl);
-                res.global = compute(policy, lp, old_log_probs, global_advantages, mask, none, opts.loss, xg);
+                res.global = compute(policy, lp, old_log_probs, global_advantages, mask, none, og, xg);
             } else {
                 auto gv = posttrain::detail::floating_output<2>(grad_log_probs, {fn, "grad_log_probs"});
                 auto* g = std::get_if<tensor_view<T, 2>>(&gv);
@@ -357,7 +365,7 @@ copo_loss_result copo_loss(const Policy& policy, const LogProbs& log_probs, cons
                 res.local = compute(policy, lp, old_log_probs, local_advantages, mask, *g, opts.loss, xl);
                 std::vector<T> scratch(static_cast<std::size_t>(B * Tn));
                 res.global = compute(policy, lp, old_log_probs, global_advantages, mask,
-                                     tensor_view<T, 2>(scratch.data(), B, Tn), opts.loss, xg);
+                                     tensor_view<T, 2>(scratch.data(), B, Tn), og, xg);
                 posttrain::advantage::detail::for_each_row(policy, B, Tn, [&](index_t i) {
                     for (index_t t = 0; t < Tn; ++t) (*g)(i, t) = static_cast<T>(double((*g)(i, t)) + double(scratch[std::size_t(i * Tn + t)]));
                 });
