@@ -19,7 +19,8 @@ TEST_CASE_TEMPLATE("ttrv: frequency + per-sample entropy, by hand", B, POSTTRAIN
     std::vector<std::int64_t> ids{1, 1, 2, -1, 5, 5, 5};
     std::vector<std::int64_t> off{0, 4, 7};
     std::vector<double> r(7);
-    const auto res = adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r);
+    const adv::ttrv_options with_missing{.missing_id = -1};
+    const auto res = adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r, with_missing);
     CHECK(res.groups == 2);
     CHECK(res.missing_answers == 1);
     CHECK(r[0] == doctest::Approx(0.5 + std::log(0.5)));
@@ -28,16 +29,17 @@ TEST_CASE_TEMPLATE("ttrv: frequency + per-sample entropy, by hand", B, POSTTRAIN
     CHECK(r[4] == 1.0);  // unanimous: p = 1, log p = 0
 
     std::vector<double> h(2);
-    adv::answer_entropy(B::policy(), ids, pt::ragged(off), h);
+    adv::answer_entropy(B::policy(), ids, pt::ragged(off), h, with_missing);
     CHECK(h[0] == doctest::Approx(std::log(2.0)));  // -(0.5 ln 0.5 + 0.25 ln 0.25) = ln 2
     CHECK(h[1] == 0.0);
 
     adv::ttrv_options paper = adv::ttrv_options::paper(0.5);
+    paper.missing_id = -1;
     CHECK(adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r, paper).groups == 2);
     CHECK(r[0] == doctest::Approx(0.5 - 0.5 * std::log(2.0)));
     CHECK(r[2] == doctest::Approx(0.25 - 0.5 * std::log(2.0)));
 
-    adv::ttrv_options norm;
+    adv::ttrv_options norm = with_missing;
     norm.normalize_entropy = true;
     (void)adv::ttrv_rewards(B::policy(), ids, pt::ragged(off), r, norm);
     CHECK(r[2] == doctest::Approx(0.25 + std::log(0.25) / std::log(4.0)));  // = 0.25 - 1
@@ -74,14 +76,41 @@ TEST_CASE("ttrv: edge cases and bad input") {
     std::vector<std::int64_t> bad_off{0, 2};
     CHECK_THROWS_AS((void)adv::ttrv_rewards(pt::exec::seq, ids, pt::ragged(bad_off), r), pt::invalid_argument);
     // All answers missing: every reward is missing_reward, entropy 0.
-    std::vector<std::int64_t> none{-1, -2};
+    std::vector<std::int64_t> none{-1, -1};
     std::vector<double> r2(2), h1(1);
     adv::ttrv_options o;
+    o.missing_id = -1;
     o.missing_reward = -1;
     (void)adv::ttrv_rewards(pt::exec::seq, none, pt::uniform_groups{2}, r2, o);
     CHECK(r2 == std::vector<double>{-1, -1});
-    adv::answer_entropy(pt::exec::seq, none, pt::uniform_groups{2}, h1);
+    adv::answer_entropy(pt::exec::seq, none, pt::uniform_groups{2}, h1, o);
     CHECK(h1[0] == 0.0);
+}
+
+TEST_CASE("ttrv: hashed (negative or unsigned) ids are answers unless they equal missing_id") {
+    // Negative int64 hashes: by default every id is an answer (no "< 0 means missing" rule).
+    const std::vector<std::int64_t> neg{-5, -5, -7, 3};
+    std::vector<double> r(4);
+    const auto res = adv::ttrv_rewards(pt::exec::seq, neg, pt::uniform_groups{4}, r, adv::ttrv_options::frequency_only());
+    CHECK(res.missing_answers == 0);
+    CHECK(r == std::vector<double>{0.5, 0.5, 0.25, 0.25});
+    // Only the sentinel is missing; -7 stays an answer.
+    adv::ttrv_options o = adv::ttrv_options::frequency_only();
+    o.missing_id = -5;
+    const auto res2 = adv::ttrv_rewards(pt::exec::seq, neg, pt::uniform_groups{4}, r, o);
+    CHECK(res2.missing_answers == 2);
+    CHECK(r == std::vector<double>{0, 0, 0.25, 0.25});
+    // Unsigned ids with the top bit set are answers, and a negative sentinel never equals an unsigned id
+    // (UINT64_MAX is not -1).
+    const std::vector<std::uint64_t> u{~0ull, ~0ull, 1ull << 63, 1};
+    o.missing_id = -1;
+    const auto res3 = adv::ttrv_rewards(pt::exec::seq, u, pt::uniform_groups{4}, r, o);
+    CHECK(res3.missing_answers == 0);
+    CHECK(r == std::vector<double>{0.5, 0.5, 0.25, 0.25});
+    o.missing_id = 1;
+    const auto res4 = adv::ttrv_rewards(pt::exec::seq, u, pt::uniform_groups{4}, r, o);
+    CHECK(res4.missing_answers == 1);
+    CHECK(r == std::vector<double>{0.5, 0.5, 0.25, 0});
 }
 
 TEST_CASE("ttrv: seq == par bitwise") {

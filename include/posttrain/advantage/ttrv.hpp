@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -27,8 +29,11 @@ struct ttrv_options {
     double entropy_weight = 1.0;              // the paper's alpha (its value is not published)
     ttrv_entropy entropy_form = ttrv_entropy::per_sample;
     bool normalize_entropy = false;           // divide H (or log p) by log n, so -H lies in [-1, 0]
-    bool negative_ids_missing = true;         // an id < 0 is "no answer extracted": no class of its own
-    double missing_reward = 0.0;              // the whole reward of such a row
+    // The id that means "no answer extracted" (no class of its own), compared by value with the id in its
+    // own type (an unsigned id never equals a negative sentinel). None by default: every id is an answer,
+    // as hashed answer ids (core/groups.hpp hash_id) take every 64-bit value, negative ones included.
+    std::optional<std::int64_t> missing_id = std::nullopt;
+    double missing_reward = 0.0;              // the whole reward of a row whose id is missing_id
 
     // The paper's reading: -H shared by the group (add it after normalisation, or it cancels).
     static constexpr ttrv_options paper(double alpha = 1.0) {
@@ -53,6 +58,12 @@ struct [[nodiscard]] ttrv_result {
 
 namespace detail {
 
+// Whether an id is the options' "no answer" sentinel (std::cmp_equal: by value, no wrap-around of signs).
+template <class Id>
+bool ttrv_missing(Id id, const ttrv_options& o) {
+    return o.missing_id.has_value() && std::cmp_equal(id, *o.missing_id);
+}
+
 // One group's answer classes: (id, count) in ascending id order, plus the group's entropy.
 struct answer_histogram {
     std::vector<std::pair<std::int64_t, index_t>> classes;
@@ -67,9 +78,9 @@ void histogram_of(tensor_view<const Id, 1> ids, const Rows& rows, index_t n, con
     h.classes.clear();
     h.missing = 0;
     for (index_t j = 0; j < n; ++j) {
-        const auto id = static_cast<std::int64_t>(ids(rows(j)));
-        if (o.negative_ids_missing && id < 0) ++h.missing;
-        else v.push_back(id);
+        // The class key: a uint64 id maps one-to-one onto int64, so distinct ids stay distinct classes.
+        if (ttrv_missing(ids(rows(j)), o)) ++h.missing;
+        else v.push_back(static_cast<std::int64_t>(ids(rows(j))));
     }
     std::sort(v.begin(), v.end());
     for (std::size_t k = 0; k < v.size();) {
@@ -114,11 +125,11 @@ ttrv_result ttrv_rewards(const Policy& policy, const AnswerIds& answer_ids, cons
                 missing[std::size_t(g)] = h.missing;
                 const double logn = std::log(double(n));
                 for (index_t j = 0; j < n; ++j) {
-                    const auto id = static_cast<std::int64_t>(ids(rows(j)));
-                    if (options.negative_ids_missing && id < 0) {
+                    if (detail::ttrv_missing(ids(rows(j)), options)) {
                         r(rows(j)) = static_cast<R>(options.missing_reward);
                         continue;
                     }
+                    const auto id = static_cast<std::int64_t>(ids(rows(j)));
                     const auto it = std::lower_bound(h.classes.begin(), h.classes.end(), std::make_pair(id, index_t(0)));
                     const double p = double(it->second) / double(n);
                     double ent = -h.entropy;
