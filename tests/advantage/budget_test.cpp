@@ -59,6 +59,36 @@ TEST_CASE_TEMPLATE("hbpo_advantages: grpo plus the inter-subgroup term", B, POST
     CHECK(a[0] == doctest::Approx((r[0] - 2.0) / (std::sqrt(2.0 / 3) + 1e-6) + 2 * (2.0 - 4 * std::cos(3.1416 * 512 / 8192))));
 }
 
+TEST_CASE("hbpo_advantages: under nonfinite::ignore a NaN reward is missing, not poison") {
+    const double nan = std::nan("");
+    // budgets 512, 512, 1024, 1024; the NaN row sits in the first subgroup.
+    std::vector<double> r{1, nan, 2, 4}, bud{512, 512, 1024, 1024}, a(4), g(4);
+    for (auto inter : {adv::hbpo_inter::budget_ceiling, adv::hbpo_inter::group_mean}) {
+        adv::hbpo_advantage_options o;
+        o.intra.nonfinite_rewards = adv::nonfinite::ignore;
+        o.inter = inter;
+        (void)adv::hbpo_advantages(pt::exec::seq, r, bud, pt::uniform_groups{4}, a, o);
+        (void)adv::grpo(pt::exec::seq, r, pt::uniform_groups{4}, g, o.intra);
+        auto f = [&](double x) { return 4 * std::cos(std::numbers::pi * x / 8192); };
+        const double base0 = inter == adv::hbpo_inter::group_mean ? 7.0 / 3 : f(512);
+        const double base1 = inter == adv::hbpo_inter::group_mean ? 7.0 / 3 : f(1024);
+        CHECK(a[0] == doctest::Approx(g[0] + (1.0 - base0)));  // subgroup mean over its one valid row
+        CHECK(a[1] == g[1]);                                      // the ignored row: grpo's value, nothing added
+        CHECK(a[2] == doctest::Approx(g[2] + (3.0 - base1)));
+        CHECK(a[3] == doctest::Approx(g[3] + (3.0 - base1)));
+        for (double x : a) CHECK(std::isfinite(x));
+    }
+    // A subgroup of ignored rows only: no term anywhere in it.
+    std::vector<double> r2{nan, nan, 2, 4};
+    adv::hbpo_advantage_options o;
+    o.intra.nonfinite_rewards = adv::nonfinite::ignore;
+    (void)adv::hbpo_advantages(pt::exec::seq, r2, bud, pt::uniform_groups{4}, a, o);
+    (void)adv::grpo(pt::exec::seq, r2, pt::uniform_groups{4}, g, o.intra);
+    CHECK(a[0] == g[0]);
+    CHECK(a[1] == g[1]);
+    for (double x : a) CHECK(std::isfinite(x));
+}
+
 TEST_CASE("hbpo: edge cases and bad input") {
     std::vector<double> r{5}, bud{512}, a(1);
     (void)adv::hbpo_advantages(pt::exec::seq, r, bud, pt::uniform_groups{1}, a);

@@ -138,6 +138,10 @@ group_stats_result hbpo_advantages(const Policy& policy, const Rewards& rewards,
             const group_stats_result res = detail::grpo_entry(policy, r, groups, a, options.intra, fn);
             const auto layout = posttrain::detail::make_layout(groups, n, {fn, "groups"});
             using A = typename decltype(a)::value_type;
+            // Under nonfinite::ignore a NaN reward is missing, as grpo treats it: it enters no mean and its
+            // row's advantage (grpo's 0) gets no inter term, so one NaN never poisons its group.
+            const bool skip = options.intra.nonfinite_rewards == nonfinite::ignore;
+            auto ignored = [&](index_t i) { return skip && double(r(i)) != double(r(i)); };
             detail::for_each_group(policy, layout, n, [&](index_t, auto rows, index_t m) {
                 if (m <= 1) return;
                 std::vector<std::pair<double, index_t>> order(static_cast<std::size_t>(m));
@@ -145,20 +149,27 @@ group_stats_result hbpo_advantages(const Policy& policy, const Rewards& rewards,
                 std::sort(order.begin(), order.end());  // by budget, then by position in the group
                 std::vector<double> vals;
                 double group_mean = 0;
-                if (options.inter == hbpo_inter::group_mean)
-                    group_mean = posttrain::detail::fixed_order_sum(m, [&](index_t j) { return double(r(rows(j))); }) / double(m);
+                if (options.inter == hbpo_inter::group_mean) {
+                    vals.clear();
+                    for (index_t j = 0; j < m; ++j)
+                        if (!ignored(rows(j))) vals.push_back(double(r(rows(j))));
+                    group_mean = posttrain::detail::fixed_order_sum(vals.data(), index_t(vals.size())) / double(vals.size());
+                }
                 for (std::size_t k = 0; k < order.size();) {
                     std::size_t e = k;
                     while (e < order.size() && order[e].first == order[k].first) ++e;
                     vals.clear();
-                    for (std::size_t q = k; q < e; ++q) vals.push_back(double(r(rows(order[q].second))));
-                    const double sub = posttrain::detail::fixed_order_sum(vals.data(), index_t(vals.size())) / double(vals.size());
-                    const double base = options.inter == hbpo_inter::group_mean ? group_mean
-                                                                                 : detail::hbpo_ceiling(order[k].first, options.reward);
-                    const double add = options.inter_weight * (sub - base);
-                    for (std::size_t q = k; q < e; ++q) {
-                        const index_t i = rows(order[q].second);
-                        a(i) = static_cast<A>(double(a(i)) + add);
+                    for (std::size_t q = k; q < e; ++q)
+                        if (!ignored(rows(order[q].second))) vals.push_back(double(r(rows(order[q].second))));
+                    if (!vals.empty()) {  // else every row of the subgroup is ignored: nothing to add
+                        const double sub = posttrain::detail::fixed_order_sum(vals.data(), index_t(vals.size())) / double(vals.size());
+                        const double base = options.inter == hbpo_inter::group_mean ? group_mean
+                                                                                     : detail::hbpo_ceiling(order[k].first, options.reward);
+                        const double add = options.inter_weight * (sub - base);
+                        for (std::size_t q = k; q < e; ++q) {
+                            const index_t i = rows(order[q].second);
+                            if (!ignored(i)) a(i) = static_cast<A>(double(a(i)) + add);
+                        }
                     }
                     k = e;
                 }
