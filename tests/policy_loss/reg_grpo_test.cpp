@@ -105,6 +105,41 @@ TEST_CASE("reg_grpo: on-policy start (pi == pi_old) is finite and pushes toward 
         if (b.adv[std::size_t(i)] > 0.5) CHECK(g[std::size_t(i * b.T)] < 0);
 }
 
+TEST_CASE("reg_grpo: a zero-variance group under group_normalized falls back to the centred prediction") {
+    batch b = random_batch({4, 3}, 3, 9);
+    b.lp = b.old;  // on-policy: every z is 0, every group has std 0
+    for (double eps : {0.0, 1e-6}) {
+        pl::reg_grpo_options o;
+        o.epsilon = eps, o.beta = 2;
+        std::vector<double> g, gc;
+        const auto r = run(b, o, &g);
+        pl::reg_grpo_options c = o;
+        c.prediction = pl::reg_grpo_prediction::centered;
+        const auto rc = run(b, c, &gc);
+        CHECK(std::isfinite(r.loss));
+        CHECK(r.loss == rc.loss);
+        CHECK(pt::test::bitwise_equal(g, gc));  // no 1/epsilon gradients, no NaN at epsilon = 0
+        for (double x : g) CHECK(std::fabs(x) < 100);
+    }
+    // The old arithmetic on request (epsilon > 0 required): gradient of order 1/epsilon.
+    pl::reg_grpo_options a;
+    a.zero_variance = pl::reg_grpo_zero_variance::arithmetic;
+    std::vector<double> g;
+    (void)run(b, a, &g);
+    double big = 0;
+    for (double x : g) big = std::max(big, std::fabs(x));
+    CHECK(big > 1e3);
+    a.epsilon = 0;
+    CHECK_THROWS_WITH_AS((void)run(b, a, nullptr), doctest::Contains("options.epsilon"), pt::invalid_argument);
+    // Groups with spread are untouched by the rule.
+    const batch s = random_batch({4, 3}, 3, 9);
+    pl::reg_grpo_options d, ar;
+    ar.zero_variance = pl::reg_grpo_zero_variance::arithmetic;
+    std::vector<double> g1, g2;
+    CHECK(run(s, d, &g1).loss == run(s, ar, &g2).loss);
+    CHECK(pt::test::bitwise_equal(g1, g2));
+}
+
 TEST_CASE("reg_grpo: bad input is refused by name") {
     const std::vector<double> lp = {-1.0, -1.1, -0.7}, mask = {1, 1, 1}, A = {0.5, -1.0};
     CHECK_THROWS_WITH_AS((void)pl::reg_grpo(pt::exec::seq, matrix(lp, 3, 1), matrix(lp, 3, 1), matrix(mask, 3, 1), A,

@@ -29,8 +29,17 @@ enum class reg_grpo_prediction {
     raw,               // beta * z
 };
 
+// A group whose log-ratios are all equal (std 0: on-policy, pi == pi_old, every z is 0) has no spread to
+// normalise by; the group-normalised prediction needs a rule for it (DESIGN §3: explicit, not arithmetic).
+enum class reg_grpo_zero_variance {
+    centered,    // the group falls back to the centred prediction beta * (z - mean_g z): value 0, gradient
+                 // beta * (e_j - mean e), with no gradient through the normalisation (posttrain's default)
+    arithmetic,  // u / (0 + epsilon) as written: value 0, gradient (e_j - mean e) / epsilon (needs epsilon > 0)
+};
+
 struct reg_grpo_options {
     reg_grpo_prediction prediction = reg_grpo_prediction::group_normalized;
+    reg_grpo_zero_variance zero_variance = reg_grpo_zero_variance::centered;  // group_normalized only
     double beta = 1.0;                              // scale of the centered / raw predictions
     double epsilon = 1e-6;                          // added to the std (group_normalized), as GRPO does
     posttrain::ddof ddof = posttrain::ddof::sample; // the std's convention, as GRPO's
@@ -52,8 +61,15 @@ reg_grpo_result reg_grpo(const Policy& policy, const LogProbs& log_probs, const 
     constexpr const char* fn = "posttrain::policy_loss::reg_grpo";
     const int pk = static_cast<int>(options.prediction);
     posttrain::detail::require(pk >= 0 && pk <= 2, {fn, "options"}, "unknown reg_grpo_prediction " + posttrain::detail::str(pk));
-    posttrain::detail::require(options.epsilon >= 0 && std::isfinite(options.beta), {fn, "options"},
-                               "epsilon must be >= 0 and beta finite");
+    const int zk = static_cast<int>(options.zero_variance);
+    posttrain::detail::require(zk >= 0 && zk <= 1, {fn, "options.zero_variance"},
+                               "unknown reg_grpo_zero_variance " + posttrain::detail::str(zk));
+    posttrain::detail::require(options.epsilon >= 0 && std::isfinite(options.epsilon) && std::isfinite(options.beta),
+                               {fn, "options"}, "epsilon must be finite and >= 0 and beta finite");
+    // Without the fallback a zero-variance group divides 0 by epsilon: 0 / 0 = NaN when epsilon is 0.
+    posttrain::detail::require(options.prediction != reg_grpo_prediction::group_normalized ||
+                                   options.zero_variance != reg_grpo_zero_variance::arithmetic || options.epsilon > 0,
+                               {fn, "options.epsilon"}, "must be > 0 with group_normalized and zero_variance::arithmetic");
     return std::visit(
         [&](auto lp, auto old, auto m) {
             using namespace detail;
@@ -91,12 +107,17 @@ reg_grpo_result reg_grpo(const Policy& policy, const LogProbs& log_probs, const 
                 const auto mo = posttrain::advantage::detail::moments_of<false>(z.data(), k);
                 const double sigma = std::sqrt(mo.m2 / (double(k) - ddof));
                 const double D = sigma + options.epsilon;
+                // The zero-variance rule: this group is predicted by the centred form (see the enum).
+                const auto gp = pred == reg_grpo_prediction::group_normalized && sigma == 0 &&
+                                        options.zero_variance == reg_grpo_zero_variance::centered
+                                    ? reg_grpo_prediction::centered
+                                    : pred;
                 std::vector<double> e(static_cast<std::size_t>(k));  // d (sum of squares) / d pred
                 double s = 0, esum = 0, eu = 0;
                 for (index_t j = 0; j < k; ++j) {
                     const double u = z[std::size_t(j)] - mo.mean;
-                    const double p = pred == reg_grpo_prediction::group_normalized ? u / D
-                                     : pred == reg_grpo_prediction::centered       ? beta * u
+                    const double p = gp == reg_grpo_prediction::group_normalized ? u / D
+                                     : gp == reg_grpo_prediction::centered       ? beta * u
                                                                                     : beta * z[std::size_t(j)];
                     const double err = p - A[idx[std::size_t(j)]];
                     s += err * err;
@@ -107,8 +128,8 @@ reg_grpo_result reg_grpo(const Policy& policy, const LogProbs& log_probs, const 
                 for (index_t j = 0; j < k; ++j) {
                     const double ej = e[std::size_t(j)], u = z[std::size_t(j)] - mo.mean;
                     double d = 0;
-                    if (pred == reg_grpo_prediction::raw) d = beta * ej;
-                    else if (pred == reg_grpo_prediction::centered) d = beta * (ej - esum / double(k));
+                    if (gp == reg_grpo_prediction::raw) d = beta * ej;
+                    else if (gp == reg_grpo_prediction::centered) d = beta * (ej - esum / double(k));
                     else {
                         d = (ej - esum / double(k)) / D;
                         // Through the std: d sigma / d z_j = u_j / ((k - ddof) sigma); every u is 0 when sigma is.
