@@ -212,7 +212,8 @@ fallback_judge<std::decay_t<Inner>> with_fallback(Inner&& inner, scores tie, int
 // new matches reach the inner judge, in one batch. Worth it for a deterministic (temperature 0) LLM
 // judge when topologies repeat pairings (Swiss rematches, a double-elimination grand final) or when
 // several topologies are compared on the same rollouts. The order of a match matters: (a, b) and
-// (b, a) are different questions to a judge with a position bias. `misses()` counts inner calls.
+// (b, a) are different questions to a judge with a position bias. `misses()` counts the matches
+// passed to the inner judge.
 template <class Inner>
 class cached_judge {
 public:
