@@ -66,3 +66,20 @@ TEST_CASE("difficulty_scaled_rewards: bad input names the argument") {
     CHECK_THROWS_WITH_AS((void)adv::difficulty_scaled_rewards(pt::exec::seq, r, hard, gap, pt::uniform_groups{2}, s, {.alpha = NAN}),
                          doctest::Contains("options"), pt::invalid_argument);
 }
+
+TEST_CASE("difficulty_scaled_rewards: scaled may alias rewards, never hardness or gap") {
+    // One buffer: rewards[0..2), hardness at [2], gap at [3]; scaled over [1..3) overlaps hardness.
+    std::vector<double> buf{1, 2, 0.5, 1.0};
+    const pt::tensor_view<const double, 1> r(buf.data(), 2), hard(buf.data() + 2, 1), gap(buf.data() + 3, 1);
+    CHECK_THROWS_WITH_AS((void)adv::difficulty_scaled_rewards(pt::exec::seq, r, hard, gap, pt::uniform_groups{2},
+                                                              pt::tensor_view<double, 1>(buf.data() + 1, 2)),
+                         doctest::Contains("hardness"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)adv::difficulty_scaled_rewards(pt::exec::seq, pt::tensor_view<const double, 1>(buf.data() + 2, 2),
+                                                              pt::tensor_view<const double, 1>(buf.data(), 1), gap, pt::uniform_groups{2},
+                                                              pt::tensor_view<double, 1>(buf.data() + 2, 2)),
+                         doctest::Contains("gap"), pt::invalid_argument);
+    // In place over rewards stays allowed.
+    CHECK_NOTHROW((void)adv::difficulty_scaled_rewards(pt::exec::seq, r, hard, gap, pt::uniform_groups{2},
+                                                       pt::tensor_view<double, 1>(buf.data(), 2)));
+    CHECK(buf[0] == 1.5);
+}

@@ -119,3 +119,18 @@ TEST_CASE("bmas: bad input and seq == par") {
     adv::bmas(pt::exec::par.with_threads(4), matrix(E, Vn, d), TU, TM, TU, TM, b);
     CHECK(pt::test::bitwise_equal(a, b));
 }
+
+TEST_CASE("bmas: a work estimate (T + 1) (L + 1) (d + 1) past 2^63 does not overflow") {
+    // Stride-0 views give huge T, L and d with no memory behind them; every position is masked, so each
+    // row scores 0, but the estimate is formed (UBSan flags a signed overflow there).
+    using pt::index_t;
+    const index_t B = 2, T = index_t(1) << 21, d = index_t(1) << 22;
+    const double one = 1.0;
+    const std::int64_t zero = 0;
+    const index_t ee[2] = {1, d}, es[2] = {0, 0}, te[2] = {B, T}, ts[2] = {0, 0};
+    const pt::tensor_view<const double, 2> E(&one, ee, es);
+    const pt::tensor_view<const std::int64_t, 2> tok(&zero, te, ts);
+    std::vector<double> s(2, -1.0);
+    adv::bmas(pt::exec::par.with_threads(2), E, tok, tok, tok, tok, s);
+    CHECK(s == std::vector<double>{0, 0});
+}

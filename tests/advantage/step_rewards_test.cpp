@@ -147,6 +147,27 @@ TEST_CASE("step rewards: bad input") {
                     pt::invalid_argument);  // out aliases action_rewards
 }
 
+TEST_CASE("step rewards: outputs aliasing a float mask or the outcome advantages are refused by name") {
+    std::vector<double> r{1, 2, 3, 4}, fm{1, 1, 1, 1}, a(4), base{0.5, -0.5};
+    CHECK_THROWS_WITH_AS((void)adv::step_grpo(pt::exec::seq, matrix(r, 2, 2), matrix(fm, 2, 2), pt::uniform_groups{2}, matrix(fm, 2, 2)),
+                         doctest::Contains("step_mask"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)adv::hrpo_advantages(pt::exec::seq, base, matrix(r, 2, 2), matrix(fm, 2, 2), pt::uniform_groups{2},
+                                                    matrix(fm, 2, 2)),
+                         doctest::Contains("action_mask"), pt::invalid_argument);
+    CHECK_NOTHROW((void)adv::step_grpo(pt::exec::seq, matrix(r, 2, 2), matrix(fm, 2, 2), pt::uniform_groups{2}, matrix(a, 2, 2)));
+    // tp_grpo: out [N, S] over the outcome advantages' buffer.
+    std::vector<double> shared{0.5, -0.5, 0, 0};
+    std::vector<std::int64_t> lab{1, 0, 0, 1};
+    std::vector<std::uint8_t> ok{1, 0};
+    CHECK_THROWS_WITH_AS((void)adv::tp_grpo_advantages(pt::exec::seq, pt::tensor_view<const double, 1>(shared.data(), 2), ok,
+                                                       pt::tensor_view<const std::int64_t, 2>(lab.data(), 2, 2), matrix(shared, 2, 2)),
+                         doctest::Contains("outcome_advantages"), pt::invalid_argument);
+    std::vector<double> fok{1, 0, 0, 0};
+    CHECK_THROWS_WITH_AS((void)adv::tp_grpo_advantages(pt::exec::seq, base, pt::tensor_view<const double, 1>(fok.data(), 2),
+                                                       pt::tensor_view<const std::int64_t, 2>(lab.data(), 2, 2), matrix(fok, 2, 2)),
+                         doctest::Contains("correct"), pt::invalid_argument);
+}
+
 TEST_CASE("step rewards: seq == par bitwise") {
     using pt::index_t;
     const index_t N = 4096, S = 12;

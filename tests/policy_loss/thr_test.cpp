@@ -168,6 +168,49 @@ TEST_CASE("THR: bad input") {
                     pt::invalid_argument);
 }
 
+TEST_CASE("THR: outputs aliasing inputs and non-finite scores are refused by name") {
+    std::vector<double> h{1, 0, 1, 1}, p{0.6, 0.4, 0.5, 0.5}, a{1, -1}, s(2), tau(1), thr(2);
+    std::vector<std::int64_t> y{0, 1};
+    std::vector<std::uint8_t> m{1, 1}, ok{1, 0};
+    auto ths = [&](auto scores, auto thr_out) {
+        return pl::token_hidden_reward(pt::exec::seq, cube(h, 2, 1, 2), cube(p, 2, 1, 2), matrix(y, 2, 1), matrix(m, 2, 1), a, ok,
+                                       pt::uniform_groups{2}, scores, thr_out, tau);
+    };
+    CHECK_THROWS_WITH_AS((void)ths(matrix(s, 2, 1), matrix(a, 2, 1)), doctest::Contains("advantages"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)ths(matrix(h, 2, 1), matrix(thr, 2, 1)), doctest::Contains("hidden"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)ths(matrix(p, 2, 1), matrix(thr, 2, 1)), doctest::Contains("probs"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)ths(matrix(a, 2, 1), pt::none), doctest::Contains("advantages"), pt::invalid_argument);
+    CHECK_NOTHROW((void)ths(matrix(s, 2, 1), matrix(thr, 2, 1)));
+    std::vector<double> out(2);
+    auto rw = [&](const std::vector<double>& sc, auto o) {
+        return pl::thr_reweight(pt::exec::seq, a, matrix(sc, 2, 1), matrix(m, 2, 1), ok, pt::uniform_groups{2}, tau, o);
+    };
+    CHECK_THROWS_WITH_AS((void)rw(s, matrix(a, 2, 1)), doctest::Contains("advantages"), pt::invalid_argument);
+    CHECK_NOTHROW((void)rw(s, matrix(out, 2, 1)));
+    std::vector<double> bad = s;
+    bad[1] = std::nan("");
+    CHECK_THROWS_WITH_AS((void)rw(bad, matrix(out, 2, 1)), doctest::Contains("scores"), pt::invalid_argument);
+    m[1] = 0;  // a masked token's score is never read
+    CHECK_NOTHROW((void)rw(bad, matrix(out, 2, 1)));
+}
+
+TEST_CASE("THR: a work estimate B T (K + 1) (d + 1) past 2^63 does not overflow") {
+    // Stride-0 views: huge K and d with no memory behind them; no valid token and no correct row, so no
+    // work is done, but the estimate is formed (UBSan flags a signed overflow there).
+    const index_t B = 2, T = index_t(1) << 20, K = index_t(1) << 21, d = index_t(1) << 22;
+    const double one = 0.5;
+    const std::int64_t zero_id = 0;
+    const std::uint8_t zero = 0;
+    const index_t e3h[3] = {B, T, d}, e3p[3] = {B, T, K}, s3[3] = {0, 0, 0}, e2[2] = {B, T}, s2[2] = {0, 0};
+    const pt::tensor_view<const double, 3> h(&one, e3h, s3), p(&one, e3p, s3);
+    const pt::tensor_view<const std::int64_t, 2> y(&zero_id, e2, s2);
+    const pt::tensor_view<const std::uint8_t, 2> m(&zero, e2, s2);
+    std::vector<double> a{1, -1}, s(static_cast<std::size_t>(B * T)), tau(1);
+    std::vector<std::uint8_t> ok{0, 0};
+    const auto r = pl::token_hidden_reward(pt::exec::par.with_threads(2), h, p, y, m, a, ok, pt::uniform_groups{2}, matrix(s, B, T), pt::none, tau);
+    CHECK(r.skipped_groups == 1);
+}
+
 TEST_CASE("THR: seq == par bitwise") {
     const index_t B = 64, T = 16, d = 8, K = 6;
     std::vector<double> h(static_cast<std::size_t>(B * T * d)), p(static_cast<std::size_t>(B * T * K)), a(static_cast<std::size_t>(B));

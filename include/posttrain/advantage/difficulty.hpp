@@ -57,6 +57,10 @@ difficulty_result difficulty_scaled_rewards(const Policy& policy, const Rewards&
             detail::check_finite(r, {fn, "rewards"});
             detail::check_finite(h, {fn, "hardness"});
             detail::check_finite(d, {fn, "gap"});
+            // In place over rewards is safe (row i reads r(i) before writing it); the per-group inputs are
+            // read while other groups are written.
+            detail::check_no_alias(out, h, {fn, "scaled"}, "hardness");
+            detail::check_no_alias(out, d, {fn, "scaled"}, "gap");
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             const index_t G = layout.num_groups();
             detail::check_extent(h.extent(0), G, {fn, "hardness"}, "length (one per group):");

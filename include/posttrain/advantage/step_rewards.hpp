@@ -108,6 +108,7 @@ step_grpo_result step_grpo(const Policy& policy, const StepRewards& step_rewards
             detail::check_same_shape(m, r, {fn, "step_mask"}, "step_rewards");
             detail::check_same_shape(a, r, {fn, "advantages"}, "step_rewards");
             detail::check_no_alias(a, r, {fn, "advantages"}, "step_rewards");
+            detail::check_no_alias(a, m, {fn, "advantages"}, "step_mask");  // zeroed before the mask is read
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
             using A = typename decltype(a)::value_type;
             detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
@@ -144,6 +145,7 @@ step_grpo_result hrpo_advantages(const Policy& policy, const Outcome& outcome_ad
             detail::check_same_shape(o, r, {fn, "out"}, "action_rewards");
             detail::check_no_alias(o, r, {fn, "out"}, "action_rewards");
             detail::check_no_alias(o, base, {fn, "out"}, "outcome_advantages");
+            detail::check_no_alias(o, m, {fn, "out"}, "action_mask");  // zeroed before the mask is read
             detail::check_finite(base, {fn, "outcome_advantages"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             using O = typename decltype(o)::value_type;
@@ -294,6 +296,10 @@ tp_grpo_result tp_grpo_advantages(const Policy& policy, const Outcome& outcome_a
             detail::check_extent(base.extent(0), N, {fn, "outcome_advantages"}, "length (one per row of step_labels)");
             detail::check_extent(c.extent(0), N, {fn, "correct"}, "length (one per row of step_labels)");
             detail::check_same_shape(o, lab, {fn, "out"}, "step_labels");
+            // Rows are written while other rows' inputs are still read.
+            detail::check_no_alias(o, base, {fn, "out"}, "outcome_advantages");
+            detail::check_no_alias(o, c, {fn, "out"}, "correct");
+            detail::check_no_alias(o, lab, {fn, "out"}, "step_labels");
             detail::check_finite(base, {fn, "outcome_advantages"});
             std::vector<std::int64_t> ids(static_cast<std::size_t>(N * S));
             tp_grpo_result res;

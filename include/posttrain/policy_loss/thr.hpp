@@ -84,6 +84,19 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             detail::check_same_shape(s, m, {fn, "scores"}, "mask");
             detail::check_extent(a.extent(0), B, {fn, "advantages"}, "length (one per response)");
             detail::check_extent(c.extent(0), B, {fn, "correct"}, "length (one per response)");
+            // Outputs are written while the inputs (and, for thr, the scores) are still read.
+            using posttrain::advantage::detail::check_no_alias;
+            check_no_alias(s, h, {fn, "scores"}, "hidden");
+            check_no_alias(s, p, {fn, "scores"}, "probs");
+            check_no_alias(s, y, {fn, "scores"}, "targets");
+            check_no_alias(s, m, {fn, "scores"}, "mask");
+            check_no_alias(s, a, {fn, "scores"}, "advantages");
+            check_no_alias(s, c, {fn, "scores"}, "correct");
+            check_no_alias(tau, h, {fn, "threshold"}, "hidden");
+            check_no_alias(tau, p, {fn, "threshold"}, "probs");
+            check_no_alias(tau, a, {fn, "threshold"}, "advantages");
+            check_no_alias(tau, c, {fn, "threshold"}, "correct");
+            check_no_alias(tau, s, {fn, "threshold"}, "scores");
             auto valid = [&](index_t i, index_t t) { return detail::mask_weight(m(i, t)) != 0; };
             detail::check_finite_tokens3(h, valid, {fn, "hidden"});
             detail::check_finite_tokens3(p, valid, {fn, "probs"});
@@ -104,7 +117,10 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             using S = typename decltype(s)::value_type;
             using Tau = typename decltype(tau)::value_type;
             std::vector<unsigned char> skipped(static_cast<std::size_t>(layout.num_groups()), 0);
-            posttrain::advantage::detail::for_each_group(policy, layout, B * T * (K + 1) * (d + 1), [&](index_t g, auto rows, index_t n) {
+            // The work estimate in double, capped (2^62): the index_t product B T (K + 1) (d + 1) can overflow.
+            const double work = double(B) * double(T) * double(K + 1) * double(d + 1);
+            const index_t cost = work < 0x1p62 ? index_t(work) : index_t(1) << 62;
+            posttrain::advantage::detail::for_each_group(policy, layout, cost, [&](index_t g, auto rows, index_t n) {
                 index_t np = 0;
                 for (index_t j = 0; j < n; ++j) np += detail::mask_weight(c(rows(j))) != 0;
                 if (np == 0 || np == n) {
@@ -161,6 +177,9 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             if constexpr (!std::is_same_v<std::remove_cvref_t<Thr>, none_t>) {
                 auto o = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(thr, {fn, "thr"}));
                 detail::check_same_shape(o, m, {fn, "thr"}, "mask");
+                check_no_alias(o, a, {fn, "thr"}, "advantages");
+                check_no_alias(o, s, {fn, "thr"}, "scores");
+                check_no_alias(o, m, {fn, "thr"}, "mask");
                 using O = typename decltype(o)::value_type;
                 posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
                     for (index_t t = 0; t < T; ++t) o(i, t) = static_cast<O>(double(a(i)) * double(s(i, t)));
@@ -211,8 +230,21 @@ thr_reweight_result thr_reweight(const Policy& policy, const Advantages& advanta
             detail::check_same_shape(o, m, {fn, "out"}, "mask");
             detail::check_extent(a.extent(0), B, {fn, "advantages"}, "length (one per response)");
             detail::check_extent(c.extent(0), B, {fn, "correct"}, "length (one per response)");
-            posttrain::advantage::detail::check_no_alias(o, s, {fn, "out"}, "scores");
+            // Rows are written while other rows' inputs are still read.
+            using posttrain::advantage::detail::check_no_alias;
+            check_no_alias(o, s, {fn, "out"}, "scores");
+            check_no_alias(o, a, {fn, "out"}, "advantages");
+            check_no_alias(o, m, {fn, "out"}, "mask");
+            check_no_alias(o, c, {fn, "out"}, "correct");
+            check_no_alias(o, tau, {fn, "out"}, "threshold");
             posttrain::advantage::detail::check_finite(a, {fn, "advantages"});
+            // A NaN score fails every threshold test silently (a NaN token would keep or lose its advantage
+            // by accident): the valid tokens' scores must be finite.
+            for (index_t i = 0; i < B; ++i)
+                for (index_t t = 0; t < T; ++t)
+                    if (detail::mask_weight(m(i, t)) != 0 && !numeric::is_finite(double(s(i, t))))
+                        posttrain::detail::raise_invalid_argument(fn, "scores", "non-finite value at [" + detail::str(i) + ", " +
+                                                                                    detail::str(t) + "] (a valid token)");
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
             detail::check_extent(tau.extent(0), layout.num_groups(), {fn, "threshold"}, "length (one per group)");
             for (index_t g = 0; g < tau.extent(0); ++g)
