@@ -162,6 +162,26 @@ TEST_CASE("trpa: bad input is refused by name") {
                          doctest::Contains("ref_log_probs"), pt::invalid_argument);
 }
 
+TEST_CASE("trpa: the sqrt trust region refuses the k1 estimator, which can go below -1/4") {
+    batch b = random_batch({4, 4}, 5, 9);
+    for (auto& x : b.lp) x -= 1.0;  // mean log-ratio to old about -1: k1 = -1, sqrt(-1 + 0.25) would be NaN
+    pl::trpa_options o;
+    o.sqrt_trust_region = true;
+    o.trust_region_kl.estimator = pl::kl_estimator::k1;
+    CHECK_THROWS_WITH_AS((void)run<true>(b, o, nullptr), doctest::Contains("options.sqrt_trust_region"), pt::invalid_argument);
+    // The pairwise loss has no trust region: the option does not concern it.
+    CHECK_NOTHROW((void)run<false>(b, o, nullptr));
+    // k2, k3, abs are non-negative: finite.
+    for (auto e : {pl::kl_estimator::k2, pl::kl_estimator::k3, pl::kl_estimator::abs}) {
+        o.trust_region_kl.estimator = e;
+        CHECK(std::isfinite(run<true>(b, o, nullptr).loss));
+    }
+    // The linear trust region takes k1.
+    o.sqrt_trust_region = false;
+    o.trust_region_kl.estimator = pl::kl_estimator::k1;
+    CHECK(std::isfinite(run<true>(b, o, nullptr).loss));
+}
+
 TEST_CASE_TEMPLATE("trpa: every policy gives the bits of exec::seq", Backend, POSTTRAIN_HOST_BACKENDS) {
     const batch b = random_batch({16, 16, 3, 0, 16, 7, 16, 16, 16}, 9, 2);
     pl::trpa_options o;

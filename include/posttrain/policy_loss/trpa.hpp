@@ -154,6 +154,13 @@ trpa_result trpa_entry(const Policy& policy, const LogProbs& log_probs, const Re
                        const OldLogProbs& old_log_probs, const Mask& mask, const Levels& levels, const Groups& groups,
                        Grad&& grad_log_probs, const trpa_options& options, double grad_scale, const char* fn) {
     check_trpa_options(options, fn);
+    // sqrt(KL + 1/4) needs KL >= -1/4: k1 (lp - lp_old) goes negative on any batch whose mean log-ratio
+    // is below -1/4, where the sqrt form would give NaN. Refused rather than clamped, so the objective
+    // stays the code's sqrt(KL + 0.25) wherever it is defined; abs, k2 and k3 are never negative.
+    if constexpr (TrustRegion)
+        require(!(options.sqrt_trust_region && options.trust_region_kl.estimator == kl_estimator::k1),
+                {fn, "options.sqrt_trust_region"},
+                "the sqrt trust region needs a non-negative KL estimator (trust_region_kl.estimator k2, k3 or abs), not k1");
     return std::visit(
         [&](auto lp, auto ref, auto old, auto m) {
             check_same_shape(ref, lp, {fn, "ref_log_probs"}, "log_probs");
