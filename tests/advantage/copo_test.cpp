@@ -224,6 +224,54 @@ TEST_CASE_TEMPLATE("copo: seq == par bitwise", B, POSTTRAIN_HOST_BACKENDS) {
     CHECK(bitwise_equal(g1, g2));
 }
 
+TEST_CASE("copo_global_advantages: every single_prompt rule, and NaN by design under nan_singleton_coef") {
+    const std::vector<double> r{1, 0, 1, 1};
+    const std::vector<std::int64_t> ans{1, 2, 1, 1};
+    std::vector<double> A(4);
+    for (bool f32 : {false, true}) {
+        INFO("float32 " << f32);
+        adv::copo_options o;
+        o.float32 = f32;
+        o.single_prompt = adv::singleton::error;
+        CHECK_THROWS_WITH_AS((void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, A, pt::none, o),
+                             doctest::Contains("copo_global_advantages: argument 'groups'"), pt::invalid_argument);
+        // Two prompts: error does not fire.
+        CHECK_NOTHROW((void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{2}, A, pt::none, o));
+        o.single_prompt = adv::singleton::raw;  // mean 0, std 1: R_g / (1 + eps)
+        (void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, A, pt::none, o);
+        for (double x : A) CHECK(x == doctest::Approx(0.75 / (1 + 1e-6)).epsilon(1e-7));
+        o.global_scale = adv::scale::none;
+        (void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, A, pt::none, o);
+        for (double x : A) CHECK(x == 0.75);
+        o.global_scale = adv::scale::group;
+        o.single_prompt = adv::singleton::zero;
+        (void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, A, pt::none, o);
+        for (double x : A) CHECK(x == 0.0);
+        // A group of one row under nan_singleton_coef: R_g is NaN (the official arithmetic), not an error
+        // raised under another function's name.
+        o.reward_coef = true, o.nan_singleton_coef = true;
+        const std::vector<std::int64_t> off{0, 1, 4};
+        (void)adv::copo_global_advantages(pt::exec::seq, r, ans, pt::ragged(off), A, pt::none, o);
+        CHECK(std::isnan(A[0]));
+    }
+    // Bad inputs are named by the entry function.
+    const std::vector<double> nan_r{1, NAN, 1, 1};
+    CHECK_THROWS_WITH_AS((void)adv::copo_global_advantages(pt::exec::seq, nan_r, ans, pt::uniform_groups{2}, A, pt::none),
+                         doctest::Contains("copo_global_advantages: argument 'rewards'"), pt::invalid_argument);
+    const std::vector<std::int64_t> short_ans{1, 2};
+    CHECK_THROWS_WITH_AS((void)adv::copo_global_advantages(pt::exec::seq, r, short_ans, pt::uniform_groups{2}, A, pt::none),
+                         doctest::Contains("copo_global_advantages: argument 'answers'"), pt::invalid_argument);
+}
+
+TEST_CASE("copo_blend_weights: non-finite entropy, advantage or reward is refused by name") {
+    const std::vector<double> ok{0.5, 1.0}, bad{0.5, NAN};
+    std::vector<double> w(2);
+    CHECK_NOTHROW(adv::copo_blend_weights(pt::exec::seq, ok, ok, ok, w));
+    CHECK_THROWS_WITH_AS(adv::copo_blend_weights(pt::exec::seq, bad, ok, ok, w), doctest::Contains("row_entropy"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::copo_blend_weights(pt::exec::seq, ok, bad, ok, w), doctest::Contains("local_advantages"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::copo_blend_weights(pt::exec::seq, ok, ok, bad, w), doctest::Contains("rewards"), pt::invalid_argument);
+}
+
 TEST_CASE("copo: bad input names the argument") {
     const std::vector<double> r{1, 0, 1, 0};
     const std::vector<std::int64_t> ans{1, 2, 3};

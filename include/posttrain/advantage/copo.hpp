@@ -32,8 +32,10 @@ struct copo_options {
     double entropy_epsilon = 0;      // H = -sum p log2(p + entropy_epsilon) (official: 1e-8)
     scale global_scale = scale::group;  // scale::none: centre only (norm_adv_by_std_in_grpo = False)
     double epsilon = 1e-6;           // added to the across-prompt std
-    // A batch with one prompt has no across-prompt spread: its global advantage is 0 (posttrain) or
-    // NaN (singleton::nan: torch's std of one value, as the official code gives).
+    // A batch with one prompt has no across-prompt spread: its global advantage is 0 (singleton::zero,
+    // posttrain), NaN (singleton::nan: torch's std of one value, as the official code gives), R_g itself
+    // (singleton::raw: mean 0 and std 1, divided by 1 + epsilon under scale::group), or an
+    // invalid_argument naming 'groups' (singleton::error).
     singleton single_prompt = singleton::zero;
     // A group of one rollout: lambda_G = 0/0. false: lambda = 0 (c = 1, posttrain); true: NaN (official).
     bool nan_singleton_coef = false;
@@ -158,11 +160,20 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
     detail::require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
     detail::require(options.global_scale != scale::batch, {fn, "options.global_scale"},
                     "the across-prompt statistics are already batch-wide: use scale::group or scale::none");
+    const int sp = static_cast<int>(options.single_prompt);
+    detail::require(sp >= 0 && sp <= static_cast<int>(singleton::error), {fn, "options.single_prompt"},
+                    "unknown singleton " + detail::str(sp));
+    detail::require(options.entropy_epsilon >= 0, {fn, "options.entropy_epsilon"}, "must be >= 0");
     return std::visit(
         [&](auto r, auto a) {
             const index_t N = r.extent(0);
             detail::check_extent(a.extent(0), N, {fn, "global_advantages"}, "length (one per reward)");
             detail::check_no_alias(a, r, {fn, "global_advantages"}, "rewards");
+            // Validated here, so that errors name this function (copo_group_scores checks them again).
+            const index_t na = std::visit([](auto x) { return x.extent(0); },
+                                          posttrain::detail::id_input<1>(answers, {fn, "answers"}));
+            detail::check_extent(na, N, {fn, "answers"}, "length (one per reward)");
+            detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             const index_t G = layout.num_groups();
             std::vector<double> R(static_cast<std::size_t>(G)), H(static_cast<std::size_t>(G));
@@ -173,6 +184,8 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
             for (index_t g = 0; g < G; ++g)
                 if (layout.size(g) > 0) slot[std::size_t(g)] = index_t(prompts.size()), prompts.push_back(R[std::size_t(g)]);
             const index_t P = index_t(prompts.size());
+            detail::require(!(P == 1 && options.single_prompt == singleton::error), {fn, "groups"},
+                            "the batch holds a single prompt: no across-prompt spread (options.single_prompt = singleton::error)");
             std::vector<double> z(static_cast<std::size_t>(P));
             copo_result res;
             res.groups = P;
@@ -192,16 +205,24 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
                 for (index_t p = 0; p < P; ++p) {
                     const double c = prompts[std::size_t(p)] - double(mean);
                     double v = options.global_scale == scale::none ? c : c / double(sd + static_cast<float>(options.epsilon));
-                    if (single && options.global_scale != scale::none) v = options.single_prompt == singleton::nan ? std::nan("") : 0.0;
+                    if (single && options.single_prompt == singleton::raw)  // mean 0, std 1 (as grpo's raw)
+                        v = options.global_scale == scale::none ? prompts[std::size_t(p)]
+                                                                : prompts[std::size_t(p)] / double(1.0f + static_cast<float>(options.epsilon));
+                    else if (single && options.global_scale != scale::none)
+                        v = options.single_prompt == singleton::nan ? std::nan("") : 0.0;
                     z[std::size_t(p)] = v;
                 }
             } else {
                 grpo_options g;
                 g.std_scale = options.global_scale;
                 g.epsilon = options.epsilon;
-                g.singleton_groups = options.single_prompt == singleton::nan ? singleton::nan : singleton::zero;
-                if (options.global_scale == scale::none && P == 1) g.singleton_groups = singleton::zero;
+                g.singleton_groups = options.single_prompt;  // error was raised above, by this function's name
+                if (options.global_scale == scale::none && P == 1 && options.single_prompt == singleton::nan)
+                    g.singleton_groups = singleton::zero;
                 g.zero_variance_groups = zero_variance::zero;
+                // R_g is NaN by design under nan_singleton_coef (a group of one row, as the official code
+                // gives); the rewards themselves were checked finite above.
+                g.nonfinite_rewards = nonfinite::propagate;
                 (void)grpo(posttrain::exec::seq, prompts, uniform_groups{P > 0 ? P : 1}, z, g);
                 double s = 0, m2 = 0;
                 for (double v : prompts) s += v;
@@ -263,6 +284,10 @@ void copo_blend_weights(const Policy& policy, const RowEntropy& row_entropy, con
             detail::check_extent(la.extent(0), N, {fn, "local_advantages"}, "length (one per row)");
             detail::check_extent(r.extent(0), N, {fn, "rewards"}, "length (one per row)");
             detail::check_extent(w.extent(0), N, {fn, "weights"}, "length (one per row)");
+            // A NaN entropy gives a NaN weight and a NaN advantage or reward reads as "nonzero": refused.
+            detail::check_finite(h, {fn, "row_entropy"});
+            detail::check_finite(la, {fn, "local_advantages"});
+            detail::check_finite(r, {fn, "rewards"});
             using W = typename decltype(w)::value_type;
             detail::for_each_row(policy, N, 1, [&](index_t i) {
                 const double soft = 1.0 / (1.0 + std::exp(-options.k * (double(h(i)) - options.b)));
