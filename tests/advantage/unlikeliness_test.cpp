@@ -119,3 +119,12 @@ TEST_CASE("unlikeliness: bad input names the argument") {
     CHECK_THROWS_AS((void)adv::unlikeliness_rewards(pt::exec::seq, r, mat(lp, 2, 1), mat(m, 2, 1), pt::uniform_groups{3}, s),
                     pt::invalid_argument);
 }
+
+TEST_CASE("unlikeliness: a non-finite beta is refused by name") {
+    const std::vector<double> r{1, 0}, lp{-1, -2}, m{1, 1};
+    std::vector<double> s(2);
+    for (double beta : {double(INFINITY), double(NAN), -0.1})
+        CHECK_THROWS_WITH_AS((void)adv::unlikeliness_rewards(pt::exec::seq, r, mat(lp, 2, 1), mat(m, 2, 1), pt::uniform_groups{2}, s,
+                                                             {.beta = beta}),
+                             doctest::Contains("options.beta"), pt::invalid_argument);
+}

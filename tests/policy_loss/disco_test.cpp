@@ -222,6 +222,13 @@ TEST_CASE("disco: bad input is refused by name") {
     pl::disco_options bad;
     bad.tau = 0;
     CHECK_THROWS_WITH_AS((void)call(lp, r, bad, 4), doctest::Contains("tau"), pt::invalid_argument);
+    // A NaN threshold would label every response negative in silence; an infinite Q zeroes J.
+    pl::disco_options nan_threshold;
+    nan_threshold.threshold = NAN;
+    CHECK_THROWS_WITH_AS((void)call(lp, r, nan_threshold, 4), doctest::Contains("threshold"), pt::invalid_argument);
+    pl::disco_options inf_q;
+    inf_q.num_questions = INFINITY;
+    CHECK_THROWS_WITH_AS((void)call(lp, r, inf_q, 4), doctest::Contains("num_questions"), pt::invalid_argument);
     const std::vector<double> lp_nan = {-1.0, NAN, -3.0, -0.5};
     CHECK_THROWS_WITH_AS((void)call(lp_nan, r, {}, 4), doctest::Contains("log_probs"), pt::invalid_argument);
     std::vector<double> short_mask = {1, 1};

@@ -65,8 +65,8 @@ unlikeliness_result unlikeliness_rewards(const Policy& policy, const Rewards& re
                                          const unlikeliness_options& options = {}) {
     static_assert(host_policy<Policy>, "posttrain::advantage::unlikeliness_rewards: host policy expected");
     constexpr const char* fn = "posttrain::advantage::unlikeliness_rewards";
-    detail::require(options.beta == options.beta && options.beta >= 0, {fn, "options.beta"},
-                    "must be >= 0, found " + std::to_string(options.beta));
+    detail::require(numeric::is_finite(options.beta) && options.beta >= 0, {fn, "options.beta"},
+                    "must be finite and >= 0, found " + std::to_string(options.beta));
     return std::visit(
         [&](auto r, auto lp, auto m, auto out) {
             const index_t N = r.extent(0), T = lp.extent(1);

@@ -225,7 +225,9 @@ inline void check_disco_options(const disco_options& o, const char* fn) {
     require(o.tau > 0 && std::isfinite(o.tau), {fn, arg}, "tau must be a finite number > 0, found " + std::to_string(o.tau));
     require(o.beta >= 0 && std::isfinite(o.beta), {fn, arg}, "beta must be finite and >= 0, found " + std::to_string(o.beta));
     require(std::isfinite(o.delta), {fn, arg}, "delta must be finite, found " + std::to_string(o.delta));
-    require(o.num_questions >= 0, {fn, arg}, "num_questions must be >= 0 (0: this call's groups)");
+    require(std::isfinite(o.threshold), {fn, arg}, "threshold must be finite, found " + std::to_string(o.threshold));
+    require(o.num_questions >= 0 && std::isfinite(o.num_questions), {fn, arg},
+            "num_questions must be finite and >= 0 (0: this call's groups)");
     const int s = static_cast<int>(o.score), j = static_cast<int>(o.objective), l = static_cast<int>(o.labels);
     require(s >= 0 && s <= 1, {fn, arg}, "unknown disco_score " + str(s));
     require(j >= 0 && j <= 1, {fn, arg}, "unknown disco_objective " + str(j));
