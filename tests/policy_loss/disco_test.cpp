@@ -176,7 +176,20 @@ TEST_CASE("disco: edge cases") {
         const auto res = pl::disco(pt::exec::seq, matrix(none_v, 0, 3), matrix(none_v, 0, 3), matrix(none_v, 0, 3), none_v,
                                    pt::ragged(off), pt::none);
         CHECK(res.loss == 0.0);
-        CHECK(res.groups == 2);
+        CHECK(res.groups == 0);  // empty groups hold no question
+    }
+    SUBCASE("empty groups do not count in Q") {
+        const std::vector<double> lp = {-1.0, -2.0}, mask = {1, 1}, r = {1, 0};
+        pl::disco_options o;
+        o.objective = pl::disco_objective::mean_difference;
+        const std::vector<std::int64_t> alone = {0, 2}, with_empty = {0, 0, 2, 2};
+        const auto one = pl::disco(pt::exec::seq, matrix(lp, 2, 1), matrix(lp, 2, 1), matrix(mask, 2, 1), r, pt::ragged(alone),
+                                   pt::none, o);
+        const auto three = pl::disco(pt::exec::seq, matrix(lp, 2, 1), matrix(lp, 2, 1), matrix(mask, 2, 1), r,
+                                     pt::ragged(with_empty), pt::none, o);
+        CHECK(one.objective == doctest::Approx(1.0));
+        CHECK(three.objective == one.objective);
+        CHECK(three.groups == 1);
     }
     SUBCASE("exact_binary labels ignore other rewards; threshold labels use them") {
         const std::vector<double> lp = {-1.0, -2.0, -3.0}, mask = {1, 1, 1}, r = {1, 0.3, 0};

@@ -8,7 +8,7 @@
 //   DisCO-b   J_q = mean_{i in P} s_i - mean_{j in N} s_j
 //   DisCO     J_q = mean_{i in P} s_i - tau * log mean_{j in N} exp(s_j / tau)      (DRO over negatives)
 //
-//   J = sum_{mixed q} J_q / Q        Q = every group of the batch (mixed or not), as the code divides
+//   J = sum_{mixed q} J_q / Q        Q = every non-empty group of the batch (mixed or not), as the code divides
 //   loss = -J + beta/2 * max(KL - delta, 0)^2                       (squared-hinge trust region)
 //
 // with s_i = token mean of log pi (log-L) or of pi / pi_old (L-ratio), and KL the token mean over the
@@ -94,7 +94,7 @@ struct [[nodiscard]] disco_result {
     double kl = 0;                  // the batch KL estimate (DisCO's ppo_kl)
     double penalty = 0;             // the constraint term of the loss
     bool constraint_active = false; // kl > delta (DisCO logs it as pg_clipfrac)
-    index_t groups = 0;             // Q
+    index_t groups = 0;             // Q (the non-empty groups of this call)
     index_t mixed_groups = 0;       // groups with at least one positive and one negative response
 };
 
@@ -310,7 +310,11 @@ disco_result disco(const Policy& policy, const LogProbs& log_probs, const OldLog
 
             // Per group: J_q and dJ_q / d s_i (into coef, rows of other groups untouched).
             const index_t Qn = layout.num_groups();
-            const double Q = options.num_questions > 0 ? options.num_questions : double(Qn);
+            // Q counts the questions, mixed or not, as the code's num_questions (its unique uids) does; a
+            // layout's empty group holds no question and does not dilute J.
+            index_t questions = 0;
+            for (index_t q = 0; q < Qn; ++q) questions += layout.size(q) > 0;
+            const double Q = options.num_questions > 0 ? options.num_questions : double(questions);
             std::vector<double> coef(std::size_t(B), 0.0), jq(std::size_t(Qn), 0.0), lme(std::size_t(Qn), 0.0);
             std::vector<unsigned char> mixed(std::size_t(Qn), 0);
             const double tau = options.tau;
@@ -360,7 +364,7 @@ disco_result disco(const Policy& policy, const LogProbs& log_probs, const OldLog
             });
 
             disco_result res;
-            res.groups = Qn;
+            res.groups = questions;
             double J = 0, L = 0;
             for (index_t q = 0; q < Qn; ++q) {  // fixed order: the same bits under every policy
                 J += jq[std::size_t(q)];
