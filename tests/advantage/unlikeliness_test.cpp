@@ -128,3 +128,15 @@ TEST_CASE("unlikeliness: a non-finite beta is refused by name") {
                                                              {.beta = beta}),
                              doctest::Contains("options.beta"), pt::invalid_argument);
 }
+
+TEST_CASE("unlikeliness: the mask selects tokens, its values are not weights") {
+    // Row 0: tokens -1 and -3 (mean -2); row 1: -2.5 and -1 (mean -1.75): row 0 is the less likely.
+    // Weighting by mask values (3, 1) in both rows would flip the order (-1.5 vs -2.125).
+    const std::vector<double> r{1, 1}, lp{-1, -3, -2.5, -1}, ones{1, 1, 1, 1}, weights{3, 1, 3, 1};
+    std::vector<double> a(2), b(2);
+    (void)adv::unlikeliness_rewards(pt::exec::seq, r, mat(lp, 2, 2), mat(ones, 2, 2), pt::uniform_groups{2}, a);
+    (void)adv::unlikeliness_rewards(pt::exec::seq, r, mat(lp, 2, 2), mat(weights, 2, 2), pt::uniform_groups{2}, b);
+    CHECK(a == b);
+    CHECK(a[0] == 1.0);  // row 0 is the less likely: rank 0
+    CHECK(a[1] == doctest::Approx(1 - 0.25 / 2));
+}

@@ -80,12 +80,12 @@ unlikeliness_result unlikeliness_rewards(const Policy& policy, const Rewards& re
             std::vector<double> ll(static_cast<std::size_t>(N));
             std::vector<unsigned char> empty(static_cast<std::size_t>(N));
             detail::for_each_row(policy, N, T, [&](index_t i) {
+                // The mask selects (nonzero = valid), as in every other function: its values are not weights.
                 double s = 0, n = 0;
                 for (index_t t = 0; t < T; ++t) {
-                    const double w = detail::mask_weight(m(i, t));
-                    if (w == 0) continue;
-                    s += double(lp(i, t)) * w;
-                    n += w;
+                    if (detail::mask_weight(m(i, t)) == 0) continue;
+                    s += double(lp(i, t));
+                    n += 1;
                 }
                 empty[std::size_t(i)] = n == 0;
                 ll[std::size_t(i)] = options.likelihood == sequence_likelihood::sum ? (n == 0 ? std::nan("") : s)
