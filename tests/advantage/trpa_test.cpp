@@ -43,3 +43,17 @@ TEST_CASE("trpa_outcome_advantages: a prompt with one response is refused") {
                                                      pt::tensor_view<const double, 2>(m.data(), 3, 1), pt::ragged(with_empty),
                                                      pt::tensor_view<double, 2>(a.data(), 3, 1)));
 }
+
+TEST_CASE("trpa_outcome_advantages: shape mismatches are reported under its own name") {
+    const std::vector<double> r = {1, 0, 0, 1}, m = {1, 1, 1};
+    std::vector<double> a(4);
+    try {
+        (void)adv::trpa_outcome_advantages(pt::exec::seq, pt::tensor_view<const double, 2>(r.data(), 2, 2),
+                                           pt::tensor_view<const double, 2>(m.data(), 3, 1), pt::uniform_groups{2},
+                                           pt::tensor_view<double, 2>(a.data(), 2, 2));
+        FAIL("expected invalid_argument");
+    } catch (const pt::invalid_argument& e) {
+        CHECK(e.function() == "posttrain::advantage::trpa_outcome_advantages");
+        CHECK(e.argument() == "mask");
+    }
+}

@@ -121,9 +121,7 @@ void bmas(const Policy& policy, const Embeddings& embeddings, const Response& re
             detail::check_token_ids(v, vm, V, {fn, "reference_tokens"});
             using S = typename decltype(s)::value_type;
             const index_t T = u.extent(1), L = v.extent(1);
-            // The per-row work estimate in double, capped (2^62): the index_t product can overflow.
-            const double work = double(T + 1) * double(L + 1) * double(d + 1);
-            const index_t cost = work < 0x1p62 ? index_t(work) : index_t(1) << 62;
+            const index_t cost = posttrain::detail::capped_work(double(T + 1) * double(L + 1) * double(d + 1));
             detail::for_each_row(policy, B, cost, [&](index_t b) {
                 std::vector<index_t> a_ids, b_ids;
                 for (index_t t = 0; t < T; ++t)

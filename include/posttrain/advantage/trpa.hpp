@@ -56,8 +56,18 @@ trpa_outcome_result trpa_outcome_advantages(const Policy& policy, const TokenRew
                                             const Groups& groups, Advantages&& advantages) {
     static_assert(host_policy<Policy>, "posttrain::advantage::trpa_outcome_advantages: host policy expected");
     constexpr const char* fn = "posttrain::advantage::trpa_outcome_advantages";
-    const index_t B = std::visit([](auto r) { return r.extent(0); },
-                                 posttrain::detail::floating_input<2>(token_rewards, {fn, "token_rewards"}));
+    index_t B = 0, T = 0;
+    std::visit([&](auto r) { B = r.extent(0), T = r.extent(1); },
+               posttrain::detail::floating_input<2>(token_rewards, {fn, "token_rewards"}));
+    // Shapes checked here, so that a mismatch is reported under this function's name.
+    const auto check_shape = [&](auto v, const char* arg) {
+        posttrain::detail::require(v.extent(0) == B && v.extent(1) == T, {fn, arg},
+                                   "expected shape [" + posttrain::detail::str(B) + ", " + posttrain::detail::str(T) +
+                                       "] like token_rewards, found [" + posttrain::detail::str(v.extent(0)) + ", " +
+                                       posttrain::detail::str(v.extent(1)) + "]");
+    };
+    std::visit([&](auto m) { check_shape(m, "mask"); }, posttrain::detail::mask_input<2>(mask, {fn, "mask"}));
+    std::visit([&](auto a) { check_shape(a, "advantages"); }, posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
     const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
     for (index_t g = 0; g < layout.num_groups(); ++g)
         posttrain::detail::require(layout.size(g) != 1, {fn, "groups"},

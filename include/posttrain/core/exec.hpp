@@ -41,6 +41,10 @@ concept host_policy = std::is_same_v<std::remove_cvref_t<P>, exec::sequenced_pol
 
 namespace detail {
 
+// A work estimate (a product of extents) computed in double and capped at 2^62: the same product in
+// index_t can overflow for large extents.
+inline index_t capped_work(double work) noexcept { return work < 0x1p62 ? index_t(work) : index_t(1) << 62; }
+
 // Work below this many items is not worth waking threads for.
 inline constexpr index_t parallel_grain = 1 << 14;
 

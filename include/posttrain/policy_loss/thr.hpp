@@ -117,9 +117,7 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             using S = typename decltype(s)::value_type;
             using Tau = typename decltype(tau)::value_type;
             std::vector<unsigned char> skipped(static_cast<std::size_t>(layout.num_groups()), 0);
-            // The work estimate in double, capped (2^62): the index_t product B T (K + 1) (d + 1) can overflow.
-            const double work = double(B) * double(T) * double(K + 1) * double(d + 1);
-            const index_t cost = work < 0x1p62 ? index_t(work) : index_t(1) << 62;
+            const index_t cost = posttrain::detail::capped_work(double(B) * double(T) * double(K + 1) * double(d + 1));
             posttrain::advantage::detail::for_each_group(policy, layout, cost, [&](index_t g, auto rows, index_t n) {
                 index_t np = 0;
                 for (index_t j = 0; j < n; ++j) np += detail::mask_weight(c(rows(j))) != 0;

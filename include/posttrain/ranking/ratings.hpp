@@ -596,9 +596,9 @@ group_stats_result strength_advantages_run(const Runner& run, const LogStrengths
             const auto nr = static_cast<std::size_t>(n_rows);
             std::vector<double> theta(nr), reward(nr), by_row(nr);
             for (index_t j = 0; j < n_rows; ++j) theta[std::size_t(j)] = static_cast<double>(t(f.rows[std::size_t(j)]));
-            // Work per group grows with its size squared; capped so that the estimate cannot overflow.
-            const index_t per_group = f.groups > 0 ? std::min<index_t>(n_rows / f.groups + 1, index_t(1) << 20) : 1;
-            const index_t cost = per_group * per_group;
+            // Work per group grows with its size squared.
+            const double per_group = f.groups > 0 ? double(n_rows / f.groups + 1) : 1.0;
+            const index_t cost = posttrain::detail::capped_work(per_group * per_group);
             run.each(f.groups, cost, strength_rewards_kernel{f.row_offsets.data(), o.reward, theta.data(), reward.data()});
             write_out(run, reward, f, tensor_view<double, 1>(by_row.data(), n_rows));
             return run.zscore(by_row, groups, std::forward<Advantages>(advantages), o.zscore);
