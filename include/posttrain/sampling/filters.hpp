@@ -145,21 +145,6 @@ inline std::vector<double> pf_ppo_weights_of(const std::vector<double>& s, const
     return w;
 }
 
-template <class Scores>
-std::vector<double> read_finite(const Scores& scores, where at) {
-    return std::visit(
-        [&](auto v) {
-            std::vector<double> out(static_cast<std::size_t>(v.extent(0)));
-            for (index_t i = 0; i < v.extent(0); ++i) {
-                out[static_cast<std::size_t>(i)] = static_cast<double>(v(i));
-                require(numeric::is_finite(out[static_cast<std::size_t>(i)]), at, "entry " + str(i) + " is not finite");
-            }
-            require(!out.empty(), at, "at least one entry is needed");
-            return out;
-        },
-        posttrain::detail::floating_input<1>(scores, at));
-}
-
 inline void check_pf_ppo(const pf_ppo_options& o, const char* fn) {
     require(numeric::is_finite(o.weight_pow), {fn, "options.weight_pow"}, "must be finite");
     require(numeric::is_finite(o.epsilon) && o.epsilon > 0, {fn, "options.epsilon"}, "must be positive and finite");

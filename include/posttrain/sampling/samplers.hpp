@@ -124,6 +124,22 @@ checked_weights read_weights(const Weights& weights, zero_weights all_zero, wher
         posttrain::detail::floating_input<1>(weights, at));
 }
 
+// A floating [N] input as doubles, every entry finite, at least one.
+template <class Scores>
+std::vector<double> read_finite(const Scores& scores, where at) {
+    return std::visit(
+        [&](auto v) {
+            std::vector<double> out(static_cast<std::size_t>(v.extent(0)));
+            for (index_t i = 0; i < v.extent(0); ++i) {
+                out[static_cast<std::size_t>(i)] = static_cast<double>(v(i));
+                require(numeric::is_finite(out[static_cast<std::size_t>(i)]), at, "entry " + str(i) + " is not finite");
+            }
+            require(!out.empty(), at, "at least one entry is needed");
+            return out;
+        },
+        posttrain::detail::floating_input<1>(scores, at));
+}
+
 // Runs body(view) on the caller's index output (any integer type), after checking that the largest
 // index to be written, n - 1, fits its element type (n < 0: the output's own length).
 template <class Out, class Body>
@@ -680,19 +696,8 @@ stratified_result stratified_sample(const Policy& policy, const Scores& scores, 
     detail::require(options.buckets > 0 && options.buckets <= (index_t(1) << 32), {fn, "options.buckets"},
                     "must be in [1, 2^32], found " + detail::str(options.buckets));
     detail::check_stream(options.stream, {fn, "options.stream"});
-    std::vector<double> s = std::visit(
-        [&](auto v) {
-            std::vector<double> out(static_cast<std::size_t>(v.extent(0)));
-            for (index_t i = 0; i < v.extent(0); ++i) {
-                out[static_cast<std::size_t>(i)] = static_cast<double>(v(i));
-                detail::require(numeric::is_finite(out[static_cast<std::size_t>(i)]), {fn, "scores"},
-                                "score " + detail::str(i) + " is not finite");
-            }
-            return out;
-        },
-        posttrain::detail::floating_input<1>(scores, {fn, "scores"}));
+    const std::vector<double> s = detail::read_finite(scores, {fn, "scores"});
     const index_t n = static_cast<index_t>(s.size());
-    detail::require(n > 0, {fn, "scores"}, "at least one score is needed");
     return detail::with_index_output(indices, n, {fn, "indices"}, [&](auto out) {
         const index_t k = out.extent(0);
         detail::require(k <= n, {fn, "indices"}, "asks for " + detail::str(k) + " distinct items of " + detail::str(n));

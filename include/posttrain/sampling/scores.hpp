@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../advantage/common.hpp"
+#include "../advantage/tokens.hpp"
 #include "../core/error.hpp"
 #include "../core/exec.hpp"
 #include "../core/groups.hpp"
@@ -142,13 +143,9 @@ void check_same_or_disjoint(tensor_view<O, 1> out, tensor_view<const I, 1> in, w
 
 using posttrain::detail::rounded;
 
-// Elementwise work over [0, n): each index written once, so any policy gives the same bits.
-template <class Policy, class Body>
-void for_each_index(const Policy& p, index_t n, Body&& body) {
-    posttrain::detail::for_blocks(p, n, 1, [&](index_t lo, index_t hi) {
-        for (index_t i = lo; i < hi; ++i) body(i);
-    });
-}
+// Elementwise work over [0, n) (each index written once, so any policy gives the same bits): the
+// advantage module's for_each_row with one column per row.
+using posttrain::advantage::detail::for_each_row;
 
 // p and p (1 - p) of one group, in the requested arithmetic. The float32 form is torch's
 // mean(dim=-1) of a float32 tensor on the CPU: a left-to-right float32 sum (the order torch's
@@ -230,7 +227,7 @@ template <class Policy, class Metric, class Out>
 void weighted_sum(const Policy& policy, index_t metrics, index_t prompts, const double* weights, const Metric& metric,
                   Out y, precision arithmetic) {
     using Y = typename Out::value_type;
-    for_each_index(policy, prompts, [&](index_t p) {
+    for_each_row(policy, prompts, 0, [&](index_t p) {
         if (arithmetic == precision::float32) {
             float acc = 0;
             for (index_t m = 0; m < metrics; ++m) {
@@ -385,7 +382,7 @@ minmax_result minmax_weights(const Policy& policy, const Values& values, Weights
             using W = typename decltype(w)::value_type;
             if (res.all_equal) {
                 const W fill = options.all_equal_values == all_equal::uniform ? W(1) : W(0);
-                detail::for_each_index(policy, N, [&](index_t i) { w(i) = fill; });
+                detail::for_each_row(policy, N, 0, [&](index_t i) { w(i) = fill; });
                 return res;
             }
             if (options.arithmetic == precision::float32) {
@@ -393,17 +390,17 @@ minmax_result minmax_weights(const Policy& policy, const Values& values, Weights
                 // rounded to float32 and added in float32, so it can round max - min up by an ulp.
                 const float lo = static_cast<float>(res.min);
                 const float den = (static_cast<float>(res.max) - lo) + static_cast<float>(options.epsilon);
-                detail::for_each_index(policy, N, [&](index_t i) {
+                detail::for_each_row(policy, N, 0, [&](index_t i) {
                     w(i) = static_cast<W>((static_cast<float>(v(i)) - lo) / den);
                 });
             } else {
                 const double lo = res.min, den = (res.max - res.min) + options.epsilon;
                 if (den < HUGE_VAL) {
-                    detail::for_each_index(policy, N, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) - lo) / den); });
+                    detail::for_each_row(policy, N, 0, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) - lo) / den); });
                 } else {
                     // max - min overflowed (finite values of opposite signs near DBL_MAX): the same ratio, halved.
                     const double half = (res.max / 2 - lo / 2) + options.epsilon / 2;
-                    detail::for_each_index(policy, N, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) / 2 - lo / 2) / half); });
+                    detail::for_each_row(policy, N, 0, [&](index_t i) { w(i) = static_cast<W>((double(v(i)) / 2 - lo / 2) / half); });
                 }
             }
             return res;
@@ -437,13 +434,13 @@ void ema_update(const Policy& policy, State&& state, const Fresh& fresh, const e
             if (options.arithmetic == precision::float32) {
                 // torch: momentum * old + (1 - momentum) * new, the Python scalars rounded to float32.
                 const float a = static_cast<float>(mu), b = static_cast<float>(1.0 - mu);
-                detail::for_each_index(policy, N, [&](index_t i) {
+                detail::for_each_row(policy, N, 0, [&](index_t i) {
                     const float old_part = detail::rounded(a * static_cast<float>(s(i)));
                     const float new_part = detail::rounded(b * static_cast<float>(f(i)));
                     s(i) = static_cast<S>(old_part + new_part);
                 });
             } else {
-                detail::for_each_index(policy, N, [&](index_t i) {
+                detail::for_each_row(policy, N, 0, [&](index_t i) {
                     const double old_part = detail::rounded(mu * double(s(i)));
                     const double new_part = detail::rounded((1.0 - mu) * double(f(i)));
                     s(i) = static_cast<S>(old_part + new_part);
