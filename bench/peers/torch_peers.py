@@ -457,3 +457,16 @@ def make_data(layout, n, seed=42):  # noqa: F811 -- the "steps" layout is verl_a
     if layout == "steps":
         return _verl_agent.make_data(layout, n, seed)
     return _make_data_before_steps(layout, n, seed)
+
+
+# ---- token log-probs from logits (logits module): peers and data live in logits_peer.py ----
+import logits_peer as _logits  # noqa: E402
+
+PEERS.update(_logits.PEERS)
+_make_data_before_logits = make_data
+
+
+def make_data(layout, n, seed=42):  # noqa: F811 -- the "logits_*" layouts are logits_peer's
+    if layout.startswith("logits"):
+        return _logits.make_data(layout, n, seed)
+    return _make_data_before_logits(layout, n, seed)
