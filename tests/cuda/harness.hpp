@@ -6,10 +6,18 @@
 //
 // The binary exits 0 when every test passed, 1 on any failure, and 77 (ctest SKIP_RETURN_CODE)
 // when no CUDA device is present.
+//
+//     posttrain_cuda_tests [PATTERN...]
+// runs the tests whose name contains one of the PATTERNs (all tests when none is given); a PATTERN
+// written -TEXT excludes the tests whose name contains TEXT. POSTTRAIN_TEST_QUICK=1 (or QUICK=1) in
+// the environment asks the tests that read quick() for small sizes only (compute-sanitizer runs).
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <vector>
@@ -48,17 +56,42 @@ inline void report_failure(const char* file, int line, const std::string& what) 
     if (s.failures <= 50) std::printf("  FAILED %s:%d: %s\n", file, line, what.c_str());
 }
 
+// True when the environment asks for small sizes (POSTTRAIN_TEST_QUICK or QUICK set and not "0"):
+// the sanitizers run the binary 10-100x slower.
+inline bool quick() {
+    for (const char* name : {"POSTTRAIN_TEST_QUICK", "QUICK"}) {
+        const char* v = std::getenv(name);
+        if (v != nullptr && *v != 0 && std::strcmp(v, "0") != 0) return true;
+    }
+    return false;
+}
+
+// Whether the command line's patterns select this test (see the file comment).
+inline bool selected(const char* name, int argc, char** argv) {
+    bool any_include = false, included = false;
+    for (int k = 1; k < argc; ++k) {
+        const char* p = argv[k];
+        if (p[0] == '-' && p[1] != 0) {
+            if (std::strstr(name, p + 1) != nullptr) return false;
+        } else {
+            any_include = true;
+            included = included || std::strstr(name, p) != nullptr;
+        }
+    }
+    return !any_include || included;
+}
+
 inline int run_all(int argc, char** argv) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
         std::printf("posttrain CUDA tests: no CUDA device present, skipped\n");
         return 77;
     }
-    const char* filter = argc > 1 ? argv[1] : nullptr;
     int passed = 0, failed = 0;
     for (const auto& t : registry()) {
-        if (filter && std::string(t.name).find(filter) == std::string::npos) continue;
+        if (!selected(t.name, argc, argv)) continue;
         state().current_failed = false;
+        const auto t0 = std::chrono::steady_clock::now();
         try {
             t.body();
         } catch (const std::exception& e) {
@@ -66,13 +99,15 @@ inline int run_all(int argc, char** argv) {
         }
         const cudaError_t e = cudaDeviceSynchronize();
         if (e != cudaSuccess) report_failure(__FILE__, __LINE__, std::string("CUDA error after test: ") + cudaGetErrorString(e));
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (state().current_failed) {
             ++failed;
-            std::printf("[FAIL] %s\n", t.name);
+            std::printf("[FAIL] %s (%.2f s)\n", t.name, seconds);
         } else {
             ++passed;
-            std::printf("[ ok ] %s\n", t.name);
+            std::printf("[ ok ] %s (%.2f s)\n", t.name, seconds);
         }
+        std::fflush(stdout);
     }
     std::printf("posttrain CUDA tests: %d passed, %d failed (%ld checks)\n", passed, failed, state().checks);
     return failed == 0 ? 0 : 1;
