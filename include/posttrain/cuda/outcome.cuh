@@ -237,14 +237,6 @@ struct staged_rows {
     __device__ void store(int j, T v) const { tile[tile_slot<Padded>(first + j)] = v; }
 };
 
-template <class T>
-struct global_rows {
-    T* p;
-    index_t stride;
-    __device__ std::remove_const_t<T> load(index_t j) const { return p[j * stride]; }
-    __device__ void store(index_t j, T v) const { p[j * stride] = v; }
-};
-
 // Rows of a staged tile: uniform tiles hold what their register teams hold; ragged ones a fixed
 // number of bytes, so that tiles of ~16-row groups carry ~2048 rows with room to spare.
 template <class In, class Out, bool Uniform>
@@ -452,13 +444,13 @@ __device__ void team_loop_group(const outcome_args<In, Out>& a, int lane, bool h
 
 // A group too large for a block's registers: the whole block loops over it. Every thread calls it.
 // Out of line (arguments by value): the kernels that hold groups in registers need theirs.
-template <class In, class Out>
-__device__ __noinline__ void block_loop_group(outcome_args<In, Out> a, index_t begin, index_t end,
+template <class In, class Out, class Layout>
+__device__ __noinline__ void block_loop_group(outcome_args<In, Out> a, Layout layout, index_t begin, index_t end,
                                               block_exchange<In>* ex, unsigned long long* counters) {
     constexpr int threads = cuda_tuning::block_threads;
     team_loop_group<threads>(a, static_cast<int>(threadIdx.x), true, end - begin,
-                             global_rows<const In>{a.x + begin * a.x_stride, a.x_stride},
-                             global_rows<Out>{a.y + begin * a.y_stride, a.y_stride}, ex, counters);
+                             layout.rows_at(a.x, a.x_stride, begin), layout.rows_at(a.y, a.y_stride, begin), ex,
+                             counters);
     __syncthreads();  // the exchange slots are reused by the next group
 }
 
@@ -521,14 +513,26 @@ __device__ index_t fetch_offset(const Layout& layout, index_t tile, index_t grou
 }
 
 // Starts the asynchronous copy of a staged tile's rows into shared memory (cp.async: no registers
-// held, so the copy of the next tile overlaps the arithmetic of this one).
-template <bool Padded, int Capacity, class In>
-__device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_plan& t) {
+// held, so the copy of the next tile overlaps the arithmetic of this one). A permuted layout
+// gathers its positions' rows instead (a position with no valid row leaves its slot as it was).
+template <bool Padded, int Capacity, class In, class Layout>
+__device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_plan& t, const Layout& layout) {
     constexpr int threads = cuda_tuning::block_threads;
     constexpr int V = Capacity / threads;
     if (!t.staged) return;
     const int tid = static_cast<int>(threadIdx.x);
     In* to = tile + tile_slot<Padded>(tid);
+    if constexpr (Layout::permuted) {
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;
+            if (u * threads + tid < t.rows) {
+                const index_t row = layout.row(t.r0 + u * threads + tid);
+                if (row >= 0) __pipeline_memcpy_async(to + u * tile_slot<Padded>(threads), x + row * stride, sizeof(In));
+            }
+        }
+        return;
+    }
     if (stride == 1) {
         const In* from = x + t.r0 + tid;
 #pragma unroll
@@ -548,13 +552,24 @@ __device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_pla
     }
 }
 
-// Writes a computed tile back with coalesced stores.
-template <bool Padded, int Capacity, class Out>
-__device__ void unstage_tile(const Out* tile, Out* y, index_t stride, const tile_plan& t) {
+// Writes a computed tile back with coalesced stores (a permuted layout scatters to its rows).
+template <bool Padded, int Capacity, class Out, class Layout>
+__device__ void unstage_tile(const Out* tile, Out* y, index_t stride, const tile_plan& t, const Layout& layout) {
     constexpr int threads = cuda_tuning::block_threads;
     constexpr int V = Capacity / threads;
     const int tid = static_cast<int>(threadIdx.x);
     const Out* from = tile + tile_slot<Padded>(tid);
+    if constexpr (Layout::permuted) {
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+            if (!Padded && u * threads >= t.rows) break;
+            if (u * threads + tid < t.rows) {
+                const index_t row = layout.row(t.r0 + u * threads + tid);
+                if (row >= 0) y[row * stride] = from[u * tile_slot<Padded>(threads)];
+            }
+        }
+        return;
+    }
     if (stride == 1) {
         Out* to = y + t.r0 + tid;
 #pragma unroll
@@ -588,17 +603,16 @@ __device__ __noinline__ void tile_fallback(outcome_args<In, Out> a, Layout layou
     const bool ok = has && layout.bounds(g, begin, end);
     const bool small = ok && end - begin <= index_t{32} * L;
     if (has && !ok && lane == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
-    team_loop_group<L>(a, lane, small, small ? end - begin : 0,
-                       global_rows<const In>{a.x + (small ? begin : 0) * a.x_stride, a.x_stride},
-                       global_rows<Out>{a.y + (small ? begin : 0) * a.y_stride, a.y_stride},
-                       static_cast<block_exchange<In>*>(nullptr), counters);
+    team_loop_group<L>(a, lane, small, small ? end - begin : 0, layout.rows_at(a.x, a.x_stride, small ? begin : 0),
+                       layout.rows_at(a.y, a.y_stride, small ? begin : 0), static_cast<block_exchange<In>*>(nullptr),
+                       counters);
     if (lane == 0) s_big[tid / L] = ok && !small ? g : -1;
     __syncthreads();
     for (int t = 0; t < teams; ++t) {
         if (s_big[t] < 0) continue;
         index_t b, e;
         layout.bounds(s_big[t], b, e);
-        block_loop_group(a, b, e, ex, counters);
+        block_loop_group(a, layout, b, e, ex, counters);
     }
     __syncthreads();  // s_big is rewritten by the next deferred tile
 }
@@ -635,7 +649,9 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
     if constexpr (ragged)
         if (tid < cuda_tuning::tile_deferral_words) s_deferred[tid] = 0;
 
+    groups = layout.live_groups(groups);  // a device-held count may leave fewer than launched for
     const index_t tiles = (groups + teams - 1) / teams;
+    if (static_cast<index_t>(blockIdx.x) >= tiles) return;  // the whole block: no tile to plan
     const index_t step = gridDim.x;
     index_t tile = blockIdx.x;
     // Prologue: offsets of the first tile (now) and the second (in flight); rows of the first.
@@ -644,7 +660,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
     index_t pending = fetch_offset<L>(layout, tile + step, groups);
     __syncthreads();
     tile_plan cur = plan_tile<L, capacity>(layout, tile, groups, s_off[0]);
-    stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles), a.x, a.x_stride, cur);
+    stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles), a.x, a.x_stride, cur, layout);
     __pipeline_commit();
     for (int buf = 0, round = 0; tile < tiles; tile += step, buf ^= 1, ++round) {
         const index_t next = tile + step;
@@ -656,7 +672,8 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
                 __syncthreads();
             }
             nxt = plan_tile<L, capacity>(layout, next, groups, s_off[buf ^ 1]);
-            stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles + (buf ^ 1) * in_bytes), a.x, a.x_stride, nxt);
+            stage_tile<!ragged, capacity>(reinterpret_cast<In*>(s_tiles + (buf ^ 1) * in_bytes), a.x, a.x_stride, nxt,
+                                          layout);
         }
         __pipeline_commit();
         __pipeline_wait_prior(1);  // this tile's copy (all but the group just committed)
@@ -674,7 +691,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
                                        staged_rows<Out, true>{out_tile, cur.first},
                                        static_cast<block_exchange<In>*>(nullptr), counters);
             __syncthreads();
-            unstage_tile<!ragged, capacity>(out_tile, a.y, a.y_stride, cur);
+            unstage_tile<!ragged, capacity>(out_tile, a.y, a.y_stride, cur, layout);
         } else if constexpr (ragged) {
             // Left for after the loop, where the pipeline's registers are free.
             if (tid == 0) s_deferred[round / 32] |= 1u << (round % 32);
@@ -705,6 +722,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads, cuda_tuning::block
     constexpr int threads = cuda_tuning::block_threads;
     constexpr int V = cuda_tuning::block_values;
     __shared__ block_exchange<In> ex;
+    groups = layout.live_groups(groups);
     for (index_t g = blockIdx.x; g < groups; g += gridDim.x) {
         index_t begin, end;
         if (!layout.bounds(g, begin, end)) {
@@ -713,12 +731,11 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads, cuda_tuning::block
         }
         if (end - begin <= index_t{threads} * V) {
             team_group<threads, V, false>(a, static_cast<int>(threadIdx.x), true, static_cast<int>(end - begin),
-                                          global_rows<const In>{a.x + begin * a.x_stride, a.x_stride},
-                                          global_rows<Out>{a.y + begin * a.y_stride, a.y_stride}, &ex,
-                                          a.counters);
+                                          layout.rows_at(a.x, a.x_stride, begin), layout.rows_at(a.y, a.y_stride, begin),
+                                          &ex, a.counters);
             __syncthreads();  // the exchange slots are reused by the next group
         } else {
-            block_loop_group(a, begin, end, &ex, a.counters);
+            block_loop_group(a, layout, begin, end, &ex, a.counters);
         }
     }
 }
@@ -850,7 +867,8 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
         if (info.exact_size <= index_t{cuda_tuning::tile_max_lanes} * cuda_tuning::tile_values)
             lanes = cuda_tuning::lanes_for(info.exact_size);
     } else {
-        const index_t room = cuda_tuning::ragged_room * (n / groups) * cuda_tuning::block_threads;  // rows a tile of single-lane teams may need
+        const index_t mean = info.typical_size > 0 ? info.typical_size : n / groups;
+        const index_t room = cuda_tuning::ragged_room * mean * cuda_tuning::block_threads;  // rows a tile of single-lane teams may need
         constexpr index_t capacity = tile_capacity<In, Out, false>();
         for (int l = 1; l <= cuda_tuning::tile_max_lanes && lanes == 0; l *= 2)
             if (room / l <= capacity) lanes = l;
