@@ -41,9 +41,16 @@ Peers (name -> formula):
                 -logsigmoid(beta (A_w - A_l) - gamma).mean(), beta 2, gamma 0.5, then loss.backward()
 
 Timing: time_peer() warms up, then takes the median over repeats of the mean time of an inner loop
-sized to last about 50 ms (one call per repeat when a call is slower than that).
+sized to last about 50 ms (one call per repeat when a call is slower than that). On a GPU
+(to_device(d, "cuda"), which records d["device"]) the timed loops are bracketed by
+torch.cuda.synchronize(), so a sample is the device time of the whole loop, launches included.
+
+Devices: make_data() always builds on the CPU (the same bits whatever the device); to_device() then
+moves every tensor of the dict (including the logits module's) and every peer allocates its own
+temporaries on the device of its inputs.
 
 Run directly for a quick table:  /usr/bin/python3 bench/peers/torch_peers.py [--threads 1] [--sizes 14,22]
+                                 [--device cuda]
 """
 
 import argparse
@@ -123,19 +130,33 @@ def make_data(layout, n, seed=42):
     return d
 
 
+def to_device(d, device):
+    """d with every tensor value moved to `device` (a new dict; numpy arrays and scalars are kept).
+    d["device"] records the device for time_peer; "cpu" returns d itself, untouched."""
+    if device is None or str(device) == "cpu":
+        return d
+    out = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in d.items()}
+    out["device"] = str(device)
+    return out
+
+
+def _is_cuda(d):
+    return str(d.get("device", "cpu")).startswith("cuda")
+
+
 def group_index(d):
     """Row -> dense group index, as a framework would compute it from what the caller has."""
     if d["layout"] == "ragged":
         off = d["offsets"]
         sizes = off[1:] - off[:-1]
-        return torch.repeat_interleave(torch.arange(sizes.numel()), sizes), sizes.numel()
+        return torch.repeat_interleave(torch.arange(sizes.numel(), device=off.device), sizes), sizes.numel()
     if d["layout"] == "ids_dense":  # verl as_torch_index passes integer ids through
         return d["ids"], d["n"] // d["group"]
     if d["layout"] == "ids":        # verl factorizes arbitrary uids (np.unique); torch.unique is the same job
         uniq, inv = torch.unique(d["ids"], return_inverse=True)
         return inv, uniq.numel()
     n, k = d["n"], d["group"]
-    return torch.arange(n) // k, n // k
+    return torch.arange(n, device=d["r"].device) // k, n // k
 
 
 # ---- GRPO peers ----
@@ -157,9 +178,9 @@ def reshape_trl(d, eps=1e-4):
 def scatter(d, eps=1e-6):
     r = d["r"]
     inv, groups = group_index(d)
-    count = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, torch.ones_like(r))
-    s1 = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r)
-    s2 = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r * r)
+    count = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inv, torch.ones_like(r))
+    s1 = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inv, r)
+    s2 = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inv, r * r)
     mean = s1 / count.clamp(min=1)
     var = (s2 - s1 * mean) / (count - 1).clamp(min=1)
     std = var.clamp(min=eps).sqrt()
@@ -173,7 +194,7 @@ def _ids_for_loop(d):
     if "ids_np" in d:
         return d["ids_np"]
     inv, _ = group_index(d)
-    return inv.numpy()
+    return inv.cpu().numpy()
 
 
 def verl_loop(d, eps=1e-6):
@@ -210,7 +231,7 @@ def rloo_scatter(d):
     r = d["r"]
     inv, groups = group_index(d)
     c = torch.bincount(inv, minlength=groups)[inv].to(r.dtype)
-    s = torch.zeros(groups, dtype=r.dtype).index_add_(0, inv, r)[inv]
+    s = torch.zeros(groups, dtype=r.dtype, device=r.device).index_add_(0, inv, r)[inv]
     return ((c * r - s) / (c - 1).clamp(min=1)) * (c > 1)
 
 
@@ -239,7 +260,7 @@ def rloo_verl_loop(d):
 def gae_verl_loop(d, gamma=0.99, lam=0.95):
     r, v, m = d["r"], d["v"], d["m"]
     with torch.no_grad():
-        nxt = torch.zeros(r.shape[0], dtype=r.dtype)
+        nxt = torch.zeros(r.shape[0], dtype=r.dtype, device=r.device)
         run = torch.zeros_like(nxt)
         cols = []
         for t in range(r.shape[1] - 1, -1, -1):
@@ -348,17 +369,18 @@ def bt_mm_torch(d, prior=1.0, tol=1e-10, max_iter=10000):
     matrix is built from the records (index_put_ with accumulate), then all groups iterate together,
     p <- W / (sum_j n_ij / (p_i + p_j) + prior / (p + 1)), W = wins + prior / 2, until
     max |log p_new - log p| <= tol over the whole batch or max_iter (one host sync per iteration)."""
+    dev = d["r"].device
     if "bt" not in d:  # the records are the input; built once, not timed after the warm-up call
-        d["bt"] = _bt_records(d["n"])
+        d["bt"] = {key: (v.to(dev) if torch.is_tensor(v) else v) for key, v in _bt_records(d["n"]).items()}
     r = d["bt"]
     G, k = r["groups"], BT_GROUP
     la, lb = r["a"] - r["g"] * k, r["b"] - r["g"] * k
-    w = torch.zeros(G, k, k, dtype=torch.float64)
+    w = torch.zeros(G, k, k, dtype=torch.float64, device=dev)
     w.index_put_((r["g"], la, lb), r["wa"], accumulate=True)
     w.index_put_((r["g"], lb, la), 1.0 - r["wa"], accumulate=True)
     games = w + w.transpose(1, 2)
     wins = w.sum(-1) + 0.5 * prior
-    p = torch.ones(G, k, dtype=torch.float64)
+    p = torch.ones(G, k, dtype=torch.float64, device=dev)
     logp = torch.zeros_like(p)
     for _ in range(max_iter):
         den = (games / (p.unsqueeze(2) + p.unsqueeze(1))).sum(-1) + prior / (p + 1.0)
@@ -404,20 +426,32 @@ PEERS = {
 # ---- timing ----
 
 def time_peer(fn, d, repeats=5, target_s=0.05, budget_s=3.0):
-    """Median seconds per call, or None when the peer declines this size."""
+    """Median seconds per call, or None when the peer declines this size. On a GPU (d["device"]
+    "cuda..."), every measured span starts and ends with torch.cuda.synchronize()."""
+    sync = torch.cuda.synchronize if _is_cuda(d) else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     if fn(d) is None:
         return None
+    sync()
     first = time.perf_counter() - t0
     if first < target_s:
         fn(d)  # second warm-up for fast peers (allocator, thread pool)
+        if _is_cuda(d):  # a first CUDA call pays module loading and library setup: size the loop from a warm one
+            sync()
+            t0 = time.perf_counter()
+            fn(d)
+            sync()
+            first = time.perf_counter() - t0
     inner = max(1, int(target_s / max(first, 1e-9)))
     reps = max(1, min(repeats, int(budget_s / max(first * inner, 1e-9))))
     samples = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         for _ in range(inner):
             fn(d)
+        sync()
         samples.append((time.perf_counter() - t0) / inner)
     return statistics.median(samples)
 
@@ -428,11 +462,15 @@ def main():
     ap.add_argument("--sizes", default="14,16,18,20,22,24", help="log2 of N, comma-separated")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--layouts", default="uniform,ragged,ids,ids_dense")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:k]: data built on the CPU, then moved")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        raise SystemExit(f"torch_peers: device {a.device} is not available (torch {torch.__version__}, "
+                         f"cuda available: {torch.cuda.is_available()})")
     for layout in a.layouts.split(","):
         for e in (int(s) for s in a.sizes.split(",")):
-            d = make_data(layout, 1 << e)
+            d = to_device(make_data(layout, 1 << e), a.device)
             for name in a.peers.split(","):
                 if name.endswith("reshape") or name == "reshape_trl":
                     if layout != "uniform":
