@@ -42,6 +42,7 @@ OPS = {
     "bradley_terry":  ("bradley_terry",  "uniform",   ["bt_mm_torch"]),
     "rank_advantages": ("rank_advantages", "uniform", ["rank_adv_torch"]),
     "gigpo_steps":    ("gigpo_steps",    "steps",     ["gigpo_verl_agent"]),
+    "token_log_probs": ("token_log_probs", "logits_v32768", ["logprobs_entropy_autograd"]),
 }
 
 

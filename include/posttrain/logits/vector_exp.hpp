@@ -8,7 +8,8 @@
 //
 //   k = round(x log2 e)                          (the 1.5 * 2^52 shifter: round to nearest even)
 //   r = (x - k ln2_hi) - k ln2_lo                (Cody-Waite: k ln2_hi is exact, |r| <= 0.347)
-//   exp(r) = 1 + r (1 + r (1/2! + ... + r/13!))  (Taylor to degree 13: truncation < 5e-18 relative)
+//   exp(r) = sum_(i<=13) r^i / i!                (Taylor to degree 13: truncation < 5e-18 relative;
+//                                                 Estrin's scheme, the last three steps Horner's)
 //   exp(x) = exp(r) 2^k1 2^k2, k1 = floor(k/2), k2 = k - k1 (both factors normal for every k that
 //            can occur, so subnormal results and overflow round once, in the last product)
 //
@@ -105,28 +106,35 @@ POSTTRAIN_HD inline void exp_body(const D& x, D& out) noexcept {
     const D klo = k * 1.90821492927058770002e-10;  // ln2_lo = ln2 - ln2_hi
     const D r0 = c - khi;
     const D r = r0 - klo;
-    D p = D{} + 1.6059043836821613e-10;  // 1/13!
-    p = p * r;
-    p = p + 2.08767569878681e-09;  // 1/12!
-    p = p * r;
-    p = p + 2.505210838544172e-08;  // 1/11!
-    p = p * r;
-    p = p + 2.755731922398589e-07;  // 1/10!
-    p = p * r;
-    p = p + 2.7557319223985893e-06;  // 1/9!
-    p = p * r;
-    p = p + 2.48015873015873e-05;  // 1/8!
-    p = p * r;
-    p = p + 0.0001984126984126984;  // 1/7!
-    p = p * r;
-    p = p + 0.001388888888888889;  // 1/6!
-    p = p * r;
-    p = p + 0.008333333333333333;  // 1/5!
-    p = p * r;
-    p = p + 0.041666666666666664;  // 1/4!
-    p = p * r;
-    p = p + 0.16666666666666666;  // 1/3!
-    p = p * r;
+    // exp(r) = 1 + r (1 + r (1/2 + r Q(r))), Q(r) = sum_(i=0..10) r^i / (i + 3)! by Estrin's scheme
+    // (independent pairs combined with r^2, r^4, r^8: a dependency chain of 7 operations instead of
+    // Horner's 20, which is what bounds the loop), the last three steps by Horner, so that the result
+    // is rounded as 1 + (small), within 1 ulp.
+    const D r2 = r * r;
+    const D r4 = r2 * r2;
+    const D r8 = r4 * r4;
+    D q0 = r * 0.041666666666666664;  // 1/4!
+    q0 = q0 + 0.16666666666666666;  // 1/3!
+    D q1 = r * 0.001388888888888889;  // 1/6!
+    q1 = q1 + 0.008333333333333333;  // 1/5!
+    D q2 = r * 2.48015873015873e-05;  // 1/8!
+    q2 = q2 + 0.0001984126984126984;  // 1/7!
+    D q3 = r * 2.755731922398589e-07;  // 1/10!
+    q3 = q3 + 2.7557319223985893e-06;  // 1/9!
+    D q4 = r * 2.08767569878681e-09;  // 1/12!
+    q4 = q4 + 2.505210838544172e-08;  // 1/11!
+    const D q5 = D{} + 1.6059043836821613e-10;  // 1/13!
+    D s0 = q1 * r2;
+    s0 = s0 + q0;
+    D s1 = q3 * r2;
+    s1 = s1 + q2;
+    D s2 = q5 * r2;
+    s2 = s2 + q4;
+    D t0 = s1 * r4;
+    t0 = t0 + s0;
+    D Q = s2 * r8;
+    Q = Q + t0;
+    D p = Q * r;
     p = p + 0.5;
     p = p * r;
     p = p + 1.0;
@@ -134,10 +142,10 @@ POSTTRAIN_HD inline void exp_body(const D& x, D& out) noexcept {
     p = p + 1.0;
     const I k1 = ki >> 1;  // floor(k / 2)
     const I k2 = ki - k1;
-    const D s1 = double_of((k1 + 1023) << 52);
-    const D s2 = double_of((k2 + 1023) << 52);
-    const D y = p * s1;
-    const D e = y * s2;
+    const D f1 = double_of((k1 + 1023) << 52);
+    const D f2 = double_of((k2 + 1023) << 52);
+    const D y = p * f1;
+    const D e = y * f2;
     out = x != x ? x : e;
 }
 
