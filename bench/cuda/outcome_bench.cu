@@ -1,10 +1,19 @@
 // GRPO / RLOO on exec::cuda, N = 2^14 .. 2^24, timed with CUDA events against a device-to-device
 // cudaMemcpy of the same bytes (one read and one write of N elements, which is what the kernels
-// must move at least). Prints one JSON object per line:
+// must move at least). From unsorted ids (N = 2^20 .. 2^24, groups of 16 rows, shuffled; as the CPU
+// bench's grpo_ids / grpo_ids_dense and the peers' "ids" / "ids_dense" layouts):
+//   group_ids16            grouping::from_ids alone, 64-bit hash-like int64 ids (workspace given)
+//   grpo_ids16_f32         from_ids + grpo over its device layout (what a caller holding ids pays)
+//   group_ids_dense16      grouping::from_dense_ids alone, ids 0..G-1 (G = N / 16)
+//   grpo_ids_dense16_f32   from_dense_ids + grpo
+// whose copy reference moves the ids (8N bytes: read ids, write the permutation) for the grouping
+// rows, and ids + rewards in / advantages out (a copy of 8N bytes, 16N moved) for the grpo rows.
+// Prints one JSON object per line:
 //     {"op":..., "size":N, "threads":0, "device":..., "posttrain_ms":..., "memcpy_ms":..., "memcpy_fraction":...}
 // memcpy_fraction = memcpy_ms / posttrain_ms (1.0 = as fast as a copy).
 // Usage: posttrain_cuda_bench [max_log2_n (default 24) [min_log2_n (default 14)]]
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -13,6 +22,7 @@
 
 #include <posttrain/advantage/grpo.cuh>
 #include <posttrain/advantage/rloo.cuh>
+#include <posttrain/cuda/grouping.cuh>
 
 #include "timing.cuh"
 
@@ -47,6 +57,32 @@ int main(int argc, char** argv) {
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(r, host_r.data(), sizeof(float) * max_n, cudaMemcpyHostToDevice));
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(off, host_off.data(), sizeof(std::int64_t) * host_off.size(), cudaMemcpyHostToDevice));
 
+    // Id layouts: ids, permutation [N], offsets [N + 1], count, and one workspace for both groupings.
+    constexpr int ids_min_log2 = 20;
+    constexpr index_t id_group = 16;
+    std::int64_t* ids = nullptr;
+    index_t *perm = nullptr, *id_off = nullptr, *count = nullptr;
+    void* ws = nullptr;
+    std::size_t ws_bytes = 0;
+    if (max_log2 >= ids_min_log2) {
+        ws_bytes = std::max(pt::grouping::from_ids_workspace_bytes(max_n),
+                            pt::grouping::from_dense_ids_workspace_bytes(max_n, max_n / id_group));
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(&ids, sizeof(std::int64_t) * max_n));
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(&perm, sizeof(index_t) * max_n));
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(&id_off, sizeof(index_t) * (max_n + 1)));
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(&count, sizeof(index_t)));
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+    }
+    // Shuffled ids, 16 rows each: 64-bit hash-like values, or 0..G-1.
+    auto upload_ids = [&](index_t n, bool hashed) {
+        std::vector<std::int64_t> h(static_cast<std::size_t>(n));
+        std::vector<std::int64_t> uid(static_cast<std::size_t>(n / id_group));
+        for (std::size_t g = 0; g < uid.size(); ++g) uid[g] = hashed ? static_cast<std::int64_t>(rng()) : static_cast<std::int64_t>(g);
+        for (index_t i = 0; i < n; ++i) h[static_cast<std::size_t>(i)] = uid[static_cast<std::size_t>(i / id_group)];
+        std::shuffle(h.begin(), h.end(), rng);
+        POSTTRAIN_CUDA_CHECK(cudaMemcpy(ids, h.data(), sizeof(std::int64_t) * n, cudaMemcpyHostToDevice));
+    };
+
     for (int lg = min_log2; lg <= max_log2; lg += 2) {
         const index_t n = index_t{1} << lg;
         const pt::device_view<const float, 1> rv(r, n);
@@ -69,10 +105,38 @@ int main(int argc, char** argv) {
         batch.std_scale = adv::scale::batch;
         row("grpo_uniform16_batchstd_f32", n, device,
             time_ms([&] { adv::grpo(pt::exec::cuda, rv, pt::uniform_groups{16}, av, batch); }), copy);
+
+        if (lg < ids_min_log2) continue;
+        const auto with_ws = pt::exec::cuda.with(ws, ws_bytes);
+        const pt::device_view<const std::int64_t, 1> idv(ids, n);
+        const pt::device_view<index_t, 1> pv(perm, n), ov_ids(id_off, n + 1), cv(count, 1);
+        const double copy_ids = time_ms([&] { POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(perm, ids, sizeof(std::int64_t) * n, cudaMemcpyDeviceToDevice)); });
+        upload_ids(n, true);
+        row("group_ids16", n, device, time_ms([&] { (void)pt::grouping::from_ids(with_ws, idv, pv, ov_ids, cv); }), copy_ids);
+        row("grpo_ids16_f32", n, device, time_ms([&] {
+                const auto groups = pt::grouping::from_ids(with_ws, idv, pv, ov_ids, cv);
+                adv::grpo(with_ws, rv, groups, av);
+            }),
+            copy_ids);
+        upload_ids(n, false);
+        const index_t dense_groups = n / id_group;
+        const pt::device_view<index_t, 1> ov_dense(id_off, dense_groups + 1);
+        row("group_ids_dense16", n, device,
+            time_ms([&] { (void)pt::grouping::from_dense_ids(with_ws, idv, dense_groups, pv, ov_dense); }), copy_ids);
+        row("grpo_ids_dense16_f32", n, device, time_ms([&] {
+                const auto groups = pt::grouping::from_dense_ids(with_ws, idv, dense_groups, pv, ov_dense);
+                adv::grpo(with_ws, rv, groups, av);
+            }),
+            copy_ids);
     }
     POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
     cudaFree(r);
     cudaFree(a);
     cudaFree(off);
+    cudaFree(ids);
+    cudaFree(perm);
+    cudaFree(id_off);
+    cudaFree(count);
+    cudaFree(ws);
     return 0;
 }
