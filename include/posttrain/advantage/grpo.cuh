@@ -6,14 +6,17 @@
 //                         pt::ragged(d_offsets), d_advantages, pt::advantage::grpo_options::verl());
 //
 // Rewards and advantages are device_view<const float|double, 1> / device_view<float|double, 1> or
-// DLPack tensors on a CUDA device; groups are uniform_groups or ragged device offsets
-// (<posttrain/cuda/groups.cuh>). Asynchronous on the policy's stream. Semantics are those of the
+// DLPack tensors on a CUDA device; groups are uniform_groups, ragged device offsets or a
+// device_permuted_groups (<posttrain/cuda/groups.cuh>; grouping::from_ids in
+// <posttrain/cuda/grouping.cuh> makes one from unsorted ids, and advantages come back in row
+// order). Asynchronous on the policy's stream. Semantics are those of the
 // host grpo with statistics::float64 (double accumulation on the device for float input too);
 // statistics::float32_one_pass is rejected with invalid_argument on this path.
 //
 // What only the device can see is reported through the policy's status word, not thrown:
 // status_nonfinite_input (nonfinite::raise and a NaN/inf reward: the result is computed as under
-// nonfinite::propagate), status_invalid_groups (bad ragged offsets: those groups are skipped),
+// nonfinite::propagate), status_invalid_groups (bad ragged offsets or permuted layout: those groups
+// are skipped),
 // status_singleton_group (singleton::error with ragged groups: the singleton gets NaN). The
 // group_stats_result counters are available, asynchronously, through the `stats` overload.
 //

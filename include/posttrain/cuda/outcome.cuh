@@ -20,6 +20,10 @@
 //   - block kernel (larger groups): a block per group, up to block_values rows per thread in
 //     registers; beyond that the block loops over global memory.
 // Rows are never read from global memory more than once except in the looping fallbacks.
+// A permuted layout (device_permuted_groups, e.g. from grouping::from_ids) runs the ragged shapes over
+// positions: its layout reader maps position j to row permutation[j], so tiles are gathered into
+// shared memory and scattered back (random 4- or 8-byte accesses), and a group count held on the
+// device bounds the groups each kernel walks (layout.live_groups).
 //
 // Determinism: run to run on the same GPU (the shape depends only on N, G, the group size and the
 // SM count, and no result depends on which block takes a tile; fixed reduction trees: xor
