@@ -338,7 +338,11 @@ inline std::size_t from_ids_workspace_bytes(index_t n, int id_bytes = 8) {
         return detail::rows_fit_32(n) ? detail::plan_grouping<Key, std::uint32_t>(n, end_bit, true).total
                                       : detail::plan_grouping<Key, std::uint64_t>(n, end_bit, true).total;
     };
-    return id_bytes == 4 ? of(std::type_identity<std::uint32_t>{}) : of(std::type_identity<std::uint64_t>{});
+    // 8 covers 32-bit ids too (whatever CUB's temporary storage does with the narrower key).
+    const std::size_t narrow = of(std::type_identity<std::uint32_t>{});
+    if (id_bytes == 4) return narrow;
+    const std::size_t wide = of(std::type_identity<std::uint64_t>{});
+    return wide > narrow ? wide : narrow;
 }
 
 // Bytes of workspace grouping::from_dense_ids(exec::cuda, ...) takes for n ids in [0, num_groups).
