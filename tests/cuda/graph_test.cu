@@ -18,8 +18,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <cstring>
-#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -40,27 +38,13 @@ namespace pl = posttrain::policy_loss;
 namespace pp = posttrain::preference;
 using pt::index_t;
 using pt::test::device_vec;
+using pt::test::graph_case;
+using pt::test::input_sets;
+using pt::test::out_of;
 
 namespace {
 
-// A device region a call writes: compared bitwise. `fill` is what it holds before each run (0xff:
-// NaN for floats, so that an unwritten element is seen; results that are structs start at 0 so that
-// their padding, which no kernel writes, compares equal).
-struct region {
-    void* p;
-    std::size_t bytes;
-    unsigned char fill = 0xff;
-};
-
-struct graph_case {
-    std::string name;
-    std::size_t workspace = 0;                            // <algo>_workspace_bytes(...)
-    std::vector<region> outputs;
-    std::function<void(int)> load;                        // uploads input set 0 or 1 (synchronous, outside capture)
-    std::function<void(const pt::exec::cuda_policy&)> call;  // enqueues the algorithm on the policy's stream
-};
-
-// Input data: set k of n values, drawn from seed + k (so the two sets differ everywhere).
+// n normal values from `seed` (normal_sets draws input set 1 from seed + 1000: the sets differ everywhere).
 template <class T>
 std::vector<T> normal_values(std::size_t n, std::uint64_t seed, double mean = 0.0, double sd = 1.0) {
     std::mt19937_64 rng(seed);
@@ -78,167 +62,12 @@ std::vector<std::uint8_t> mask_values(std::size_t n, std::uint64_t seed, double 
     return v;
 }
 
-// Two host input sets of one device buffer; load(k) copies set k into it.
 template <class T>
-struct two_sets {
-    std::vector<T> set[2];
-    device_vec<T> dev;
-    explicit two_sets(std::vector<T> a, std::vector<T> b) : set{std::move(a), std::move(b)}, dev(set[0]) {}
-    void load(int k) const {
-        if (!set[k].empty())
-            POSTTRAIN_CUDA_CHECK(cudaMemcpy(dev.data(), set[k].data(), sizeof(T) * set[k].size(), cudaMemcpyHostToDevice));
-    }
-    region out() const { return {dev.data(), sizeof(T) * dev.size()}; }
-};
-
-template <class T>
-two_sets<T> normal_sets(std::size_t n, std::uint64_t seed, double mean = 0.0, double sd = 1.0) {
-    return two_sets<T>(normal_values<T>(n, seed, mean, sd), normal_values<T>(n, seed + 1000, mean, sd));
+input_sets<T> normal_sets(std::size_t n, std::uint64_t seed, double mean = 0.0, double sd = 1.0) {
+    return input_sets<T>(normal_values<T>(n, seed, mean, sd), normal_values<T>(n, seed + 1000, mean, sd));
 }
-inline two_sets<std::uint8_t> mask_sets(std::size_t n, std::uint64_t seed) {
-    return two_sets<std::uint8_t>(mask_values(n, seed), mask_values(n, seed + 1000));
-}
-
-template <class T>
-region out_of(const device_vec<T>& v, unsigned char fill = 0xff) {
-    return {v.data(), sizeof(T) * v.size(), fill};
-}
-
-using bytes = std::vector<unsigned char>;
-
-struct snapshot {
-    std::vector<bytes> outputs;
-    std::uint32_t status = 0;
-};
-
-snapshot take(cudaStream_t s, const std::vector<region>& outs, const std::uint32_t* d_status) {
-    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
-    snapshot r;
-    for (const region& o : outs) {
-        r.outputs.emplace_back(o.bytes);
-        if (o.bytes) POSTTRAIN_CUDA_CHECK(cudaMemcpy(r.outputs.back().data(), o.p, o.bytes, cudaMemcpyDeviceToHost));
-    }
-    POSTTRAIN_CUDA_CHECK(cudaMemcpy(&r.status, d_status, sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
-    return r;
-}
-
-void clear(const std::vector<region>& outs, std::uint32_t* d_status) {
-    for (const region& o : outs)
-        if (o.bytes) POSTTRAIN_CUDA_CHECK(cudaMemset(o.p, o.fill, o.bytes));
-    POSTTRAIN_CUDA_CHECK(cudaMemset(d_status, 0, sizeof(std::uint32_t)));
-    POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
-}
-
-// Bitwise equality, naming the first differing byte of the first differing region.
-bool same(const snapshot& got, const snapshot& want, const std::string& what) {
-    bool ok = got.status == want.status;
-    if (!ok) pt::test::report_failure(__FILE__, __LINE__, what + ": status word " + std::to_string(got.status) +
-                                                              ", eager " + std::to_string(want.status));
-    for (std::size_t r = 0; r < want.outputs.size(); ++r) {
-        const bytes& g = got.outputs[r];
-        const bytes& w = want.outputs[r];
-        if (g == w) continue;
-        std::size_t at = 0;
-        while (at < g.size() && g[at] == w[at]) ++at;
-        pt::test::report_failure(__FILE__, __LINE__, what + ": output " + std::to_string(r) + " differs from byte " +
-                                                         std::to_string(at) + " of " + std::to_string(w.size()));
-        ok = false;
-    }
-    ++pt::test::state().checks;
-    return ok;
-}
-
-// Captures c.call on stream s under `policy`; null (and a failure naming the cause) when the call
-// cannot be captured.
-cudaGraphExec_t capture(const graph_case& c, const pt::exec::cuda_policy& policy, cudaStream_t s, const std::string& what) {
-    cudaGraph_t graph = nullptr;
-    POSTTRAIN_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    std::string thrown;
-    try {
-        c.call(policy);
-    } catch (const std::exception& e) {
-        thrown = e.what();
-    }
-    const cudaError_t end = cudaStreamEndCapture(s, &graph);
-    (void)cudaGetLastError();  // a failed capture leaves its error here; it is reported below
-    if (!thrown.empty() || end != cudaSuccess || graph == nullptr) {
-        pt::test::report_failure(__FILE__, __LINE__,
-                                 what + ": capture failed (" + (thrown.empty() ? "" : "the call threw: " + thrown + "; ") +
-                                     "cudaStreamEndCapture: " + cudaGetErrorString(end) +
-                                     ") -- a hidden synchronization, an allocation off the stream, or a launch on another stream");
-        if (graph) cudaGraphDestroy(graph);
-        return nullptr;
-    }
-    std::size_t nodes = 0;
-    POSTTRAIN_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
-    PT_CHECK_MSG(nodes > 0, what + ": the captured graph is empty");
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    if (inst != cudaSuccess) {
-        (void)cudaGetLastError();
-        pt::test::report_failure(__FILE__, __LINE__, what + ": cudaGraphInstantiate: " + cudaGetErrorString(inst));
-        return nullptr;
-    }
-    return exec;
-}
-
-// Eager runs on input sets 0 and 1 (set 0 twice: run-to-run determinism), then the graph captured
-// with set 0 loaded and replayed on set 1, then on set 0 again; every replay bitwise equal to the
-// eager run on the same inputs. with_workspace = false: scratch from cudaMallocAsync (in the graph).
-void run_case(const graph_case& c, bool with_workspace = true) {
-    const std::string what = c.name + (with_workspace ? " [workspace " + std::to_string(c.workspace) + " B]" : " [cudaMallocAsync]");
-    cudaStream_t s = nullptr;
-    POSTTRAIN_CUDA_CHECK(cudaStreamCreate(&s));  // blocking: a launch on the legacy stream during capture is an error
-    void* ws = nullptr;
-    POSTTRAIN_CUDA_CHECK(cudaMalloc(&ws, c.workspace ? c.workspace : 1));
-    device_vec<std::uint32_t> status(1, 0u);
-    pt::exec::cuda_policy policy = pt::exec::cuda.on(s).with_status(status.data());
-    // Exactly the advertised bytes: a call that needs more throws instead of allocating.
-    if (with_workspace) policy = policy.with(ws, c.workspace);
-
-    snapshot eager[2];
-    try {
-        for (int k : {0, 1}) {
-            c.load(k);
-            clear(c.outputs, status.data());
-            c.call(policy);
-            eager[k] = take(s, c.outputs, status.data());
-        }
-        c.load(0);
-        clear(c.outputs, status.data());
-        c.call(policy);
-        same(take(s, c.outputs, status.data()), eager[0], what + ": eager rerun");
-    } catch (const std::exception& e) {
-        pt::test::report_failure(__FILE__, __LINE__, what + ": eager run threw: " + e.what());
-        cudaFree(ws);
-        cudaStreamDestroy(s);
-        return;
-    }
-    bool differ = false;
-    for (std::size_t r = 0; r < eager[0].outputs.size(); ++r) differ = differ || eager[0].outputs[r] != eager[1].outputs[r];
-    PT_CHECK_MSG(differ, what + ": the two input sets give the same outputs (the replay test would prove nothing)");
-
-    c.load(0);
-    clear(c.outputs, status.data());
-    if (const cudaGraphExec_t exec = capture(c, policy, s, what)) {
-        for (int k : {1, 0}) {
-            c.load(k);
-            clear(c.outputs, status.data());
-            POSTTRAIN_CUDA_CHECK(cudaGraphLaunch(exec, s));
-            same(take(s, c.outputs, status.data()), eager[k], what + ": replay on input set " + std::to_string(k));
-        }
-        cudaGraphExecDestroy(exec);
-    }
-    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
-    cudaFree(ws);
-    cudaStreamDestroy(s);
-}
-
-// Both scratch sources when the call needs scratch; the workspace only otherwise.
-void run_both(const graph_case& c) {
-    run_case(c, true);
-    if (c.workspace > 0) run_case(c, false);
+inline input_sets<std::uint8_t> mask_sets(std::size_t n, std::uint64_t seed) {
+    return input_sets<std::uint8_t>(mask_values(n, seed), mask_values(n, seed + 1000));
 }
 
 // ---- outcome advantages ------------------------------------------------------------------------
@@ -259,7 +88,7 @@ void outcome_case(const std::string& name, index_t n, const Groups& groups, cons
         if (counters) algo(p, r.dev.cview(), groups, a.view(), o, stats.view());
         else algo(p, r.dev.cview(), groups, a.view(), o);
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 struct grpo_fn {
@@ -343,7 +172,7 @@ void gae_case(const std::string& name, index_t rows, index_t cols, const adv::ga
         if (with_stats) adv::gae(p, rv, vv, mv, av, retv, o, st.view());
         else adv::gae(p, rv, vv, mv, av, retv, o);
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 void returns_case(const std::string& name, index_t rows, index_t cols) {
@@ -363,7 +192,7 @@ void returns_case(const std::string& name, index_t rows, index_t cols) {
                                 pt::device_view<const std::uint8_t, 2>(m.dev.data(), rows, cols),
                                 pt::device_view<double, 2>(out.data(), rows, cols), o);
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 }  // namespace
@@ -407,13 +236,13 @@ void loss_case(const std::string& name, index_t B, index_t T_) {
     c.outputs = {out_of(g), out_of(res, 0)};
     c.load = [&](int k) { lp.load(k), old.load(k), adv_.load(k), ref.load(k), m.load(k); };
     c.call = [&](const pt::exec::cuda_policy& p) {
-        auto view = [&](const two_sets<T>& x) { return pt::device_view<const T, 2>(x.dev.data(), B, T_); };
+        auto view = [&](const input_sets<T>& x) { return pt::device_view<const T, 2>(x.dev.data(), B, T_); };
         pl::device_extras ex;
         ex.ref_log_probs = view(ref);
         pl::compute(p, view(lp), view(old), view(adv_), pt::device_view<const std::uint8_t, 2>(m.dev.data(), B, T_),
                     pt::device_view<T, 2>(g.data(), B, T_), o, ex, pt::device_view<pl::loss_result, 0>(res.data()));
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 }  // namespace
@@ -440,7 +269,7 @@ PT_TEST("graph: kl_penalty") {
         pl::kl_penalty(p, pt::device_view<const float, 2>(lp.dev.data(), B, T_), pt::device_view<const float, 2>(ref.dev.data(), B, T_),
                        pt::device_view<float, 2>(kl.data(), B, T_), pt::device_view<float, 2>(g.data(), B, T_), o);
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 // ---- sequence log-probs and the DPO family ----------------------------------------------------------
@@ -464,7 +293,7 @@ void sequence_case(const std::string& name, index_t B, index_t T_) {
         pp::sequence_log_probs(p, pt::device_view<const float, 2>(lp.dev.data(), B, T_), mv, sums.view(), lens.view());
         pp::sequence_log_probs_backward(p, gs.dev.cview(), mv, pt::device_view<float, 2>(g.data(), B, T_));
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 void dpo_case(const std::string& name, index_t B, index_t T_, const pp::dpo_options& o, bool ref) {
@@ -481,7 +310,7 @@ void dpo_case(const std::string& name, index_t B, index_t T_, const pp::dpo_opti
     c.outputs = {out_of(gw), out_of(gl), out_of(losses), out_of(res, 0)};
     c.load = [&](int k) { w.load(k), l.load(k), rw.load(k), rl.load(k), mw.load(k), ml.load(k); };
     c.call = [&](const pt::exec::cuda_policy& p) {
-        auto side = [&](const two_sets<float>& x, const two_sets<std::uint8_t>& m) {
+        auto side = [&](const input_sets<float>& x, const input_sets<std::uint8_t>& m) {
             return pp::device_sequence_input::tokens(pt::device_view<const float, 2>(x.dev.data(), B, T_),
                                                      pt::device_view<const std::uint8_t, 2>(m.dev.data(), B, T_));
         };
@@ -492,7 +321,7 @@ void dpo_case(const std::string& name, index_t B, index_t T_, const pp::dpo_opti
                 pt::device_view<float, 2>(gw.data(), B, T_), pt::device_view<float, 2>(gl.data(), B, T_), o, out, {},
                 pt::device_view<pp::device_dpo_result, 0>(res.data()));
     };
-    run_both(c);
+    pt::test::graph_replay_both(c);
 }
 
 }  // namespace

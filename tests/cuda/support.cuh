@@ -2,8 +2,11 @@
 // Device buffers and host-vs-device comparison for the CUDA tests.
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <posttrain/cuda/exec.cuh>
@@ -63,6 +66,202 @@ bool close_to(const std::vector<T>& got, const std::vector<T>& want, double tol,
     }
     ++state().checks;
     return bad == 0;
+}
+
+// ---- CUDA-graph capture and replay (graph_test.cu; any test may add cases) -------------------------
+//
+//     graph_case c;
+//     c.name = "grpo batch std";
+//     c.workspace = advantage::grpo_workspace_bytes(n, o);     // exactly what the call asks for
+//     c.outputs = {out_of(d_adv)};                             // compared bitwise
+//     c.load = [&](int k) { rewards.load(k); };                // input_sets: two host sets per buffer
+//     c.call = [&](const exec::cuda_policy& p) { advantage::grpo(p, rewards.dev.cview(), groups, d_adv.view(), o); };
+//     graph_replay_both(c);
+//
+// graph_replay runs the call eagerly on input sets 0 and 1 (set 0 twice: run-to-run determinism),
+// captures it into a CUDA graph in cudaStreamCaptureModeGlobal on a blocking stream (a hidden
+// synchronization, an allocation off the stream or a launch on the legacy stream fails the capture),
+// replays it on set 1 and then set 0, and checks outputs and status word bitwise against the eager
+// runs. The policy carries a workspace of exactly c.workspace bytes (a call needing more throws) or,
+// with with_workspace = false, none (cudaMallocAsync then becomes a graph memory node).
+
+// A device region a call writes: compared bitwise. `fill` is what it holds before each run (0xff:
+// NaN for floats, so that an unwritten element is seen; results that are structs start at 0 so that
+// their padding, which no kernel writes, compares equal).
+struct region {
+    void* p;
+    std::size_t bytes;
+    unsigned char fill = 0xff;
+};
+
+struct graph_case {
+    std::string name;
+    std::size_t workspace = 0;                            // <algo>_workspace_bytes(...)
+    std::vector<region> outputs;
+    std::function<void(int)> load;                        // uploads input set 0 or 1 (synchronous, outside capture)
+    std::function<void(const exec::cuda_policy&)> call;      // enqueues the algorithm on the policy's stream
+};
+
+// Two host input sets of one device buffer; load(k) copies set k into it.
+template <class T>
+struct input_sets {
+    std::vector<T> set[2];
+    device_vec<T> dev;
+    explicit input_sets(std::vector<T> a, std::vector<T> b) : set{std::move(a), std::move(b)}, dev(set[0]) {}
+    void load(int k) const {
+        if (!set[k].empty())
+            POSTTRAIN_CUDA_CHECK(cudaMemcpy(dev.data(), set[k].data(), sizeof(T) * set[k].size(), cudaMemcpyHostToDevice));
+    }
+};
+
+template <class T>
+region out_of(const device_vec<T>& v, unsigned char fill = 0xff) {
+    return {v.data(), sizeof(T) * v.size(), fill};
+}
+
+namespace graph_detail {
+
+using bytes = std::vector<unsigned char>;
+
+struct snapshot {
+    std::vector<bytes> outputs;
+    std::uint32_t status = 0;
+};
+
+inline snapshot take(cudaStream_t s, const std::vector<region>& outs, const std::uint32_t* d_status) {
+    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
+    snapshot r;
+    for (const region& o : outs) {
+        r.outputs.emplace_back(o.bytes);
+        if (o.bytes) POSTTRAIN_CUDA_CHECK(cudaMemcpy(r.outputs.back().data(), o.p, o.bytes, cudaMemcpyDeviceToHost));
+    }
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(&r.status, d_status, sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
+    return r;
+}
+
+inline void clear(const std::vector<region>& outs, std::uint32_t* d_status) {
+    for (const region& o : outs)
+        if (o.bytes) POSTTRAIN_CUDA_CHECK(cudaMemset(o.p, o.fill, o.bytes));
+    POSTTRAIN_CUDA_CHECK(cudaMemset(d_status, 0, sizeof(std::uint32_t)));
+    POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// Bitwise equality, naming the first differing byte of the first differing region.
+inline bool same(const snapshot& got, const snapshot& want, const std::string& what) {
+    bool ok = got.status == want.status;
+    if (!ok)
+        report_failure(__FILE__, __LINE__,
+                       what + ": status word " + std::to_string(got.status) + ", eager " + std::to_string(want.status));
+    for (std::size_t r = 0; r < want.outputs.size(); ++r) {
+        const bytes& g = got.outputs[r];
+        const bytes& w = want.outputs[r];
+        if (g == w) continue;
+        std::size_t at = 0;
+        while (at < g.size() && g[at] == w[at]) ++at;
+        report_failure(__FILE__, __LINE__,
+                       what + ": output " + std::to_string(r) + " differs from byte " + std::to_string(at) + " of " +
+                           std::to_string(w.size()));
+        ok = false;
+    }
+    ++state().checks;
+    return ok;
+}
+
+// Captures c.call on stream s under `policy`; null (and a failure naming the cause) when the call
+// cannot be captured.
+inline cudaGraphExec_t capture(const graph_case& c, const exec::cuda_policy& policy, cudaStream_t s, const std::string& what) {
+    cudaGraph_t graph = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    std::string thrown;
+    try {
+        c.call(policy);
+    } catch (const std::exception& e) {
+        thrown = e.what();
+    }
+    const cudaError_t end = cudaStreamEndCapture(s, &graph);
+    (void)cudaGetLastError();  // a failed capture leaves its error here; it is reported below
+    if (!thrown.empty() || end != cudaSuccess || graph == nullptr) {
+        report_failure(__FILE__, __LINE__,
+                       what + ": capture failed (" + (thrown.empty() ? "" : "the call threw: " + thrown + "; ") +
+                           "cudaStreamEndCapture: " + cudaGetErrorString(end) +
+                           ") -- a hidden synchronization, an allocation off the stream, or a launch on another stream");
+        if (graph) cudaGraphDestroy(graph);
+        return nullptr;
+    }
+    std::size_t nodes = 0;
+    POSTTRAIN_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
+    PT_CHECK_MSG(nodes > 0, what + ": the captured graph is empty");
+    cudaGraphExec_t instance = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&instance, graph, 0);
+    cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) {
+        (void)cudaGetLastError();
+        report_failure(__FILE__, __LINE__, what + ": cudaGraphInstantiate: " + cudaGetErrorString(inst));
+        return nullptr;
+    }
+    return instance;
+}
+
+}  // namespace graph_detail
+
+// Eager runs on input sets 0 and 1 (set 0 twice: run-to-run determinism), then the graph captured
+// with set 0 loaded and replayed on set 1, then on set 0 again; every replay bitwise equal to the
+// eager run on the same inputs. with_workspace = false: scratch from cudaMallocAsync (in the graph).
+inline void graph_replay(const graph_case& c, bool with_workspace = true) {
+    const std::string what =
+        c.name + (with_workspace ? " [workspace " + std::to_string(c.workspace) + " B]" : " [cudaMallocAsync]");
+    cudaStream_t s = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaStreamCreate(&s));  // blocking: a launch on the legacy stream during capture is an error
+    void* ws = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&ws, c.workspace ? c.workspace : 1));
+    device_vec<std::uint32_t> status(1, 0u);
+    exec::cuda_policy policy = exec::cuda.on(s).with_status(status.data());
+    // Exactly the advertised bytes: a call that needs more throws instead of allocating.
+    if (with_workspace) policy = policy.with(ws, c.workspace);
+
+    graph_detail::snapshot eager[2];
+    try {
+        for (int k : {0, 1}) {
+            c.load(k);
+            graph_detail::clear(c.outputs, status.data());
+            c.call(policy);
+            eager[k] = graph_detail::take(s, c.outputs, status.data());
+        }
+        c.load(0);
+        graph_detail::clear(c.outputs, status.data());
+        c.call(policy);
+        graph_detail::same(graph_detail::take(s, c.outputs, status.data()), eager[0], what + ": eager rerun");
+    } catch (const std::exception& e) {
+        report_failure(__FILE__, __LINE__, what + ": eager run threw: " + e.what());
+        cudaFree(ws);
+        cudaStreamDestroy(s);
+        return;
+    }
+    bool differ = false;
+    for (std::size_t r = 0; r < eager[0].outputs.size(); ++r) differ = differ || eager[0].outputs[r] != eager[1].outputs[r];
+    PT_CHECK_MSG(differ, what + ": the two input sets give the same outputs (the replay test would prove nothing)");
+
+    c.load(0);
+    graph_detail::clear(c.outputs, status.data());
+    if (const cudaGraphExec_t instance = graph_detail::capture(c, policy, s, what)) {
+        for (int k : {1, 0}) {
+            c.load(k);
+            graph_detail::clear(c.outputs, status.data());
+            POSTTRAIN_CUDA_CHECK(cudaGraphLaunch(instance, s));
+            graph_detail::same(graph_detail::take(s, c.outputs, status.data()), eager[k],
+                               what + ": replay on input set " + std::to_string(k));
+        }
+        cudaGraphExecDestroy(instance);
+    }
+    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
+    cudaFree(ws);
+    cudaStreamDestroy(s);
+}
+
+// Both scratch sources when the call needs scratch; the workspace only otherwise.
+inline void graph_replay_both(const graph_case& c) {
+    graph_replay(c, true);
+    if (c.workspace > 0) graph_replay(c, false);
 }
 
 }  // namespace posttrain::test
