@@ -85,6 +85,13 @@ inline constexpr index_t tlp_warp_max_vocab = 2048;
 // per SM that is 128 KiB per SM, several times the bytes an H100 needs in flight to reach its
 // bandwidth). The forward folds them as one chunk (one running-maximum update per 32 bf16 logits).
 inline constexpr int tlp_unroll = 4;
+// Resident blocks per SM the kernels are compiled for (__launch_bounds__). The forward: 3 x 256 threads
+// (at most 85 registers; the 16-bit kernels use 72) keeps 48 KiB of loads in flight per SM; the double
+// kernels need more registers (2). The backward: 2 (at most 128 registers): the bf16 kernel spills at
+// 3, and 2 x 256 threads still keep 32 KiB of loads in flight per SM besides the stores.
+template <class T>
+inline constexpr int tlp_forward_min_blocks = sizeof(T) == 8 ? 2 : 3;
+inline constexpr int tlp_backward_min_blocks = 2;
 // Grid cap (positions beyond it are walked grid-stride); does not affect the bits.
 inline constexpr index_t tlp_max_blocks = index_t{1} << 20;
 // Largest vocabulary (element indices are 32-bit inside the kernels).
@@ -149,36 +156,69 @@ __device__ inline Acc acc_inf() {
 template <class T>
 inline constexpr int pack_width = 16 / static_cast<int>(sizeof(T));
 
-// The W elements of the 16-byte pack at p (16-byte aligned), widened; streaming loads (each logit is
-// read once per pass: keep them from evicting the rest of L2).
-template <class T, class Acc, int W>
-__device__ inline void load_pack(const T* p, Acc (&z)[W]) {
-    static_assert(W * sizeof(T) == 16);
-    const uint4 r = __ldcs(reinterpret_cast<const uint4*>(p));
-    const unsigned w[4] = {r.x, r.y, r.z, r.w};
-    if constexpr (std::is_same_v<T, float>) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) z[i] = __uint_as_float(w[i]);
-    } else if constexpr (std::is_same_v<T, double>) {
-        z[0] = __hiloint2double(static_cast<int>(w[1]), static_cast<int>(w[0]));
-        z[1] = __hiloint2double(static_cast<int>(w[3]), static_cast<int>(w[2]));
+// What a thread holds of one step of the walk: a raw 16-byte pack (W > 1) or one element (W == 1).
+// Packs stay raw in registers (16 per step for any dtype) and are widened element by element where
+// they are used, so that the unrolled step costs 16 registers, not 32 floats.
+template <class T, int W>
+using raw_pack = std::conditional_t<W == 1, T, uint4>;
+
+// The 16-byte pack at p (16-byte aligned); a streaming load (each logit is read once per pass: keep
+// them from evicting the rest of L2).
+__device__ inline uint4 load_raw(const void* p) { return __ldcs(static_cast<const uint4*>(p)); }
+
+// Element i of a raw pack, widened (i is a compile-time constant after unrolling: no indexing).
+template <class Acc, class T, int W>
+__device__ inline Acc element(const raw_pack<T, W>& r, int i) {
+    if constexpr (W == 1) {
+        return widen<Acc>(r);
     } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float2 f;
-            if constexpr (std::is_same_v<T, __half>) {
-                __half2 h;
-                static_assert(sizeof h == 4);
-                __builtin_memcpy(&h, &w[i], 4);
-                f = __half22float2(h);
-            } else {
-                __nv_bfloat162 h;
-                static_assert(sizeof h == 4);
-                __builtin_memcpy(&h, &w[i], 4);
-                f = __bfloat1622float2(h);
-            }
-            z[2 * i] = f.x;
-            z[2 * i + 1] = f.y;
+        const unsigned w = i < W / 4 ? r.x : i < 2 * W / 4 ? r.y : i < 3 * W / 4 ? r.z : r.w;
+        if constexpr (std::is_same_v<T, float>) {
+            return __uint_as_float(w);
+        } else if constexpr (std::is_same_v<T, double>) {
+            return i == 0 ? __hiloint2double(static_cast<int>(r.y), static_cast<int>(r.x))
+                          : __hiloint2double(static_cast<int>(r.w), static_cast<int>(r.z));
+        } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+            return __uint_as_float(i % 2 ? (w & 0xffff0000u) : (w << 16));  // bf16 is the high half of a float
+        } else {
+            return __half2float(__ushort_as_half(static_cast<unsigned short>(i % 2 ? w >> 16 : w & 0xffffu)));
+        }
+    }
+}
+
+// A pack (or element) of -inf: what a thread holds past the end of the row.
+template <class T, int W>
+__device__ inline raw_pack<T, W> neg_inf_pack() {
+    if constexpr (W == 1) {
+        return narrow<T>(-acc_inf<acc_of<T>>());
+    } else {
+        unsigned w;
+        if constexpr (std::is_same_v<T, float>) w = 0xff800000u;
+        else if constexpr (std::is_same_v<T, __nv_bfloat16>) w = 0xff80ff80u;
+        else if constexpr (std::is_same_v<T, __half>) w = 0xfc00fc00u;
+        if constexpr (std::is_same_v<T, double>) return make_uint4(0u, 0xfff00000u, 0u, 0xfff00000u);
+        else return make_uint4(w, w, w, w);
+    }
+}
+
+// Element `off` (a run-time index < W) of a raw pack set to -inf: the label's entry, left out of the sums.
+template <class T, int W>
+__device__ inline void set_neg_inf(raw_pack<T, W>& r, int off) {
+    if constexpr (W == 1) {
+        r = neg_inf_pack<T, 1>();
+    } else {
+        const raw_pack<T, W> n = neg_inf_pack<T, W>();
+        const int word = off / (W / 4);
+        unsigned mask = 0xffffffffu;  // the bits of element off within its word
+        if constexpr (sizeof(T) == 2) mask = off % 2 ? 0xffff0000u : 0x0000ffffu;
+        if constexpr (sizeof(T) == 8) {  // two words
+            if (off == 0) r.x = n.x, r.y = n.y;
+            else r.z = n.z, r.w = n.w;
+        } else {
+            if (word == 0) r.x = (r.x & ~mask) | (n.x & mask);
+            if (word == 1) r.y = (r.y & ~mask) | (n.y & mask);
+            if (word == 2) r.z = (r.z & ~mask) | (n.z & mask);
+            if (word == 3) r.w = (r.w & ~mask) | (n.w & mask);
         }
     }
 }
@@ -301,24 +341,24 @@ __device__ inline row_geom geom_of(const T* row, int V) {
     return g;
 }
 
-// Calls vis.edge(z, v, ok) for thread j's element of the head and of the tail (W > 1 only), then
-// vis.body(z, first, ok) for each step of tlp_unroll packs: pack u starts at element first[u], ok[u]
-// says whether it exists (a missing one is filled with -inf). The assignment of elements to threads
-// depends only on the geometry, which is what makes the passes deterministic.
+// Calls vis.edge(z, v, ok) for thread j's element of the head and of the tail (W > 1 only; z widened,
+// -inf where ok is false), then vis.body(r, first, ok) for each step of tlp_unroll raw packs: pack u
+// starts at element first[u], ok[u] says whether it exists (a missing one holds -inf). Every load of
+// a step is issued before any is used. The assignment of elements to threads depends only on the
+// geometry, which is what makes the passes deterministic.
 template <class T, class Acc, int TT, int W, class Visitor>
 __device__ inline void walk_row(const T* row, index_t vs, int V, int j, Visitor& vis) {
     const row_geom g = geom_of<W>(row, V);
-    const Acc ninf = -acc_inf<Acc>();
     if constexpr (W > 1) {
-        Acc z[1][2];
-        int v[2] = {j, g.head + g.packs * W + j};
-        bool ok[2] = {j < g.head, j < g.tail};
+        Acc z[2];
+        const int v[2] = {j, g.head + g.packs * W + j};
+        const bool ok[2] = {j < g.head, j < g.tail};
 #pragma unroll
-        for (int i = 0; i < 2; ++i) z[0][i] = ok[i] ? widen<Acc>(row[v[i]]) : ninf;
+        for (int i = 0; i < 2; ++i) z[i] = ok[i] ? widen<Acc>(row[v[i]]) : -acc_inf<Acc>();
         vis.edge(z, v, ok);
     }
     for (int k0 = j; k0 < g.packs; k0 += TT * tlp_unroll) {
-        Acc z[tlp_unroll][W];
+        raw_pack<T, W> r[tlp_unroll];
         int first[tlp_unroll];
         bool ok[tlp_unroll];
 #pragma unroll
@@ -326,18 +366,10 @@ __device__ inline void walk_row(const T* row, index_t vs, int V, int j, Visitor&
             const int k = k0 + u * TT;
             ok[u] = k < g.packs;
             first[u] = g.head + k * W;
-            if constexpr (W > 1) {
-                if (ok[u]) {
-                    load_pack<T, Acc, W>(row + first[u], z[u]);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < W; ++i) z[u][i] = ninf;
-                }
-            } else {
-                z[u][0] = ok[u] ? widen<Acc>(row[static_cast<index_t>(first[u]) * vs]) : ninf;
-            }
+            if constexpr (W > 1) r[u] = ok[u] ? load_raw(row + first[u]) : neg_inf_pack<T, W>();
+            else r[u] = ok[u] ? row[static_cast<index_t>(first[u]) * vs] : neg_inf_pack<T, 1>();
         }
-        vis.body(z, first, ok);
+        vis.body(r, first, ok);
     }
 }
 
@@ -425,63 +457,68 @@ struct forward_args {
     std::uint32_t* status = nullptr;
 };
 
-// One thread's part of the forward: its softmax state over the chunks it read, label left out.
+// Sources of a chunk for forward_visitor::chunk: n values read by index (a compile-time constant
+// after unrolling).
 template <class Acc>
+struct edge_source {
+    static constexpr int n = 2;
+    const Acc* z;
+    __device__ Acc operator[](int k) const { return z[k]; }
+};
+template <class T, class Acc, int U, int W>
+struct pack_source {
+    static constexpr int n = U * W;
+    const raw_pack<T, W>* r;
+    __device__ Acc operator[](int k) const { return element<Acc, T, W>(r[k / W], k % W); }
+};
+
+// One thread's part of the forward: its softmax state over the chunks it read, label left out.
+template <class T, class Acc, int W>
 struct forward_visitor {
     softmax_state<Acc> st;
     int y = -1;
     bool nan_seen = false;  // a NaN in a chunk whose other logits are all -inf (the sums do not see it)
 
-    template <int R, int C>
-    __device__ void chunk(const Acc (&z)[R][C]) {
+    // Folds n logits into the state: their maximum, the running maximum m, then the two sums
+    // relative to m (>= every logit here, so the old state rescales only when m grows). The values are
+    // widened twice from the raw packs (cheaper than holding them widened).
+    template <class Src>
+    __device__ void chunk(const Src& z) {
         const Acc ninf = -acc_inf<Acc>();
         Acc cm = ninf;
 #pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int c = 0; c < C; ++c) cm = acc_max(cm, z[r][c]);  // fmax drops NaN: the sums carry it
+        for (int k = 0; k < Src::n; ++k) cm = acc_max(cm, z[k]);  // drops NaN: the sums carry it
         const Acc m = acc_max(st.m, cm);
         if (m == ninf) {  // nothing but -inf (and NaN) so far: no state yet, exp(-inf - -inf) would be NaN
 #pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-                for (int c = 0; c < C; ++c) nan_seen |= z[r][c] != z[r][c];
+            for (int k = 0; k < Src::n; ++k) nan_seen |= z[k] != z[k];
             return;
         }
-        // Relative to the running maximum m (>= every z here), so the old state rescales only when m grows.
         const Acc lowest = acc_lowest<Acc>();
         Acc rest = 0, a = 0;
 #pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int c = 0; c < C; ++c) {
-                const Acc d = z[r][c] - m;
-                const Acc e = exp_fast(d);  // NaN for a NaN or +inf logit: rest carries it
-                rest += e;
-                a = acc_fma(e, acc_max(d, lowest), a);  // a -inf logit: 0 * lowest = 0, never 0 * -inf
-            }
+        for (int k = 0; k < Src::n; ++k) {
+            const Acc d = z[k] - m;
+            const Acc e = exp_fast(d);  // NaN for a NaN or +inf logit: rest carries it
+            rest += e;
+            a = acc_fma(e, acc_max(d, lowest), a);  // a -inf logit: 0 * lowest = 0, never 0 * -inf
+        }
         st = merge(st, chunk_state(m, rest, a));
     }
-    template <int W>
-    __device__ void exclude_label(Acc (&z)[W], int first) const {
-        const int off = y - first;
-        if (static_cast<unsigned>(off) < static_cast<unsigned>(W)) {
-#pragma unroll
-            for (int i = 0; i < W; ++i)
-                if (i == off) z[i] = -acc_inf<Acc>();
-        }
-    }
-    __device__ void edge(Acc (&z)[1][2], const int (&v)[2], const bool (&)[2]) {
+    __device__ void edge(Acc (&z)[2], const int (&v)[2], const bool (&)[2]) {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
-            if (v[i] == y) z[0][i] = -acc_inf<Acc>();
-        chunk(z);
+            if (v[i] == y) z[i] = -acc_inf<Acc>();
+        chunk(edge_source<Acc>{z});
     }
-    template <int U, int W>
-    __device__ void body(Acc (&z)[U][W], const int (&first)[U], const bool (&)[U]) {
+    template <int U>
+    __device__ void body(raw_pack<T, W> (&r)[U], const int (&first)[U], const bool (&)[U]) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) exclude_label(z[u], first[u]);
-        chunk(z);
+        for (int u = 0; u < U; ++u) {
+            const int off = y - first[u];
+            if (static_cast<unsigned>(off) < static_cast<unsigned>(W)) set_neg_inf<T, W>(r[u], off);  // rare
+        }
+        chunk(pack_source<T, Acc, U, W>{r});
     }
 };
 
@@ -503,7 +540,7 @@ __device__ inline softmax_outputs<Acc> filled_outputs(Acc x) {
 }
 
 template <class T, int TT, int W>
-__global__ void __launch_bounds__(tlp_block_threads) forward_kernel(const forward_args<T> a) {
+__global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) forward_kernel(const forward_args<T> a) {
     using Acc = acc_of<T>;
     constexpr int teams = tlp_block_threads / TT;
     __shared__ team_smem<Acc> sm;
@@ -524,7 +561,7 @@ __global__ void __launch_bounds__(tlp_block_threads) forward_kernel(const forwar
             continue;
         }
         const T* row = a.logits.data() + b * a.logits.stride(0) + t * a.logits.stride(1);
-        forward_visitor<Acc> vis;
+        forward_visitor<T, Acc, W> vis;
         vis.y = l.y;
         walk_row<T, Acc, TT, W>(row, vs, V, j, vis);
         bool bad = vis.nan_seen;
@@ -561,7 +598,7 @@ struct backward_args {
 };
 
 // One thread's part of the backward: the gradient of each logit it reads, written where it was read.
-template <class T, class Acc>
+template <class T, class Acc, int W>
 struct backward_visitor {
     T* out = nullptr;
     index_t gs = 1;            // the gradient's vocabulary stride (W > 1: 1)
@@ -582,28 +619,28 @@ struct backward_visitor {
         const Acc omp = saved ? -acc_expm1(lp) : one_minus_p;
         return grad_label(lp, omp, entropy, gl, gh);
     }
-    __device__ void edge(Acc (&z)[1][2], const int (&v)[2], const bool (&ok)[2]) {
+    __device__ void edge(Acc (&z)[2], const int (&v)[2], const bool (&ok)[2]) {
 #pragma unroll
         for (int i = 0; i < 2; ++i)
             if (ok[i]) {
-                Acc g = other(z[0][i]);
-                if (v[i] == y) g = label(z[0][i]);
+                Acc g = other(z[i]);
+                if (v[i] == y) g = label(z[i]);
                 out[v[i]] = narrow<T>(g);
             }
     }
-    template <int U, int W>
-    __device__ void body(Acc (&z)[U][W], const int (&first)[U], const bool (&ok)[U]) {
+    template <int U>
+    __device__ void body(raw_pack<T, W> (&r)[U], const int (&first)[U], const bool (&ok)[U]) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if (!ok[u]) continue;
             Acc g[W];
 #pragma unroll
-            for (int i = 0; i < W; ++i) g[i] = other(z[u][i]);
+            for (int i = 0; i < W; ++i) g[i] = other(element<Acc, T, W>(r[u], i));
             const int off = y - first[u];
-            if (static_cast<unsigned>(off) < static_cast<unsigned>(W)) {
+            if (static_cast<unsigned>(off) < static_cast<unsigned>(W)) {  // rare
 #pragma unroll
                 for (int i = 0; i < W; ++i)
-                    if (i == off) g[i] = label(z[u][i]);
+                    if (i == off) g[i] = label(element<Acc, T, W>(r[u], i));
             }
             if constexpr (W > 1) store_pack<T, Acc, W>(out + first[u], g);
             else out[static_cast<index_t>(first[u]) * gs] = narrow<T>(g[0]);
@@ -618,7 +655,7 @@ __device__ inline void fill_row(T* out, index_t gs, int V, int j, T x) {
 }
 
 template <class T, int TT, int W>
-__global__ void __launch_bounds__(tlp_block_threads) backward_kernel(const backward_args<T> a) {
+__global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) backward_kernel(const backward_args<T> a) {
     using Acc = acc_of<T>;
     constexpr int teams = tlp_block_threads / TT;
     const index_t B = a.logits.extent(0), T_ = a.logits.extent(1), P = B * T_;
@@ -637,7 +674,7 @@ __global__ void __launch_bounds__(tlp_block_threads) backward_kernel(const backw
             continue;
         }
         const T* row = a.logits.data() + b * a.logits.stride(0) + t * a.logits.stride(1);
-        backward_visitor<T, Acc> vis;
+        backward_visitor<T, Acc, W> vis;
         vis.out = out;
         vis.gs = gs;
         vis.y = l.y;
