@@ -168,7 +168,8 @@ void outcome_case(const layout& l, const Options& o, bool binary, double nan_rat
     if (l.uniform > 0) device_outcome(pol, dr.cview(), pt::uniform_groups{l.uniform}, da.view(), o, stats.view());
     else device_outcome(pol, dr.cview(), pt::ragged(doff.cview()), da.view(), o, stats.view());
     const std::string at = what + " " + l.name + " (N=" + std::to_string(n) + ")";
-    pt::test::close_to(da.host(), want, sizeof(T) == 8 ? 1e-12 : 1e-6, at);
+    // double: summation-order rounding over groups (and, under scale::batch, batches) of up to 10^7 rows.
+    pt::test::close_to(da.host(), want, sizeof(T) == 8 ? 1e-11 : 1e-6, at);
     const std::vector<index_t> s = stats.host();
     PT_CHECK_MSG(s[0] == hs.groups, at + " groups");
     PT_CHECK_MSG(s[1] == hs.empty_groups, at + " empty groups");
@@ -464,7 +465,7 @@ void dpo_case(index_t B, index_t T_, const pp::dpo_options& o, bool ref, const s
     device_vec<double> ds(static_cast<std::size_t>(B)), dlen(static_cast<std::size_t>(B));
     pp::sequence_log_probs(pt::exec::cuda.with_status(status.data()), pt::device_view<const float, 2>(dl[0].data(), B, T_),
                            pt::device_view<const std::uint8_t, 2>(dm[0].data(), B, T_), ds.view(), dlen.view());
-    pt::test::close_to(ds.host(), hs, 1e-12, at + " sequence_log_probs sums");
+    pt::test::close_to(ds.host(), hs, 1e-10, at + " sequence_log_probs sums");  // rows of up to 5 * 10^5 tokens
     pt::test::close_to(dlen.host(), hl, 0.0, at + " sequence_log_probs lengths");
     PT_CHECK_MSG(read_status(status) == 0, at + ": sequence_log_probs status word set on valid input");
 }
