@@ -4,9 +4,9 @@
 // layout against the host GRPO/RLOO over the host grouping (device count and host count, tile and
 // block kernels, empty/singleton/large groups, NaN rewards, the framework presets, float and
 // double); the workspace path against cudaMallocAsync, run-to-run bits, CUDA-graph capture and
-// replay, status bits for ids out of range and broken layouts, validated(), DLPack ids and the
-// host-detectable misuse. Under QUICK=1 (the compute-sanitizer runs) sizes shrink to a few thousand
-// rows and the option matrix to a few presets.
+// replay (support.cuh graph_case), status bits for ids out of range and broken layouts, validated(),
+// DLPack ids and the host-detectable misuse. Under QUICK=1 (the compute-sanitizer runs) sizes shrink
+// to a few thousand rows and the option matrix to a few presets.
 
 #include <algorithm>
 #include <cmath>
@@ -394,69 +394,64 @@ void outcome_matrix(const char* type) {
 PT_TEST("grpo/rloo over from_ids layouts, float") { outcome_matrix<float>("float"); }
 PT_TEST("grpo/rloo over from_ids layouts, double") { outcome_matrix<double>("double"); }
 
-PT_TEST("from_ids + grpo: run to run bit-identical, and a captured graph replays the same bits") {
+PT_TEST("from_ids / from_dense_ids + grpo: run-to-run bits, CUDA-graph capture and replay, the host's result") {
     const index_t n = scaled(index_t{1} << 20, 4096);
     std::mt19937_64 rng(31);
-    std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
-    for (index_t i = 0; i < n; ++i) ids[std::size_t(i)] = static_cast<std::int64_t>((i / 16) * 0x9E3779B97F4A7C15ull);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    std::vector<float> r(static_cast<std::size_t>(n));
-    for (auto& v : r) v = static_cast<float>(rng() % 1000) / 7.0f;
-    device_vec<std::int64_t> d_ids(ids);
-    device_vec<float> dr(r);
-    const std::size_t bytes = pt::grouping::from_ids_workspace_bytes(n);
-    device_vec<unsigned char> ws(bytes);
-    struct outputs {
-        std::vector<index_t> perm, off;
-        std::vector<float> adv;
+    auto hashed = [&](std::uint64_t mult) {
+        return shuffled_ids<std::int64_t>(n, 16, rng(), [&](index_t g) { return static_cast<std::int64_t>(g * mult); });
     };
-    cudaStream_t stream;
-    POSTTRAIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    device_vec<index_t> perm(ids.size()), off(ids.size() + 1), count(1);
-    device_vec<float> da(r.size());
-    auto enqueue = [&](bool workspace) {
-        auto policy = pt::exec::cuda.on(stream);
-        if (workspace) policy = policy.with(ws.data(), bytes);
-        auto layout = pt::grouping::from_ids(policy, d_ids.cview(), perm.view(), off.view(), count.view());
+    auto dense = [&] { return shuffled_ids<std::int64_t>(n, 16, rng(), [](index_t g) { return static_cast<std::int64_t>(g); }); };
+    auto rewards_set = [&] {
+        std::vector<float> r(static_cast<std::size_t>(n));
+        for (auto& v : r) v = static_cast<float>(rng() % 1000) / 7.0f;
+        return r;
+    };
+    pt::test::input_sets<std::int64_t> ids(hashed(0x9E3779B97F4A7C15ull), hashed(0xD1B54A32D192ED03ull));
+    pt::test::input_sets<std::int64_t> dense_ids(dense(), dense());
+    pt::test::input_sets<float> rewards(rewards_set(), rewards_set());
+    const index_t dense_groups = n / 16;
+    device_vec<index_t> perm(static_cast<std::size_t>(n)), off(static_cast<std::size_t>(n) + 1), count(1);
+    device_vec<index_t> dense_off(static_cast<std::size_t>(dense_groups) + 1);
+    device_vec<float> da(static_cast<std::size_t>(n));
+
+    pt::test::graph_case c;
+    c.name = "from_ids + grpo";
+    c.workspace = pt::grouping::from_ids_workspace_bytes(n);  // grpo's defaults take no scratch
+    c.outputs = {pt::test::out_of(perm), pt::test::out_of(off), pt::test::out_of(count), pt::test::out_of(da)};
+    c.load = [&](int k) {
+        ids.load(k);
+        rewards.load(k);
+    };
+    c.call = [&](const pt::exec::cuda_policy& p) {
+        pt::device_permuted_groups layout = pt::grouping::from_ids(p, ids.dev.cview(), perm.view(), off.view(), count.view());
         layout.expected_group_size = 16;
-        adv::grpo(policy, dr.cview(), layout, da.view());
+        adv::grpo(p, rewards.dev.cview(), layout, da.view());
     };
-    auto collect = [&] {
-        POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream));
-        return outputs{perm.host(), off.host(), da.host()};
+    pt::test::graph_replay_both(c);
+
+    pt::test::graph_case d;
+    d.name = "from_dense_ids + rloo";
+    d.workspace = pt::grouping::from_dense_ids_workspace_bytes(n, dense_groups);
+    d.outputs = {pt::test::out_of(perm), pt::test::out_of(dense_off), pt::test::out_of(da)};
+    d.load = [&](int k) {
+        dense_ids.load(k);
+        rewards.load(k);
     };
-    enqueue(false);
-    const outputs a = collect();
-    enqueue(true);
-    const outputs b = collect();
-    enqueue(true);
-    const outputs c = collect();
-    PT_CHECK(same_bits(a.perm, b.perm) && same_bits(a.off, b.off) && same_bits(a.adv, b.adv));
-    PT_CHECK(same_bits(b.perm, c.perm) && same_bits(b.off, c.off) && same_bits(b.adv, c.adv));
+    d.call = [&](const pt::exec::cuda_policy& p) {
+        adv::rloo(p, rewards.dev.cview(),
+                  pt::grouping::from_dense_ids(p, dense_ids.dev.cview(), dense_groups, perm.view(), dense_off.view()), da.view());
+    };
+    pt::test::graph_replay_both(d);
 
-    // Capture (the workspace is the only scratch), then replay twice on zeroed outputs.
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    POSTTRAIN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    enqueue(true);
-    POSTTRAIN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    POSTTRAIN_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    for (int replay = 0; replay < 2; ++replay) {
-        POSTTRAIN_CUDA_CHECK(cudaMemsetAsync(perm.data(), 0, sizeof(index_t) * perm.size(), stream));
-        POSTTRAIN_CUDA_CHECK(cudaMemsetAsync(da.data(), 0, sizeof(float) * da.size(), stream));
-        POSTTRAIN_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        const outputs g = collect();
-        PT_CHECK(same_bits(a.perm, g.perm) && same_bits(a.off, g.off) && same_bits(a.adv, g.adv));
-    }
-    POSTTRAIN_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    POSTTRAIN_CUDA_CHECK(cudaGraphDestroy(graph));
-    POSTTRAIN_CUDA_CHECK(cudaStreamDestroy(stream));
-
-    // And the advantages are the host's.
-    const pt::grouping_result hg = pt::grouping::from_ids(pt::exec::seq, ids);
-    std::vector<float> want(r.size());
-    (void)adv::grpo(pt::exec::seq, r, hg, want);
-    pt::test::close_to(a.adv, want, 1e-6, "from_ids + grpo 2^20");
+    // And the bits are the host's grouping, the advantages the host's GRPO (input set 0).
+    c.load(0);
+    c.call(pt::exec::cuda);
+    const pt::grouping_result hg = pt::grouping::from_ids(pt::exec::seq, ids.set[0]);
+    std::vector<float> want(static_cast<std::size_t>(n));
+    (void)adv::grpo(pt::exec::seq, rewards.set[0], hg, want);
+    PT_CHECK(same_bits(perm.host(), hg.permutation));
+    PT_CHECK(count.host()[0] == hg.num_groups());
+    pt::test::close_to(da.host(), want, 1e-6, "from_ids + grpo, set 0");
 }
 
 PT_TEST("workspace: exactly from_ids_workspace_bytes works, one byte less throws") {
