@@ -11,6 +11,11 @@
 // The last line is -p_v (log p_v + H), the derivative of -sum p log p, written so that no log p (which is
 // -inf for an underflowed probability) appears. Terms with exp(z_v - m) == 0 contribute exactly 0 (a
 // -inf logit is a masked vocabulary entry, not a NaN; torch's softmax * logits gives NaN there).
+//
+// entropy_from_logits and entropy_loss compute each token's entropy and gradient with the logits
+// module's primitive (logits/token_log_probs.hpp: an online, chunked, vectorised pass for H, a second
+// pass for the gradient; softmax_math.hpp's formulas); entropy_of below is the one-buffer form that the
+// ORPO/OREO vocabulary terms use.
 
 #include <cmath>
 #include <string>
@@ -18,6 +23,7 @@
 #include <variant>
 #include <vector>
 
+#include "../logits/token_log_probs.hpp"
 #include "aggregate.hpp"
 
 namespace posttrain::policy_loss {
@@ -55,11 +61,40 @@ token_entropy entropy_of(const Z& z, index_t V, double* e) noexcept {
     return r;
 }
 
-// g_v = up * dH/dz_v for one token (e from entropy_of).
-template <class Z, class G>
-void entropy_grad(const Z& z, index_t V, const double* e, const token_entropy& r, double up, G&& write) noexcept {
-    const double f = up / r.s;
-    for (index_t v = 0; v < V; ++v) write(v, e[v] != 0 ? f * e[v] * (r.mu - (double(z(v)) - r.m)) : 0.0);
+// The entropy of token (i, t) and, where Grad, g[i, t, :] = up * dH/dz by the logits module's
+// per-position pass (position_forward, then position_backward recomputing exp(z_v - lse)). A NaN or
+// +inf logit (only under nonfinite::propagate: raise checks first) or an all -inf vocabulary makes both
+// NaN; an empty vocabulary has entropy 0. buf: 2 * min(chunk, V) doubles (used for strided views).
+template <bool Grad, class Z, class G>
+double token_entropy_with_grad(tensor_view<const Z, 3> z, tensor_view<G, 3> g, index_t i, index_t t, double up,
+                               std::vector<double>& buf) noexcept {
+    const index_t V = z.extent(2);
+    if (V == 0) return 0.0;
+    constexpr index_t default_chunk = logits::token_log_probs_options{}.chunk;
+    const index_t chunk = V < default_chunk ? V : default_chunk;
+    const Z* zp = &z(i, t, 0);
+    const auto s = logits::detail::position_forward(zp, z.stride(2), V, index_t(-1), chunk, true, buf.data());
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if constexpr (Grad) {
+        G* gp = &g(i, t, 0);
+        if (!s.ok()) {
+            for (index_t v = 0; v < V; ++v) gp[v * g.stride(2)] = static_cast<G>(nan);
+        } else {
+            logits::detail::position_grad_args a;
+            a.lse = s.out.lse;
+            a.entropy = s.out.entropy;
+            a.gh = up;
+            logits::detail::position_backward(zp, z.stride(2), gp, g.stride(2), V, index_t(-1), chunk, a, buf.data(),
+                                              buf.data() + chunk);
+        }
+    }
+    return s.ok() ? s.out.entropy : nan;
+}
+
+// Scratch for token_entropy_with_grad over logits of vocabulary V.
+inline std::vector<double> entropy_scratch(index_t V) {
+    constexpr index_t default_chunk = logits::token_log_probs_options{}.chunk;
+    return std::vector<double>(static_cast<std::size_t>(2 * (V < default_chunk ? V : default_chunk)));
 }
 
 template <class T>
@@ -142,19 +177,15 @@ void entropy_from_logits(const Policy& policy, const Logits& logits, Entropy&& e
         }
         if (options.nonfinite_logits == advantage::nonfinite::raise) detail::check_finite_logits(z, {fn, "logits"});
         using H = typename decltype(h)::value_type;
-        using G = typename decltype(g)::value_type;
+        constexpr bool grad = !detail::is_none_v<GradLogits>;
         detail::for_each_row(policy, B, T * V, [&](index_t i) {
-            std::vector<double> e(static_cast<std::size_t>(V));
+            std::vector<double> buf = detail::entropy_scratch(V);
             for (index_t t = 0; t < T; ++t) {
-                const auto zt = detail::token_logits(z, i, t);
-                const auto r = detail::entropy_of(zt, V, e.data());
-                if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(r.h);
-                if constexpr (!detail::is_none_v<GradLogits>) {
-                    double u = 0;
-                    if constexpr (scalar_up) u = double(up);
-                    else u = double(up(i, t));
-                    detail::entropy_grad(zt, V, e.data(), r, u, [&](index_t v, double x) { g(i, t, v) = static_cast<G>(x); });
-                }
+                double u = 0;
+                if constexpr (grad && scalar_up) u = double(up);
+                else if constexpr (grad) u = double(up(i, t));
+                const double ht = detail::token_entropy_with_grad<grad>(z, g, i, t, u, buf);
+                if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(ht);
             }
         });
     };
@@ -199,23 +230,21 @@ aggregate_result entropy_loss(const Policy& policy, const Logits& logits, const 
             using G = typename decltype(g)::value_type;
             std::vector<double> row_sum(static_cast<std::size_t>(B));
             detail::for_each_row(policy, B, T * V, [&](index_t i) {
-                std::vector<double> e(static_cast<std::size_t>(V));
+                std::vector<double> buf = detail::entropy_scratch(V);
                 const double f = plan.row_factor(n[std::size_t(i)]);
                 const double s = posttrain::detail::fixed_order_sum(T, [&](index_t t) {
                     const double w = detail::mask_weight(m(i, t));
-                    const auto zt = detail::token_logits(z, i, t);
+                    constexpr bool grad = !detail::is_none_v<GradLogits>;
                     if (w == 0) {  // select, never multiply: masked logits may hold anything
-                        if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(detail::entropy_of(zt, V, e.data()).h);
-                        if constexpr (!detail::is_none_v<GradLogits>)
+                        const double ht = detail::token_entropy_with_grad<false>(z, g, i, t, 0.0, buf);
+                        if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(ht);
+                        if constexpr (grad)
                             for (index_t v = 0; v < V; ++v) g(i, t, v) = G(0);
                         return 0.0;
                     }
-                    const auto r = detail::entropy_of(zt, V, e.data());
-                    if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(r.h);
-                    if constexpr (!detail::is_none_v<GradLogits>)
-                        detail::entropy_grad(zt, V, e.data(), r, f * w * grad_scale,
-                                             [&](index_t v, double x) { g(i, t, v) = static_cast<G>(x); });
-                    return r.h * w;
+                    const double ht = detail::token_entropy_with_grad<grad>(z, g, i, t, f * w * grad_scale, buf);
+                    if constexpr (!detail::is_none_v<Entropy>) h(i, t) = static_cast<H>(ht);
+                    return ht * w;
                 });
                 row_sum[std::size_t(i)] = s * f;
             });
