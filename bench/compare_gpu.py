@@ -43,6 +43,9 @@ OPS = [
     (r"^dpo_sigmoid_(f32|bf16)$", "pairs_t2048", None, ["dpo_autograd"]),
     (r"^simpo_(f32|bf16)$", "pairs_t2048", None, ["simpo_autograd"]),
     (r"^gae_t(\d+)", lambda m: f"gae_t{m.group(1)}", None, ["gae_verl_loop"]),
+    # size = logits (B * T * V), as bench/logits_bench.cpp; V from a "_v<V>" in the name, else 32768.
+    (r"^token_log_probs?", lambda m: "logits_v" + (re.search(r"_v(\d+)", m.string) or [None, "32768"])[1], None,
+     ["logprobs_entropy_autograd"]),
 ]
 
 # Issue 9's targets on an H100. metric "copy": memcpy_fraction >= need; "ratio": peer_ms / posttrain_ms
@@ -214,7 +217,7 @@ def main():
 
     # The table, op by op in the benches' order.
     out_rows = []
-    header = (f"{'op':28s} {'N':>9s} {'posttrain ms':>12s} {'copy frac':>9s} {'peer':16s} {'peer ms':>10s} "
+    header = (f"{'op':28s} {'N':>9s} {'posttrain ms':>12s} {'copy frac':>9s} {'peer':26s} {'peer ms':>10s} "
               f"{'ratio':>9s}")
     ops = []
     for r in rows:
@@ -241,13 +244,13 @@ def main():
                     measured.setdefault((op, n), {})[p] = ratio
                     out_rows.append(dict(base, peer=p, peer_ms=ms, ratio=ratio))
                     shown = True
-                print(f"{op:28s} {n:9d} {ours:12.4f} {fmt(frac, '9.3f'):>9s} {p:16s} {fmt(ms, '10.4f'):>10s} "
+                print(f"{op:28s} {n:9d} {ours:12.4f} {fmt(frac, '9.3f'):>9s} {p:26s} {fmt(ms, '10.4f'):>10s} "
                       f"{fmt(ratio, '9.2f'):>9s}" + (f"  {note}" if ms is None and note else ""))
             if not shown:  # posttrain's row is recorded even when no peer time is
                 out_rows.append(dict(base, peer=None, peer_ms=None, ratio=None))
             if not (layout and peers and peers_mod):  # otherwise the peer lines above said it all
                 reason = "no peer for this op" if not (layout and peers) else "peers skipped (see above)"
-                print(f"{op:28s} {n:9d} {ours:12.4f} {fmt(frac, '9.3f'):>9s} {'-':16s} {'-':>10s} {'-':>9s}  {reason}")
+                print(f"{op:28s} {n:9d} {ours:12.4f} {fmt(frac, '9.3f'):>9s} {'-':26s} {'-':>10s} {'-':>9s}  {reason}")
 
     # Issue 9's targets.
     print("\n== issue 9 targets (H100)")
