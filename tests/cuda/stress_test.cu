@@ -43,9 +43,6 @@ using pt::test::device_vec;
 
 namespace {
 
-// n at full scale, or a small stand-in under quick().
-index_t scaled(index_t full, index_t quick_size) { return pt::test::quick() ? std::min(full, quick_size) : full; }
-
 std::uint32_t read_status(const device_vec<std::uint32_t>& s) { return s.host()[0]; }
 
 // Gradients are ~1/N per token, so close_to's max(1, |want|) would accept anything: compare
@@ -90,7 +87,7 @@ layout ragged_layout(const std::string& name, index_t total, std::uint64_t seed,
 }
 
 std::vector<layout> outcome_layouts() {
-    const index_t big = scaled(10'000'000, 20'000), mid = scaled(1'000'000, 6'000);
+    const index_t big = pt::test::quick_size(10'000'000, 20'000), mid = pt::test::quick_size(1'000'000, 6'000);
     std::vector<layout> v;
     for (index_t k : {index_t(1), index_t(16), index_t(10'000)}) v.push_back(uniform_layout(k, big));
     for (index_t k : {index_t(2), index_t(3), index_t(7), index_t(32), index_t(100), index_t(1024), index_t(4097)})

@@ -43,6 +43,9 @@ private:
     std::size_t n_;
 };
 
+// `full`, or `small` when the environment asks for quick runs (harness.hpp quick(): sanitizers).
+inline index_t quick_size(index_t full, index_t small) { return quick() && small < full ? small : full; }
+
 // Element-wise |got - want| <= tol * max(1, |want|) + slack[i] (slack optional); NaN must match NaN.
 // Reports the first mismatches.
 template <class T>
