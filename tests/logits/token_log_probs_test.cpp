@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <type_traits>
 #include <limits>
 #include <random>
 #include <vector>
@@ -533,4 +535,43 @@ TEST_CASE("token_log_probs: bad input raises naming the function and the argumen
     CHECK_THROWS_WITH_AS(lg::token_log_probs_backward(pt::exec::seq, cube(zf, 1, 2, 3), matrix(y_out, 1, 2), matrix(up, 1, 2),
                                                       pt::none, cube(g, 1, 2, 3)),
                          Contains("argument 'labels': label 3 at [0, 0] is outside [0, 3)"), pt::invalid_argument);
+}
+
+namespace {
+// A DLPack view of a vector (dtype dispatched at run time, as for a torch tensor): rank 2 or 3.
+struct dl_tensor {
+    std::int64_t shape[3];
+    DLTensor t{};
+    template <class T>
+    dl_tensor(const std::vector<T>& v, std::initializer_list<std::int64_t> dims) : shape{} {
+        int r = 0;
+        for (std::int64_t d : dims) shape[r++] = d;
+        t.data = const_cast<T*>(v.data());
+        t.device = DLDevice{kDLCPU, 0};
+        t.ndim = r;
+        t.dtype = std::is_floating_point_v<T> ? DLDataType{kDLFloat, std::uint8_t(sizeof(T) * 8), 1}
+                                              : DLDataType{kDLInt, std::uint8_t(sizeof(T) * 8), 1};
+        t.shape = shape;
+    }
+    dl_tensor(const dl_tensor&) = delete;
+};
+}  // namespace
+
+TEST_CASE("token_log_probs: DLPack arguments (run-time dtypes) give the static views' bits") {
+    const auto p = random_problem(2, 3, 10, 2.0, 0.0, 23);
+    const std::vector<float> z = cast<float>(p.z);
+    std::vector<float> lp(6), lse(6);
+    std::vector<double> h(6), g(60), lp0(6), h0(6), lse0(6), g0(60);
+    const std::vector<float> ul = {1, 2, 3, 4, 5, 6};
+    const dl_tensor dz(z, {2, 3, 10}), dy(p.y, {2, 3}), dlp(lp, {2, 3}), dh(h, {2, 3}), dlse(lse, {2, 3}), dul(ul, {2, 3}),
+        dg(g, {2, 3, 10});
+    lg::token_log_probs(pt::exec::seq, dz.t, dy.t, dlp.t, dh.t, dlse.t);
+    lg::token_log_probs(pt::exec::seq, cube(z, 2, 3, 10), matrix(p.y, 2, 3), matrix(lp0, 2, 3), matrix(h0, 2, 3),
+                        matrix(lse0, 2, 3));
+    CHECK(same_bits(cast<float>(lp0), lp));
+    CHECK(same_bits(h, h0));
+    lg::token_log_probs_backward(pt::exec::seq, dz.t, dy.t, dul.t, pt::none, dg.t, dlse.t, dh.t);
+    lg::token_log_probs_backward(pt::exec::seq, cube(z, 2, 3, 10), matrix(p.y, 2, 3), matrix(ul, 2, 3), pt::none,
+                                 cube(g0, 2, 3, 10), matrix(lse, 2, 3), matrix(h, 2, 3));
+    CHECK(same_bits(g, g0));
 }

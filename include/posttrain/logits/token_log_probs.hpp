@@ -435,7 +435,9 @@ const Z* position_logits(tensor_view<const Z, 3> z, index_t i, index_t t) noexce
     return z.extent(2) > 0 ? &z(i, t, 0) : z.data();
 }
 
-// The labels as a view, or an empty one for posttrain::none (every position scored, no label).
+// The labels, an optional output or an optional input as a variant of views (DLPack arguments: one
+// alternative per element type), or one empty view for posttrain::none (every position scored, no label;
+// nothing written; 0).
 template <class Labels>
 auto labels_input(const Labels& labels, const char* fn) {
     if constexpr (is_none_v<Labels>) return std::variant<tensor_view<const std::int64_t, 2>>();
@@ -443,13 +445,13 @@ auto labels_input(const Labels& labels, const char* fn) {
 }
 template <class X>
 auto optional_output2(X&& x, const char* fn, const char* name) {
-    if constexpr (is_none_v<X>) return tensor_view<double, 2>();
-    else return std::visit([](auto v) { return v; }, floating_output<2>(x, {fn, name}));
+    if constexpr (is_none_v<X>) return std::variant<tensor_view<double, 2>>();
+    else return floating_output<2>(x, {fn, name});
 }
 template <class X>
 auto optional_input2(const X& x, const char* fn, const char* name) {
-    if constexpr (is_none_v<X>) return tensor_view<const double, 2>();
-    else return std::visit([](auto v) { return v; }, floating_input<2>(x, {fn, name}));
+    if constexpr (is_none_v<X>) return std::variant<tensor_view<const double, 2>>();
+    else return floating_input<2>(x, {fn, name});
 }
 
 // ---- the forward on views --------------------------------------------------------------------------
@@ -629,15 +631,14 @@ void token_log_probs(const Policy& policy, const Logits& logits, const Labels& l
     static_assert(has_labels || detail::is_none_v<LogProbs>,
                   "posttrain::logits::token_log_probs: log_probs must be posttrain::none when labels is posttrain::none");
     constexpr const char* fn = "posttrain::logits::token_log_probs";
-    auto lp = detail::optional_output2(log_probs, fn, "log_probs");
-    auto h = detail::optional_output2(entropy, fn, "entropy");
-    auto ls = detail::optional_output2(lse, fn, "lse");
     std::visit(
-        [&](auto z, auto y) {
+        [&](auto z, auto y, auto lp, auto h, auto ls) {
             detail::forward<has_labels, !detail::is_none_v<LogProbs>, !detail::is_none_v<Entropy>, !detail::is_none_v<Lse>>(
                 policy, z, y, lp, h, ls, options, {fn});
         },
-        posttrain::detail::floating_input<3>(logits, {fn, "logits"}), detail::labels_input(labels, fn));
+        posttrain::detail::floating_input<3>(logits, {fn, "logits"}), detail::labels_input(labels, fn),
+        detail::optional_output2(log_probs, fn, "log_probs"), detail::optional_output2(entropy, fn, "entropy"),
+        detail::optional_output2(lse, fn, "lse"));
 }
 
 // grad_logits[b, t, v] = grad_log_probs[b, t] dlog_probs[b, t]/dlogits[b, t, v] + grad_entropy[b, t]
@@ -660,17 +661,15 @@ void token_log_probs_backward(const Policy& policy, const Logits& logits, const 
     constexpr bool has_lse = !detail::is_none_v<SavedLse>, has_h = !detail::is_none_v<SavedEntropy>;
     posttrain::detail::require(has_lse == has_h, {fn, has_lse ? "saved_entropy" : "saved_lse"},
                                "saved_lse and saved_entropy are given together (or both posttrain::none)");
-    auto ul = detail::optional_input2(grad_log_probs, fn, "grad_log_probs");
-    auto uh = detail::optional_input2(grad_entropy, fn, "grad_entropy");
-    auto sl = detail::optional_input2(saved_lse, fn, "saved_lse");
-    auto sh = detail::optional_input2(saved_entropy, fn, "saved_entropy");
     std::visit(
-        [&](auto z, auto y, auto g) {
+        [&](auto z, auto y, auto g, auto ul, auto uh, auto sl, auto sh) {
             detail::backward<has_labels, !detail::is_none_v<GradLogProbs>, !detail::is_none_v<GradEntropy>, has_lse && has_h>(
                 policy, z, y, ul, uh, g, sl, sh, options, {fn});
         },
         posttrain::detail::floating_input<3>(logits, {fn, "logits"}), detail::labels_input(labels, fn),
-        posttrain::detail::floating_output<3>(grad_logits, {fn, "grad_logits"}));
+        posttrain::detail::floating_output<3>(grad_logits, {fn, "grad_logits"}),
+        detail::optional_input2(grad_log_probs, fn, "grad_log_probs"), detail::optional_input2(grad_entropy, fn, "grad_entropy"),
+        detail::optional_input2(saved_lse, fn, "saved_lse"), detail::optional_input2(saved_entropy, fn, "saved_entropy"));
 }
 
 }  // namespace posttrain::logits
