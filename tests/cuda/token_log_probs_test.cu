@@ -8,7 +8,8 @@
 // output dtypes mixed (double log-probs, float entropy, double lse); int64, int32, uint8 and uint64
 // labels; the backward with recomputed and with saved statistics, from the workspace or
 // cudaMallocAsync; the status word (NaN, +inf, all -inf positions under raise and propagate; labels
-// out of range); run-to-run bitwise determinism; host-detectable misuse.
+// out of range); run-to-run bitwise determinism; CUDA-graph capture and replay; host-detectable
+// misuse. Under QUICK=1 (compute-sanitizer runs) the vocabularies above 5000 are left out.
 
 #include <cmath>
 #include <cstdint>
@@ -343,16 +344,21 @@ void check_backward(const batch& b, layout l, const std::string& what) {
     }
 }
 
-const index_t vocab_sizes[] = {1, 2, 7, 33, 1000, 2048, 2049, 5000, 32771};
+// Both sides of the warp/block team boundary (2048), tiny rows (all head, no pack), rows of a few packs.
+std::vector<index_t> vocab_sizes() {
+    if (pt::test::quick()) return {1, 7, 33, 2048, 2049, 5000};
+    return {1, 2, 7, 33, 1000, 2048, 2049, 5000, 32771};
+}
 
 template <class T>
 void forward_all(const char* name) {
     std::uint64_t seed = 1;
-    for (index_t V : vocab_sizes)
+    for (index_t V : vocab_sizes())
         for (layout l : {layout::contiguous, layout::padded_rows, layout::strided_vocab}) {
             const batch b = make_batch<T>(3, 7, V, seed++);
             check_forward<T>(b, l, std::string(name) + " V=" + std::to_string(V) + " layout " + std::to_string(int(l)));
         }
+    if (pt::test::quick()) return;
     const batch big = make_batch<T>(1, 3, 151936, 99);
     check_forward<T>(big, layout::contiguous, std::string(name) + " V=151936");
     check_forward<T>(big, layout::padded_rows, std::string(name) + " V=151936 padded");
@@ -361,11 +367,12 @@ void forward_all(const char* name) {
 template <class T>
 void backward_all(const char* name) {
     std::uint64_t seed = 100;
-    for (index_t V : vocab_sizes)
+    for (index_t V : vocab_sizes())
         for (layout l : {layout::contiguous, layout::padded_rows, layout::strided_vocab}) {
             const batch b = make_batch<T>(2, 6, V, seed++);
             check_backward<T>(b, l, std::string(name) + " V=" + std::to_string(V) + " layout " + std::to_string(int(l)));
         }
+    if (pt::test::quick()) return;
     const batch big = make_batch<T>(1, 3, 151936, 199);
     check_backward<T>(big, layout::contiguous, std::string(name) + " V=151936");
 }
@@ -510,8 +517,40 @@ PT_TEST("token_log_probs determinism: bitwise equal runs (bf16, V = 128256; floa
         }
         PT_CHECK(std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(double)) == 0);
     };
-    twice(__nv_bfloat16{}, 128256);
+    twice(__nv_bfloat16{}, pt::test::quick() ? 20000 : 128256);
     twice(float{}, 1500);
+}
+
+// The forward (log-probs, entropy, lse) and the backward with recomputed statistics captured into a
+// CUDA graph and replayed on new logits (support.cuh's graph_replay): no hidden synchronisation, the
+// backward's scratch exactly token_log_probs_backward_workspace_bytes or a graph memory node. A warp
+// team (V = 300) and a block team (V = 5000, its shared-memory merge: racecheck runs this test).
+PT_TEST("token_log_probs graph capture and replay (forward + recomputed backward)") {
+    for (const index_t V : {index_t{300}, index_t{5000}}) {
+        const index_t B = 2, Tn = 5, P = B * Tn;
+        const batch b0 = make_batch<float>(B, Tn, V, 21), b1 = make_batch<float>(B, Tn, V, 22);
+        auto as_float = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+        const pt::test::input_sets<float> z(as_float(b0.z), as_float(b1.z));
+        const device_vec<std::int64_t> y(b0.y);
+        const device_vec<double> ul(b0.gl), uh(b0.gh);
+        device_vec<float> lp{static_cast<std::size_t>(P)}, h{static_cast<std::size_t>(P)}, lse{static_cast<std::size_t>(P)},
+            g{static_cast<std::size_t>(P * V)};
+        pt::test::graph_case c;
+        c.name = "token_log_probs V=" + std::to_string(V);
+        c.workspace = lg::token_log_probs_backward_workspace_bytes(B, Tn, V, false);
+        c.outputs = {pt::test::out_of(lp), pt::test::out_of(h), pt::test::out_of(lse), pt::test::out_of(g)};
+        c.load = [&](int k) { z.load(k); };
+        c.call = [&](const pt::exec::cuda_policy& p) {
+            const auto zv = pt::device_view<const float, 3>(z.dev.data(), B, Tn, V);
+            const auto yv = pt::device_view<const std::int64_t, 2>(y.data(), B, Tn);
+            lg::token_log_probs(p, zv, yv, pt::device_view<float, 2>(lp.data(), B, Tn), pt::device_view<float, 2>(h.data(), B, Tn),
+                                pt::device_view<float, 2>(lse.data(), B, Tn));
+            lg::token_log_probs_backward(p, zv, yv, pt::device_view<const double, 2>(ul.data(), B, Tn),
+                                         pt::device_view<const double, 2>(uh.data(), B, Tn),
+                                         pt::device_view<float, 3>(g.data(), B, Tn, V));
+        };
+        pt::test::graph_replay_both(c);
+    }
 }
 
 PT_TEST("token_log_probs host-detectable misuse") {

@@ -172,16 +172,15 @@ __device__ inline Acc element(const raw_pack<T, W>& r, int i) {
     if constexpr (W == 1) {
         return widen<Acc>(r);
     } else {
-        const unsigned w = i < W / 4 ? r.x : i < 2 * W / 4 ? r.y : i < 3 * W / 4 ? r.z : r.w;
-        if constexpr (std::is_same_v<T, float>) {
-            return __uint_as_float(w);
-        } else if constexpr (std::is_same_v<T, double>) {
+        if constexpr (std::is_same_v<T, double>) {
             return i == 0 ? __hiloint2double(static_cast<int>(r.y), static_cast<int>(r.x))
                           : __hiloint2double(static_cast<int>(r.w), static_cast<int>(r.z));
-        } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-            return __uint_as_float(i % 2 ? (w & 0xffff0000u) : (w << 16));  // bf16 is the high half of a float
         } else {
-            return __half2float(__ushort_as_half(static_cast<unsigned short>(i % 2 ? w >> 16 : w & 0xffffu)));
+            const unsigned w = i < W / 4 ? r.x : i < 2 * W / 4 ? r.y : i < 3 * W / 4 ? r.z : r.w;
+            if constexpr (std::is_same_v<T, float>) return __uint_as_float(w);
+            else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+                return __uint_as_float(i % 2 ? (w & 0xffff0000u) : (w << 16));  // bf16 is the high half of a float
+            else return __half2float(__ushort_as_half(static_cast<unsigned short>(i % 2 ? w >> 16 : w & 0xffffu)));
         }
     }
 }
@@ -208,13 +207,13 @@ __device__ inline void set_neg_inf(raw_pack<T, W>& r, int off) {
         r = neg_inf_pack<T, 1>();
     } else {
         const raw_pack<T, W> n = neg_inf_pack<T, W>();
-        const int word = off / (W / 4);
-        unsigned mask = 0xffffffffu;  // the bits of element off within its word
-        if constexpr (sizeof(T) == 2) mask = off % 2 ? 0xffff0000u : 0x0000ffffu;
         if constexpr (sizeof(T) == 8) {  // two words
             if (off == 0) r.x = n.x, r.y = n.y;
             else r.z = n.z, r.w = n.w;
         } else {
+            const int word = off / (W / 4);
+            unsigned mask = 0xffffffffu;  // the bits of element off within its word
+            if constexpr (sizeof(T) == 2) mask = off % 2 ? 0xffff0000u : 0x0000ffffu;
             if (word == 0) r.x = (r.x & ~mask) | (n.x & mask);
             if (word == 1) r.y = (r.y & ~mask) | (n.y & mask);
             if (word == 2) r.z = (r.z & ~mask) | (n.z & mask);

@@ -1,0 +1,149 @@
+// logits::token_log_probs and token_log_probs_backward on exec::cuda: logits [B, T, V] in device
+// memory (filled on the device: normal-ish logits of scale 3), int64 labels with 1 in 16 positions
+// ignored (-100), float outputs, the gradient in the logits' dtype. Shapes ([B, T, V], dtype):
+//     [2, 4096, 128256] bf16 and fp32    (Llama 3's vocabulary; the issue's reference shape)
+//     [2, 4096, 128256] fp16
+//     [4, 2048, 151936] bf16             (Qwen's vocabulary)
+//     [8, 2048, 32000]  bf16             (Llama 2's)
+//     [256, 1024, 1024] bf16             (a small vocabulary: the warp-per-position kernels)
+// Ops (one JSON line each; op = <name>_<dtype>_<B>x<T>x<V>, size = B * T * V logits):
+//     tlp_fwd            log-probs only
+//     tlp_fwd_entropy    log-probs, entropy and lse
+//     tlp_bwd_saved      the backward from saved lse and entropy (both upstream gradients)
+//     tlp_bwd_recompute  the backward recomputing the statistics (scratch from the workspace)
+// Each line has timing.cuh's fields plus "bytes" (what the op must move: the forward reads the
+// logits once, the saved backward reads them and writes the gradient, the recomputing one reads them
+// twice), "memcpy_ms" (a device-to-device cudaMemcpy of half those bytes, which reads and writes as
+// many; measured in this program, scaled linearly past the largest buffer) and "extra_bytes" (device
+// memory the op needs beyond its inputs and the gradient: outputs + workspace). PyTorch peers should
+// time the same shapes (log_softmax + gather; + entropy; autograd backward).
+// Usage: posttrain_cuda_token_log_probs_bench [quick]   (quick: the two smallest shapes only)
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <posttrain/logits/token_log_probs.cuh>
+
+#include "timing.cuh"
+
+namespace pt = posttrain;
+namespace lg = posttrain::logits;
+using pt::index_t;
+using pt::bench::time_ms;
+
+namespace {
+
+// A counter-based hash: the logits depend only on their index, so every dtype sees the same values.
+__device__ inline std::uint32_t mix(std::uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return static_cast<std::uint32_t>(x);
+}
+
+template <class T>
+__global__ void fill_logits(T* z, index_t n) {
+    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x) {
+        // The sum of two uniforms on (-1, 1) is triangular (close enough to normal for the bench), times 3.
+        const float u = mix(2 * std::uint64_t(i)) * 2.3283064e-10f, v = mix(2 * std::uint64_t(i) + 1) * 2.3283064e-10f;
+        z[i] = pt::policy_loss::detail::from_double<T>(3.0 * (u + v - 1.0));
+    }
+}
+
+std::string dtype_name(const float*) { return "f32"; }
+std::string dtype_name(const __half*) { return "f16"; }
+std::string dtype_name(const __nv_bfloat16*) { return "bf16"; }
+
+void line(const std::string& op, index_t n, const std::string& device, double ms, double memcpy_ms, double bytes,
+          double extra_bytes) {
+    std::printf("{\"op\":\"%s\",\"size\":%lld,\"threads\":0,\"device\":\"%s\",\"posttrain_ms\":%.6f,"
+                "\"memcpy_ms\":%.6f,\"memcpy_fraction\":%.4f,\"bytes\":%.0f,\"gbps\":%.1f,\"extra_bytes\":%.0f}\n",
+                op.c_str(), static_cast<long long>(n), device.c_str(), ms, memcpy_ms, memcpy_ms / ms, bytes,
+                bytes / (ms * 1e6), extra_bytes);
+    std::fflush(stdout);
+}
+
+template <class T>
+void run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
+    const index_t P = B * Tn, n = P * V;
+    const std::size_t zbytes = sizeof(T) * static_cast<std::size_t>(n);
+    T *z = nullptr, *g = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&z, zbytes));
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&g, zbytes));
+    fill_logits<<<4096, 256>>>(z, n);
+    POSTTRAIN_CUDA_CHECK(cudaGetLastError());
+    std::vector<std::int64_t> hy(static_cast<std::size_t>(P));
+    for (index_t p = 0; p < P; ++p) hy[std::size_t(p)] = p % 16 == 15 ? -100 : (p * 7919) % V;
+    std::int64_t* y = nullptr;
+    float *lp = nullptr, *h = nullptr, *lse = nullptr, *ul = nullptr, *uh = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&y, sizeof(std::int64_t) * P));
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(y, hy.data(), sizeof(std::int64_t) * P, cudaMemcpyHostToDevice));
+    for (float** p : {&lp, &h, &lse, &ul, &uh}) {
+        POSTTRAIN_CUDA_CHECK(cudaMalloc(p, sizeof(float) * P));
+        POSTTRAIN_CUDA_CHECK(cudaMemset(*p, 0, sizeof(float) * P));
+    }
+    const std::size_t ws_bytes = lg::token_log_probs_backward_workspace_bytes(B, Tn, V, false);
+    void* ws = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&ws, ws_bytes ? ws_bytes : 1));
+    POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+
+    const auto zv = pt::device_view<const T, 3>(z, B, Tn, V);
+    const auto gv = pt::device_view<T, 3>(g, B, Tn, V);
+    const auto yv = pt::device_view<const std::int64_t, 2>(y, B, Tn);
+    const auto out = [&](float* p) { return pt::device_view<float, 2>(p, B, Tn); };
+    const auto in = [&](float* p) { return pt::device_view<const float, 2>(p, B, Tn); };
+    // The copy baseline: z -> g (both zbytes long), scaled linearly past them.
+    auto copy_ms = [&](double bytes_moved) {
+        const double half = bytes_moved / 2;
+        const std::size_t c = half < double(zbytes) ? static_cast<std::size_t>(half) : zbytes;
+        const double ms = time_ms([&] { POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(g, z, c, cudaMemcpyDeviceToDevice)); });
+        return ms * half / double(c);
+    };
+    const std::string shape = dtype_name(static_cast<const T*>(nullptr)) + "_" + std::to_string(B) + "x" +
+                              std::to_string(Tn) + "x" + std::to_string(V);
+    const double out_bytes = double(sizeof(float)) * double(P);
+    const double read = double(zbytes);
+
+    line("tlp_fwd_" + shape, n, device, time_ms([&] { lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp)); }),
+         copy_ms(read), read, out_bytes);
+    line("tlp_fwd_entropy_" + shape, n, device,
+         time_ms([&] { lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp), out(h), out(lse)); }), copy_ms(read), read,
+         3 * out_bytes);
+    // The saved statistics of the backward: the forward's, computed once.
+    lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp), out(h), out(lse));
+    POSTTRAIN_CUDA_CHECK(cudaMemset(ul, 0, sizeof(float) * P));
+    line("tlp_bwd_saved_" + shape, n, device,
+         time_ms([&] { lg::token_log_probs_backward(pt::exec::cuda, zv, yv, in(lp), in(h), gv, in(lse), in(h)); }),
+         copy_ms(2 * read), 2 * read, 0);
+    line("tlp_bwd_recompute_" + shape, n, device,
+         time_ms([&] { lg::token_log_probs_backward(pt::exec::cuda.with(ws, ws_bytes), zv, yv, in(lp), in(h), gv); }),
+         copy_ms(3 * read), 3 * read, double(ws_bytes));
+    POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+    for (void* p : {static_cast<void*>(z), static_cast<void*>(g), static_cast<void*>(y), static_cast<void*>(lp),
+                    static_cast<void*>(h), static_cast<void*>(lse), static_cast<void*>(ul), static_cast<void*>(uh), ws})
+        cudaFree(p);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::string device = pt::bench::device_name();
+    if (device.empty()) {
+        std::printf("posttrain CUDA token_log_probs bench: no CUDA device present, skipped\n");
+        return 77;
+    }
+    const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
+    run_shape<__nv_bfloat16>(256, 1024, 1024, device);
+    run_shape<__nv_bfloat16>(8, 2048, 32000, device);
+    if (quick) return 0;
+    run_shape<__nv_bfloat16>(2, 4096, 128256, device);
+    run_shape<float>(2, 4096, 128256, device);
+    run_shape<__half>(2, 4096, 128256, device);
+    run_shape<__nv_bfloat16>(4, 2048, 151936, device);
+    return 0;
+}
