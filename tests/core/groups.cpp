@@ -215,6 +215,26 @@ TEST_CASE("groups: from_ids on unsorted ids") {
     }
 }
 
+TEST_CASE("groups: from_dense_ids keeps empty groups and refuses ids outside [0, G)") {
+    const std::vector<std::int64_t> ids{2, 0, 2, 4, 0};
+    const auto g = pt::grouping::from_dense_ids(pt::exec::seq, ids, 6);
+    CHECK(g.offsets == std::vector<pt::index_t>{0, 2, 2, 4, 4, 5, 5});
+    CHECK(g.permutation == std::vector<pt::index_t>{1, 4, 0, 2, 3});
+    CHECK(g.group_of == std::vector<pt::index_t>{2, 0, 2, 4, 0});
+    CHECK(g.ids == std::vector<std::int64_t>{0, 1, 2, 3, 4, 5});
+    // Unsigned ids take the same path (no sign to test).
+    const std::vector<std::uint64_t> unsigned_ids{2, 0, 2, 4, 0};
+    CHECK(pt::grouping::from_dense_ids(pt::exec::seq, unsigned_ids, 6).permutation == g.permutation);
+    const std::vector<std::int64_t> negative{1, -1};
+    CHECK_THROWS_WITH_AS((void)pt::grouping::from_dense_ids(pt::exec::seq, negative, 3),
+                         doctest::Contains("ids[1] = -1 is out of range [0, 3)"), pt::invalid_argument);
+    const std::vector<std::uint64_t> too_large{1, 3};
+    CHECK_THROWS_WITH_AS((void)pt::grouping::from_dense_ids(pt::exec::seq, too_large, 3),
+                         doctest::Contains("ids[1] = 3 is out of range [0, 3)"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pt::grouping::from_dense_ids(pt::exec::seq, ids, -1),
+                         doctest::Contains("num_groups"), pt::invalid_argument);
+}
+
 TEST_CASE("groups: string ids") {
     CHECK(pt::grouping::hash_id("prompt-1") == pt::grouping::hash_id(std::string("prompt-1")));
     CHECK(pt::grouping::hash_id("prompt-1") != pt::grouping::hash_id("prompt-2"));

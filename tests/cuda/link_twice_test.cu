@@ -6,6 +6,7 @@
 #include <posttrain/advantage/grpo.cuh>
 #include <posttrain/advantage/rloo.cuh>
 #include <posttrain/cuda/exec.cuh>
+#include <posttrain/cuda/grouping.cuh>
 #include <posttrain/cuda/groups.cuh>
 #include <posttrain/cuda/outcome.cuh>
 #include <posttrain/cuda/tuning.cuh>

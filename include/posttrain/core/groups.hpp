@@ -96,7 +96,8 @@ grouping_result from_dense_ids(const Policy&, const Ids& ids, index_t num_groups
             g.offsets.assign(static_cast<std::size_t>(num_groups) + 1, 0);
             for (index_t i = 0; i < n; ++i) {
                 const auto id = v(i);
-                const bool in_range = !(id < 0) && static_cast<std::uint64_t>(id) < static_cast<std::uint64_t>(num_groups);
+                // A negative id converts to at least 2^63, above any num_groups: one comparison serves both ends.
+                const bool in_range = static_cast<std::uint64_t>(id) < static_cast<std::uint64_t>(num_groups);
                 if (!in_range)
                     detail::raise_invalid_argument(fn, "ids",
                                                    "ids[" + detail::str(i) + "] = " + std::to_string(id) +
