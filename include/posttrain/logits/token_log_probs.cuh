@@ -431,10 +431,17 @@ __device__ inline softmax_state<Acc> team_merge(softmax_state<Acc> s, bool& flag
     }
 }
 
+// The OR of flag over the team; also orders the team's earlier global writes before its later ones
+// (the NaN refill of a bad row overwrites what other threads of the team wrote).
 template <int TT>
 __device__ inline bool team_any(bool flag) {
-    if constexpr (TT == 32) return __any_sync(0xffffffffu, flag);
-    else return __syncthreads_or(flag) != 0;
+    if constexpr (TT == 32) {
+        const bool r = __any_sync(0xffffffffu, flag);
+        __syncwarp();
+        return r;
+    } else {
+        return __syncthreads_or(flag) != 0;
+    }
 }
 
 // ---- the forward ------------------------------------------------------------------------------------
@@ -707,7 +714,9 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
         walk_row<T, Acc, TT, W>(row, vs, V, j, vis);
         // A position with a NaN/+inf logit or none above -inf has no softmax: its whole row is NaN (as on
         // the host), rewritten after the pass that found it (rare).
-        const bool row_bad = team_any<TT>(vis.bad || (a.stats != nullptr && stats_bad)) || !team_any<TT>(vis.any_finite);
+        const bool any_bad = team_any<TT>(vis.bad || (a.stats != nullptr && stats_bad));
+        const bool any_finite = team_any<TT>(vis.any_finite);
+        const bool row_bad = any_bad || !any_finite;
         if (row_bad) fill_row<T, TT>(out, gs, V, j, nan);
         if (j == 0) {
             if (row_bad && a.raise) bits |= status_nonfinite_input;
