@@ -29,6 +29,7 @@ namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
 using pt::test::device_vec;
+using pt::test::quick_size;
 
 namespace {
 
@@ -36,9 +37,6 @@ template <class T>
 pt::device_view<T, 1> dview(T* p, index_t n) {
     return pt::device_view<T, 1>(p, n);
 }
-
-// The full-size value, or a small stand-in under quick().
-index_t scaled(index_t full, index_t quick_size) { return pt::test::quick() ? std::min(full, quick_size) : full; }
 
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
@@ -107,7 +105,7 @@ PT_TEST("from_ids: int64 random, dense, hashed, negative, extreme") {
     std::mt19937_64 rng(1);
     std::vector<std::uint64_t> salt(100000);
     for (auto& s : salt) s = rng();
-    for (index_t n : {index_t{2}, index_t{17}, index_t{1000}, index_t{4097}, scaled(100000, 3000)}) {
+    for (index_t n : {index_t{2}, index_t{17}, index_t{1000}, index_t{4097}, quick_size(100000, 3000)}) {
         check_from_ids(shuffled_ids<std::int64_t>(n, 16, 2, [&](index_t g) { return static_cast<std::int64_t>(salt[std::size_t(g)]); }),
                        "int64 random 64-bit");
         check_from_ids(shuffled_ids<std::int64_t>(n, 16, 3, [](index_t g) { return static_cast<std::int64_t>(g); }),
@@ -129,7 +127,7 @@ PT_TEST("from_ids: int64 random, dense, hashed, negative, extreme") {
 
 PT_TEST("from_ids: int32, uint32, uint64 ids") {
     std::mt19937_64 rng(6);
-    for (index_t n : {index_t{3}, index_t{1000}, scaled(70000, 2000)}) {
+    for (index_t n : {index_t{3}, index_t{1000}, quick_size(70000, 2000)}) {
         check_from_ids(shuffled_ids<std::int32_t>(n, 7, 7, [&](index_t g) { return static_cast<std::int32_t>(g * 2654435761u) ; }),
                        "int32 (negative and positive)");
         check_from_ids(shuffled_ids<std::uint32_t>(n, 4, 8, [](index_t g) { return static_cast<std::uint32_t>(0xFFFFFFFFu - g * 3); }),
@@ -154,7 +152,7 @@ PT_TEST("from_ids: all equal, N = 0, N = 1") {
 }
 
 PT_TEST("from_ids: N = 10^7, hashed and dense") {
-    const index_t n = scaled(10'000'000, 5000);
+    const index_t n = quick_size(10'000'000, 5000);
     std::mt19937_64 rng(12);
     std::vector<std::uint64_t> salt(static_cast<std::size_t>(n / 16 + 1));
     for (auto& s : salt) s = rng();
@@ -192,8 +190,8 @@ void check_dense(const std::vector<Id>& ids, index_t groups, const std::string& 
 
 PT_TEST("from_dense_ids: against the host, empty groups kept") {
     std::mt19937_64 rng(15);
-    for (index_t n : {index_t{0}, index_t{1}, index_t{5}, index_t{1000}, scaled(100000, 3000)}) {
-        for (index_t groups : {index_t{1}, index_t{7}, index_t{1000}, scaled(70000, 2000)}) {
+    for (index_t n : {index_t{0}, index_t{1}, index_t{5}, index_t{1000}, quick_size(100000, 3000)}) {
+        for (index_t groups : {index_t{1}, index_t{7}, index_t{1000}, quick_size(70000, 2000)}) {
             std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
             for (auto& v : ids) v = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(groups));
             check_dense(ids, groups, "int64");
@@ -203,7 +201,7 @@ PT_TEST("from_dense_ids: against the host, empty groups kept") {
     }
     check_dense(std::vector<std::int64_t>{}, 0, "no rows, no groups");
     check_dense(std::vector<std::uint64_t>(3000, 4), 5, "uint64 all one id");
-    const index_t n = scaled(10'000'000, 5000);
+    const index_t n = quick_size(10'000'000, 5000);
     check_dense(shuffled_ids<std::int64_t>(n, 16, 16, [](index_t g) { return static_cast<std::int64_t>(g); }), n / 16 + 1,
                 "int64 large");
 }
@@ -329,7 +327,7 @@ void compare_outcome(const std::vector<index_t>& sizes, layout_source how, const
 
 std::vector<std::pair<const char*, std::vector<index_t>>> size_mixes(bool dense) {
     std::mt19937_64 rng(21);
-    const index_t many = scaled(3000, 200);
+    const index_t many = quick_size(3000, 200);
     std::vector<index_t> sixteen(static_cast<std::size_t>(many), 16);
     std::vector<index_t> small;
     for (index_t i = 0; i < many; ++i) small.push_back(1 + static_cast<index_t>(rng() % 31));
@@ -395,7 +393,7 @@ PT_TEST("grpo/rloo over from_ids layouts, float") { outcome_matrix<float>("float
 PT_TEST("grpo/rloo over from_ids layouts, double") { outcome_matrix<double>("double"); }
 
 PT_TEST("from_ids / from_dense_ids + grpo: run-to-run bits, CUDA-graph capture and replay, the host's result") {
-    const index_t n = scaled(index_t{1} << 20, 4096);
+    const index_t n = quick_size(index_t{1} << 20, 4096);
     std::mt19937_64 rng(31);
     auto hashed = [&](std::uint64_t mult) {
         return shuffled_ids<std::int64_t>(n, 16, rng(), [&](index_t g) { return static_cast<std::int64_t>(g * mult); });
