@@ -567,14 +567,16 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
             continue;
         }
         const T* row = a.logits.data() + b * a.logits.stride(0) + t * a.logits.stride(1);
+        // The label's logit, read once by the thread that finishes (issued before the walk, so that its
+        // latency hides behind it); the walk leaves the label's entry out.
+        const Acc zy = j == 0 && l.y >= 0 ? widen<Acc>(row[static_cast<index_t>(l.y) * vs]) : Acc(0);
         forward_visitor<T, Acc, W> vis;
         vis.y = l.y;
         walk_row<T, Acc, TT, W>(row, vs, V, j, vis);
         bool bad = vis.nan_seen;
         softmax_state<Acc> st = team_merge<TT>(vis.st, bad, sm);
         if (j == 0) {
-            // The label's logit, read here once; a -inf label is an entry of probability 0 (not merged).
-            const Acc zy = l.y >= 0 ? widen<Acc>(row[static_cast<index_t>(l.y) * vs]) : Acc(0);
+            // A -inf label is an entry of probability 0 (not merged).
             if (l.y >= 0) {
                 if (!(zy < acc_inf<Acc>())) bad = true;
                 else if (zy > -acc_inf<Acc>()) st = merge(st, label_state(zy));
