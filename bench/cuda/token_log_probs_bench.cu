@@ -16,11 +16,17 @@
 // twice), "memcpy_ms" (a device-to-device cudaMemcpy of half those bytes, which reads and writes as
 // many; measured in this program, scaled linearly past the largest buffer) and "extra_bytes" (device
 // memory the op needs beyond its inputs and the gradient: outputs + workspace). PyTorch peers should
-// time the same shapes (log_softmax + gather; + entropy; autograd backward).
-// Usage: posttrain_cuda_token_log_probs_bench [quick]   (quick: the two smallest shapes only)
+// time the same shapes (log_softmax + gather; + entropy; autograd backward). Before the backward is
+// timed, the forward's first four positions are checked against a double log_softmax on the host, and
+// after all runs the status word must be 0; otherwise the bench says so on stderr and exits 1.
+// Usage: posttrain_cuda_token_log_probs_bench [max_log2_positions (default 24) | quick]
+//   (scripts/gpu-check passes its MAX_LOG2_N: shapes with B * T above 2^max_log2_positions are left
+//   out, so the default runs them all; quick: the two smallest shapes only)
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -68,8 +74,40 @@ void line(const std::string& op, index_t n, const std::string& device, double ms
     std::fflush(stdout);
 }
 
+// A plain two-pass double log_softmax of the first positions, against the device's outputs: the timed
+// kernels must be right before their times mean anything. Returns false (and says so) otherwise.
 template <class T>
-void run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
+bool spot_check(const T* z, const std::int64_t* hy, const float* lp, const float* h, index_t V, const std::string& shape) {
+    const index_t n = 4;
+    std::vector<T> rows(static_cast<std::size_t>(n * V));
+    std::vector<float> got_lp(n), got_h(n);
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(rows.data(), z, sizeof(T) * rows.size(), cudaMemcpyDeviceToHost));
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(got_lp.data(), lp, sizeof(float) * n, cudaMemcpyDeviceToHost));
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(got_h.data(), h, sizeof(float) * n, cudaMemcpyDeviceToHost));
+    bool ok = true;
+    for (index_t p = 0; p < n; ++p) {
+        const T* r = rows.data() + p * V;
+        double m = -INFINITY, s = 0, a = 0;
+        for (index_t v = 0; v < V; ++v) m = std::fmax(m, pt::policy_loss::detail::to_double(r[v]));
+        for (index_t v = 0; v < V; ++v) {
+            const double d = pt::policy_loss::detail::to_double(r[v]) - m, e = std::exp(d);
+            s += e, a += e * d;
+        }
+        const double lse = m + std::log(s), ent = std::log(s) - a / s;
+        const double want_lp = hy[p] < 0 ? 0.0 : pt::policy_loss::detail::to_double(r[hy[p]]) - lse;
+        const double want_h = ent;
+        if (!(std::fabs(got_lp[p] - want_lp) <= 1e-4 * (1 + std::fabs(want_lp)) &&
+              std::fabs(got_h[p] - want_h) <= 1e-4 * (1 + want_h))) {
+            std::fprintf(stderr, "token_log_probs bench %s: position %lld: log_prob %.9g (want %.9g), entropy %.9g (want %.9g)\n",
+                         shape.c_str(), static_cast<long long>(p), got_lp[p], want_lp, got_h[p], want_h);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+template <class T>
+bool run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
     const index_t P = B * Tn, n = P * V;
     const std::size_t zbytes = sizeof(T) * static_cast<std::size_t>(n);
     T *z = nullptr, *g = nullptr;
@@ -80,10 +118,10 @@ void run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
     std::vector<std::int64_t> hy(static_cast<std::size_t>(P));
     for (index_t p = 0; p < P; ++p) hy[std::size_t(p)] = p % 16 == 15 ? -100 : (p * 7919) % V;
     std::int64_t* y = nullptr;
-    float *lp = nullptr, *h = nullptr, *lse = nullptr, *ul = nullptr, *uh = nullptr;
+    float *lp = nullptr, *h = nullptr, *lse = nullptr;
     POSTTRAIN_CUDA_CHECK(cudaMalloc(&y, sizeof(std::int64_t) * P));
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(y, hy.data(), sizeof(std::int64_t) * P, cudaMemcpyHostToDevice));
-    for (float** p : {&lp, &h, &lse, &ul, &uh}) {
+    for (float** p : {&lp, &h, &lse}) {
         POSTTRAIN_CUDA_CHECK(cudaMalloc(p, sizeof(float) * P));
         POSTTRAIN_CUDA_CHECK(cudaMemset(*p, 0, sizeof(float) * P));
     }
@@ -109,24 +147,33 @@ void run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
     const double out_bytes = double(sizeof(float)) * double(P);
     const double read = double(zbytes);
 
-    line("tlp_fwd_" + shape, n, device, time_ms([&] { lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp)); }),
+    std::uint32_t* status = nullptr;
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&status, sizeof(std::uint32_t)));
+    POSTTRAIN_CUDA_CHECK(cudaMemset(status, 0, sizeof(std::uint32_t)));
+    const auto cuda = pt::exec::cuda.with_status(status);
+    line("tlp_fwd_" + shape, n, device, time_ms([&] { lg::token_log_probs(cuda, zv, yv, out(lp)); }),
          copy_ms(read), read, out_bytes);
     line("tlp_fwd_entropy_" + shape, n, device,
-         time_ms([&] { lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp), out(h), out(lse)); }), copy_ms(read), read,
+         time_ms([&] { lg::token_log_probs(cuda, zv, yv, out(lp), out(h), out(lse)); }), copy_ms(read), read,
          3 * out_bytes);
-    // The saved statistics of the backward: the forward's, computed once.
-    lg::token_log_probs(pt::exec::cuda, zv, yv, out(lp), out(h), out(lse));
-    POSTTRAIN_CUDA_CHECK(cudaMemset(ul, 0, sizeof(float) * P));
+    // The saved statistics of the backward: the forward's, computed once; the upstream gradients are
+    // the log-probs and entropies themselves (any finite [B, T] values do).
+    lg::token_log_probs(cuda, zv, yv, out(lp), out(h), out(lse));
+    const bool right = spot_check(z, hy.data(), lp, h, V, shape);
     line("tlp_bwd_saved_" + shape, n, device,
-         time_ms([&] { lg::token_log_probs_backward(pt::exec::cuda, zv, yv, in(lp), in(h), gv, in(lse), in(h)); }),
+         time_ms([&] { lg::token_log_probs_backward(cuda, zv, yv, in(lp), in(h), gv, in(lse), in(h)); }),
          copy_ms(2 * read), 2 * read, 0);
     line("tlp_bwd_recompute_" + shape, n, device,
-         time_ms([&] { lg::token_log_probs_backward(pt::exec::cuda.with(ws, ws_bytes), zv, yv, in(lp), in(h), gv); }),
+         time_ms([&] { lg::token_log_probs_backward(cuda.with(ws, ws_bytes), zv, yv, in(lp), in(h), gv); }),
          copy_ms(3 * read), 3 * read, double(ws_bytes));
-    POSTTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+    std::uint32_t st = 0;
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(&st, status, sizeof st, cudaMemcpyDeviceToHost));
+    if (st != 0) std::fprintf(stderr, "token_log_probs bench %s: status word %u (expected 0)\n", shape.c_str(), st);
     for (void* p : {static_cast<void*>(z), static_cast<void*>(g), static_cast<void*>(y), static_cast<void*>(lp),
-                    static_cast<void*>(h), static_cast<void*>(lse), static_cast<void*>(ul), static_cast<void*>(uh), ws})
+                    static_cast<void*>(h), static_cast<void*>(lse), ws,
+                    static_cast<void*>(status)})
         cudaFree(p);
+    return right && st == 0;
 }
 
 }  // namespace
@@ -138,12 +185,19 @@ int main(int argc, char** argv) {
         return 77;
     }
     const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
-    run_shape<__nv_bfloat16>(256, 1024, 1024, device);
-    run_shape<__nv_bfloat16>(8, 2048, 32000, device);
-    if (quick) return 0;
-    run_shape<__nv_bfloat16>(2, 4096, 128256, device);
-    run_shape<float>(2, 4096, 128256, device);
-    run_shape<__half>(2, 4096, 128256, device);
-    run_shape<__nv_bfloat16>(4, 2048, 151936, device);
-    return 0;
+    const int max_log2 = argc > 1 && !quick ? std::atoi(argv[1]) : 24;
+    const auto want = [&](index_t B, index_t T) { return max_log2 >= 62 || B * T <= (index_t{1} << max_log2); };
+    // The reference shapes first, so that a stage that runs out of time still has them.
+    bool ok = true;
+    if (!quick) {
+        if (want(2, 4096)) {
+            ok &= run_shape<__nv_bfloat16>(2, 4096, 128256, device);
+            ok &= run_shape<float>(2, 4096, 128256, device);
+            ok &= run_shape<__half>(2, 4096, 128256, device);
+        }
+        if (want(4, 2048)) ok &= run_shape<__nv_bfloat16>(4, 2048, 151936, device);
+    }
+    if (want(8, 2048)) ok &= run_shape<__nv_bfloat16>(8, 2048, 32000, device);
+    if (want(256, 1024)) ok &= run_shape<__nv_bfloat16>(256, 1024, 1024, device);
+    return ok ? 0 : 1;
 }
