@@ -19,7 +19,7 @@ def _on_device(d):
     dev = d.get("device")
     if dev is not None and d["z"].device != torch.device(dev):
         for k in ("z", "y", "gl", "gh"):
-            d[k] = d[k].to(dev)
+            d[k] = d[k].detach().to(dev)  # a leaf again on the new device
     return d
 
 
