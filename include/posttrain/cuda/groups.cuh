@@ -110,8 +110,9 @@ struct permuted_global_rows {
 // Device-side readers: bounds(g, begin, end) gives the rows of group g, or false when the layout is
 // invalid there (then the group is skipped and the caller reports status_invalid_groups). The rows
 // [begin, end) are positions: rows_at(p, stride, begin) reads and writes them in global memory, and
-// `permuted` layouts map position j to row row(j) in the staged kernels. live_groups(launched) is the
-// number of groups the kernel works on (launched, except for a count held on the device).
+// `permuted` layouts map position j to row row(j) in the staged kernels. live_groups(launched), which
+// every thread of every block calls first, is the number of groups the kernel works on (launched,
+// except for a count held on the device).
 struct device_uniform_layout {
     static constexpr bool uniform = true;
     static constexpr bool permuted = false;
@@ -160,32 +161,39 @@ struct device_ragged_layout {
 
 // A permuted layout: the CSR reader over positions, plus the permutation from positions to rows
 // and, optionally, the group count on the device. `groups` is then the capacity the kernels were
-// launched for, and every group test uses the count (clamped to [0, capacity]).
+// launched for, and every group test uses `live`: the count clamped to [0, capacity], read once per
+// block by live_groups (which every kernel calls first, with every thread).
 struct device_permuted_layout : device_ragged_layout<index_t> {
     static constexpr bool permuted = true;
     const index_t* perm = nullptr;
     index_t perm_stride = 1;
     const index_t* count = nullptr;  // null: `groups` is the count
     std::uint32_t* status = nullptr;
+    index_t live = 0;                // the groups in use: `groups`, or the clamped device count
 
-    __device__ index_t current_groups() const noexcept {
-        if (count == nullptr) return groups;
-        const index_t c = *count;
-        return c < 0 ? 0 : c > groups ? groups : c;
-    }
-    // One thread of the grid reports a count that is out of range, or zero groups for rows.
-    __device__ index_t live_groups(index_t launched) const noexcept {
-        const index_t live = current_groups();
-        if (count != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
-            const index_t c = *count;
-            if (c < 0 || c > groups || (c == 0 && rows > 0)) report_status(status, status_invalid_groups);
+    // Every thread of the block calls it (it holds a __syncthreads). Thread 0 alone reads the count
+    // and the block takes its value from shared memory: were each thread to read it, a count that
+    // changed during the kernel (it may not, but the device cannot check) would let threads of one
+    // block disagree on the groups, hence on the barriers they reach. Block 0 reports a count out of
+    // range, or zero groups for rows.
+    __device__ index_t live_groups(index_t launched) noexcept {
+        if (count != nullptr) {
+            __shared__ index_t s_live;
+            if (threadIdx.x == 0) {
+                const index_t c = *count;
+                if (blockIdx.x == 0 && (c < 0 || c > groups || (c == 0 && rows > 0)))
+                    report_status(status, status_invalid_groups);
+                s_live = c < 0 ? 0 : c > groups ? groups : c;
+            }
+            __syncthreads();
+            live = s_live;
         }
         return live < launched ? live : launched;
     }
     __device__ bool valid(index_t g, index_t lo, index_t hi) const noexcept {
         bool ok = lo >= 0 && hi >= lo && hi <= rows;
         if (g == 0) ok = ok && lo == 0;
-        if (g == current_groups() - 1) ok = ok && hi == rows;
+        if (g == live - 1) ok = ok && hi == rows;
         return ok;
     }
     __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
@@ -300,10 +308,31 @@ inline device_layout_info<device_permuted_layout> make_device_layout(const exec:
     d.perm_stride = l.permutation.stride(0);
     d.count = device_count ? l.count.data() : nullptr;
     d.status = p.status;
+    d.live = entries - 1;  // with a device count, live_groups replaces it on the device
     device_layout_info<device_permuted_layout> info{d, entries - 1, -1, -1};
     if (l.expected_group_size > 0) info.typical_size = l.expected_group_size;
     else if (device_count) info.typical_size = permuted_assumed_group_size;
     return info;
+}
+
+// The layout buffer (by argument name) that shares bytes with `v`, or null. Kernels read a layout's
+// buffers once per thread (offsets, permutation; the count once per block), so one that a kernel
+// also writes (advantages, counters, the status word) would let threads of one block see different
+// groups and reach different barriers: the launchers reject such aliasing on the host.
+template <class V>
+const char* layout_buffer_overlapping(const uniform_groups&, const V&) noexcept {
+    return nullptr;
+}
+template <class Offset, class V>
+const char* layout_buffer_overlapping(const device_ragged_groups<Offset>& r, const V& v) noexcept {
+    return views_overlap(v, r.offsets) ? "offsets" : nullptr;
+}
+template <class V>
+const char* layout_buffer_overlapping(const device_permuted_groups& l, const V& v) noexcept {
+    if (views_overlap(v, l.permutation)) return "permutation";
+    if (views_overlap(v, l.offsets)) return "offsets";
+    if (views_overlap(v, l.count)) return "count";
+    return nullptr;
 }
 
 }  // namespace detail

@@ -919,6 +919,17 @@ void run_outcome_cuda(const exec::cuda_policy& policy, const Rewards& rewards, c
                         posttrain::detail::str(a.extent(0)));
             require(!views_overlap(a, r), {fn, "advantages"},
                     "the output overlaps the input 'rewards'; pass a separate buffer");
+            // Nothing the kernels write may share bytes with the layout they read (see
+            // layout_buffer_overlapping): advantages, the counters, the status word.
+            auto separate = [&](const auto& out, const char* arg) {
+                if (const char* buffer = posttrain::detail::layout_buffer_overlapping(groups, out))
+                    posttrain::detail::raise_invalid_argument(
+                        fn, arg, std::string("overlaps the layout's '") + buffer + "'; pass a separate buffer");
+            };
+            separate(a, "advantages");
+            separate(stats, "stats");
+            separate(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0),
+                     "policy");
             const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), groups_arg);
             if (params.singleton_groups == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
                 posttrain::detail::raise_invalid_argument(fn, "groups",
