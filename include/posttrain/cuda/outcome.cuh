@@ -518,7 +518,9 @@ __device__ index_t fetch_offset(const Layout& layout, index_t tile, index_t grou
 
 // Starts the asynchronous copy of a staged tile's rows into shared memory (cp.async: no registers
 // held, so the copy of the next tile overlaps the arithmetic of this one). A permuted layout
-// gathers its positions' rows instead (a position with no valid row leaves its slot as it was).
+// gathers its positions' rows instead; a position with no valid row stores 0 in its slot, as the
+// global-memory readers read it (so a malformed layout gives the same, deterministic result on
+// every path: the slot would otherwise hold whatever the buffer held before).
 template <bool Padded, int Capacity, class In, class Layout>
 __device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_plan& t, const Layout& layout) {
     constexpr int threads = cuda_tuning::block_threads;
@@ -533,6 +535,7 @@ __device__ void stage_tile(In* tile, const In* x, index_t stride, const tile_pla
             if (u * threads + tid < t.rows) {
                 const index_t row = layout.row(t.r0 + u * threads + tid);
                 if (row >= 0) __pipeline_memcpy_async(to + u * tile_slot<Padded>(threads), x + row * stride, sizeof(In));
+                else to[u * tile_slot<Padded>(threads)] = In(0);  // a buffer nobody reads until the next barrier
             }
         }
         return;
