@@ -874,9 +874,12 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
         if (info.exact_size <= index_t{cuda_tuning::tile_max_lanes} * cuda_tuning::tile_values)
             lanes = cuda_tuning::lanes_for(info.exact_size);
     } else {
-        const index_t mean = info.typical_size > 0 ? info.typical_size : n / groups;
-        const index_t room = cuda_tuning::ragged_room * mean * cuda_tuning::block_threads;  // rows a tile of single-lane teams may need
         constexpr index_t capacity = tile_capacity<In, Out, false>();
+        // A stated mean above the capacity fits no lane count either way; clamping it keeps the
+        // product below from overflowing (expected_group_size is only checked to be >= 0).
+        const index_t stated = info.typical_size > 0 ? info.typical_size : n / groups;
+        const index_t mean = stated < capacity ? stated : capacity;
+        const index_t room = cuda_tuning::ragged_room * mean * cuda_tuning::block_threads;  // rows a tile of single-lane teams may need
         for (int l = 1; l <= cuda_tuning::tile_max_lanes && lanes == 0; l *= 2)
             if (room / l <= capacity) lanes = l;
     }
