@@ -244,7 +244,9 @@ device_permuted_groups group_ids_cuda(const exec::cuda_policy& pol, tensor_view<
     require(count.extent(0) == 1, {fn, "count"}, "expected one device entry (the number of groups), found " + str(count.extent(0)));
     require(group_ids.size() == 0 || group_ids.extent(0) >= n, {fn, "group_ids"},
             "needs room for N = " + str(n) + " entries (up to one group per id), found " + str(group_ids.extent(0)));
-    const device_permuted_groups layout{perm, offsets, count, 0};
+    // The layout sees N + 1 offsets, the most groups N rows can form, however large the caller's
+    // buffer: the outcome kernels launch for that capacity.
+    const device_permuted_groups layout{perm, device_view<const index_t, 1>(offsets.data(), n + 1), count, 0};
     if (n == 0) {
         grouping_empty_kernel<<<1, 1, 0, pol.stream>>>(offsets.data(), count.data());
         check_launch(fn);
@@ -360,8 +362,8 @@ inline std::size_t from_dense_ids_workspace_bytes(index_t n, index_t num_groups)
 // Groups rows by integer id (a device_view or a DLPack tensor on a CUDA device of int32, int64,
 // uint32 or uint64) into permutation [N], offsets [capacity >= N + 1, contiguous] and count [1],
 // and optionally group_ids [capacity >= N] (the id of each group, as int64, like
-// grouping_result::ids). Returns the layout over those buffers, for the CUDA outcome algorithms;
-// it reads the buffers, so they must outlive its uses. Set expected_group_size on it when the mean
+// grouping_result::ids). Returns the layout over those buffers (its offsets: the first N + 1
+// entries), for the CUDA outcome algorithms; it reads the buffers, so they must outlive its uses. Set expected_group_size on it when the mean
 // group size is known (it shapes the outcome kernels; see device_permuted_groups).
 template <class Ids>
 device_permuted_groups from_ids(const exec::cuda_policy& policy, const Ids& ids, device_view<index_t, 1> permutation,
