@@ -3,7 +3,8 @@
 //
 //     posttrain::exec::cuda                                  default stream, scratch from cudaMallocAsync
 //         .on(stream)                                        stream-ordered and asynchronous on `stream`
-//         .with(workspace)                                   scratch from a caller buffer (CUDA-graph friendly)
+//         .with(workspace)                                   scratch from a caller buffer (CUDA-graph friendly;
+//                                                            256-byte aligned, as cudaMalloc returns)
 //         .with_status(d_status)                             kernels OR status_bits into *d_status (device memory)
 //         .validated()                                       opt-in host validation of device-resident layouts
 //
@@ -90,6 +91,9 @@ inline void check_launch(const char* function) {
         raise_cuda_error(static_cast<int>(e), function, std::string("kernel launch: ") + cudaGetErrorString(e));
 }
 
+// The alignment of every scratch region: cudaMalloc's, required of a caller workspace.
+inline constexpr std::size_t scratch_alignment = 256;
+
 // Scratch for one algorithm call: the caller's workspace when given (and large enough), otherwise a
 // stream-ordered cudaMallocAsync released with cudaFreeAsync when the call returns. Either way the
 // memory is only touched by work enqueued on the policy's stream.
@@ -101,6 +105,14 @@ public:
             require(p.workspace_bytes >= bytes, w,
                     "the workspace has " + std::to_string(p.workspace_bytes) + " bytes, this call needs " +
                         std::to_string(bytes) + " (ask <algorithm>_workspace_bytes)");
+            // Algorithms carve the scratch at scratch_align offsets from its base and store 8-byte
+            // values there (sort keys, doubles, counters): a misaligned base would be a kernel
+            // fault, not an error the caller can catch.
+            require(reinterpret_cast<std::uintptr_t>(p.workspace) % scratch_alignment == 0, w,
+                    "the workspace must be " + std::to_string(scratch_alignment) +
+                        "-byte aligned (as cudaMalloc returns), found an address " +
+                        std::to_string(reinterpret_cast<std::uintptr_t>(p.workspace) % scratch_alignment) +
+                        " bytes past a boundary");
             ptr_ = p.workspace;
             return;
         }
@@ -124,7 +136,9 @@ private:
 };
 
 // Rounds a scratch sub-allocation up so that every piece stays 256-byte aligned (cudaMalloc's alignment).
-constexpr std::size_t scratch_align(std::size_t bytes) noexcept { return (bytes + 255) / 256 * 256; }
+constexpr std::size_t scratch_align(std::size_t bytes) noexcept {
+    return (bytes + scratch_alignment - 1) / scratch_alignment * scratch_alignment;
+}
 
 // Lays out consecutive scratch regions one after the other, each starting on a scratch_align
 // boundary: take(bytes) returns the region's offset; end is the total size so far.
