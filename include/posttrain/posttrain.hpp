@@ -43,6 +43,8 @@
 #include "advantage/unlikeliness.hpp"
 #include "advantage/whiten.hpp"
 
+#include "logits/token_log_probs.hpp"
+
 #include "policy_loss/aggregate.hpp"
 #include "policy_loss/disco.hpp"
 #include "policy_loss/entropy.hpp"
