@@ -10,7 +10,9 @@
 // The host cannot read device offsets without synchronizing, so they are validated where they are
 // read: a group whose bounds are not a valid CSR range sets status_invalid_groups in the policy's
 // status word and is skipped (its rows are left unwritten; nothing outside [0, N) is ever touched).
-// A permutation entry outside [0, N) is likewise reported and neither read nor written through.
+// A permutation entry outside [0, N) is likewise reported, reads as 0 and is not written through.
+// Threads read the offsets and the permutation themselves (the count once per block), so outputs
+// must not alias the layout: the launchers check that on the host (layout_buffer_overlapping).
 // exec::cuda.validated() instead copies the layout to the host and throws invalid_argument.
 
 #if !defined(__CUDACC__)
