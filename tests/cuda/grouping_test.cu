@@ -5,7 +5,11 @@
 // block kernels, empty/singleton/large groups, NaN rewards, the framework presets, float and
 // double); the workspace path against cudaMallocAsync, run-to-run bits, CUDA-graph capture and
 // replay (support.cuh graph_case), status bits for ids out of range and broken layouts, validated(),
-// DLPack ids and the host-detectable misuse. Under QUICK=1 (the compute-sanitizer runs) sizes shrink
+// DLPack ids and the host-detectable misuse; the values of a layout with a permutation entry out of
+// range (0 on the staged and the global paths, the same bits every run), GRPO over from_dense_ids
+// with ids out of range (the last group skipped), strided ids/permutation/group ids/rewards/
+// advantages, the N + 1 offsets from_ids hands on, outputs aliasing the layout and a misaligned
+// workspace (invalid_argument). Under QUICK=1 (the compute-sanitizer runs) sizes shrink
 // to a few thousand rows and the option matrix to a few presets.
 
 #include <algorithm>
@@ -576,4 +580,205 @@ PT_TEST("broken permuted layouts: status bits on the device, invalid_argument wh
                     pt::invalid_argument);
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::device_permuted_groups{d_good.cview(), d_off.cview(), {}, -1}, da.view()),
                     pt::invalid_argument);
+}
+
+namespace {
+
+// Host GRPO over the permuted layout {permutation, offsets} of r.
+template <class T>
+std::vector<T> host_permuted_grpo(const std::vector<T>& r, const std::vector<index_t>& permutation,
+                                  const std::vector<index_t>& offsets) {
+    const pt::permuted_groups host{pt::tensor_view<const index_t, 1>(permutation.data(), static_cast<index_t>(permutation.size())),
+                                   pt::tensor_view<const index_t, 1>(offsets.data(), static_cast<index_t>(offsets.size()))};
+    std::vector<T> want(r.size());
+    (void)adv::grpo(pt::exec::seq, r, host, want);
+    return want;
+}
+
+template <class T>
+void check_wild_entry_reads_zero(const char* type) {
+    // Groups {0, 1, 2} and {3, 4, 5, 6, <100>}: position 7 holds no row. The host count gives a mean
+    // of 4 rows, hence the staged tile kernel; expected_group_size = 1000 gives the block kernel,
+    // which reads global memory.
+    const std::vector<T> r = {1, 2, 3, 4, 5, 6, 7, 9};
+    const std::vector<index_t> off = {0, 3, 8}, wild = {0, 1, 2, 3, 4, 5, 6, 100}, identity = {0, 1, 2, 3, 4, 5, 6, 7};
+    std::vector<T> zeroed = r;
+    zeroed[7] = T(0);  // the entry's value in its group ...
+    std::vector<T> want = host_permuted_grpo(zeroed, identity, off);
+    want[7] = T(-12345);  // ... and row 7, which no valid entry names, is never written
+    device_vec<T> dr(r);
+    device_vec<index_t> d_off(off), d_wild(wild);
+    for (index_t stated : {index_t{0}, index_t{1000}}) {
+        const std::string w = std::string("wild entry, ") + type + (stated ? ", block kernel" : ", staged tile kernel");
+        std::vector<T> runs[2];
+        for (auto& got : runs) {
+            device_vec<T> da(r.size(), T(-12345));
+            device_vec<std::uint32_t> status(1, 0u);
+            adv::grpo(pt::exec::cuda.with_status(status.data()), dr.cview(),
+                      pt::device_permuted_groups{d_wild.cview(), d_off.cview(), {}, stated}, da.view());
+            got = da.host();
+            // Exactly the layout's bit: a stale NaN in shared memory would have added status_nonfinite_input.
+            PT_CHECK_MSG(status.host()[0] == pt::status_invalid_groups, w + ": status");
+        }
+        pt::test::close_to(runs[0], want, sizeof(T) == 8 ? 1e-12 : 1e-6, w);
+        PT_CHECK_MSG(same_bits(runs[0], runs[1]), w + ": run-to-run bits");
+    }
+}
+
+}  // namespace
+
+PT_TEST("broken permuted layouts: an entry outside [0, N) counts as 0 on the staged and the global paths, the same bits every run") {
+    check_wild_entry_reads_zero<double>("double");  // staged in place
+    check_wild_entry_reads_zero<float>("float");
+}
+
+PT_TEST("from_dense_ids with ids out of range + grpo: status_invalid_groups, the last group skipped, the others the host's") {
+    // Ids 4 and -2 are outside [0, 3): their rows (2, 5) go after every group, so offsets[3] = 7 < 9
+    // and group 2 (rows 7, 8) is not a CSR range ending at N.
+    const std::vector<std::int64_t> ids = {1, 0, 4, 1, 0, -2, 1, 2, 2};
+    const std::vector<double> r = {0.5, 2, 7, 1.5, -1, 3, 4, 8, 6};
+    const index_t groups = 3;
+    device_vec<std::int64_t> d_ids(ids);
+    device_vec<double> dr(r);
+    device_vec<index_t> perm(ids.size(), -7), off(4, -7);
+    for (index_t stated : {index_t{0}, index_t{1000}}) {  // tile kernel (its fallback), block kernel
+        const std::string w = stated ? "dense ids out of range, block kernel" : "dense ids out of range, tile kernel";
+        device_vec<double> da(r.size(), -12345.0);
+        device_vec<std::uint32_t> status(1, 0u);
+        const auto policy = pt::exec::cuda.with_status(status.data());
+        pt::device_permuted_groups layout =
+            pt::grouping::from_dense_ids(policy, d_ids.cview(), groups, perm.view(), off.view());
+        layout.expected_group_size = stated;
+        adv::grpo(policy, dr.cview(), layout, da.view());
+        const std::vector<index_t> p = perm.host();
+        PT_CHECK_MSG(same_bits(off.host(), std::vector<index_t>{0, 2, 5, 7}), w + ": offsets");
+        PT_CHECK_MSG(same_bits(p, std::vector<index_t>{1, 4, 0, 3, 6, 7, 8, 2, 5}), w + ": permutation");
+        const std::uint32_t s = status.host()[0];
+        PT_CHECK_MSG(s == (pt::status_id_out_of_range | pt::status_invalid_groups), w + ": status " + std::to_string(s));
+        // Groups 0 and 1 as on the host; group 2 and the out-of-range rows left as they were.
+        std::vector<double> want = host_permuted_grpo(r, p, std::vector<index_t>{0, 2, 5, 9});
+        for (index_t row : {7, 8, 2, 5}) want[std::size_t(row)] = -12345.0;
+        pt::test::close_to(da.host(), want, 1e-12, w);
+    }
+}
+
+PT_TEST("strided ids, permutation, group ids, rewards and advantages over a from_ids layout") {
+    // Groups of 16 plus a few of 300 (the block kernel under a large stated size).
+    std::vector<index_t> sizes(static_cast<std::size_t>(quick_size(500, 60)), 16);
+    for (int i = 0; i < 4; ++i) sizes[std::size_t(i) * 7] = 300;
+    std::mt19937_64 rng(41);
+    std::vector<std::int64_t> ids;
+    for (std::size_t k = 0; k < sizes.size(); ++k)
+        ids.insert(ids.end(), static_cast<std::size_t>(sizes[k]), static_cast<std::int64_t>(k * 0x9E3779B97F4A7C15ull));
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const index_t n = static_cast<index_t>(ids.size());
+    const pt::grouping_result hg = pt::grouping::from_ids(pt::exec::seq, ids);
+    std::vector<float> r = grouped_rewards<float>(hg, 42, false);
+    std::vector<float> want(r.size());
+    (void)adv::grpo(pt::exec::seq, r, hg, want);
+
+    // ids every 3rd entry, the permutation and group ids every 2nd, rewards every 2nd, advantages every 3rd.
+    auto spread = [](const auto& v, index_t step, auto fill) {
+        std::vector<std::remove_cvref_t<decltype(v[0])>> out(v.size() * static_cast<std::size_t>(step), fill);
+        for (std::size_t i = 0; i < v.size(); ++i) out[i * static_cast<std::size_t>(step)] = v[i];
+        return out;
+    };
+    device_vec<std::int64_t> d_ids(spread(ids, 3, std::int64_t{-1})), gids(2 * ids.size(), -7);
+    device_vec<index_t> perm(2 * ids.size(), -7), off(ids.size() + 1, -7), count(1, -7);
+    device_vec<float> dr(spread(r, 2, 1e30f));
+    const index_t n1[1] = {n}, s2[1] = {2}, s3[1] = {3};
+    const pt::device_view<const std::int64_t, 1> ids_v(d_ids.data(), n1, s3);
+    const pt::device_view<index_t, 1> perm_v(perm.data(), n1, s2);
+    const pt::device_view<std::int64_t, 1> gids_v(gids.data(), n1, s2);
+    const pt::device_view<const float, 1> r_v(dr.data(), n1, s2);
+    pt::device_permuted_groups layout = pt::grouping::from_ids(pt::exec::cuda, ids_v, perm_v, off.view(), count.view(), gids_v);
+    const std::vector<index_t> p = perm.host();
+    const std::vector<std::int64_t> g = gids.host();
+    PT_CHECK(count.host()[0] == hg.num_groups());
+    bool perm_ok = true, gids_ok = true;
+    for (index_t i = 0; i < n; ++i) perm_ok &= p[std::size_t(2 * i)] == hg.permutation[std::size_t(i)] && p[std::size_t(2 * i + 1)] == -7;
+    for (index_t k = 0; k < hg.num_groups(); ++k) gids_ok &= g[std::size_t(2 * k)] == hg.ids[std::size_t(k)] && g[std::size_t(2 * k + 1)] == -7;
+    PT_CHECK_MSG(perm_ok, "strided permutation");
+    PT_CHECK_MSG(gids_ok, "strided group ids");
+    for (index_t stated : {index_t{0}, index_t{16}, index_t{1000}}) {  // assumed 32, stated 16 (tile kernels), block kernel
+        const std::string w = "strided, expected_group_size " + std::to_string(stated);
+        layout.expected_group_size = stated;
+        device_vec<float> da(3 * ids.size(), -12345.0f);
+        device_vec<std::uint32_t> status(1, 0u);
+        adv::grpo(pt::exec::cuda.with_status(status.data()), r_v, layout, pt::device_view<float, 1>(da.data(), n1, s3));
+        const std::vector<float> got = da.host();
+        std::vector<float> rows(r.size());
+        bool gaps = true;
+        for (index_t i = 0; i < n; ++i) {
+            rows[std::size_t(i)] = got[std::size_t(3 * i)];
+            gaps &= got[std::size_t(3 * i + 1)] == -12345.0f && got[std::size_t(3 * i + 2)] == -12345.0f;
+        }
+        pt::test::close_to(rows, want, 1e-6, w);
+        PT_CHECK_MSG(gaps, w + ": nothing written between the strided advantages");
+        PT_CHECK_MSG(status.host()[0] == 0u, w + ": status");
+    }
+}
+
+PT_TEST("from_ids hands the outcome kernels N + 1 offsets of a larger buffer") {
+    const std::vector<std::int64_t> ids = {4, 9, 4, 4, 9, 1};
+    const std::vector<double> r = {1, 2, 3, 5, 8, 13};
+    device_vec<std::int64_t> d_ids(ids);
+    device_vec<index_t> perm(6), off(64, -7), count(1);
+    device_vec<double> dr(r), da(6, -1.0);
+    const pt::device_permuted_groups layout = pt::grouping::from_ids(pt::exec::cuda, d_ids.cview(), perm.view(), off.view(), count.view());
+    PT_CHECK(layout.offsets.data() == off.data() && layout.offsets.extent(0) == 7);
+    adv::grpo(pt::exec::cuda, dr.cview(), layout, da.view());
+    std::vector<double> want(r.size());
+    (void)adv::grpo(pt::exec::seq, r, pt::grouping::from_ids(pt::exec::seq, ids), want);
+    pt::test::close_to(da.host(), want, 1e-12, "from_ids with a 64-entry offsets buffer");
+}
+
+PT_TEST("outputs overlapping the layout they are computed over, and a misaligned workspace, throw invalid_argument") {
+    const std::vector<index_t> good_perm = {7, 0, 3, 1, 2, 4, 5, 6}, good_off = {0, 3, 8};
+    device_vec<double> dr(std::vector<double>{1, 2, 3, 4, 5, 6, 7, 9});
+    device_vec<index_t> d_perm(good_perm), d_off(good_off), cnt(1, 2);
+    // One buffer of 8 doubles, also seen as index_t layout buffers.
+    device_vec<double> buf(8, 0.0);
+    index_t* as_index = reinterpret_cast<index_t*>(buf.data());
+    using layout_t = pt::device_permuted_groups;
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), layout_t{dview<const index_t>(as_index, 8), d_off.cview(), {}, 0}, buf.view()),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), layout_t{d_perm.cview(), dview<const index_t>(as_index + 5, 3), {}, 0}, buf.view()),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), layout_t{d_perm.cview(), d_off.cview(), dview<const index_t>(as_index + 7, 1), 0},
+                              buf.view()),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::rloo(pt::exec::cuda, dr.cview(), pt::ragged(dview<const index_t>(as_index + 2, 3)), buf.view()), pt::invalid_argument);
+    // The stats counters, and the status word, over the count.
+    device_vec<index_t> stats(5, 0);
+    device_vec<double> da(8, 0.0);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), layout_t{d_perm.cview(), d_off.cview(), dview<const index_t>(stats.data() + 4, 1), 0},
+                              da.view(), adv::grpo_options{}, stats.view()),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(cnt.data())), dr.cview(),
+                              layout_t{d_perm.cview(), d_off.cview(), cnt.cview(), 0}, da.view()),
+                    pt::invalid_argument);
+    // Separate buffers are fine (and leave the counters and the status word consistent).
+    device_vec<std::uint32_t> status(1, 0u);
+    adv::grpo(pt::exec::cuda.with_status(status.data()), dr.cview(), layout_t{d_perm.cview(), d_off.cview(), cnt.cview(), 0}, da.view(),
+              adv::grpo_options{}, stats.view());
+    PT_CHECK(status.host()[0] == 0u && stats.host()[0] == 2);
+
+    // A workspace 8 bytes past cudaMalloc's alignment.
+    const std::vector<std::int64_t> ids = {3, 1, 3, 2};
+    device_vec<std::int64_t> d_ids(ids);
+    device_vec<index_t> perm(4), off(5), count(1);
+    const std::size_t bytes = pt::grouping::from_ids_workspace_bytes(4);
+    device_vec<unsigned char> ws(bytes + 256);
+    PT_CHECK_THROWS(pt::grouping::from_ids(pt::exec::cuda.with(ws.data() + 8, bytes), d_ids.cview(), perm.view(), off.view(), count.view()),
+                    pt::invalid_argument);
+    adv::grpo_options batch;
+    batch.std_scale = adv::scale::batch;
+    const std::size_t grpo_bytes = adv::grpo_workspace_bytes(8, batch);
+    device_vec<unsigned char> gws(grpo_bytes + 256);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda.with(gws.data() + 4, grpo_bytes), dr.cview(), pt::uniform_groups{4}, da.view(), batch),
+                    pt::invalid_argument);
+    adv::grpo(pt::exec::cuda.with(gws.data() + 256, grpo_bytes), dr.cview(), pt::uniform_groups{4}, da.view(), batch);  // aligned: fine
+    (void)pt::grouping::from_ids(pt::exec::cuda.with(ws.data() + 256, bytes), d_ids.cview(), perm.view(), off.view(), count.view());
+    PT_CHECK(count.host()[0] == 3);
 }
