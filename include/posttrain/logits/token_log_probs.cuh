@@ -27,7 +27,9 @@
 //     leaves them in the workspace (two reads of the logits, no softmax stored).
 //   A warp is the team when V <= tlp_warp_max_vocab (several positions per block), a whole block
 //   otherwise: both keep 16-byte loads in flight from every thread, which is what a pass that reads
-//   each logit once is bound by (memory bandwidth).
+//   each logit once is bound by (memory bandwidth). A position is never split across blocks, so a
+//   call with fewer large-vocabulary positions than resident blocks (~400 on an H100) leaves SMs
+//   idle; training batches have thousands.
 //
 // Determinism: which thread reads which logit, the chunks and the merge tree depend only on V, the
 // strides and the row's address modulo 16 bytes (the misaligned head), never on the grid or the GPU:
