@@ -109,8 +109,8 @@ struct permuted_global_rows {
     }
 };
 
-// Device-side readers: bounds(g, begin, end) gives the rows of group g, or false when the layout is
-// invalid there (then the group is skipped and the caller reports status_invalid_groups). The rows
+// Device-side readers: bounds(g, begin, end, groups) gives the rows of group g of the `groups` in use
+// (what live_groups returned), or false when the layout is invalid there (then the group is skipped and the caller reports status_invalid_groups). The rows
 // [begin, end) are positions: rows_at(p, stride, begin) reads and writes them in global memory, and
 // `permuted` layouts map position j to row row(j) in the staged kernels. live_groups(launched), which
 // every thread of every block calls first, is the number of groups the kernel works on (launched,
@@ -126,7 +126,7 @@ struct device_uniform_layout {
     }
     // First row of group g (g <= groups); only meaningful where the layout is valid.
     __device__ index_t begin_of(index_t g) const noexcept { return g * k; }
-    __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
+    __device__ bool bounds(index_t g, index_t& begin, index_t& end, index_t /*groups*/) const noexcept {
         begin = g * k;
         end = begin + k;
         return true;
@@ -147,61 +147,51 @@ struct device_ragged_layout {
         return {p + begin * stride_of_p, stride_of_p};
     }
     __device__ index_t begin_of(index_t g) const noexcept { return static_cast<index_t>(offsets[g * stride]); }
-    // Whether [lo, hi) is a valid range for group g of a CSR layout over `rows` rows.
-    __device__ bool valid(index_t g, index_t lo, index_t hi) const noexcept {
+    // Whether [lo, hi) is a valid range for group g of a CSR layout of `in_use` groups over `rows` rows
+    // (in_use: live_groups' value, the same in every thread of a block; a parameter rather than a
+    // member, so that kernels never modify the layout they were passed, which stays in parameter
+    // space instead of taking registers).
+    __device__ bool valid(index_t g, index_t lo, index_t hi, index_t in_use) const noexcept {
         bool ok = lo >= 0 && hi >= lo && hi <= rows;
         if (g == 0) ok = ok && lo == 0;
-        if (g == groups - 1) ok = ok && hi == rows;
+        if (g == in_use - 1) ok = ok && hi == rows;
         return ok;
     }
-    __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
+    __device__ bool bounds(index_t g, index_t& begin, index_t& end, index_t in_use) const noexcept {
         begin = static_cast<index_t>(offsets[g * stride]);
         end = static_cast<index_t>(offsets[(g + 1) * stride]);
-        return valid(g, begin, end);
+        return valid(g, begin, end, in_use);
     }
 };
 
 // A permuted layout: the CSR reader over positions, plus the permutation from positions to rows
-// and, optionally, the group count on the device. `groups` is then the capacity the kernels were
-// launched for, and every group test uses `live`: the count clamped to [0, capacity], read once per
-// block by live_groups (which every kernel calls first, with every thread).
+// and, optionally, the group count on the device. With a device count, `groups` is the capacity the
+// kernels were launched for, and live_groups gives the count clamped to [0, capacity], which the
+// kernels pass to valid() and bounds().
 struct device_permuted_layout : device_ragged_layout<index_t> {
     static constexpr bool permuted = true;
     const index_t* perm = nullptr;
     index_t perm_stride = 1;
     const index_t* count = nullptr;  // null: `groups` is the count
     std::uint32_t* status = nullptr;
-    index_t live = 0;                // the groups in use: `groups`, or the clamped device count
 
     // Every thread of the block calls it (it holds a __syncthreads). Thread 0 alone reads the count
     // and the block takes its value from shared memory: were each thread to read it, a count that
-    // changed during the kernel (it may not, but the device cannot check) would let threads of one
-    // block disagree on the groups, hence on the barriers they reach. Block 0 reports a count out of
-    // range, or zero groups for rows.
-    __device__ index_t live_groups(index_t launched) noexcept {
-        if (count != nullptr) {
-            __shared__ index_t s_live;
-            if (threadIdx.x == 0) {
-                const index_t c = *count;
-                if (blockIdx.x == 0 && (c < 0 || c > groups || (c == 0 && rows > 0)))
-                    report_status(status, status_invalid_groups);
-                s_live = c < 0 ? 0 : c > groups ? groups : c;
-            }
-            __syncthreads();
-            live = s_live;
+    // changed during the kernel (outputs may not alias it, but another stream could write it) would
+    // let threads of one block disagree on the groups, hence on the barriers they reach. Block 0
+    // reports a count out of range, or zero groups for rows.
+    __device__ index_t live_groups(index_t launched) const noexcept {
+        if (count == nullptr) return launched;
+        __shared__ index_t s_live;
+        if (threadIdx.x == 0) {
+            const index_t c = *count;
+            if (blockIdx.x == 0 && (c < 0 || c > groups || (c == 0 && rows > 0)))
+                report_status(status, status_invalid_groups);
+            s_live = c < 0 ? 0 : c > groups ? groups : c;
         }
+        __syncthreads();
+        const index_t live = s_live;
         return live < launched ? live : launched;
-    }
-    __device__ bool valid(index_t g, index_t lo, index_t hi) const noexcept {
-        bool ok = lo >= 0 && hi >= lo && hi <= rows;
-        if (g == 0) ok = ok && lo == 0;
-        if (g == live - 1) ok = ok && hi == rows;
-        return ok;
-    }
-    __device__ bool bounds(index_t g, index_t& begin, index_t& end) const noexcept {
-        begin = static_cast<index_t>(offsets[g * stride]);
-        end = static_cast<index_t>(offsets[(g + 1) * stride]);
-        return valid(g, begin, end);
     }
     // The row at position j, or -1 (reported) when the permutation holds no row there.
     __device__ index_t row(index_t j) const noexcept {
@@ -310,7 +300,6 @@ inline device_layout_info<device_permuted_layout> make_device_layout(const exec:
     d.perm_stride = l.permutation.stride(0);
     d.count = device_count ? l.count.data() : nullptr;
     d.status = p.status;
-    d.live = entries - 1;  // with a device count, live_groups replaces it on the device
     device_layout_info<device_permuted_layout> info{d, entries - 1, -1, -1};
     if (l.expected_group_size > 0) info.typical_size = l.expected_group_size;
     else if (device_count) info.typical_size = permuted_assumed_group_size;

@@ -491,7 +491,7 @@ __device__ tile_plan plan_tile(const Layout& layout, index_t tile, index_t group
         if (t.has) {
             begin = s_off[team];
             end = s_off[team + 1];
-            ok = layout.valid(g0 + team, begin, end);
+            ok = layout.valid(g0 + team, begin, end, groups);
         }
         t.r0 = s_off[0];
         const index_t r1 = s_off[count];
@@ -607,7 +607,7 @@ __device__ __noinline__ void tile_fallback(outcome_args<In, Out> a, Layout layou
     const index_t g = tile * teams + tid / L;
     index_t begin = 0, end = 0;
     const bool has = g < groups;
-    const bool ok = has && layout.bounds(g, begin, end);
+    const bool ok = has && layout.bounds(g, begin, end, groups);
     const bool small = ok && end - begin <= index_t{32} * L;
     if (has && !ok && lane == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
     team_loop_group<L>(a, lane, small, small ? end - begin : 0, layout.rows_at(a.x, a.x_stride, small ? begin : 0),
@@ -618,7 +618,7 @@ __device__ __noinline__ void tile_fallback(outcome_args<In, Out> a, Layout layou
     for (int t = 0; t < teams; ++t) {
         if (s_big[t] < 0) continue;
         index_t b, e;
-        layout.bounds(s_big[t], b, e);
+        layout.bounds(s_big[t], b, e, groups);
         block_loop_group(a, layout, b, e, ex, counters);
     }
     __syncthreads();  // s_big is rewritten by the next deferred tile
@@ -732,7 +732,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads, cuda_tuning::block
     groups = layout.live_groups(groups);
     for (index_t g = blockIdx.x; g < groups; g += gridDim.x) {
         index_t begin, end;
-        if (!layout.bounds(g, begin, end)) {
+        if (!layout.bounds(g, begin, end, groups)) {
             if (threadIdx.x == 0) posttrain::detail::report_status(a.status, status_invalid_groups);
             continue;
         }
