@@ -363,8 +363,8 @@ inline std::size_t from_dense_ids_workspace_bytes(index_t n, index_t num_groups)
 // uint32 or uint64) into permutation [N], offsets [capacity >= N + 1, contiguous] and count [1],
 // and optionally group_ids [capacity >= N] (the id of each group, as int64, like
 // grouping_result::ids). Returns the layout over those buffers (its offsets: the first N + 1
-// entries), for the CUDA outcome algorithms; it reads the buffers, so they must outlive its uses. Set expected_group_size on it when the mean
-// group size is known (it shapes the outcome kernels; see device_permuted_groups).
+// entries), for the CUDA outcome algorithms; it reads the buffers, so they must outlive its uses.
+// Set expected_group_size on it when the mean group size is known (it shapes the outcome kernels; see device_permuted_groups).
 template <class Ids>
 device_permuted_groups from_ids(const exec::cuda_policy& policy, const Ids& ids, device_view<index_t, 1> permutation,
                                 device_view<index_t, 1> offsets, device_view<index_t, 1> count,
