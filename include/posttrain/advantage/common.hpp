@@ -84,9 +84,10 @@ void check_finite(tensor_view<const T, R> x, where w) {
     }
 }
 
-// Outputs may not overlap inputs: results are written while inputs are still being read.
-template <class T, int R, class U, int Q>
-void check_no_alias(tensor_view<T, R> out, tensor_view<U, Q> in, where out_arg, const char* in_name) {
+// Outputs may not overlap inputs: results are written while inputs are still being read. Host and
+// device views alike (S: both in one memory space; the CUDA paths check their device views here).
+template <class T, int R, class U, int Q, class S>
+void check_no_alias(tensor_view<T, R, S> out, tensor_view<U, Q, S> in, where out_arg, const char* in_name) {
     require(!views_overlap(out, in), out_arg,
             std::string("the output overlaps the input '") + in_name + "'; pass a separate buffer");
 }

@@ -461,20 +461,6 @@ void launch_scan(const exec::cuda_policy& policy, const P& p, const scan_tiles& 
     posttrain::detail::check_launch(fn);
 }
 
-template <class A, int R, class S, class B, int Q>
-void check_device_shape(tensor_view<A, R, S> a, tensor_view<B, Q, S> b, posttrain::detail::where w, const char* other) {
-    for (int d = 0; d < R; ++d)
-        posttrain::detail::require(a.extent(d) == b.extent(d), w,
-                                   std::string("shape must match '") + other + "': dimension " + posttrain::detail::str(d) +
-                                       " is " + posttrain::detail::str(a.extent(d)) + ", expected " +
-                                       posttrain::detail::str(b.extent(d)));
-}
-template <class A, int R, class S, class B, int Q>
-void check_device_alias(tensor_view<A, R, S> out, tensor_view<B, Q, S> in, posttrain::detail::where w, const char* other) {
-    posttrain::detail::require(!views_overlap(out, in), w,
-                               std::string("the output overlaps the input '") + other + "'; pass a separate buffer");
-}
-
 template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
               Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats) {
@@ -484,12 +470,12 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
     using posttrain::detail::floating_output;
     std::visit(
         [&](auto r, auto v, auto m, auto a) {
-            check_device_shape(v, r, {fn, "values"}, "token_rewards");
-            check_device_shape(m, r, {fn, "mask"}, "token_rewards");
-            check_device_shape(a, r, {fn, "advantages"}, "token_rewards");
-            check_device_alias(a, r, {fn, "advantages"}, "token_rewards");
-            check_device_alias(a, v, {fn, "advantages"}, "values");
-            check_device_alias(a, m, {fn, "advantages"}, "mask");
+            check_same_shape(v, r, {fn, "values"}, "token_rewards");
+            check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+            check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+            check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+            check_no_alias(a, v, {fn, "advantages"}, "values");
+            check_no_alias(a, m, {fn, "advantages"}, "mask");
             const index_t rows = r.extent(0), cols = r.extent(1);
             using A = typename decltype(a)::value_type;
             const bool per_row = options.length_adaptive_alpha > 0;
@@ -533,11 +519,11 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
             } else {
                 std::visit(
                     [&](auto ret) {
-                        check_device_shape(ret, r, {fn, "returns"}, "token_rewards");
-                        check_device_alias(ret, r, {fn, "returns"}, "token_rewards");
-                        check_device_alias(ret, v, {fn, "returns"}, "values");
-                        check_device_alias(ret, m, {fn, "returns"}, "mask");
-                        check_device_alias(ret, a, {fn, "returns"}, "advantages");
+                        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+                        check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
+                        check_no_alias(ret, v, {fn, "returns"}, "values");
+                        check_no_alias(ret, m, {fn, "returns"}, "mask");
+                        check_no_alias(ret, a, {fn, "returns"}, "advantages");
                         run(ret, true);
                     },
                     floating_output<2, device_space>(returns, {fn, "returns"}));
@@ -596,10 +582,10 @@ void discounted_returns(const exec::cuda_policy& policy, const TokenRewards& tok
     constexpr const char* fn = "posttrain::advantage::discounted_returns";
     std::visit(
         [&](auto r, auto m, auto o) {
-            detail::check_device_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_device_shape(o, r, {fn, "returns"}, "token_rewards");
-            detail::check_device_alias(o, r, {fn, "returns"}, "token_rewards");
-            detail::check_device_alias(o, m, {fn, "returns"}, "mask");
+            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+            detail::check_same_shape(o, r, {fn, "returns"}, "token_rewards");
+            detail::check_no_alias(o, r, {fn, "returns"}, "token_rewards");
+            detail::check_no_alias(o, m, {fn, "returns"}, "mask");
             const detail::scan_tiles s = detail::make_scan_tiles(r.extent(0), r.extent(1));
             const detail::scan_scratch_layout l = detail::scan_scratch(r.extent(0), r.extent(1), false, false);
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

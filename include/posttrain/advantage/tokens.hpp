@@ -24,8 +24,9 @@ inline double mask_weight(M m) noexcept {
 }
 inline double mask_weight(bool m) noexcept { return m ? 1.0 : 0.0; }
 
-template <class A, int R, class B, int Q>
-void check_same_shape(tensor_view<A, R> a, tensor_view<B, Q> b, where w, const char* other) {
+// a's extents must be b's. Host and device views alike (S: both in one memory space).
+template <class A, int R, class B, int Q, class S>
+void check_same_shape(tensor_view<A, R, S> a, tensor_view<B, Q, S> b, where w, const char* other) {
     static_assert(R == Q);
     for (int r = 0; r < R; ++r)
         require(a.extent(r) == b.extent(r), w,

@@ -733,6 +733,10 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
 
 // ---- host side --------------------------------------------------------------------------------------
 
+// The host path's shape and aliasing checks, on device views (the messages are the host's).
+using posttrain::advantage::detail::check_no_alias;
+using posttrain::advantage::detail::check_same_shape;
+
 // The [B, T, V] device view of the logits (or the gradient: Const = false): float, double, __half or
 // __nv_bfloat16, static or DLPack. (policy_loss::detail::device_floats is this at rank 2.)
 template <bool Const, class X>
@@ -852,25 +856,6 @@ std::pair<label_ref, device_view<const unsigned char, 1>> device_labels(const La
     return {r, bytes};
 }
 
-inline bool bytes_overlap(device_view<const unsigned char, 1> a, device_view<const unsigned char, 1> b) {
-    return a.size() > 0 && b.size() > 0 && views_overlap(a, b);
-}
-
-inline void check_apart(const char* fn, const char* out_name, device_view<const unsigned char, 1> out, const char* in_name,
-                        device_view<const unsigned char, 1> in) {
-    require(!bytes_overlap(out, in), {fn, out_name},
-            std::string("the output overlaps the input '") + in_name + "'; pass a separate buffer");
-}
-
-template <class E>
-device_view<const unsigned char, 1> byte_range3(device_view<E, 3> v) {
-    if (v.size() == 0) return {};
-    index_t last = 0;
-    for (int r = 0; r < 3; ++r) last += (v.extent(r) - 1) * v.stride(r);
-    return device_view<const unsigned char, 1>(reinterpret_cast<const unsigned char*>(v.data()),
-                                               (last + 1) * static_cast<index_t>(sizeof(E)));
-}
-
 inline void check_vocab(index_t V, const char* fn) {
     require(V <= tlp_max_vocab, {fn, "logits"},
             "a vocabulary of at most 2^30 entries is supported on exec::cuda, found " + str(V));
@@ -963,14 +948,13 @@ void token_log_probs(const exec::cuda_policy& policy, const Logits& logits, cons
             const detail::operand2 lp = detail::device_operand<false>(log_probs, B, Tn, fn, "log_probs");
             const detail::operand2 h = detail::device_operand<false>(entropy, B, Tn, fn, "entropy");
             const detail::operand2 ls = detail::device_operand<false>(lse, B, Tn, fn, "lse");
-            const auto zb = detail::byte_range3(z);
             for (const detail::operand2* o : {&lp, &h, &ls}) {
-                detail::check_apart(fn, o->name, o->bytes, "logits", zb);
-                detail::check_apart(fn, o->name, o->bytes, "labels", lab_bytes);
+                detail::check_no_alias(o->bytes, z, {fn, o->name}, "logits");
+                detail::check_no_alias(o->bytes, lab_bytes, {fn, o->name}, "labels");
             }
-            detail::check_apart(fn, "entropy", h.bytes, "log_probs", lp.bytes);
-            detail::check_apart(fn, "lse", ls.bytes, "log_probs", lp.bytes);
-            detail::check_apart(fn, "lse", ls.bytes, "entropy", h.bytes);
+            detail::check_no_alias(h.bytes, lp.bytes, {fn, "entropy"}, "log_probs");
+            detail::check_no_alias(ls.bytes, lp.bytes, {fn, "lse"}, "log_probs");
+            detail::check_no_alias(ls.bytes, h.bytes, {fn, "lse"}, "entropy");
             detail::forward_args<T> a;
             a.logits = z;
             a.labels = lab;
@@ -1010,19 +994,15 @@ void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& log
             auto gvar = detail::device_logits<false>(grad_logits, {fn, "grad_logits"});
             auto* g = std::get_if<device_view<T, 3>>(&gvar);
             posttrain::detail::require(g != nullptr, {fn, "grad_logits"}, "must have the dtype of logits");
-            for (int r = 0; r < 3; ++r)
-                posttrain::detail::require(g->extent(r) == z.extent(r), {fn, "grad_logits"},
-                        "shape must match 'logits': dimension " + posttrain::detail::str(r) + " is " +
-                            posttrain::detail::str(g->extent(r)) + ", expected " + posttrain::detail::str(z.extent(r)));
+            detail::check_same_shape(*g, z, {fn, "grad_logits"}, "logits");
             const auto [lab, lab_bytes] = detail::device_labels(labels, B, Tn, fn);
             const detail::operand2 ul = detail::device_operand<true>(grad_log_probs, B, Tn, fn, "grad_log_probs");
             const detail::operand2 uh = detail::device_operand<true>(grad_entropy, B, Tn, fn, "grad_entropy");
             const detail::operand2 sl = detail::device_operand<true>(saved_lse, B, Tn, fn, "saved_lse");
             const detail::operand2 sh = detail::device_operand<true>(saved_entropy, B, Tn, fn, "saved_entropy");
-            const auto gb = detail::byte_range3(*g);
-            detail::check_apart(fn, "grad_logits", gb, "logits", detail::byte_range3(z));
-            detail::check_apart(fn, "grad_logits", gb, "labels", lab_bytes);
-            for (const detail::operand2* o : {&ul, &uh, &sl, &sh}) detail::check_apart(fn, "grad_logits", gb, o->name, o->bytes);
+            detail::check_no_alias(*g, z, {fn, "grad_logits"}, "logits");
+            detail::check_no_alias(*g, lab_bytes, {fn, "grad_logits"}, "labels");
+            for (const detail::operand2* o : {&ul, &uh, &sl, &sh}) detail::check_no_alias(*g, o->bytes, {fn, "grad_logits"}, o->name);
             detail::backward_args<T> a;
             a.logits = z;
             a.grad = *g;

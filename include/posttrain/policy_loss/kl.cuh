@@ -58,19 +58,6 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads) kl_penalty_kernel(
     if (a.report_nonfinite && nonfinite) posttrain::detail::report_status(a.status, status_nonfinite_input);
 }
 
-// [B, T] device views: the host-side shape and aliasing checks (check_same_shape takes host views).
-template <class X, class L>
-void check_device_shape(device_view<X, 2> x, device_view<const L, 2> lp, where w) {
-    for (int r = 0; r < 2; ++r)
-        require(x.extent(r) == lp.extent(r), w,
-                "shape must match 'log_probs': dimension " + str(r) + " is " + str(x.extent(r)) + ", expected " +
-                    str(lp.extent(r)));
-}
-template <class X, class Y>
-void check_device_alias(device_view<X, 2> out, device_view<Y, 2> in, where w, const char* in_name) {
-    require(!views_overlap(out, in), w, std::string("the output overlaps the input '") + in_name + "'; pass a separate buffer");
-}
-
 // The device view of an optional output (an empty double view, which overlaps nothing, for none).
 template <class Out, class L>
 auto optional_device_output(Out&& out, const char* fn, const char* name, device_view<const L, 2> lp) {
@@ -78,7 +65,7 @@ auto optional_device_output(Out&& out, const char* fn, const char* name, device_
         return device_view<double, 2>();
     } else {
         auto v = std::visit([](auto x) { return x; }, posttrain::detail::floating_output<2, device_space>(out, {fn, name}));
-        check_device_shape(v, lp, {fn, name});
+        check_same_shape(v, lp, {fn, name}, "log_probs");
         return v;
     }
 }
@@ -92,14 +79,14 @@ void kl_penalty(const exec::cuda_policy& policy, const LogProbs& log_probs, cons
     detail::check_kl_options(options, fn);
     std::visit(
         [&](auto lp, auto ref) {
-            detail::check_device_shape(ref, lp, {fn, "ref_log_probs"});
+            detail::check_same_shape(ref, lp, {fn, "ref_log_probs"}, "log_probs");
             auto k = detail::optional_device_output(kl, fn, "kl", lp);
             auto g = detail::optional_device_output(grad_log_probs, fn, "grad_log_probs", lp);
-            detail::check_device_alias(k, lp, {fn, "kl"}, "log_probs");
-            detail::check_device_alias(k, ref, {fn, "kl"}, "ref_log_probs");
-            detail::check_device_alias(g, lp, {fn, "grad_log_probs"}, "log_probs");
-            detail::check_device_alias(g, ref, {fn, "grad_log_probs"}, "ref_log_probs");
-            detail::check_device_alias(g, k, {fn, "grad_log_probs"}, "kl");
+            detail::check_no_alias(k, lp, {fn, "kl"}, "log_probs");
+            detail::check_no_alias(k, ref, {fn, "kl"}, "ref_log_probs");
+            detail::check_no_alias(g, lp, {fn, "grad_log_probs"}, "log_probs");
+            detail::check_no_alias(g, ref, {fn, "grad_log_probs"}, "ref_log_probs");
+            detail::check_no_alias(g, k, {fn, "grad_log_probs"}, "kl");
             using A = typename decltype(lp)::value_type;
             using B = typename decltype(ref)::value_type;
             using K = typename decltype(k)::value_type;

@@ -788,19 +788,19 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
                 auto v = device_floats<true>(x, {fn, name});
                 const auto* p = alternative<device_view<const T, 2>>(v);
                 require(p != nullptr, {fn, name}, "must have the dtype of log_probs");
-                check_device_shape(*p, lp, {fn, name});
+                check_same_shape(*p, lp, {fn, name}, "log_probs");
                 return *p;
             };
             auto optional = [&](const optional_device_input& in, const char* name) {
                 const auto v = in.as<T>({fn, name});
-                if (v.data() != nullptr) check_device_shape(v, lp, {fn, name});
+                if (v.data() != nullptr) check_same_shape(v, lp, {fn, name}, "log_probs");
                 return v;
             };
             loss_args<T, M> a;
             a.lp = lp;
             a.old = same(old_log_probs, "old_log_probs");
             a.adv = same(advantages, "advantages");
-            check_device_shape(m, lp, {fn, "mask"});
+            check_same_shape(m, lp, {fn, "mask"}, "log_probs");
             a.mask = m;
             a.ref = optional(extra.ref_log_probs, "extras.ref_log_probs");
             a.isw = optional(extra.is_weights, "extras.is_weights");
@@ -815,14 +815,14 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
                 auto gv = device_floats<false>(grad_log_probs, {fn, "grad_log_probs"});
                 auto* g = alternative<device_view<T, 2>>(gv);
                 require(g != nullptr, {fn, "grad_log_probs"}, "must have the dtype of log_probs");
-                check_device_shape(*g, lp, {fn, "grad_log_probs"});
-                check_device_alias(*g, lp, {fn, "grad_log_probs"}, "log_probs");
-                check_device_alias(*g, a.old, {fn, "grad_log_probs"}, "old_log_probs");
-                check_device_alias(*g, a.adv, {fn, "grad_log_probs"}, "advantages");
-                check_device_alias(*g, m, {fn, "grad_log_probs"}, "mask");
-                check_device_alias(*g, a.ref, {fn, "grad_log_probs"}, "extras.ref_log_probs");
-                check_device_alias(*g, a.isw, {fn, "grad_log_probs"}, "extras.is_weights");
-                check_device_alias(*g, a.ent, {fn, "grad_log_probs"}, "extras.entropies");
+                check_same_shape(*g, lp, {fn, "grad_log_probs"}, "log_probs");
+                check_no_alias(*g, lp, {fn, "grad_log_probs"}, "log_probs");
+                check_no_alias(*g, a.old, {fn, "grad_log_probs"}, "old_log_probs");
+                check_no_alias(*g, a.adv, {fn, "grad_log_probs"}, "advantages");
+                check_no_alias(*g, m, {fn, "grad_log_probs"}, "mask");
+                check_no_alias(*g, a.ref, {fn, "grad_log_probs"}, "extras.ref_log_probs");
+                check_no_alias(*g, a.isw, {fn, "grad_log_probs"}, "extras.is_weights");
+                check_no_alias(*g, a.ent, {fn, "grad_log_probs"}, "extras.entropies");
                 a.grad = *g;
             }
             launch_loss(policy, a, d_result, h_result, fn);

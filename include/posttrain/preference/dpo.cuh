@@ -393,9 +393,9 @@ void dpo_launch(const exec::cuda_policy& pol, dpo_plan& plan, device_dpo_result*
             require(gv->extent(r) == sd.lp.extent(r), {fn, gname},
                     "shape must match its log-probs: dimension " + str(r) + " is " + str(gv->extent(r)) + ", expected " +
                         str(sd.lp.extent(r)));
-        policy_loss::detail::check_device_alias(*gv, sd.lp, {fn, gname}, "log_probs");
-        policy_loss::detail::check_device_alias(*gv, sd.mask, {fn, gname}, "mask");
-        if (nbc == 1) policy_loss::detail::check_device_alias(*gv, bc.side[0].g, {fn, gname}, "grad_chosen");
+        advantage::detail::check_no_alias(*gv, sd.lp, {fn, gname}, "log_probs");
+        advantage::detail::check_no_alias(*gv, sd.mask, {fn, gname}, "mask");
+        if (nbc == 1) advantage::detail::check_no_alias(*gv, bc.side[0].g, {fn, gname}, "grad_chosen");
         bc.side[nbc].g = *gv;
         bc.side[nbc].mask = sd.mask;
         bc_side[nbc++] = s;

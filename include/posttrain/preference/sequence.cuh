@@ -504,7 +504,7 @@ void sequence_log_probs(const exec::cuda_policy& policy, const LogProbs& log_pro
         [&](auto lp, auto m) {
             using T = typename decltype(lp)::value_type;
             using M = typename decltype(m)::value_type;
-            policy_loss::detail::check_device_shape(m, lp, {fn, "mask"});
+            advantage::detail::check_same_shape(m, lp, {fn, "mask"}, "log_probs");
             const index_t B = lp.extent(0);
             detail::reduce_args<T, M> a;
             detail::token_side<T, M>& sd = a.side[0];
@@ -534,13 +534,9 @@ void sequence_log_probs_backward(const exec::cuda_policy& policy, const GradSums
             using G = typename decltype(g)::value_type;
             using M = typename decltype(m)::value_type;
             posttrain::detail::require(gs.extent(0) == m.extent(0), {fn, "grad_sums"}, "must have one entry per row of 'mask'");
-            for (int r = 0; r < 2; ++r)
-                posttrain::detail::require(g.extent(r) == m.extent(r), {fn, "grad_log_probs"},
-                                           "shape must match 'mask': dimension " + detail::str(r) + " is " +
-                                               detail::str(g.extent(r)) + ", expected " + detail::str(m.extent(r)));
-            policy_loss::detail::check_device_alias(g, m, {fn, "grad_log_probs"}, "mask");
-            posttrain::detail::require(!views_overlap(g, gs), {fn, "grad_log_probs"},
-                                       "the output overlaps the input 'grad_sums'; pass a separate buffer");
+            advantage::detail::check_same_shape(g, m, {fn, "grad_log_probs"}, "mask");
+            advantage::detail::check_no_alias(g, m, {fn, "grad_log_probs"}, "mask");
+            advantage::detail::check_no_alias(g, gs, {fn, "grad_log_probs"}, "grad_sums");
             detail::broadcast_args<G, M> a;
             a.side[0].g = g;
             a.side[0].mask = m;
