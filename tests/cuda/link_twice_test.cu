@@ -5,11 +5,13 @@
 #include <posttrain/advantage/gae.cuh>
 #include <posttrain/advantage/grpo.cuh>
 #include <posttrain/advantage/rloo.cuh>
+#include <posttrain/cuda/dtypes.cuh>
 #include <posttrain/cuda/exec.cuh>
 #include <posttrain/cuda/grouping.cuh>
 #include <posttrain/cuda/groups.cuh>
 #include <posttrain/cuda/outcome.cuh>
 #include <posttrain/cuda/tuning.cuh>
+#include <posttrain/logits/token_log_probs.cuh>
 #include <posttrain/policy_loss/kl.cuh>
 #include <posttrain/policy_loss/policy_loss.cuh>
 #include <posttrain/preference/dpo.cuh>

@@ -32,18 +32,25 @@
 // bit. Acc is the accumulation type: double on the host, float (or double) on the device.
 
 #include <cmath>
-#include <limits>
 
 #include "../config.hpp"
 
 namespace posttrain::logits::detail {
 
+// +inf as Acc, in host and device code alike: std::numeric_limits<Acc>::infinity() is a constexpr
+// __host__ function that nvcc does not call from device code without --expt-relaxed-constexpr
+// (warning #20013). <cmath>'s INFINITY is the float +inf, which converts exactly to double.
+template <class Acc>
+POSTTRAIN_HD constexpr Acc acc_inf() noexcept {
+    return static_cast<Acc>(INFINITY);
+}
+
 template <class Acc>
 struct softmax_state {
-    Acc m = -std::numeric_limits<Acc>::infinity();  // running maximum; -inf: nothing seen yet
-    Acc e_y = 0;                                    // exp(z_y - m), 0 without a label
-    Acc rest = 0;                                   // sum over v != y of exp(z_v - m)
-    Acc a = 0;                                      // sum over v of exp(z_v - m) (z_v - m)
+    Acc m = -acc_inf<Acc>();  // running maximum; -inf: nothing seen yet
+    Acc e_y = 0;              // exp(z_y - m), 0 without a label
+    Acc rest = 0;             // sum over v != y of exp(z_v - m)
+    Acc a = 0;                // sum over v of exp(z_v - m) (z_v - m)
 };
 
 // The state of the label alone (z_y finite).
@@ -73,7 +80,7 @@ POSTTRAIN_HD inline softmax_state<Acc> rescaled(const softmax_state<Acc>& x, Acc
     if (x.m == m) return x;  // no rescaling: exact, and keeps e_y == 1 exactly for the argmax label
     softmax_state<Acc> r;
     r.m = m;
-    if (x.m == -std::numeric_limits<Acc>::infinity()) return r;  // empty: 0 * (-inf) must not appear
+    if (x.m == -acc_inf<Acc>()) return r;  // empty: 0 * (-inf) must not appear
     const Acc c = exp(x.m - m);
     r.e_y = c * x.e_y;
     r.rest = c * x.rest;
@@ -85,7 +92,7 @@ POSTTRAIN_HD inline softmax_state<Acc> rescaled(const softmax_state<Acc>& x, Acc
 template <class Acc>
 POSTTRAIN_HD inline softmax_state<Acc> merge(const softmax_state<Acc>& x, const softmax_state<Acc>& y) noexcept {
     const Acc m = x.m > y.m ? x.m : y.m;
-    if (m == -std::numeric_limits<Acc>::infinity()) return x;  // both empty (or all -inf so far)
+    if (m == -acc_inf<Acc>()) return x;  // both empty (or all -inf so far)
     const softmax_state<Acc> p = rescaled(x, m), q = rescaled(y, m);
     softmax_state<Acc> r;
     r.m = m;

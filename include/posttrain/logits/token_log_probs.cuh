@@ -63,13 +63,15 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <string>
 #include <type_traits>
 #include <variant>
 
+#include "../cuda/dtypes.cuh"
 #include "../cuda/exec.cuh"
-#include "../policy_loss/policy_loss.cuh"  // is_half_type_v, half_viewable, maybe_const: the 16-bit float views
+// Nothing here uses it: kept only because tests/cuda/token_log_probs_test.cu names the conversions
+// as policy_loss::detail::to_double / from_double (they are cuda/dtypes.cuh's posttrain::detail ones).
+#include "../policy_loss/policy_loss.cuh"
 #include "softmax_math.hpp"
 #include "token_log_probs.hpp"  // token_log_probs_options, check_options
 
@@ -104,19 +106,9 @@ inline constexpr index_t tlp_max_vocab = index_t{1} << 30;
 template <class T>
 using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-template <class Acc, class T>
-__device__ inline Acc widen(T x) {
-    if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
-    else return static_cast<Acc>(x);
-}
-
-template <class T, class Acc>
-__device__ inline T narrow(Acc x) {
-    if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
-    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
-    else return static_cast<T>(x);
-}
+// Elements widen to Acc and results round back to T once (cuda/dtypes.cuh).
+using posttrain::detail::from_acc;
+using posttrain::detail::to_acc;
 
 template <class Acc>
 __device__ inline Acc exp_fast(Acc x) {
@@ -148,12 +140,6 @@ __device__ inline Acc acc_lowest() {
     else return -DBL_MAX;
 }
 
-template <class Acc>
-__device__ inline Acc acc_inf() {
-    if constexpr (std::is_same_v<Acc, float>) return __int_as_float(0x7f800000);
-    else return __longlong_as_double(0x7ff0000000000000LL);
-}
-
 // Elements per 16-byte pack (the vectorised path) or 1 (a strided vocabulary).
 template <class T>
 inline constexpr int pack_width = 16 / static_cast<int>(sizeof(T));
@@ -172,7 +158,7 @@ __device__ inline uint4 load_raw(const void* p) { return __ldcs(static_cast<cons
 template <class Acc, class T, int W>
 __device__ inline Acc element(const raw_pack<T, W>& r, int i) {
     if constexpr (W == 1) {
-        return widen<Acc>(r);
+        return to_acc<Acc>(r);
     } else {
         if constexpr (std::is_same_v<T, double>) {
             return i == 0 ? __hiloint2double(static_cast<int>(r.y), static_cast<int>(r.x))
@@ -191,7 +177,7 @@ __device__ inline Acc element(const raw_pack<T, W>& r, int i) {
 template <class T, int W>
 __device__ inline raw_pack<T, W> neg_inf_pack() {
     if constexpr (W == 1) {
-        return narrow<T>(-acc_inf<acc_of<T>>());
+        return from_acc<T>(-acc_inf<acc_of<T>>());
     } else {
         unsigned w;
         if constexpr (std::is_same_v<T, float>) w = 0xff800000u;
@@ -355,7 +341,7 @@ __device__ inline void walk_row(const T* row, index_t vs, int V, int j, Visitor&
         const int v[2] = {j, g.head + g.packs * W + j};
         const bool ok[2] = {j < g.head, j < g.tail};
 #pragma unroll
-        for (int i = 0; i < 2; ++i) z[i] = ok[i] ? widen<Acc>(row[v[i]]) : -acc_inf<Acc>();
+        for (int i = 0; i < 2; ++i) z[i] = ok[i] ? to_acc<Acc>(row[v[i]]) : -acc_inf<Acc>();
         vis.edge(z, v, ok);
     }
     for (int k0 = j; k0 < g.packs; k0 += TT * tlp_unroll) {
@@ -571,7 +557,7 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
         const T* row = a.logits.data() + b * a.logits.stride(0) + t * a.logits.stride(1);
         // The label's logit, read once by the thread that finishes (issued before the walk, so that its
         // latency hides behind it); the walk leaves the label's entry out.
-        const Acc zy = j == 0 && l.y >= 0 ? widen<Acc>(row[static_cast<index_t>(l.y) * vs]) : Acc(0);
+        const Acc zy = j == 0 && l.y >= 0 ? to_acc<Acc>(row[static_cast<index_t>(l.y) * vs]) : Acc(0);
         forward_visitor<T, Acc, W> vis;
         vis.y = l.y;
         walk_row<T, Acc, TT, W>(row, vs, V, j, vis);
@@ -635,7 +621,7 @@ struct backward_visitor {
             if (ok[i]) {
                 Acc g = other(z[i]);
                 if (v[i] == y) g = label(z[i]);
-                out[v[i]] = narrow<T>(g);
+                out[v[i]] = from_acc<T>(g);
             }
     }
     template <int U>
@@ -653,7 +639,7 @@ struct backward_visitor {
                     if (i == off) g[i] = label(element<Acc, T, W>(r[u], i));
             }
             if constexpr (W > 1) store_pack<T, Acc, W>(out + first[u], g);
-            else out[static_cast<index_t>(first[u]) * gs] = narrow<T>(g[0]);
+            else out[static_cast<index_t>(first[u]) * gs] = from_acc<T>(g[0]);
         }
     }
 };
@@ -672,14 +658,14 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
     const int V = static_cast<int>(a.logits.extent(2));
     const index_t vs = a.logits.stride(2), gs = a.grad.stride(2);
     const int j = static_cast<int>(threadIdx.x) % TT;
-    const T nan = narrow<T>(Acc(NAN));
+    const T nan = from_acc<T>(Acc(NAN));
     std::uint32_t bits = 0;
     for (index_t p = index_t(blockIdx.x) * teams + threadIdx.x / TT; p < P; p += index_t(gridDim.x) * teams) {
         const index_t b = p / T_, t = p - b * T_;
         T* out = a.grad.data() + b * a.grad.stride(0) + t * a.grad.stride(1);
         const position_label l = label_of(a.labels, b, t, V, a.ignore_index);
         if (l.ignored || l.bad) {
-            fill_row<T, TT>(out, gs, V, j, l.bad ? nan : narrow<T>(Acc(0)));
+            fill_row<T, TT>(out, gs, V, j, l.bad ? nan : from_acc<T>(Acc(0)));
             if (l.bad && j == 0) bits |= status_id_out_of_range;
             continue;
         }
@@ -736,46 +722,6 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
 // The host path's shape and aliasing checks, on device views (the messages are the host's).
 using posttrain::advantage::detail::check_no_alias;
 using posttrain::advantage::detail::check_same_shape;
-
-// The [B, T, V] device view of the logits (or the gradient: Const = false): float, double, __half or
-// __nv_bfloat16, static or DLPack. (policy_loss::detail::device_floats is this at rank 2.)
-template <bool Const, class X>
-auto device_logits(X&& x, where w) {
-    namespace pl = posttrain::policy_loss::detail;
-    using posttrain::detail::floating_input;
-    using posttrain::detail::floating_output;
-    using V = std::variant<device_view<pl::maybe_const<Const, float>, 3>, device_view<pl::maybe_const<Const, double>, 3>,
-                           device_view<pl::maybe_const<Const, __half>, 3>,
-                           device_view<pl::maybe_const<Const, __nv_bfloat16>, 3>>;
-    if constexpr (pl::half_viewable<X>) {
-        using E = pl::maybe_const<Const, typename static_view_t<X>::value_type>;
-        return V(as_view<E, 3, device_space>(std::forward<X>(x), w));
-    } else if constexpr (dlpack_viewable<X> && !static_viewable<X>) {
-        const DLTensor t = tensor_traits<std::remove_cvref_t<X>>::dlpack(x);
-        const bool f16 = t.dtype.code == kDLFloat && t.dtype.bits == 16 && t.dtype.lanes == 1;
-        const bool b16 = t.dtype.code == kDLBfloat && t.dtype.bits == 16 && t.dtype.lanes == 1;
-        if (f16 || b16) {
-            // Checked (rank, device, strides, alignment) as a 16-bit integer view of the same memory.
-            DLTensor u = t;
-            u.dtype = DLDataType{kDLUInt, 16, 1};
-            const auto v = posttrain::detail::view_from_dlpack<pl::maybe_const<Const, std::uint16_t>, 3, device_space>(u, w);
-            index_t e[3] = {v.extent(0), v.extent(1), v.extent(2)};
-            index_t s[3] = {v.stride(0), v.stride(1), v.stride(2)};
-            using H = pl::maybe_const<Const, __half>;
-            using BF = pl::maybe_const<Const, __nv_bfloat16>;
-            if (f16) return V(device_view<H, 3>(reinterpret_cast<H*>(v.data()), e, s));
-            return V(device_view<BF, 3>(reinterpret_cast<BF*>(v.data()), e, s));
-        }
-        require(t.dtype.code == kDLFloat && t.dtype.lanes == 1 && (t.dtype.bits == 32 || t.dtype.bits == 64), w,
-                "expected dtype one of {float16, bfloat16, float32, float64}, found " + posttrain::detail::dtype_name(t.dtype));
-        if constexpr (Const) return std::visit([](auto v) { return V(v); }, floating_input<3, device_space>(std::forward<X>(x), w));
-        else return std::visit([](auto v) { return V(v); }, floating_output<3, device_space>(std::forward<X>(x), w));
-    } else if constexpr (Const) {
-        return std::visit([](auto v) { return V(v); }, floating_input<3, device_space>(std::forward<X>(x), w));
-    } else {
-        return std::visit([](auto v) { return V(v); }, floating_output<3, device_space>(std::forward<X>(x), w));
-    }
-}
 
 // A checked [B, T] operand: its byte range (for the aliasing checks) and its type-erased reference.
 struct operand2 {
@@ -966,7 +912,7 @@ void token_log_probs(const exec::cuda_policy& policy, const Logits& logits, cons
             a.status = policy.status;
             detail::launch_forward(policy, a, fn);
         },
-        detail::device_logits<true>(logits, {fn, "logits"}));
+        posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 }
 
 // The backward on the device, asynchronous on the policy's stream (arguments as on the host):
@@ -991,8 +937,8 @@ void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& log
             using T = typename decltype(z)::value_type;
             const index_t B = z.extent(0), Tn = z.extent(1), V = z.extent(2);
             detail::check_vocab(V, fn);
-            auto gvar = detail::device_logits<false>(grad_logits, {fn, "grad_logits"});
-            auto* g = std::get_if<device_view<T, 3>>(&gvar);
+            auto gvar = posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"});
+            auto* g = posttrain::detail::alternative<device_view<T, 3>>(gvar);
             posttrain::detail::require(g != nullptr, {fn, "grad_logits"}, "must have the dtype of logits");
             detail::check_same_shape(*g, z, {fn, "grad_logits"}, "logits");
             const auto [lab, lab_bytes] = detail::device_labels(labels, B, Tn, fn);
@@ -1032,7 +978,7 @@ void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& log
             }
             detail::launch_backward(policy, a, fn);
         },
-        detail::device_logits<true>(logits, {fn, "logits"}));
+        posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 }
 
 }  // namespace posttrain::logits

@@ -61,11 +61,9 @@
 #error "<posttrain/policy_loss/policy_loss.cuh> needs nvcc: include it only from .cu files"
 #endif
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cub/block/block_reduce.cuh>
 
+#include "../cuda/dtypes.cuh"
 #include "../cuda/exec.cuh"
 #include "kl.cuh"
 #include "policy_loss.hpp"
@@ -73,91 +71,18 @@
 namespace posttrain::policy_loss {
 namespace detail {
 
-// ---- dtypes ------------------------------------------------------------------------------------
+// The dtype helpers of cuda/dtypes.cuh, named here as the loss code (and the CUDA tests and benches)
+// use them.
+using posttrain::detail::alternative;
+using posttrain::detail::device_floats;
+using posttrain::detail::from_double;
+using posttrain::detail::is_half_type_v;
+using posttrain::detail::to_double;
 
-template <class E>
-inline constexpr bool is_half_type_v = std::is_same_v<E, __half> || std::is_same_v<E, __nv_bfloat16>;
-
-template <class T>
-POSTTRAIN_HD inline double to_double(T x) {
-    if constexpr (std::is_same_v<T, __half>) return static_cast<double>(__half2float(x));
-    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return static_cast<double>(__bfloat162float(x));
-    else return static_cast<double>(x);
-}
-
-template <class T>
-POSTTRAIN_HD inline T from_double(double x) {
-    if constexpr (std::is_same_v<T, __half>) return __double2half(x);
-    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __double2bfloat16(x);
-    else return static_cast<T>(x);
-}
-
-template <bool Const, class E>
-using maybe_const = std::conditional_t<Const, const E, E>;
-
-// A static view of __half or __nv_bfloat16 (a concept, so that the element type is only asked of
-// statically viewable types).
-template <class X>
-concept half_viewable = static_viewable<X> && is_half_type_v<typename static_view_t<X>::value_type>;
-
-// The [B, T] device view of a floating argument: float or double as everywhere in posttrain, plus
-// __half and __nv_bfloat16 (static views of them, or DLPack float16/bfloat16 tensors on a device).
-template <bool Const, class X>
-auto device_floats(X&& x, where w) {
-    using posttrain::detail::floating_input;
-    using posttrain::detail::floating_output;
-    if constexpr (half_viewable<X>) {
-        using E = maybe_const<Const, typename static_view_t<X>::value_type>;
-        return std::variant<tensor_view<E, 2, device_space>>(as_view<E, 2, device_space>(std::forward<X>(x), w));
-    } else if constexpr (dlpack_viewable<X> && !static_viewable<X>) {
-        using V = std::variant<tensor_view<maybe_const<Const, float>, 2, device_space>,
-                               tensor_view<maybe_const<Const, double>, 2, device_space>,
-                               tensor_view<maybe_const<Const, __half>, 2, device_space>,
-                               tensor_view<maybe_const<Const, __nv_bfloat16>, 2, device_space>>;
-        const DLTensor t = tensor_traits<std::remove_cvref_t<X>>::dlpack(x);
-        const bool f16 = t.dtype.code == kDLFloat && t.dtype.bits == 16 && t.dtype.lanes == 1;
-        const bool b16 = t.dtype.code == kDLBfloat && t.dtype.bits == 16 && t.dtype.lanes == 1;
-        if (f16 || b16) {
-            // The 16-bit types are not in posttrain's DLPack dtype table: check everything else
-            // (rank, device, strides, alignment) through a 16-bit integer view of the same memory.
-            DLTensor u = t;
-            u.dtype = DLDataType{kDLUInt, 16, 1};
-            const auto v = posttrain::detail::view_from_dlpack<maybe_const<Const, std::uint16_t>, 2, device_space>(u, w);
-            index_t e[2] = {v.extent(0), v.extent(1)};
-            index_t s[2] = {v.stride(0), v.stride(1)};
-            using H = maybe_const<Const, __half>;
-            using BF = maybe_const<Const, __nv_bfloat16>;
-            if (f16) return V(tensor_view<H, 2, device_space>(reinterpret_cast<H*>(v.data()), e, s));
-            return V(tensor_view<BF, 2, device_space>(reinterpret_cast<BF*>(v.data()), e, s));
-        }
-        require(t.dtype.code == kDLFloat && t.dtype.lanes == 1 && (t.dtype.bits == 32 || t.dtype.bits == 64), w,
-                "expected dtype one of {float16, bfloat16, float32, float64}, found " + posttrain::detail::dtype_name(t.dtype));
-        if constexpr (Const)
-            return std::visit([](auto v) { return V(v); }, floating_input<2, device_space>(std::forward<X>(x), w));
-        else
-            return std::visit([](auto v) { return V(v); }, floating_output<2, device_space>(std::forward<X>(x), w));
-    } else if constexpr (Const) {
-        return floating_input<2, device_space>(std::forward<X>(x), w);
-    } else {
-        return floating_output<2, device_space>(std::forward<X>(x), w);
-    }
-}
-
-// The view of type V held by v, or null (also when V is not among v's alternatives: a statically
-// typed argument of another dtype is then the same invalid_argument as a DLPack one).
-template <class V, class... Ts>
-V* alternative(std::variant<Ts...>& v) noexcept {
-    if constexpr ((std::is_same_v<V, Ts> || ...)) return std::get_if<V>(&v);
-    else return nullptr;
-}
-
-}  // namespace detail
-
-namespace detail {
 struct make_device_extra {
     template <class X>
     auto operator()(const X& x) const {
-        return device_floats<true>(x, {"posttrain::policy_loss::device_extras", "input"});
+        return device_floats<true, 2>(x, {"posttrain::policy_loss::device_extras", "input"});
     }
 };
 }  // namespace detail
@@ -785,7 +710,7 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
             using T = typename decltype(lp)::value_type;
             using M = typename decltype(m)::value_type;
             auto same = [&](const auto& x, const char* name) {
-                auto v = device_floats<true>(x, {fn, name});
+                auto v = device_floats<true, 2>(x, {fn, name});
                 const auto* p = alternative<device_view<const T, 2>>(v);
                 require(p != nullptr, {fn, name}, "must have the dtype of log_probs");
                 check_same_shape(*p, lp, {fn, name}, "log_probs");
@@ -812,7 +737,7 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
             require(opts.kl_coef == 0 || a.has_ref, {fn, "extras.ref_log_probs"}, "is required when kl_coef > 0");
             require(opts.entropy_coef == 0 || a.has_ent, {fn, "extras.entropies"}, "are required by entropy_coef > 0");
             if constexpr (!std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
-                auto gv = device_floats<false>(grad_log_probs, {fn, "grad_log_probs"});
+                auto gv = device_floats<false, 2>(grad_log_probs, {fn, "grad_log_probs"});
                 auto* g = alternative<device_view<T, 2>>(gv);
                 require(g != nullptr, {fn, "grad_log_probs"}, "must have the dtype of log_probs");
                 check_same_shape(*g, lp, {fn, "grad_log_probs"}, "log_probs");
@@ -827,7 +752,7 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
             }
             launch_loss(policy, a, d_result, h_result, fn);
         },
-        device_floats<true>(log_probs, {fn, "log_probs"}), posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
+        device_floats<true, 2>(log_probs, {fn, "log_probs"}), posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
 }
 
 }  // namespace detail

@@ -32,16 +32,14 @@
 #error "<posttrain/preference/sequence.cuh> needs nvcc: include it only from .cu files"
 #endif
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <variant>
 
+#include "../cuda/dtypes.cuh"  // the device views of 16-bit floats
 #include "../cuda/exec.cuh"
-#include "../policy_loss/policy_loss.cuh"  // the [B, T] device views of 16-bit floats, the segment teams, block merges
+#include "../policy_loss/policy_loss.cuh"  // the segment teams, block merges
 #include "sequence.hpp"
 
 namespace posttrain::preference {
@@ -100,7 +98,7 @@ public:
         constexpr const char* fn = "posttrain::preference::device_sequence_input::tokens";
         device_sequence_input s;
         s.tokens_ = detail::widen<detail::device_tokens_of>(
-            policy_loss::detail::device_floats<true>(log_probs, {fn, "log_probs"}));
+            posttrain::detail::device_floats<true, 2>(log_probs, {fn, "log_probs"}));
         s.mask_ = detail::widen<detail::device_mask_of>(posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
         for (int r = 0; r < 2; ++r)
             posttrain::detail::require(detail::extent_of(s.mask_, r) == detail::extent_of(s.tokens_, r), {fn, "mask"},
@@ -164,7 +162,7 @@ public:
         if constexpr (R == 0) rank2 = tensor_traits<V>::dlpack(g).ndim == 2;
         if constexpr (R != 1) {
             if (rank2) {
-                tokens_ = detail::widen<detail::device_grad_tokens_of>(policy_loss::detail::device_floats<false>(g, {fn, "grad"}));
+                tokens_ = detail::widen<detail::device_grad_tokens_of>(posttrain::detail::device_floats<false, 2>(g, {fn, "grad"}));
                 return;
             }
         }
@@ -318,7 +316,7 @@ __global__ void __launch_bounds__(seq_threads) sequence_reduce_kernel(const redu
 #pragma unroll
             for (int u = 0; u < seq_unroll; ++u) {
                 const bool ok = is_valid(k[u]);
-                const double d = ok ? pld::to_double(v[u]) : 0.0;  // select: masked NaN / -inf padding is ignored
+                const double d = ok ? posttrain::detail::to_double(v[u]) : 0.0;  // select: masked NaN / -inf padding is ignored
                 bad |= ok && !numeric::is_finite(d);
                 sum += d;
                 count += ok ? 1.0 : 0.0;
@@ -437,12 +435,12 @@ __global__ void __launch_bounds__(seq_threads) sequence_broadcast_kernel(const b
     const grad_side<G, M> sd = a.side[blockIdx.y];
     const pld::seg_geometry& g = sd.geo;
     const pld::team_pos p = pld::team_of(g);
-    const G zero = pld::from_double<G>(0.0);
+    const G zero = posttrain::detail::from_double<G>(0.0);
     for (index_t base = p.first; base < g.count; base += p.step) {
         const index_t s = base + p.team;
         if (s >= g.count) break;  // no shuffles here: a team may leave early
         const pld::seg_span sp = pld::span_of(g, s, true);
-        const G c = pld::from_double<G>(sd.coef(sp.row));  // rounded once, as the host's static_cast
+        const G c = posttrain::detail::from_double<G>(sd.coef(sp.row));  // rounded once, as the host's static_cast
         const M* m = sd.mask.data() + sp.row * sd.mask.stride(0);
         G* out = sd.g.data() + sp.row * sd.g.stride(0);
         const index_t ms = sd.mask.stride(1), gs = sd.g.stride(1);
@@ -519,7 +517,7 @@ void sequence_log_probs(const exec::cuda_policy& policy, const LogProbs& log_pro
             detail::place_side(sd, scratch.as<double>());
             detail::launch_reduce(policy, a, 1, fn);
         },
-        policy_loss::detail::device_floats<true>(log_probs, {fn, "log_probs"}),
+        posttrain::detail::device_floats<true, 2>(log_probs, {fn, "log_probs"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
 }
 
@@ -545,7 +543,7 @@ void sequence_log_probs_backward(const exec::cuda_policy& policy, const GradSums
         },
         posttrain::detail::floating_input<1, device_space>(grad_sums, {fn, "grad_sums"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
-        policy_loss::detail::device_floats<false>(grad_log_probs, {fn, "grad_log_probs"}));
+        posttrain::detail::device_floats<false, 2>(grad_log_probs, {fn, "grad_log_probs"}));
 }
 
 }  // namespace posttrain::preference
