@@ -63,18 +63,8 @@ batch make_batch(index_t B, index_t T, std::uint64_t seed) {
     return b;
 }
 
-template <class T>
-std::vector<T> as_type(const std::vector<double>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t k = 0; k < v.size(); ++k) out[k] = pl::detail::from_double<T>(v[k]);
-    return out;
-}
-template <class T>
-std::vector<double> as_double(const std::vector<T>& v) {
-    std::vector<double> out(v.size());
-    for (std::size_t k = 0; k < v.size(); ++k) out[k] = pl::detail::to_double(v[k]);
-    return out;
-}
+using pt::test::as_double;
+using pt::test::as_type;
 
 // A mask of element type M on the device (bool stored as bytes: std::vector<bool> has no data()).
 // The host oracle reads a bool mask as uint8 (the same 0/1 weights): the host fast path cannot take

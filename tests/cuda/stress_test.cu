@@ -300,18 +300,8 @@ PT_TEST("stress: gae and discounted returns against the host up to 10^7 tokens")
 
 namespace {
 
-template <class T>
-std::vector<T> as_type(const std::vector<double>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t k = 0; k < v.size(); ++k) out[k] = pl::detail::from_double<T>(v[k]);
-    return out;
-}
-template <class T>
-std::vector<double> as_double(const std::vector<T>& v) {
-    std::vector<double> out(v.size());
-    for (std::size_t k = 0; k < v.size(); ++k) out[k] = pl::detail::to_double(v[k]);
-    return out;
-}
+using pt::test::as_double;
+using pt::test::as_type;
 
 void same_result(const pl::loss_result& got, const pl::loss_result& want, double tol, const std::string& what) {
     const std::vector<double> g = {got.loss, got.policy_loss, got.kl_loss, got.sums.tokens, got.sums.clipped_low,

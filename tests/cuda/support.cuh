@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include <posttrain/cuda/dtypes.cuh>
 #include <posttrain/cuda/exec.cuh>
 
 #include "harness.hpp"
@@ -45,6 +46,21 @@ private:
 
 // `full`, or `small` when the environment asks for quick runs (harness.hpp quick(): sanitizers).
 inline index_t quick_size(index_t full, index_t small) { return quick() && small < full ? small : full; }
+
+// Host copies in another element type (float, double, __half, __nv_bfloat16), rounded as the device
+// rounds: to build a T input from double data, and to read a T output back as double.
+template <class T>
+std::vector<T> as_type(const std::vector<double>& v) {
+    std::vector<T> out(v.size());
+    for (std::size_t k = 0; k < v.size(); ++k) out[k] = detail::from_double<T>(v[k]);
+    return out;
+}
+template <class T>
+std::vector<double> as_double(const std::vector<T>& v) {
+    std::vector<double> out(v.size());
+    for (std::size_t k = 0; k < v.size(); ++k) out[k] = detail::to_double(v[k]);
+    return out;
+}
 
 // Element-wise |got - want| <= tol * max(1, |want|) + slack[i] (slack optional); NaN must match NaN.
 // Reports the first mismatches.
