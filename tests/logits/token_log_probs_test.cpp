@@ -261,6 +261,60 @@ TEST_CASE("token_log_probs: p_y ~ 1 keeps 1 - p_y exact, -inf entries have proba
                                  matrix(none_o, 0, 3), cube(none_g, 0, 3, 5));
 }
 
+TEST_CASE_TEMPLATE("token_log_probs: logits masked with the dtype's lowest value (finfo.min) give the -inf masks' results", Z,
+                   float, double) {
+    // masked_fill(mask, torch.finfo(dtype).min): a chunk that is all mask has its maximum at -3.4e38
+    // (-1.8e308 for double), and rescaling it to the live maximum must add exactly 0 (not
+    // 0 * -inf = NaN). Chunks of 8: positions with whole chunks masked before, between and after the
+    // live entries, one with only the label live, one with a masked chunk holding the label.
+    const Z lowest = std::numeric_limits<Z>::lowest();
+    const index_t B = 1, T = 4, V = 40;
+    std::vector<double> live(std::size_t(B * T * V), -inf_v);
+    const std::vector<std::int64_t> y = {20, 3, 0, 39};
+    std::mt19937_64 rng(5);
+    std::normal_distribution<double> n(0, 2);
+    for (index_t v = 16; v < 24; ++v) live[std::size_t(v)] = n(rng);           // p0: chunk 2 live
+    for (index_t v : {3, 30, 31}) live[std::size_t(V + v)] = n(rng);            // p1: chunks 0 and 3
+    live[std::size_t(2 * V)] = 1.5;                                             // p2: only the label
+    for (index_t v : {5, 39}) live[std::size_t(3 * V + v)] = 40.0 + n(rng);     // p3: label in chunk 4
+    std::vector<Z> zi(live.begin(), live.end()), zm = zi;
+    for (auto& x : zm)
+        if (x == -std::numeric_limits<Z>::infinity()) x = lowest;
+    const std::vector<double> gl = {0.5, -1.0, 2.0, 0.25}, gh = {-0.75, 1.5, 0.5, 1.0};
+    for (index_t chunk : {index_t(8), index_t(2048)}) {
+        lg::token_log_probs_options o;
+        o.chunk = chunk;
+        std::vector<double> out[2][3], hl[2][2], g[2][2];
+        const std::vector<Z>* zs[2] = {&zi, &zm};
+        for (int k = 0; k < 2; ++k) {
+            const auto z = cube(*zs[k], B, T, V);
+            for (auto& v : out[k]) v.assign(std::size_t(T), 42.0);
+            for (auto& v : hl[k]) v.assign(std::size_t(T), 42.0);
+            for (auto& v : g[k]) v.assign(std::size_t(B * T * V), 42.0);
+            lg::token_log_probs(pt::exec::seq, z, matrix(y, B, T), matrix(out[k][0], B, T), matrix(out[k][1], B, T),
+                                matrix(out[k][2], B, T), o);
+            lg::token_log_probs(pt::exec::seq, z, pt::none, pt::none, matrix(hl[k][0], B, T), matrix(hl[k][1], B, T), o);
+            lg::token_log_probs_backward(pt::exec::seq, z, matrix(y, B, T), matrix(gl, B, T), matrix(gh, B, T),
+                                         cube(g[k][0], B, T, V), pt::none, pt::none, o);
+            lg::token_log_probs_backward(pt::exec::seq, z, matrix(y, B, T), matrix(gl, B, T), matrix(gh, B, T),
+                                         cube(g[k][1], B, T, V), matrix(out[k][2], B, T), matrix(out[k][1], B, T), o);
+        }
+        for (int i = 0; i < 3; ++i) CHECK(same_bits(out[0][i], out[1][i]));
+        for (int i = 0; i < 2; ++i) CHECK(same_bits(hl[0][i], hl[1][i]));
+        for (int i = 0; i < 2; ++i) CHECK(same_bits(g[0][i], g[1][i]));
+        for (index_t t = 0; t < T; ++t) {
+            const std::size_t s = std::size_t(t);
+            const std::vector<double> zd(zi.begin() + std::ptrdiff_t(t * V), zi.begin() + std::ptrdiff_t((t + 1) * V));
+            const reference r = reference_of(zd.data(), V, y[s]);
+            CHECK(std::fabs(out[1][0][s] - r.log_p) <= 1e-13 * std::fabs(r.log_p) + 1e-300);
+            CHECK(std::fabs(out[1][1][s] - r.entropy) <= 1e-12 * std::fabs(r.entropy) + 1e-14);
+            CHECK(std::fabs(out[1][2][s] - r.lse) <= 1e-15 * std::fabs(r.lse) + 1e-14);
+        }
+        CHECK(out[1][0][2] == 0.0);  // only the label is live: p = 1
+        CHECK(out[1][1][2] == 0.0);
+    }
+}
+
 TEST_CASE("token_log_probs: outputs may be none, labels none gives entropy and lse only") {
     const auto p = random_problem(2, 4, 9, 2.0, 0.0, 11);
     std::vector<double> lp(8), h(8), lse(8), lp2(8), h2(8), lse2(8);

@@ -15,7 +15,7 @@
 // chunks and how a block combines its threads; a fixed chunking and merge order give fixed bits.
 //
 // finish() turns the state into the outputs:
-//   log p_y = (z_y - m) - log s                  (-log1p(rest) when z_y == m: exact as p_y -> 1)
+//   log p_y = (z_y - m) - log s                  (log s = log1p(rest) when z_y == m: exact as p_y -> 1)
 //   lse     = m + log s                          (the log-normaliser, saved for the backward)
 //   H       = log s - a / s                      (= lse - E_p[z])
 //
@@ -84,7 +84,11 @@ POSTTRAIN_HD inline softmax_state<Acc> rescaled(const softmax_state<Acc>& x, Acc
     const Acc c = exp(x.m - m);
     r.e_y = c * x.e_y;
     r.rest = c * x.rest;
-    r.a = c * (x.a + (x.e_y + x.rest) * (x.m - m));
+    // c == 0: x's terms underflow to exactly 0, and (e_y + rest) (x.m - m) must not be formed: for a
+    // state whose maximum is a mask such as torch.finfo(dtype).min (-3.4e38) it overflows to -inf, and
+    // 0 * -inf is NaN. c * x.a (not a plain 0) still carries a NaN the state holds: the device finds NaN
+    // logits through the sums. When c > 0, |x.m - m| < 104 (float) / 746 (double): no overflow.
+    r.a = c == Acc(0) ? c * x.a : c * (x.a + (x.e_y + x.rest) * (x.m - m));
     return r;
 }
 
@@ -108,6 +112,7 @@ template <class Acc>
 struct softmax_outputs {
     Acc log_p = 0;        // log p_y (0 without a label)
     Acc lse = 0;          // m + log s
+    Acc log_s = 0;        // log s (the device keeps lse as the pair (m, log s): token_log_probs.cuh)
     Acc entropy = 0;      // H
     Acc one_minus_p = 1;  // 1 - p_y = rest / s (1 without a label)
 };
@@ -118,11 +123,14 @@ POSTTRAIN_HD inline softmax_outputs<Acc> finish(const softmax_state<Acc>& st, Ac
     using std::log1p;
     softmax_outputs<Acc> r;
     const Acc s = st.e_y + st.rest;
-    const Acc log_s = log(s);
+    // e_y == 1: the label is the maximum (kept exact by rescaled), s = 1 + rest and log1p keeps the
+    // rest < ulp(1) that log(1 + rest) drops; lse, H and log p_y use the same log s.
+    const Acc log_s = st.e_y == Acc(1) ? log1p(st.rest) : log(s);
     r.lse = st.m + log_s;
+    r.log_s = log_s;
     r.entropy = log_s - st.a / s;
     if (has_label) {
-        r.log_p = z_y == st.m ? -log1p(st.rest) : (z_y - st.m) - log_s;
+        r.log_p = z_y == st.m ? -log_s : (z_y - st.m) - log_s;
         r.one_minus_p = st.rest / s;
     }
     return r;
