@@ -57,7 +57,7 @@ __global__ void fill_logits(T* z, index_t n) {
     for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x) {
         // The sum of two uniforms on (-1, 1) is triangular (close enough to normal for the bench), times 3.
         const float u = mix(2 * std::uint64_t(i)) * 2.3283064e-10f, v = mix(2 * std::uint64_t(i) + 1) * 2.3283064e-10f;
-        z[i] = pt::policy_loss::detail::from_double<T>(3.0 * (u + v - 1.0));
+        z[i] = pt::detail::from_double<T>(3.0 * (u + v - 1.0));
     }
 }
 
@@ -88,13 +88,13 @@ bool spot_check(const T* z, const std::int64_t* hy, const float* lp, const float
     for (index_t p = 0; p < n; ++p) {
         const T* r = rows.data() + p * V;
         double m = -INFINITY, s = 0, a = 0;
-        for (index_t v = 0; v < V; ++v) m = std::fmax(m, pt::policy_loss::detail::to_double(r[v]));
+        for (index_t v = 0; v < V; ++v) m = std::fmax(m, pt::detail::to_double(r[v]));
         for (index_t v = 0; v < V; ++v) {
-            const double d = pt::policy_loss::detail::to_double(r[v]) - m, e = std::exp(d);
+            const double d = pt::detail::to_double(r[v]) - m, e = std::exp(d);
             s += e, a += e * d;
         }
         const double lse = m + std::log(s), ent = std::log(s) - a / s;
-        const double want_lp = hy[p] < 0 ? 0.0 : pt::policy_loss::detail::to_double(r[hy[p]]) - lse;
+        const double want_lp = hy[p] < 0 ? 0.0 : pt::detail::to_double(r[hy[p]]) - lse;
         const double want_h = ent;
         if (!(std::fabs(got_lp[p] - want_lp) <= 1e-4 * (1 + std::fabs(want_lp)) &&
               std::fabs(got_h[p] - want_h) <= 1e-4 * (1 + want_h))) {

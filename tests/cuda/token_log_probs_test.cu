@@ -35,11 +35,11 @@ constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 
 template <class T>
 T to_t(double x) {
-    return pt::policy_loss::detail::from_double<T>(x);
+    return pt::detail::from_double<T>(x);
 }
 template <class T>
 double to_d(T x) {
-    return pt::policy_loss::detail::to_double(x);
+    return pt::detail::to_double(x);
 }
 
 // How the [B, T, V] logits sit in device memory.
@@ -53,17 +53,17 @@ struct batch {
     std::vector<double> gl, gh;       // upstream gradients [B, T]
 };
 
-// Normal logits (scale 3); position 0 has an argmax label 25 above the rest; position 1 a -inf label
+// Normal logits (scale 3, plus offset); position 0 has an argmax label 25 above the rest; position 1 a -inf label
 // (V > 1); some -inf entries; every 5th position ignored (-100); the rest random labels.
 template <class T>
-batch make_batch(index_t B, index_t Tn, index_t V, std::uint64_t seed) {
+batch make_batch(index_t B, index_t Tn, index_t V, std::uint64_t seed, double offset = 0.0) {
     batch d;
     d.B = B, d.T = Tn, d.V = V;
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> n(0.0, 3.0);
     std::uniform_real_distribution<double> u(-1.0, 1.0);
     d.z.resize(std::size_t(B * Tn * V));
-    for (auto& x : d.z) x = to_d(to_t<T>(n(rng)));
+    for (auto& x : d.z) x = to_d(to_t<T>(offset + n(rng)));
     d.y.resize(std::size_t(B * Tn));
     for (index_t p = 0; p < B * Tn; ++p) {
         double* row = d.z.data() + p * V;
@@ -381,7 +381,162 @@ void backward_all(const char* name) {
     check_backward<T>(big, layout::contiguous, std::string(name) + " V=151936");
 }
 
+// Logits far from 0 (offset 1e3 and 1e4, float and double): the backward forms log p_v = (z_v - m) -
+// log s (or a double saved lse split into hi + lo), whose error does not grow with the offset, so the
+// offset-0 tolerances hold (grad_tol<float> = 1e-4: float accumulation and __expf, ~1e-6). Subtracting a
+// float-rounded lse instead would err by |lse| * 6e-8 in every log p_v: 6e-5 relative at 1e3, 6e-4 at
+// 1e4 (above the tolerance).
+template <class T>
+void offset_all(const char* name) {
+    std::uint64_t seed = 300;
+    for (const double offset : {1e3, 1e4})
+        for (const index_t V : {index_t{300}, index_t{5000}}) {
+            const batch b = make_batch<T>(2, 5, V, seed++, offset);
+            const std::string what = std::string(name) + " offset " + std::to_string(int(offset)) + " V=" + std::to_string(V);
+            check_forward<T>(b, layout::contiguous, what);
+            check_backward<T>(b, layout::contiguous, what);
+            check_backward<T>(b, layout::padded_rows, what + " padded");
+        }
+}
+
+// Logits masked with the dtype's lowest finite value (HF's masked_fill(mask, torch.finfo(dtype).min))
+// instead of -inf: most of each row masked, so that whole chunks, whole thread shares and whole warps
+// hold nothing but the mask (a state whose maximum is -3.4e38, rescaled to the live maximum with
+// c = exp(-3.4e38 - m) = 0: it must add exactly 0, not 0 * -inf = NaN); the labels are live. Position
+// 1 has only its label live (p = 1). The results are those of the same rows masked with -inf: bitwise
+// on the device (every masked term is an exact 0 either way) and the host oracle's within the usual
+// tolerances; no status bit.
+// torch.finfo(dtype).min (std::numeric_limits has no __half / __nv_bfloat16 specialisation).
+template <class T>
+double lowest_of() {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) return -3.3895313892515355e38;  // 0xff7f
+    else if constexpr (std::is_same_v<T, __half>) return -65504.0;
+    else return double(std::numeric_limits<T>::lowest());
+}
+
+template <class T>
+void lowest_mask_all(const char* name) {
+    const double lowest = lowest_of<T>();
+    for (const index_t V : {index_t{300}, index_t{5000}}) {  // a warp team and a block team
+        batch inf_b = make_batch<T>(2, 4, V, 400 + std::uint64_t(V));
+        for (index_t p = 0; p < 8; ++p) {
+            double* row = inf_b.z.data() + p * V;
+            std::int64_t& y = inf_b.y[std::size_t(p)];
+            if (y < 0) y = std::int64_t(p);  // every position scored
+            for (index_t v = 0; v < V; ++v) {
+                const bool live = v == y || (p != 1 && (v < 24 || v % 97 == 5));
+                if (!live) row[v] = -inf;
+            }
+            if (!(row[y] > -inf)) row[y] = 1.0;
+        }
+        batch low_b = inf_b;
+        for (auto& x : low_b.z)
+            if (x == -inf) x = lowest;
+        for (const layout l : {layout::contiguous, layout::padded_rows}) {
+            const std::string what = std::string(name) + " finfo.min mask V=" + std::to_string(V) + " layout " + std::to_string(int(l));
+            const device_logits<T> di(inf_b, l), dm(low_b, l);
+            const device_vec<std::int64_t> y(inf_b.y);
+            const auto labels = pt::device_view<const std::int64_t, 2>(y.data(), 2, 4);
+            const forward_out ri = device_forward(di, labels, 2, 4), rm = device_forward(dm, labels, 2, 4);
+            PT_CHECK_MSG(rm.status == 0u, what);
+            PT_CHECK_MSG(std::memcmp(ri.lp.data(), rm.lp.data(), ri.lp.size() * sizeof(double)) == 0, what + " log_probs bits");
+            PT_CHECK_MSG(std::memcmp(ri.h.data(), rm.h.data(), ri.h.size() * sizeof(double)) == 0, what + " entropy bits");
+            PT_CHECK_MSG(std::memcmp(ri.lse.data(), rm.lse.data(), ri.lse.size() * sizeof(double)) == 0, what + " lse bits");
+            const forward_ref want = host_forward(inf_b, true);
+            const double h_tol = fwd_tol<T>() > 2e-7 ? fwd_tol<T>() : 2e-7;
+            close_abs(rm.lp, want.lp, fwd_tol<T>(), 1.0, what + " log_probs");
+            close_abs(rm.h, want.h, h_tol, 1.0, what + " entropy");
+            close_abs(rm.lse, want.lse, fwd_tol<T>(), 1.0, what + " lse");
+            PT_CHECK_MSG(rm.lp[1] == 0.0 && rm.h[1] == 0.0, what + " only the label live");
+            const forward_out hm = device_forward(dm, pt::none, 2, 4);
+            PT_CHECK_MSG(hm.status == 0u, what + " (no labels)");
+            close_abs(hm.h, host_forward(inf_b, false).h, h_tol, 1.0, what + " entropy (no labels)");
+            // The backward, recomputed and from saved statistics: the host's gradient (the masked
+            // entries get exactly 0).
+            const device_vec<double> ul(inf_b.gl), uh(inf_b.gh);
+            const auto gl_v = pt::device_view<const double, 2>(ul.data(), 2, 4);
+            const auto gh_v = pt::device_view<const double, 2>(uh.data(), 2, 4);
+            const std::vector<double> gw = host_backward(inf_b, true, true, true);
+            for (const bool saved : {false, true}) {
+                device_vec<double> lse(std::size_t(8), 0.0), h(std::size_t(8), 0.0);
+                device_vec<std::uint32_t> status(1, 0u);
+                const auto pol = pt::exec::cuda.with_status(status.data());
+                dm.reset_grad();
+                if (saved) {
+                    lg::token_log_probs(pt::exec::cuda, dm.view(), labels, pt::none, pt::device_view<double, 2>(h.data(), 2, 4),
+                                        pt::device_view<double, 2>(lse.data(), 2, 4));
+                    lg::token_log_probs_backward(pol, dm.view(), labels, gl_v, gh_v, dm.grad_view(),
+                                                 pt::device_view<const double, 2>(lse.data(), 2, 4),
+                                                 pt::device_view<const double, 2>(h.data(), 2, 4));
+                } else {
+                    lg::token_log_probs_backward(pol, dm.view(), labels, gl_v, gh_v, dm.grad_view());
+                }
+                std::vector<double> g;
+                PT_CHECK(dm.grad_host(g));
+                PT_CHECK_MSG(status.host()[0] == 0u, what + (saved ? " saved" : " recomputed"));
+                close_abs(g, gw, grad_tol<T>() + (saved && !is_double<T> ? 2e-4 : 0.0), 1e-3 * max_abs(gw),
+                          what + (saved ? " grad (saved)" : " grad (recomputed)"));
+                for (std::size_t k = 0; k < g.size(); ++k)
+                    if (low_b.z[k] == lowest) PT_CHECK_MSG(g[k] == 0.0, what + " masked entry's gradient");
+            }
+        }
+    }
+}
+
 }  // namespace
+
+PT_TEST("token_log_probs logits at offsets 1e3 and 1e4 (float, double)") {
+    offset_all<float>("float");
+    offset_all<double>("double");
+}
+
+PT_TEST("token_log_probs logits masked with finfo.min (float, double, bf16)") {
+    lowest_mask_all<float>("float");
+    lowest_mask_all<double>("double");
+    lowest_mask_all<__nv_bfloat16>("bf16");
+}
+
+PT_TEST("token_log_probs_backward: a non-finite upstream gradient gives a whole NaN row") {
+    for (const index_t V : {index_t{300}, index_t{5000}}) {  // a warp team and a block team
+        batch b = make_batch<float>(2, 4, V, 500 + std::uint64_t(V));
+        b.y[2] = 1, b.y[3] = 2;  // scored positions
+        b.gl[2] = nan_v;
+        b.gh[3] = inf;
+        // -inf entries (p = 0, whose gradient would otherwise be an exact 0) in both rows.
+        b.z[std::size_t(2 * V + 7)] = b.z[std::size_t(3 * V + 9)] = -inf;
+        const device_logits<float> dl(b, layout::contiguous);
+        const device_vec<std::int64_t> y(b.y);
+        const auto labels = pt::device_view<const std::int64_t, 2>(y.data(), 2, 4);
+        const device_vec<double> ul(b.gl), uh(b.gh);
+        batch ok = b;  // the host oracle for the other rows (it raises on a non-finite upstream)
+        ok.gl[2] = ok.gh[3] = 0.0;
+        const std::vector<double> want = host_backward(ok, true, true, true);
+        for (const bool raise : {true, false}) {
+            lg::token_log_probs_options o;
+            o.nonfinite_logits = raise ? pt::advantage::nonfinite::raise : pt::advantage::nonfinite::propagate;
+            dl.reset_grad();
+            device_vec<std::uint32_t> status(1, 0u);
+            lg::token_log_probs_backward(pt::exec::cuda.with_status(status.data()), dl.view(), labels,
+                                         pt::device_view<const double, 2>(ul.data(), 2, 4),
+                                         pt::device_view<const double, 2>(uh.data(), 2, 4), dl.grad_view(), pt::none, pt::none, o);
+            std::vector<double> g;
+            PT_CHECK(dl.grad_host(g));
+            const std::string what = "V=" + std::to_string(V) + (raise ? " raise" : " propagate");
+            PT_CHECK_MSG((status.host()[0] & pt::status_nonfinite_input) != 0, what);
+            for (index_t p = 0; p < 8; ++p) {
+                bool all_nan = true;
+                for (index_t v = 0; v < V; ++v) all_nan &= std::isnan(g[std::size_t(p * V + v)]);
+                if (p == 2 || p == 3) {
+                    PT_CHECK_MSG(all_nan, what + " row " + std::to_string(p));
+                } else {
+                    const std::vector<double> gr(g.begin() + p * V, g.begin() + (p + 1) * V),
+                        wr(want.begin() + p * V, want.begin() + (p + 1) * V);
+                    close_abs(gr, wr, grad_tol<float>(), 1e-3 * max_abs(want), what + " row " + std::to_string(p));
+                }
+            }
+        }
+    }
+}
 
 PT_TEST("token_log_probs forward float") { forward_all<float>("float"); }
 PT_TEST("token_log_probs forward double") { forward_all<double>("double"); }

@@ -21,7 +21,8 @@
 //     (softmax_math.hpp: the label's entry is left out of the sums and merged alone at the end). The
 //     team merges its threads' states in a fixed tree (a warp xor butterfly, then the warps in order
 //     through shared memory) and its first thread finishes: log p_y, H, lse.
-//   backward: the same team walks the same row once more, p_v = exp(z_v - lse), and writes
+//   backward: the same team walks the same row once more, p_v = exp((z_v - hi) - lo) with
+//     lse = hi + lo kept unrounded (stat_record), and writes
 //     dL/dz_v (grad_other / grad_label) in the logits' dtype, one read and one write per logit. The
 //     statistics come from saved_lse/saved_entropy, or (none given) from a first forward pass that
 //     leaves them in the workspace (two reads of the logits, no softmax stored).
@@ -32,8 +33,11 @@
 //   idle; training batches have thousands.
 //
 // Determinism: which thread reads which logit, the chunks and the merge tree depend only on V, the
-// strides and the row's address modulo 16 bytes (the misaligned head), never on the grid or the GPU:
-// the bits are the same run to run (for the same placement of the logits). They differ from the host
+// strides and the row's address modulo 16 bytes (the misaligned head), never on the grid: the bits
+// are the same run to run (for the same placement of the logits) and on every GPU of one
+// architecture running one binary; across architectures (or a JIT from PTX) __expf and nvcc's
+// contraction choices are not specified bit for bit. --use_fast_math / -ffast-math may remove the
+// -inf and NaN guards (status bits then not guaranteed). They differ from the host
 // (double, its own chunking) by float rounding and the device's fast exp (__expf, relative error
 // ~1e-6 for z - m down to -20); double logits use exp in double.
 //
@@ -44,7 +48,8 @@
 //                           whose logits are all -inf (the host raises); the position's outputs (and
 //                           gradient row) are NaN, as under propagate. Under either option, in the
 //                           backward, a non-finite upstream gradient at a scored position (the host
-//                           raises whatever the option) and, under raise, non-finite saved statistics.
+//                           raises whatever the option; the row is NaN, its logits not read) and,
+//                           under raise, non-finite saved statistics.
 // Ignored positions (label == options.ignore_index) get 0 in every output and a zero gradient row;
 // their logits and upstream gradients are not read. options.chunk is validated (as on the host) but the
 // device's chunking is its own.
@@ -69,9 +74,6 @@
 
 #include "../cuda/dtypes.cuh"
 #include "../cuda/exec.cuh"
-// Nothing here uses it: kept only because tests/cuda/token_log_probs_test.cu names the conversions
-// as policy_loss::detail::to_double / from_double (they are cuda/dtypes.cuh's posttrain::detail ones).
-#include "../policy_loss/policy_loss.cuh"
 #include "softmax_math.hpp"
 #include "token_log_probs.hpp"  // token_log_probs_options, check_options
 
@@ -434,10 +436,14 @@ __device__ inline bool team_any(bool flag) {
 
 // ---- the forward ------------------------------------------------------------------------------------
 
-// One position's statistics as the backward needs them (the workspace record).
+// One position's statistics as the backward needs them (the workspace record). lse is kept as the
+// pair hi + lo = m + log s, never rounded to one Acc: the backward forms log p_v = (z_v - hi) - lo, in
+// which z_v - hi is exact near the maximum (Sterbenz) and lo is small, so log p_v has an absolute
+// error of ~ulp(log p_v) at any logit offset; z_v - lse with lse rounded to float would carry
+// |lse| * 6e-8 into every p_v (a relative gradient error of 6e-5 at logits ~1e3).
 template <class Acc>
 struct stat_record {
-    Acc lse, entropy, log_p, one_minus_p;
+    Acc hi, lo, entropy, log_p, one_minus_p;
 };
 
 template <class T>
@@ -517,19 +523,22 @@ struct forward_visitor {
 };
 
 // The outputs of a position that has none (NaN: bad label or bad logits; 0: ignored).
+// m: the position's maximum (lse = m + o.log_s); the filled outputs pass their fill value.
 template <class T>
 __device__ inline void write_forward(const forward_args<T>& a, index_t p, index_t b, index_t t,
-                                     const softmax_outputs<acc_of<T>>& o) {
+                                     const softmax_outputs<acc_of<T>>& o, acc_of<T> m) {
     if (a.log_probs.p != nullptr) a.log_probs.store(b, t, o.log_p);
     if (a.entropy.p != nullptr) a.entropy.store(b, t, o.entropy);
-    if (a.lse.p != nullptr) a.lse.store(b, t, o.lse);
-    if (a.stats != nullptr) a.stats[p] = stat_record<acc_of<T>>{o.lse, o.entropy, o.log_p, o.one_minus_p};
+    // lse summed in double (once per position): a double lse output keeps m + log s unrounded, which
+    // is what a backward from saved statistics needs at large logits (stat_record).
+    if (a.lse.p != nullptr) a.lse.store(b, t, static_cast<double>(m) + static_cast<double>(o.log_s));
+    if (a.stats != nullptr) a.stats[p] = stat_record<acc_of<T>>{m, o.log_s, o.entropy, o.log_p, o.one_minus_p};
 }
 
 template <class Acc>
 __device__ inline softmax_outputs<Acc> filled_outputs(Acc x) {
     softmax_outputs<Acc> o;
-    o.log_p = o.lse = o.entropy = o.one_minus_p = x;
+    o.log_p = o.lse = o.log_s = o.entropy = o.one_minus_p = x;
     return o;
 }
 
@@ -549,7 +558,8 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
         const position_label l = label_of(a.labels, b, t, V, a.ignore_index);
         if (l.ignored || l.bad) {
             if (j == 0) {
-                write_forward(a, p, b, t, filled_outputs<Acc>(l.bad ? Acc(NAN) : Acc(0)));
+                const Acc x = l.bad ? Acc(NAN) : Acc(0);
+                write_forward(a, p, b, t, filled_outputs<Acc>(x), x);
                 if (l.bad) bits |= status_id_out_of_range;
             }
             continue;
@@ -571,7 +581,8 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
             }
             // NaN or +inf anywhere (the sums are NaN, or m is +inf), or nothing but -inf: no softmax.
             bad = bad || st.rest != st.rest || st.a != st.a || st.m == acc_inf<Acc>() || st.m == -acc_inf<Acc>();
-            write_forward(a, p, b, t, bad ? filled_outputs<Acc>(Acc(NAN)) : finish(st, zy, l.y >= 0));
+            if (bad) write_forward(a, p, b, t, filled_outputs<Acc>(Acc(NAN)), Acc(NAN));
+            else write_forward(a, p, b, t, finish(st, zy, l.y >= 0), st.m);
             if (bad && a.raise) bits |= status_nonfinite_input;
         }
     }
@@ -598,9 +609,10 @@ template <class T, class Acc, int W>
 struct backward_visitor {
     T* out = nullptr;
     index_t gs = 1;            // the gradient's vocabulary stride (W > 1: 1)
-    Acc lse = 0, entropy = 0, gl = 0, gh = 0;
+    Acc hi = 0, lo = 0;        // lse = hi + lo (stat_record): log p_v = (z_v - hi) - lo
+    Acc entropy = 0, gl = 0, gh = 0;
     Acc log_p = 0, one_minus_p = 1;  // of the label (recomputed statistics)
-    bool saved = false;        // the label's log p and 1 - p from z_y - lse instead
+    bool saved = false;        // the label's log p and 1 - p from (z_y - hi) - lo instead
     int y = -1;
     bool bad = false;          // a NaN or +inf logit
     bool any_finite = false;   // a logit > -inf (else the position has no softmax)
@@ -608,10 +620,10 @@ struct backward_visitor {
     __device__ Acc other(Acc z) {
         bad |= !(z < acc_inf<Acc>());
         any_finite |= z > -acc_inf<Acc>();
-        return grad_other(z - lse, entropy, gl, gh);
+        return grad_other((z - hi) - lo, entropy, gl, gh);
     }
     __device__ Acc label(Acc z) const {
-        const Acc lp = saved ? z - lse : log_p;
+        const Acc lp = saved ? (z - hi) - lo : log_p;
         const Acc omp = saved ? -acc_expm1(lp) : one_minus_p;
         return grad_label(lp, omp, entropy, gl, gh);
     }
@@ -677,21 +689,32 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
         // Every thread reads the position's scalars itself (one broadcast load per warp).
         const double gl = a.grad_log_probs.p != nullptr ? a.grad_log_probs.load(b, t) : 0.0;
         const double gh = a.grad_entropy.p != nullptr ? a.grad_entropy.load(b, t) : 0.0;
-        bool upstream_bad = !(::isfinite(gl) && ::isfinite(gh));
+        // A non-finite upstream (the host raises): the whole row is NaN whatever the logits, as for bad
+        // logits, not a row of NaN and exact zeros (p_v == 0). Team-uniform: every thread read the same.
+        if (!(::isfinite(gl) && ::isfinite(gh))) {
+            fill_row<T, TT>(out, gs, V, j, nan);
+            if (j == 0) bits |= status_nonfinite_input;
+            continue;
+        }
         bool stats_bad = false;
         vis.gl = static_cast<Acc>(gl);
         vis.gh = static_cast<Acc>(gh);
         if (a.stats != nullptr) {
             const stat_record<Acc> r = a.stats[p];
-            vis.lse = r.lse;
+            vis.hi = r.hi;
+            vis.lo = r.lo;
             vis.entropy = r.entropy;
             vis.log_p = r.log_p;
             vis.one_minus_p = r.one_minus_p;
-            stats_bad = r.lse != r.lse;  // the forward pass found no softmax (and reported it)
+            stats_bad = r.hi != r.hi;  // the forward pass found no softmax (and reported it)
         } else {
             vis.saved = true;
+            // A double saved lse split into hi + lo (lo: what rounding it to Acc drops), so that it
+            // enters at full precision; a float saved lse has lo = 0 and its rounding (|lse| * 6e-8 in
+            // every log p_v) is in the caller's data.
             const double lse = a.saved_lse.load(b, t);
-            vis.lse = static_cast<Acc>(lse);
+            vis.hi = static_cast<Acc>(lse);
+            vis.lo = static_cast<Acc>(lse - static_cast<double>(vis.hi));
             stats_bad = !::isfinite(lse);
             if (a.grad_entropy.p != nullptr) {
                 const double h = a.saved_entropy.load(b, t);
@@ -710,7 +733,6 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_backward_min_blocks) ba
         if (row_bad) fill_row<T, TT>(out, gs, V, j, nan);
         if (j == 0) {
             if (row_bad && a.raise) bits |= status_nonfinite_input;
-            if (upstream_bad) bits |= status_nonfinite_input;
             if (a.stats == nullptr && stats_bad && a.raise) bits |= status_nonfinite_input;
         }
     }
