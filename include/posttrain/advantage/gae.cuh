@@ -470,12 +470,7 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
     using posttrain::detail::floating_output;
     std::visit(
         [&](auto r, auto v, auto m, auto a) {
-            check_same_shape(v, r, {fn, "values"}, "token_rewards");
-            check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, v, {fn, "advantages"}, "values");
-            check_no_alias(a, m, {fn, "advantages"}, "mask");
+            check_gae_views(r, v, m, a, fn);
             const index_t rows = r.extent(0), cols = r.extent(1);
             using A = typename decltype(a)::value_type;
             const bool per_row = options.length_adaptive_alpha > 0;

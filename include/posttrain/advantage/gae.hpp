@@ -401,6 +401,18 @@ POSTTRAIN_HD inline double length_adaptive_lambda(double alpha, double length) n
     return l < 0.0 ? 0.0 : (l > 1.0 ? 1.0 : l);
 }
 
+// The shape and aliasing checks of gae's [B, T] views, shared by the host and CUDA entries (views of
+// either memory space).
+template <class R, class V, class M, class A>
+void check_gae_views(R r, V v, M m, A a, const char* fn) {
+    check_same_shape(v, r, {fn, "values"}, "token_rewards");
+    check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+    check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+    check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+    check_no_alias(a, v, {fn, "advantages"}, "values");
+    check_no_alias(a, m, {fn, "advantages"}, "mask");
+}
+
 // The shared body of gae and gae_per_row_lambda. row_lambda: a [N] view of per-row advantage
 // lambdas, or nullptr_t.
 template <class Policy, class RowLambda, class TokenRewards, class Values, class Mask, class Advantages, class Returns>
@@ -410,12 +422,7 @@ moments_result gae_entry(const Policy& policy, const TokenRewards& token_rewards
     check_gae_options(options, fn);
     return std::visit(
         [&](auto r, auto v, auto m, auto a) {
-            check_same_shape(v, r, {fn, "values"}, "token_rewards");
-            check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, v, {fn, "advantages"}, "values");
-            check_no_alias(a, m, {fn, "advantages"}, "mask");
+            check_gae_views(r, v, m, a, fn);
             const index_t rows = r.extent(0), T = r.extent(1);
 
             gae_plan plan;
