@@ -55,7 +55,7 @@
 // device's chunking is its own.
 //
 // Scratch: none for the forward (token_log_probs_workspace_bytes = 0); the backward without saved
-// statistics keeps one record of four accumulators per position
+// statistics keeps one record of five accumulators per position
 // (token_log_probs_backward_workspace_bytes), from .with(workspace) or cudaMallocAsync on the stream.
 
 #if !defined(__CUDACC__)

@@ -117,15 +117,6 @@ inline void check_entropy_options(const entropy_options& o, const char* fn) {
             {fn, "options"}, "nonfinite_logits must be nonfinite::raise or nonfinite::propagate");
 }
 
-// The [B, T] extents of an output or upstream view must be the logits' first two.
-template <class A, class Z>
-void check_token_shape(tensor_view<A, 2> x, tensor_view<const Z, 3> z, where w) {
-    for (int r = 0; r < 2; ++r)
-        require(x.extent(r) == z.extent(r), w,
-                "shape must match the first two dimensions of 'logits': dimension " + str(r) + " is " + str(x.extent(r)) +
-                    ", expected " + str(z.extent(r)));
-}
-
 template <class Z>
 auto token_logits(tensor_view<const Z, 3> z, index_t i, index_t t) noexcept {
     return [=](index_t v) { return z(i, t, v); };
@@ -162,9 +153,9 @@ void entropy_from_logits(const Policy& policy, const Logits& logits, Entropy&& e
         const index_t B = z.extent(0), T = z.extent(1), V = z.extent(2);
         auto h = detail::optional_token_output(entropy, fn, "entropy");
         auto g = detail::optional_output3(grad_logits, fn, "grad_logits");
-        if constexpr (!detail::is_none_v<Entropy>) detail::check_token_shape(h, z, {fn, "entropy"});
+        if constexpr (!detail::is_none_v<Entropy>) logits::detail::check_leading_shape(h, z, {fn, "entropy"});
         if constexpr (!detail::is_none_v<GradLogits>) detail::check_same_shape(g, z, {fn, "grad_logits"}, "logits");
-        if constexpr (!scalar_up) detail::check_token_shape(up, z, {fn, "grad_entropy"});
+        if constexpr (!scalar_up) logits::detail::check_leading_shape(up, z, {fn, "grad_entropy"});
         detail::check_no_alias(h, z, {fn, "entropy"}, "logits");
         detail::check_no_alias(g, z, {fn, "grad_logits"}, "logits");
         detail::check_no_alias(g, h, {fn, "grad_logits"}, "entropy");
@@ -213,10 +204,10 @@ aggregate_result entropy_loss(const Policy& policy, const Logits& logits, const 
     return std::visit(
         [&](auto z, auto m) {
             const index_t B = z.extent(0), T = z.extent(1), V = z.extent(2);
-            detail::check_token_shape(m, z, {fn, "mask"});
+            logits::detail::check_leading_shape(m, z, {fn, "mask"});
             auto h = detail::optional_token_output(entropy, fn, "entropy");
             auto g = detail::optional_output3(grad_logits, fn, "grad_logits");
-            if constexpr (!detail::is_none_v<Entropy>) detail::check_token_shape(h, z, {fn, "entropy"});
+            if constexpr (!detail::is_none_v<Entropy>) logits::detail::check_leading_shape(h, z, {fn, "entropy"});
             if constexpr (!detail::is_none_v<GradLogits>) detail::check_same_shape(g, z, {fn, "grad_logits"}, "logits");
             detail::check_no_alias(h, z, {fn, "entropy"}, "logits");
             detail::check_no_alias(h, m, {fn, "entropy"}, "mask");
