@@ -49,7 +49,8 @@ OPS = [
 ]
 
 # Issue 9's targets on an H100. metric "copy": memcpy_fraction >= need; "ratio": peer_ms / posttrain_ms
-# >= need against the first listed peer present. at: "2^24" (rows of size >= 0.95 * 2^24: the ragged
+# >= need against the first listed peer present; "memory": the row's extra_bytes / the peer's peak extra
+# device memory <= need. at: "2^24" (rows of size >= 0.95 * 2^24: the ragged
 # bench cuts its last group) or "largest" (the op's largest size).
 TARGETS = [
     ("outcome advantages: >= 70% of copy bandwidth at >= 2^24 rewards",
@@ -63,7 +64,9 @@ TARGETS = [
     ("GAE scan: >= 1000x the per-timestep loop",
      r"^gae", "ratio", ["gae_verl_loop"], 1000.0, "largest"),
     ("token log-probs: >= 3x log_softmax + gather",
-     r"^token_log_prob", "ratio", ["*gather*", "*log_softmax*", "*"], 3.0, "largest"),
+     r"^tlp_fwd_bf16_2x4096x128256$", "ratio", ["log_softmax_gather"], 3.0, "largest"),
+    ("token log-probs: under 5% of log_softmax + gather's extra memory",
+     r"^tlp_fwd_bf16_2x4096x128256$", "memory", ["log_softmax_gather"], 0.05, "largest"),
 ]
 
 BIG = 0.95 * (1 << 24)
@@ -168,7 +171,7 @@ def main():
 
     # Measure: rows grouped by their peers' data, each data set built once (on the CPU, then moved).
     specs = {(r["op"], int(r["size"])): peer_spec(r) for r in rows}
-    peer_ms, peer_note = {}, {}
+    peer_ms, peer_note, peer_extra = {}, {}, {}  # peer_extra: peak device bytes beyond the inputs
     start = time.monotonic()
     if peers_mod:
         torch, tp = peers_mod
@@ -207,6 +210,9 @@ def main():
                         peer_note[key + (p,)] = "declined at this size"
                     else:
                         peer_ms[key + (p,)] = s * 1e3
+                        extra = getattr(tp, "peer_extra_bytes", lambda name: None)(p)
+                        if extra is not None:
+                            peer_extra[key + (p,)] = extra
                 except Exception as e:  # out of memory, an op missing on this device, ...
                     peer_note[key + (p,)] = f"error ({e.__class__.__name__}: {str(e).splitlines()[0][:80]})"
                     if a.device.startswith("cuda"):
@@ -224,6 +230,7 @@ def main():
         if r["op"] not in ops:
             ops.append(r["op"])
     measured = {}  # (op, size) -> {peer: ratio}
+    memory_used = {}  # (op, size) -> {peer: our extra bytes / the peer's}
     for op in ops:
         print(f"\n== {op}\n{header}")
         for r in sorted((r for r in rows if r["op"] == op), key=lambda r: int(r["size"])):
@@ -240,12 +247,17 @@ def main():
                 ms = peer_ms.get(key)
                 note = peer_note.get(key, why or "")
                 ratio = ms / ours if ms and ours > 0 else None
+                extra = peer_extra.get(key)
                 if ms is not None:
                     measured.setdefault((op, n), {})[p] = ratio
-                    out_rows.append(dict(base, peer=p, peer_ms=ms, ratio=ratio))
+                    if extra is not None and r.get("extra_bytes") is not None:
+                        memory_used.setdefault((op, n), {})[p] = float(r["extra_bytes"]) / max(extra, 1)
+                    out_rows.append(dict(base, peer=p, peer_ms=ms, ratio=ratio, peer_extra_bytes=extra))
                     shown = True
+                if ms is not None and extra is not None:
+                    note = f"extra memory: ours {float(r.get('extra_bytes', 0)) / 2**20:.1f} MiB, peer's {extra / 2**20:.0f} MiB"
                 print(f"{op:28s} {n:9d} {ours:12.4f} {fmt(frac, '9.3f'):>9s} {p:26s} {fmt(ms, '10.4f'):>10s} "
-                      f"{fmt(ratio, '9.2f'):>9s}" + (f"  {note}" if ms is None and note else ""))
+                      f"{fmt(ratio, '9.2f'):>9s}" + (f"  {note}" if note and (ms is None or extra is not None) else ""))
             if not shown:  # posttrain's row is recorded even when no peer time is
                 out_rows.append(dict(base, peer=None, peer_ms=None, ratio=None))
             if not (layout and peers and peers_mod):  # otherwise the peer lines above said it all
@@ -273,6 +285,14 @@ def main():
                     results.append(f"{op}: no memcpy_fraction")
                     continue
                 results.append(f"{op} @ {n}: {v:.2f} of copy -> {'met' if v >= need else 'MISSED'}")
+            elif metric == "memory":
+                got = memory_used.get((op, n), {})
+                p = pick_peer(wanted, list(got))
+                if p is None:
+                    results.append(f"{op} @ {n}: no peer memory ({why or 'peer not measured on a GPU'})")
+                    continue
+                v = got[p]
+                results.append(f"{op} @ {n}: {100 * v:.3f}% of {p}'s extra memory -> {'met' if v <= need else 'MISSED'}")
             else:
                 got = measured.get((op, n), {})
                 p = pick_peer(wanted, list(got))

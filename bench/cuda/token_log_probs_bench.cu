@@ -11,12 +11,14 @@
 //     tlp_fwd_entropy    log-probs, entropy and lse
 //     tlp_bwd_saved      the backward from saved lse and entropy (both upstream gradients)
 //     tlp_bwd_recompute  the backward recomputing the statistics (scratch from the workspace)
+//     tlp_train          tlp_fwd_entropy then tlp_bwd_saved (a training step's forward and backward)
 // Each line has timing.cuh's fields plus "bytes" (what the op must move: the forward reads the
 // logits once, the saved backward reads them and writes the gradient, the recomputing one reads them
 // twice), "memcpy_ms" (a device-to-device cudaMemcpy of half those bytes, which reads and writes as
 // many; measured in this program, scaled linearly past the largest buffer) and "extra_bytes" (device
-// memory the op needs beyond its inputs and the gradient: outputs + workspace). PyTorch peers should
-// time the same shapes (log_softmax + gather; + entropy; autograd backward). Before the backward is
+// memory the op needs beyond its inputs and the gradient: outputs + workspace). The rows with a PyTorch
+// peer name it ("peer_layout", "peers": bench/peers/logits_peer.py, timed by bench/compare_gpu.py on
+// the same shapes: log_softmax + gather; + entropy; autograd's forward + backward). Before the backward is
 // timed, the forward's first four positions are checked against a double log_softmax on the host, and
 // after all runs the status word must be 0; otherwise the bench says so on stderr and exits 1.
 // Usage: posttrain_cuda_token_log_probs_bench [max_log2_positions (default 24) | quick]
@@ -65,12 +67,16 @@ std::string dtype_name(const float*) { return "f32"; }
 std::string dtype_name(const __half*) { return "f16"; }
 std::string dtype_name(const __nv_bfloat16*) { return "bf16"; }
 
-void line(const std::string& op, index_t n, const std::string& device, double ms, double memcpy_ms, double bytes,
-          double extra_bytes) {
-    std::printf("{\"op\":\"%s\",\"size\":%lld,\"threads\":0,\"device\":\"%s\",\"posttrain_ms\":%.6f,"
-                "\"memcpy_ms\":%.6f,\"memcpy_fraction\":%.4f,\"bytes\":%.0f,\"gbps\":%.1f,\"extra_bytes\":%.0f}\n",
-                op.c_str(), static_cast<long long>(n), device.c_str(), ms, memcpy_ms, memcpy_ms / ms, bytes,
-                bytes / (ms * 1e6), extra_bytes);
+// peer: the PyTorch peer (bench/peers/logits_peer.py) that computes the same, on the layout
+// "tlp_<shape>" (compare_gpu.py reads peer_layout and peers from the row); empty: none.
+void line(const std::string& op, const std::string& shape, index_t n, const std::string& device, double ms,
+          double memcpy_ms, double bytes, double extra_bytes, const char* peer = "") {
+    std::printf("{\"op\":\"%s_%s\",\"size\":%lld,\"threads\":0,\"device\":\"%s\",\"posttrain_ms\":%.6f,"
+                "\"memcpy_ms\":%.6f,\"memcpy_fraction\":%.4f,\"bytes\":%.0f,\"gbps\":%.1f,\"extra_bytes\":%.0f",
+                op.c_str(), shape.c_str(), static_cast<long long>(n), device.c_str(), ms, memcpy_ms, memcpy_ms / ms,
+                bytes, bytes / (ms * 1e6), extra_bytes);
+    if (*peer != '\0') std::printf(",\"peer_layout\":\"tlp_%s\",\"peers\":[\"%s\"]", shape.c_str(), peer);
+    std::printf("}\n");
     std::fflush(stdout);
 }
 
@@ -151,21 +157,28 @@ bool run_shape(index_t B, index_t Tn, index_t V, const std::string& device) {
     POSTTRAIN_CUDA_CHECK(cudaMalloc(&status, sizeof(std::uint32_t)));
     POSTTRAIN_CUDA_CHECK(cudaMemset(status, 0, sizeof(std::uint32_t)));
     const auto cuda = pt::exec::cuda.with_status(status);
-    line("tlp_fwd_" + shape, n, device, time_ms([&] { lg::token_log_probs(cuda, zv, yv, out(lp)); }),
-         copy_ms(read), read, out_bytes);
-    line("tlp_fwd_entropy_" + shape, n, device,
+    line("tlp_fwd", shape, n, device, time_ms([&] { lg::token_log_probs(cuda, zv, yv, out(lp)); }), copy_ms(read),
+         read, out_bytes, "log_softmax_gather");
+    line("tlp_fwd_entropy", shape, n, device,
          time_ms([&] { lg::token_log_probs(cuda, zv, yv, out(lp), out(h), out(lse)); }), copy_ms(read), read,
-         3 * out_bytes);
+         3 * out_bytes, "log_softmax_gather_entropy");
     // The saved statistics of the backward: the forward's, computed once; the upstream gradients are
     // the log-probs and entropies themselves (any finite [B, T] values do).
     lg::token_log_probs(cuda, zv, yv, out(lp), out(h), out(lse));
     const bool right = spot_check(z, hy.data(), lp, h, V, shape);
-    line("tlp_bwd_saved_" + shape, n, device,
+    line("tlp_bwd_saved", shape, n, device,
          time_ms([&] { lg::token_log_probs_backward(cuda, zv, yv, in(lp), in(h), gv, in(lse), in(h)); }),
          copy_ms(2 * read), 2 * read, 0);
-    line("tlp_bwd_recompute_" + shape, n, device,
+    line("tlp_bwd_recompute", shape, n, device,
          time_ms([&] { lg::token_log_probs_backward(cuda.with(ws, ws_bytes), zv, yv, in(lp), in(h), gv); }),
          copy_ms(3 * read), 3 * read, double(ws_bytes));
+    // A training step's pair, against autograd's forward + backward: the forward with lse and entropy,
+    // then the backward from them (the gradient buffer is the caller's, as autograd's is its own).
+    line("tlp_train", shape, n, device, time_ms([&] {
+             lg::token_log_probs(cuda, zv, yv, out(lp), out(h), out(lse));
+             lg::token_log_probs_backward(cuda, zv, yv, in(lp), in(h), gv, in(lse), in(h));
+         }),
+         copy_ms(3 * read), 3 * read, 3 * out_bytes, "logprobs_entropy_autograd");
     std::uint32_t st = 0;
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(&st, status, sizeof st, cudaMemcpyDeviceToHost));
     if (st != 0) std::fprintf(stderr, "token_log_probs bench %s: status word %u (expected 0)\n", shape.c_str(), st);

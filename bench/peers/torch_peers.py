@@ -504,7 +504,12 @@ PEERS.update(_logits.PEERS)
 _make_data_before_logits = make_data
 
 
-def make_data(layout, n, seed=42):  # noqa: F811 -- the "logits_*" layouts are logits_peer's
-    if layout.startswith("logits"):
+def peer_extra_bytes(name):
+    """The peak device memory beyond its inputs that peer `name` last allocated on a GPU, or None."""
+    return _logits.EXTRA_BYTES.get(name)
+
+
+def make_data(layout, n, seed=42):  # noqa: F811 -- the "logits_*" and "tlp_*" layouts are logits_peer's
+    if layout.startswith("logits") or layout.startswith("tlp_"):
         return _logits.make_data(layout, n, seed)
     return _make_data_before_logits(layout, n, seed)

@@ -3,7 +3,8 @@
 // transforms, sft and the multi-loss combination, BCO's shifts, weights and margins, the reductions;
 // inputs per token (masked positions hold NaN) and as [B] sums, float and double, rows long enough
 // to be cut into chunks; the reduction also from __nv_bfloat16 and strided views. Losses, metrics,
-// per-pair outputs and gradients to ~1e-12 relative in double (1e-5 for float outputs), bitwise
+// per-pair outputs and gradients to 1e-10 relative in double (device_double_tol; 1e-5 for float
+// outputs), bitwise
 // determinism run to run, the status word, and bad input.
 //
 // The "host emulation" test runs the kernels' per-pair code (evaluate_pair, pair_acc, finish_dpo) on
@@ -259,7 +260,8 @@ host_run<T> run_host(const pair_data& d, const pp::dpo_options& o, bool ref, boo
 // The same call on the device. ref_as_sums: the references as [B] sums while the policy is per token.
 template <class T>
 host_run<T> run_device(const pair_data& d, const pp::dpo_options& o, bool ref, bool tokens, bool extras, bool ref_as_sums = false,
-                       bool async = false) {
+                       bool async = false, std::uint32_t* status = nullptr) {
+    const pt::exec::cuda_policy policy = status != nullptr ? pt::exec::cuda.with_status(status) : pt::exec::cuda;
     host_run<T> h;
     const index_t B = d.B, T_ = d.T;
     const device_vec<T> lp[4] = {device_vec<T>(cast<T>(d.lp[0])), device_vec<T>(cast<T>(d.lp[1])),
@@ -299,11 +301,11 @@ host_run<T> run_device(const pair_data& d, const pp::dpo_options& o, bool ref, b
     const pp::device_sequence_input none;
     if (async) {
         device_vec<pp::device_dpo_result> r(1);
-        pp::dpo(pt::exec::cuda, in[chosen], in[rejected], ref ? in[ref_chosen] : none, ref ? in[ref_rejected] : none, g(0),
+        pp::dpo(policy, in[chosen], in[rejected], ref ? in[ref_chosen] : none, ref ? in[ref_rejected] : none, g(0),
                 g(1), o, out, ex, pt::device_view<pp::device_dpo_result, 0>(r.data()));
         (void)(h.result = r.host()[0].to_host());
     } else {
-        (void)(h.result = pp::dpo(pt::exec::cuda, in[chosen], in[rejected], ref ? in[ref_chosen] : none,
+        (void)(h.result = pp::dpo(policy, in[chosen], in[rejected], ref ? in[ref_chosen] : none,
                                   ref ? in[ref_rejected] : none, g(0), g(1), o, out, ex));
     }
     for (int s = 0; s < 2; ++s) h.grad[s] = grad[s].host();
@@ -339,7 +341,19 @@ void every_case(index_t B, index_t T_, std::uint64_t seed, double tol, double ou
         for (int tokens = 0; tokens < 2; ++tokens) {
             const std::string what = c.name + (tokens ? " [tokens]" : " [sums]") + " B=" + std::to_string(B) +
                                      " T=" + std::to_string(T_);
-            compare_runs(run_device<T>(d, c.o, c.ref, tokens, false), run_host<T>(d, c.o, c.ref, tokens, false), tol, out_tol, what);
+            host_run<T> want;
+            try {
+                want = run_host<T>(d, c.o, c.ref, tokens, false);
+            } catch (const pt::invalid_argument&) {
+                // The host refuses a pair whose divergence score overflows (rows of thousands of
+                // tokens without a reference: exp of a sum of their log-probs); the device says so
+                // through the status word instead.
+                device_vec<std::uint32_t> status(1, 0u);
+                (void)run_device<T>(d, c.o, c.ref, tokens, false, false, false, status.data());
+                PT_CHECK_MSG((status.host()[0] & pt::status_nonfinite_input) != 0, what + ": overflow not reported");
+                continue;
+            }
+            compare_runs(run_device<T>(d, c.o, c.ref, tokens, false), want, tol, out_tol, what);
         }
 }
 
@@ -385,12 +399,18 @@ PT_TEST("dpo host emulation: the kernels' per-pair code equals dpo() on the host
         }
 }
 
+// The device and the host agree to rounding, not bits: nvcc contracts a * b + c into FMAs, libdevice's
+// exp/log1p differ from glibc's by an ulp, and the token sums run in another order. Measured on an
+// H100: up to 3e-11 relative (the rewards of T = 5000 rows, sums of ~1e4 whose difference is ~0.1;
+// APO's gradient, a difference of two sigmoid terms, 6e-12 from [B] sums alone).
+constexpr double device_double_tol = 1e-10;
+
 PT_TEST("dpo: device equals the host oracle, double, every loss, tokens and sums") {
-    every_case<double>(37, 67, 1, 1e-12, 1e-12);
+    every_case<double>(37, 67, 1, device_double_tol, device_double_tol);
 }
 
 PT_TEST("dpo: device equals the host oracle, double, long rows cut into chunks") {
-    every_case<double>(3, 5000, 2, 1e-12, 1e-12);
+    every_case<double>(3, 5000, 2, device_double_tol, device_double_tol);
 }
 
 PT_TEST("dpo: device equals the host oracle, float (double inside, rounded once)") {
@@ -400,14 +420,14 @@ PT_TEST("dpo: device equals the host oracle, float (double inside, rounded once)
 PT_TEST("dpo: extras, references given as sums with per-token policy log-probs, async result") {
     const pair_data d = make_data(41, 90, 4);
     for (const auto& c : option_cases()) {
-        compare_runs(run_device<double>(d, c.o, c.ref, true, true), run_host<double>(d, c.o, c.ref, true, true), 1e-12, 1e-12,
+        compare_runs(run_device<double>(d, c.o, c.ref, true, true), run_host<double>(d, c.o, c.ref, true, true), device_double_tol, device_double_tol,
                      c.name + " +extras [tokens]");
-        compare_runs(run_device<double>(d, c.o, c.ref, false, true), run_host<double>(d, c.o, c.ref, false, true), 1e-12,
-                     1e-12, c.name + " +extras [sums]");
-        compare_runs(run_device<double>(d, c.o, c.ref, true, false, true), run_host<double>(d, c.o, c.ref, true, false), 1e-12,
-                     1e-12, c.name + " [tokens, ref sums]");
+        compare_runs(run_device<double>(d, c.o, c.ref, false, true), run_host<double>(d, c.o, c.ref, false, true), device_double_tol,
+                     device_double_tol, c.name + " +extras [sums]");
+        compare_runs(run_device<double>(d, c.o, c.ref, true, false, true), run_host<double>(d, c.o, c.ref, true, false), device_double_tol,
+                     device_double_tol, c.name + " [tokens, ref sums]");
         compare_runs(run_device<double>(d, c.o, c.ref, true, false, false, true), run_host<double>(d, c.o, c.ref, true, false),
-                     1e-12, 1e-12, c.name + " [tokens, async]");
+                     device_double_tol, device_double_tol, c.name + " [tokens, async]");
     }
 }
 

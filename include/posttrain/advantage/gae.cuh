@@ -297,15 +297,15 @@ __global__ void __launch_bounds__(scan_threads) scan_tiles_kernel(P p, scan_tile
     const double seed_n = carry ? carry[2 * k] : 0.0, seed_a = carry ? carry[2 * k + 1] : 0.0;
     double n = seed_n, a = seed_a;
     scan_apply(before.f, n, a);  // element 0 restarts, so `before` always starts from the seed
-    double xs[scan_items], ws[scan_items];
+    // Zero for the items past the tile's end (and for every item of a thread with none), which the
+    // moments below read too.
+    double xs[scan_items] = {}, ws[scan_items] = {};
     double w_sum = 0, wx_sum = 0;
     if (count > 0) {
         index_t i = i0, t = t0;
         bool restart = r0;
 #pragma unroll
         for (int j = 0; j < scan_items; ++j) {
-            xs[j] = 0;
-            ws[j] = 0;
             if (j < count) {
                 if (restart) {
                     n = seed_n;

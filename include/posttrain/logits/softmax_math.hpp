@@ -112,7 +112,8 @@ template <class Acc>
 struct softmax_outputs {
     Acc log_p = 0;        // log p_y (0 without a label)
     Acc lse = 0;          // m + log s
-    Acc log_s = 0;        // log s (the device keeps lse as the pair (m, log s): token_log_probs.cuh)
+    Acc m = 0;            // the maximum, and
+    Acc log_s = 0;        // log s: lse as the unrounded pair (m, log s) that the backwards use
     Acc entropy = 0;      // H
     Acc one_minus_p = 1;  // 1 - p_y = rest / s (1 without a label)
 };
@@ -127,6 +128,7 @@ POSTTRAIN_HD inline softmax_outputs<Acc> finish(const softmax_state<Acc>& st, Ac
     // rest < ulp(1) that log(1 + rest) drops; lse, H and log p_y use the same log s.
     const Acc log_s = st.e_y == Acc(1) ? log1p(st.rest) : log(s);
     r.lse = st.m + log_s;
+    r.m = st.m;
     r.log_s = log_s;
     r.entropy = log_s - st.a / s;
     if (has_label) {

@@ -523,23 +523,23 @@ struct forward_visitor {
     }
 };
 
-// The outputs of a position that has none (NaN: bad label or bad logits; 0: ignored).
-// m: the position's maximum (lse = m + o.log_s); the filled outputs pass their fill value.
+// One position's outputs and its backward record.
 template <class T>
 __device__ inline void write_forward(const forward_args<T>& a, index_t p, index_t b, index_t t,
-                                     const softmax_outputs<acc_of<T>>& o, acc_of<T> m) {
+                                     const softmax_outputs<acc_of<T>>& o) {
     if (a.log_probs.p != nullptr) a.log_probs.store(b, t, o.log_p);
     if (a.entropy.p != nullptr) a.entropy.store(b, t, o.entropy);
     // lse summed in double (once per position): a double lse output keeps m + log s unrounded, which
     // is what a backward from saved statistics needs at large logits (stat_record).
-    if (a.lse.p != nullptr) a.lse.store(b, t, static_cast<double>(m) + static_cast<double>(o.log_s));
-    if (a.stats != nullptr) a.stats[p] = stat_record<acc_of<T>>{m, o.log_s, o.entropy, o.log_p, o.one_minus_p};
+    if (a.lse.p != nullptr) a.lse.store(b, t, static_cast<double>(o.m) + static_cast<double>(o.log_s));
+    if (a.stats != nullptr) a.stats[p] = stat_record<acc_of<T>>{o.m, o.log_s, o.entropy, o.log_p, o.one_minus_p};
 }
 
+// The outputs of a position that has none (NaN: bad label or bad logits; 0: ignored).
 template <class Acc>
 __device__ inline softmax_outputs<Acc> filled_outputs(Acc x) {
     softmax_outputs<Acc> o;
-    o.log_p = o.lse = o.log_s = o.entropy = o.one_minus_p = x;
+    o.log_p = o.lse = o.m = o.log_s = o.entropy = o.one_minus_p = x;
     return o;
 }
 
@@ -560,7 +560,7 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
         if (l.ignored || l.bad) {
             if (j == 0) {
                 const Acc x = l.bad ? Acc(NAN) : Acc(0);
-                write_forward(a, p, b, t, filled_outputs<Acc>(x), x);
+                write_forward(a, p, b, t, filled_outputs<Acc>(x));
                 if (l.bad) bits |= status_id_out_of_range;
             }
             continue;
@@ -582,8 +582,8 @@ __global__ void __launch_bounds__(tlp_block_threads, tlp_forward_min_blocks<T>) 
             }
             // NaN or +inf anywhere (the sums are NaN, or m is +inf), or nothing but -inf: no softmax.
             bad = bad || st.rest != st.rest || st.a != st.a || st.m == acc_inf<Acc>() || st.m == -acc_inf<Acc>();
-            if (bad) write_forward(a, p, b, t, filled_outputs<Acc>(Acc(NAN)), Acc(NAN));
-            else write_forward(a, p, b, t, finish(st, zy, l.y >= 0), st.m);
+            if (bad) write_forward(a, p, b, t, filled_outputs<Acc>(Acc(NAN)));
+            else write_forward(a, p, b, t, finish(st, zy, l.y >= 0));
             if (bad && a.raise) bits |= status_nonfinite_input;
         }
     }

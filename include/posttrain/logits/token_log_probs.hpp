@@ -242,11 +242,12 @@ position_stats position_forward(const Z* z, index_t stride, index_t V, index_t y
 }
 
 // ---- one position of the backward ---------------------------------------------------------------
-// g[v] = p_v (-gl - gh (H + log p_v)), log p_v = z_v - lse: softmax_math.hpp's grad_other, in a form
-// that is the same text for a double and for eight (so that the SIMD and portable loops agree).
+// g[v] = p_v (-gl - gh (H + log p_v)), log p_v = (z_v - hi) - lo with lse = hi + lo unrounded:
+// softmax_math.hpp's grad_other, in a form that is the same text for a double and for eight (so that
+// the SIMD and portable loops agree).
 template <class D>
-inline void grad_other_lanes(const D& z, double lse, double H, double gl, double gh, D& out) noexcept {
-    const D lp = z - lse;
+inline void grad_other_lanes(const D& z, double hi, double lo, double H, double gl, double gh, D& out) noexcept {
+    const D lp = (z - hi) - lo;
     D p;
 #if POSTTRAIN_LOGITS_SIMD
     if constexpr (std::is_same_v<D, d8>) vexp(lp, p);
@@ -269,7 +270,7 @@ struct scan_result {
 
 #if POSTTRAIN_LOGITS_SIMD
 template <class Z, class G>
-scan_result grad_block_simd(const Z* z, index_t n, G* out, double lse, double H, double gl, double gh) noexcept {
+scan_result grad_block_simd(const Z* z, index_t n, G* out, double hi, double lo, double H, double gl, double gh) noexcept {
     using lmask = decltype(d8{} < d8{});
     lmask bad = lmask{}, finite = lmask{};
     index_t j = 0;
@@ -279,7 +280,7 @@ scan_result grad_block_simd(const Z* z, index_t n, G* out, double lse, double H,
         bad |= ~(x < inf);
         finite |= x > -inf;
         d8 g;
-        grad_other_lanes(x, lse, H, gl, gh, g);
+        grad_other_lanes(x, hi, lo, H, gl, gh, g);
         if constexpr (std::is_same_v<G, double>) {
             std::memcpy(out + j, &g, sizeof g);
         } else {
@@ -296,7 +297,7 @@ scan_result grad_block_simd(const Z* z, index_t n, G* out, double lse, double H,
         any_bad |= !(x < inf);
         r.any_finite |= x > -inf;
         double g;
-        grad_other_lanes(x, lse, H, gl, gh, g);
+        grad_other_lanes(x, hi, lo, H, gl, gh, g);
         out[j] = static_cast<G>(g);
     }
     if (any_bad)
@@ -310,31 +311,36 @@ scan_result grad_block_simd(const Z* z, index_t n, G* out, double lse, double H,
 #endif
 
 template <class Z, class G>
-scan_result grad_block_portable(const Z* z, index_t n, G* out, double lse, double H, double gl, double gh) noexcept {
+scan_result grad_block_portable(const Z* z, index_t n, G* out, double hi, double lo, double H, double gl, double gh) noexcept {
     scan_result r;
     for (index_t j = 0; j < n; ++j) {
         const double x = double(z[j]);
         if (!(x < inf) && r.bad < 0) r.bad = j;
         r.any_finite |= x > -inf;
         double g;
-        grad_other_lanes(x, lse, H, gl, gh, g);
+        grad_other_lanes(x, hi, lo, H, gl, gh, g);
         out[j] = static_cast<G>(g);
     }
     return r;
 }
 
 template <class Z, class G>
-scan_result grad_block(const Z* z, index_t n, G* out, double lse, double H, double gl, double gh) noexcept {
+scan_result grad_block(const Z* z, index_t n, G* out, double hi, double lo, double H, double gl, double gh) noexcept {
 #if POSTTRAIN_LOGITS_SIMD
-    return grad_block_simd(z, n, out, lse, H, gl, gh);
+    return grad_block_simd(z, n, out, hi, lo, H, gl, gh);
 #else
-    return grad_block_portable(z, n, out, lse, H, gl, gh);
+    return grad_block_portable(z, n, out, hi, lo, H, gl, gh);
 #endif
 }
 
 // The upstream gradients and statistics of one scored position.
 struct position_grad_args {
-    double lse = 0, entropy = 0;        // of the softmax
+    // lse = hi + lo, unrounded: the recomputed (m, log s), whose log p_v = (z_v - m) - log s is exact
+    // to an ulp of log p_v at any logit offset, where z_v - lse carries half an ulp of lse (1e-13 at
+    // logits ~1e3: 9e-5 relative in the entropy gradient of a position whose H + log p_y is 1e-9);
+    // or a saved lse and 0.
+    double hi = 0, lo = 0;
+    double entropy = 0;                 // of the softmax
     double log_p = 0, one_minus_p = 1;  // of the label (unused without one)
     double gl = 0, gh = 0;              // dL/dlog p_y, dL/dH
 };
@@ -347,12 +353,12 @@ scan_result position_backward(const Z* z, index_t stride, G* g, index_t gstride,
                               const position_grad_args& s, double* buf, double* gbuf) noexcept {
     scan_result r;
     if (stride == 1 && gstride == 1) {
-        r = grad_block(z, V, g, s.lse, s.entropy, s.gl, s.gh);
+        r = grad_block(z, V, g, s.hi, s.lo, s.entropy, s.gl, s.gh);
     } else {
         for (index_t c0 = 0; c0 < V; c0 += chunk) {
             const index_t n = V - c0 < chunk ? V - c0 : chunk;
             for (index_t j = 0; j < n; ++j) buf[j] = double(z[(c0 + j) * stride]);
-            const scan_result c = grad_block(buf, n, gbuf, s.lse, s.entropy, s.gl, s.gh);
+            const scan_result c = grad_block(buf, n, gbuf, s.hi, s.lo, s.entropy, s.gl, s.gh);
             for (index_t j = 0; j < n; ++j) g[(c0 + j) * gstride] = static_cast<G>(gbuf[j]);
             if (c.bad >= 0 && r.bad < 0) r.bad = c0 + c.bad;
             r.any_finite |= c.any_finite;
@@ -585,16 +591,17 @@ void backward(const Policy& policy, tensor_view<const Z, 3> z, tensor_view<const
             if constexpr (HasUh) a.gh = double(uh(i, t));
             index_t why = -2;  // as position_stats::bad
             if constexpr (Saved) {
-                a.lse = double(slse(i, t));
+                a.hi = double(slse(i, t));
                 a.entropy = HasUh ? double(sh(i, t)) : 0.0;
                 if (k >= 0) {
-                    a.log_p = double(zp[k * z.stride(2)]) - a.lse;
+                    a.log_p = double(zp[k * z.stride(2)]) - a.hi;
                     a.one_minus_p = -std::expm1(a.log_p);
                 }
             } else {
                 const position_stats s = position_forward(zp, z.stride(2), V, k, chunk, HasUh, buf.data());
                 why = s.bad;
-                a.lse = s.out.lse;
+                a.hi = s.out.m;
+                a.lo = s.out.log_s;
                 a.entropy = HasUh ? s.out.entropy : 0.0;
                 a.log_p = s.out.log_p;
                 a.one_minus_p = s.out.one_minus_p;

@@ -81,7 +81,8 @@ double token_entropy_with_grad(tensor_view<const Z, 3> z, tensor_view<G, 3> g, i
             for (index_t v = 0; v < V; ++v) gp[v * g.stride(2)] = static_cast<G>(nan);
         } else {
             logits::detail::position_grad_args a;
-            a.lse = s.out.lse;
+            a.hi = s.out.m;
+            a.lo = s.out.log_s;
             a.entropy = s.out.entropy;
             a.gh = up;
             logits::detail::position_backward(zp, z.stride(2), gp, g.stride(2), V, index_t(-1), chunk, a, buf.data(),

@@ -242,7 +242,7 @@ POSTTRAIN_HD inline token_eval eval_token(double x, double y, double a, bool has
     // KL to the reference (not multiplied by the importance weight).
     if (has_ref) {
         const kl_eval k = kl_term(o, x, ref, w);
-        e.kv = k.value, e.kl_dlp = k.dlp + k.dw * pass;
+        e.kv = k.value, e.kl_dlp = pass != 0 ? k.total : k.dlp;
     }
     return e;
 }

@@ -368,17 +368,23 @@ POSTTRAIN_HD inline objective_eval token_objective(const options& o, double x, d
 }
 
 // The KL term of one token, before kl_coef: its value (times the ratio e^w when importance weighted),
-// d/dlp at fixed w, and d/dw (0 unless importance weighted).
+// d/dlp at fixed w, d/dw (0 unless importance weighted), and d/dlp + d/dw (the token's whole derivative
+// when w = lp - old passes its gradient).
 struct kl_eval {
-    double value = 0, dlp = 0, dw = 0;
+    double value = 0, dlp = 0, dw = 0, total = 0;
 };
 
 POSTTRAIN_HD inline kl_eval kl_term(const options& o, double x, double ref, double w) noexcept {
     const value_grad k = kl_token(x, ref, o.kl);
-    kl_eval e{k.value, k.grad, 0.0};
+    kl_eval e{k.value, k.grad, 0.0, k.grad};
     if (o.kl_importance_weighted) {
         const double rr = exp(w);
-        e.value = k.value * rr, e.dlp = k.grad * rr, e.dw = k.value * rr;
+        // k3 + dk3/dlp = (e^d - d - 1) + (1 - e^d) = -d exactly (d = ref - lp, where the gradient is
+        // live): summing the two terms instead would cancel e^d, losing 1e-5 relative at d = 30 (and
+        // differently under FMA contraction, so that host and device disagreed there).
+        const bool k3_live = o.kl.estimator == kl_estimator::k3 && !o.kl.straight_through && k.grad != 0;
+        const double sum = k3_live ? x - ref : k.value + k.grad;
+        e.value = k.value * rr, e.dlp = k.grad * rr, e.dw = k.value * rr, e.total = sum * rr;
     }
     return e;
 }
@@ -1024,7 +1030,7 @@ loss_result run(const Policy& policy, tensor_view<const T, 2> lp, tensor_view<co
             if (has_ref) {
                 const kl_eval k = kl_term(o, x, double(ref(i, t)), w);
                 kv = k.value, kl_dlp = k.dlp, kl_dw = k.dw;
-                if (token_level) kl_dlp += kl_dw * pass, kl_dw = 0;
+                if (token_level) kl_dlp = pass != 0 ? k.total : k.dlp, kl_dw = 0;
                 else if (!spread) kl_dlp += kl_dw * r.log_w_grad, kl_dw = 0;
             }
             const double kl_scale = wkl * o.kl_coef;
