@@ -33,6 +33,11 @@
 //
 // Scratch (gae_workspace_bytes / discounted_returns_workspace_bytes): per-tile maps, incoming
 // states and moments, per-row lambdas; from .with(workspace) or cudaMallocAsync on the stream.
+//
+// The scan (returns_problem: optional returns copy and per-row baseline), the tile moments
+// (block_tile_moments) and the whitening's finalize and apply (launch_whiten) are also the pieces of
+// masked_whiten (whiten.cuh), reinforce_pp and reinforce_pp_baseline (reinforce_pp.cuh) and remax
+// (remax.cuh).
 
 #if !defined(__CUDACC__)
 #error "<posttrain/advantage/gae.cuh> needs nvcc: include it only from .cu files"
@@ -186,13 +191,21 @@ struct gae_problem {
     }
 };
 
-template <class R, class M, class O>
+// out = G. Options of the estimators built on the returns: ret receives a copy of G as stored in out
+// (reinforce_pp's and remax's `returns`: the host copies it from the advantages' buffer), and with
+// subtract_baseline out = G - b_i * m (remax; ret keeps G). The stored value is what write returns:
+// the per-tile moments are those of the values the host whitens.
+template <class R, class M, class O, class Ret = O, class B = double>
 struct returns_problem {
     device_view<const R, 2> r;
     device_view<const M, 2> m;
     device_view<O, 2> out;
     masked_tokens mode = masked_tokens::reset;
     double gamma = 1;
+    device_view<Ret, 2> ret{};
+    bool write_ret = false;
+    device_view<const B, 1> base{};
+    bool subtract_baseline = false;
 
     struct token {
         R r;
@@ -201,9 +214,12 @@ struct returns_problem {
     __device__ token load(index_t i, index_t t) const { return {r(i, t), m(i, t)}; }
     __device__ scan_map map(const token& k, index_t) const { return returns_token_map(mode, double(k.r), double(k.m), gamma); }
     __device__ double weight(const token& k) const { return double(k.m); }
-    __device__ double write(index_t i, index_t t, const token&, double, double g) const {
-        out(i, t) = static_cast<O>(g);
-        return g;
+    __device__ double write(index_t i, index_t t, const token& k, double, double g) const {
+        O stored = static_cast<O>(g);
+        if (write_ret) ret(i, t) = static_cast<Ret>(stored);
+        if (subtract_baseline) stored = static_cast<O>(double(stored) - double(base(i)) * double(k.m));
+        out(i, t) = stored;
+        return double(stored);
     }
 };
 
@@ -256,6 +272,32 @@ __global__ void __launch_bounds__(scan_threads) scan_chunk_carry_kernel(scan_til
         running = scan_then(running, batch);
         __syncthreads();  // tmp is reused by the next batch
     }
+}
+
+// A tile's (weight, mean, M2), two-pass: each thread's w_sum = sum w and wx_sum = sum w x over its
+// items xs (zero past the tile's end, as are their weights weight(j)); the tile's mean goes through
+// shared memory, then the squared deviations are summed. Every thread of the block calls it (it has
+// barriers, the first one guarding `tmp` against its previous use); thread 0 gets the result.
+// Shared by the scan (its written values) and whiten.cuh's moments pass.
+template <class BlockSum, class Weight>
+__device__ __forceinline__ tile_moments block_tile_moments(typename BlockSum::TempStorage& tmp, double& shared_mean,
+                                                           const double (&xs)[scan_items], Weight weight, double w_sum,
+                                                           double wx_sum) {
+    __syncthreads();
+    const double W = BlockSum(tmp).Sum(w_sum);
+    __syncthreads();
+    const double S = BlockSum(tmp).Sum(wx_sum);
+    if (threadIdx.x == 0) shared_mean = W > 0 ? S / W : 0.0;
+    __syncthreads();
+    const double mean = shared_mean;
+    double m2 = 0;
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j) {
+        const double w = weight(j);
+        m2 += w * (xs[j] - mean) * (xs[j] - mean);
+    }
+    const double M2 = BlockSum(tmp).Sum(m2);
+    return {W, mean, M2};
 }
 
 // The tile scan: every token's state, written through the problem; optionally each tile's moments
@@ -323,21 +365,10 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
         }
     }
     if (moments == nullptr) return;  // uniform per launch: no block diverges at the barriers below
-    __syncthreads();                 // tmp.scan -> tmp.sum
-    const double W = block_sum(tmp.sum).Sum(w_sum);
-    __syncthreads();
-    const double S = block_sum(tmp.sum).Sum(wx_sum);
-    if (threadIdx.x == 0) tile_mean = W > 0 ? S / W : 0.0;
-    __syncthreads();
-    const double mean = tile_mean;
-    double m2 = 0;
-#pragma unroll
-    for (int j = 0; j < scan_items; ++j) {
-        const double w = j < count ? p.weight(tok[j]) : 0.0;
-        m2 += w * (xs[j] - mean) * (xs[j] - mean);
-    }
-    const double M2 = block_sum(tmp.sum).Sum(m2);
-    if (threadIdx.x == 0) moments[k] = {W, mean, M2};
+    // tmp.scan -> tmp.sum: block_tile_moments syncs first.
+    const tile_moments tm = block_tile_moments<block_sum>(
+        tmp.sum, tile_mean, xs, [&](int j) { return j < count ? p.weight(tok[j]) : 0.0; }, w_sum, wx_sum);
+    if (threadIdx.x == 0) moments[k] = tm;
 }
 
 // Chan et al.'s pairwise combination of (weight, mean, M2).
@@ -404,26 +435,29 @@ __global__ void __launch_bounds__(finalize_threads) whiten_finalize_kernel(const
     }
 }
 
-// x -> valid ? (x - mean) * rstd + shift : 0 (times the mask when mask_output). `dense`: a and m are
-// both row-major without padding, so that one flat index addresses both (the 64-bit division of the
-// general path made the kernel compute bound: 82% SM, 28% DRAM on an H100).
-template <class A, class M>
-__global__ void whiten_apply_kernel(device_view<A, 2> a, device_view<const M, 2> m, const whiten_transform* tr, bool mask_output,
-                                    bool dense) {
+// a = valid ? (v - mean) * rstd + shift : 0 (times the mask when mask_output), v read from src: a
+// itself (in place: gae, reinforce_pp) or another view (masked_whiten). Each element is read before
+// it is written, by the same thread, so src may be a. `dense`: src, a and m are all row-major
+// without padding, so that one flat index addresses them (the 64-bit division of the general path
+// made the kernel compute bound: 82% SM, 28% DRAM on an H100).
+template <class X, class A, class M>
+__global__ void whiten_apply_kernel(device_view<const X, 2> src, device_view<A, 2> a, device_view<const M, 2> m,
+                                    const whiten_transform* tr, bool mask_output, bool dense) {
     const whiten_transform x = *tr;
     const index_t cols = a.extent(1), total = a.extent(0) * cols;
-    auto apply = [&](A& out, const M* weight) {
-        double y = x.valid ? (double(out) - x.mean) * x.rstd + x.shift : 0.0;
+    auto apply = [&](const X& in, A& out, const M* weight) {
+        double y = x.valid ? (double(in) - x.mean) * x.rstd + x.shift : 0.0;
         if (mask_output) y *= double(*weight);
         out = static_cast<A>(y);
     };
     const index_t step = index_t(gridDim.x) * blockDim.x;
     if (dense) {
-        for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) apply(a.data()[e], m.data() + e);
+        for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step)
+            apply(src.data()[e], a.data()[e], m.data() + e);
     } else {
         for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
             const index_t i = e / cols, t = e % cols;
-            apply(a(i, t), &m(i, t));
+            apply(src(i, t), a(i, t), &m(i, t));
         }
     }
 }
@@ -478,6 +512,33 @@ void launch_scan(const exec::cuda_policy& policy, const P& p, const scan_tiles& 
     }
     scan_tiles_kernel<<<static_cast<unsigned>(s.tiles), scan_threads, 0, policy.stream>>>(p, s, carry, moments);
     posttrain::detail::check_launch(fn);
+}
+
+// The whitening's last two launches, after the tiles' moments: one block folds them into the
+// transform (and stats, and the status bit), then a = transform(src) (src may be a: in place).
+// Launched for an empty batch too (no tiles): the statistics and the degenerate status are still due.
+template <class X, class A, class M>
+void launch_whiten(const exec::cuda_policy& policy, const tile_moments* moments, index_t tiles, const whiten_params& w,
+                   whiten_transform* tr, double* stats, device_view<const X, 2> src, device_view<A, 2> a,
+                   device_view<const M, 2> m, const char* fn) {
+    whiten_finalize_kernel<<<1, finalize_threads, 0, policy.stream>>>(moments, tiles, w, tr, stats, policy.status);
+    posttrain::detail::check_launch(fn);
+    const index_t rows = a.extent(0), cols = a.extent(1);
+    if (rows * cols == 0) return;
+    const index_t blocks = (rows * cols + 255) / 256;
+    auto dense_view = [cols](index_t s0, index_t s1) { return s1 == 1 && s0 == cols; };
+    const bool dense = dense_view(a.stride(0), a.stride(1)) && dense_view(src.stride(0), src.stride(1)) &&
+                       dense_view(m.stride(0), m.stride(1));
+    whiten_apply_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, policy.stream>>>(src, a, m, tr, w.mask_output,
+                                                                                                          dense);
+    posttrain::detail::check_launch(fn);
+}
+
+// The `stats` output of the CUDA whitening overloads: {mean, variance, count}.
+inline void check_whiten_stats(device_view<double, 1> stats, const char* fn) {
+    posttrain::detail::require(stats.extent(0) == 3 && stats.stride(0) == 1, {fn, "stats"},
+                               "expected 3 contiguous doubles (mean, variance, count), found " +
+                                   posttrain::detail::str(stats.extent(0)));
 }
 
 template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
@@ -543,16 +604,8 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                     floating_output<2, device_space>(returns, {fn, "returns"}));
             }
             if (!options.whiten) return;
-            auto* tr = scratch.as<whiten_transform>(l.transform);
-            whiten_finalize_kernel<<<1, finalize_threads, 0, policy.stream>>>(
-                moments, s.tiles, make_whiten_params(options.whitening, options.mask_output), tr, stats, policy.status);
-            posttrain::detail::check_launch(fn);
-            if (rows * cols == 0) return;
-            const index_t blocks = (rows * cols + 255) / 256;
-            const bool dense = a.stride(1) == 1 && a.stride(0) == cols && m.stride(1) == 1 && m.stride(0) == cols;
-            whiten_apply_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, policy.stream>>>(
-                a, m, tr, options.mask_output, dense);
-            posttrain::detail::check_launch(fn);
+            launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
+                          scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
         },
         floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         floating_input<2, device_space>(values, {fn, "values"}),
@@ -583,9 +636,7 @@ template <class TokenRewards, class Values, class Mask, class Advantages, class 
 void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
          Advantages&& advantages, Returns&& returns, const gae_options& options, device_view<double, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::gae";
-    posttrain::detail::require(stats.extent(0) == 3 && stats.stride(0) == 1, {fn, "stats"},
-                               "expected 3 contiguous doubles (mean, variance, count), found " +
-                                   posttrain::detail::str(stats.extent(0)));
+    detail::check_whiten_stats(stats, fn);
     posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
     detail::gae_cuda(policy, token_rewards, values, mask, advantages, returns, options, stats.data());
 }
