@@ -298,6 +298,22 @@ void remax_matrix(double tol, const char* type) {
     for (const auto& s : shapes) compare_remax(make_batch<T>(s[0], s[1], seed++), tol, "remax " + at(type, s[0], s[1]));
 }
 
+// With non-finite inputs: non-finite exactly where the host's result is, close elsewhere. The scan
+// composes affine maps, so an inf reaching a composition can come out as NaN (inf * 0) where the
+// host's recurrence steps to +-inf (seen on an H100): only finiteness is compared there.
+void close_or_nonfinite(const std::vector<double>& got, const std::vector<double>& want, double tol, const std::string& what) {
+    int bad = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const bool ok = std::isfinite(want[i]) ? std::isfinite(got[i]) && std::fabs(got[i] - want[i]) <= tol * std::fmax(1.0, std::fabs(want[i]))
+                                               : !std::isfinite(got[i]);
+        if (!ok && bad++ < 5)
+            pt::test::report_failure(__FILE__, __LINE__,
+                                     what + ": index " + std::to_string(i) + ": got " + std::to_string(got[i]) + ", want " +
+                                         std::to_string(want[i]));
+    }
+    ++pt::test::state().checks;
+}
+
 // Whether `f` throws posttrain::invalid_argument naming `fn` and `arg`.
 bool throws_naming(const std::function<void()>& f, const std::string& fn, const std::string& arg) {
     try {
@@ -485,8 +501,8 @@ PT_TEST("reinforce_pp family: status word (degenerate whitening, non-finite inpu
         device_vec<std::uint32_t> status(1, 0u);
         adv::reinforce_pp(pt::exec::cuda.with_status(status.data()), dview(dn, n, t), dview(dm, n, t), dout(da, n, t), dout(dg, n, t));
         PT_CHECK(status.host()[0] == 0);
-        pt::test::close_to(da.host(), a, 1e-10, "reinforce_pp non-finite advantages");
-        pt::test::close_to(dg.host(), g, 1e-10, "reinforce_pp non-finite returns");
+        close_or_nonfinite(da.host(), a, 1e-10, "reinforce_pp non-finite advantages");
+        close_or_nonfinite(dg.host(), g, 1e-10, "reinforce_pp non-finite returns");
     }
     {
         std::vector<double> a(x.r.size()), g(x.r.size());
@@ -495,8 +511,8 @@ PT_TEST("reinforce_pp family: status word (degenerate whitening, non-finite inpu
         device_vec<std::uint32_t> status(1, 0u);
         adv::remax(pt::exec::cuda.with_status(status.data()), dview(dn, n, t), db.cview(), dview(dm, n, t), dout(da, n, t), dout(dg, n, t));
         PT_CHECK(status.host()[0] == 0);
-        pt::test::close_to(da.host(), a, 1e-10, "remax non-finite advantages");
-        pt::test::close_to(dg.host(), g, 1e-10, "remax non-finite returns");
+        close_or_nonfinite(da.host(), a, 1e-10, "remax non-finite advantages");
+        close_or_nonfinite(dg.host(), g, 1e-10, "remax non-finite returns");
     }
     // A NaN sequence reward under the centring's nonfinite::raise: grpo's status_nonfinite_input.
     {

@@ -21,7 +21,8 @@
 // block) an exclusive scan over its chunks, in a fixed order, giving each chunk its incoming state.
 // No inter-block communication inside a kernel and no atomics in the arithmetic: the bits depend
 // only on N and T (run to run and GPU to GPU). They differ from the host recurrence by rounding
-// only (maps are composed where the host steps).
+// only (maps are composed where the host steps), except that an infinite input can make earlier
+// tokens of its row NaN where the host gives +-inf (inf * 0 inside a composition; H100 run).
 //
 // Whitening: the tile kernel also leaves each tile's (weight, mean, M2) of the advantages it wrote;
 // one block combines them in a fixed order (Chan et al.) and a last kernel applies the transform.

@@ -19,7 +19,8 @@
 // as gae.cuh and grpo.cuh are. Status word: too few valid tokens under degenerate::raise (where the
 // host throws) set status_empty_reduction and the advantages are zeros (returns are still written);
 // grpo's own bits for reinforce_pp_baseline (e.g. status_nonfinite_input under the centring's
-// nonfinite::raise). The host has no non-finite check in reinforce_pp and neither has the device.
+// nonfinite::raise). The host has no non-finite check in reinforce_pp and neither has the device
+// (non-finite returns stay non-finite, though an inf can come out as NaN: gae.cuh).
 // Stricter than the host, because the device writes while other blocks read: `returns` may not
 // overlap token_rewards or mask, nor advantages the mask.
 //

@@ -10,7 +10,8 @@
 // advantages = G - b_i * m, returns = G. One pass: gae.cuh's returns scan writes both outputs
 // (returns_problem with subtract_baseline), with the chunk passes first for rows longer than 2048
 // tokens. Deterministic run to run (gae.cuh). No status bits: the host checks nothing the device
-// could only see (NaN propagates through its row). Stricter than the host, because the device writes
+// could only see (NaN propagates through its row; an inf reward can give NaN where the host gives
+// +-inf: the scan composes maps, gae.cuh). Stricter than the host, because the device writes
 // while other blocks read: returns may not overlap token_rewards, baselines or mask, nor advantages
 // the mask.
 //
