@@ -285,22 +285,18 @@ def main():
                     results.append(f"{op}: no memcpy_fraction")
                     continue
                 results.append(f"{op} @ {n}: {v:.2f} of copy -> {'met' if v >= need else 'MISSED'}")
-            elif metric == "memory":
-                got = memory_used.get((op, n), {})
+            else:  # against a peer: its time ("ratio", at least `need`) or its memory ("memory", at most)
+                memory = metric == "memory"
+                got = (memory_used if memory else measured).get((op, n), {})
                 p = pick_peer(wanted, list(got))
                 if p is None:
-                    results.append(f"{op} @ {n}: no peer memory ({why or 'peer not measured on a GPU'})")
+                    results.append(f"{op} @ {n}: no peer {'memory' if memory else 'time'} "
+                                   f"({why or 'peer not measured' + (' on a GPU' if memory else '')})")
                     continue
                 v = got[p]
-                results.append(f"{op} @ {n}: {100 * v:.3f}% of {p}'s extra memory -> {'met' if v <= need else 'MISSED'}")
-            else:
-                got = measured.get((op, n), {})
-                p = pick_peer(wanted, list(got))
-                if p is None:
-                    results.append(f"{op} @ {n}: no peer time ({why or 'peer not measured'})")
-                    continue
-                v = got[p]
-                results.append(f"{op} @ {n}: {v:.1f}x {p} -> {'met' if v >= need else 'MISSED'}")
+                met = v <= need if memory else v >= need
+                shown = f"{100 * v:.3f}% of {p}'s extra memory" if memory else f"{v:.1f}x {p}"
+                results.append(f"{op} @ {n}: {shown} -> {'met' if met else 'MISSED'}")
         print(f"  {name}")
         for line in results:
             print(f"      {line}")

@@ -20,6 +20,8 @@ namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
 using pt::test::device_vec;
+using pt::test::dout;
+using pt::test::dview;
 
 namespace {
 
@@ -49,14 +51,6 @@ batch<T> make_batch(index_t n, index_t t, std::uint64_t seed) {
     return b;
 }
 
-template <class T>
-pt::device_view<const T, 2> dview(const device_vec<T>& d, index_t n, index_t t) {
-    return pt::device_view<const T, 2>(d.data(), n, t);
-}
-template <class T>
-pt::device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
-    return pt::device_view<T, 2>(d.data(), n, t);
-}
 
 // GPU against host for one batch and options; tol relative to max(1, |want|).
 template <class T>

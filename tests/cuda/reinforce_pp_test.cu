@@ -26,6 +26,8 @@ namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
 using pt::test::device_vec;
+using pt::test::dout;
+using pt::test::dview;
 
 namespace {
 
@@ -63,14 +65,6 @@ pt::tensor_view<const T, 2> hview(const std::vector<T>& v, index_t n, index_t t)
 template <class T>
 pt::tensor_view<T, 2> hout(std::vector<T>& v, index_t n, index_t t) {
     return pt::tensor_view<T, 2>(v.data(), n, t);
-}
-template <class T>
-pt::device_view<const T, 2> dview(const device_vec<T>& d, index_t n, index_t t) {
-    return pt::device_view<const T, 2>(d.data(), n, t);
-}
-template <class T>
-pt::device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
-    return pt::device_view<T, 2>(d.data(), n, t);
 }
 
 // A strided device layout of an [n, t] host matrix: column-major (strides {1, n}) so that neither

@@ -44,6 +44,16 @@ private:
     std::size_t n_;
 };
 
+// [n, t] row-major views of a device buffer: read-only (dview) and writable (dout).
+template <class T>
+device_view<const T, 2> dview(const device_vec<T>& d, index_t n, index_t t) {
+    return device_view<const T, 2>(d.data(), n, t);
+}
+template <class T>
+device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
+    return device_view<T, 2>(d.data(), n, t);
+}
+
 // `full`, or `small` when the environment asks for quick runs (harness.hpp quick(): sanitizers).
 inline index_t quick_size(index_t full, index_t small) { return quick() && small < full ? small : full; }
 

@@ -542,6 +542,22 @@ inline void check_whiten_stats(device_view<double, 1> stats, const char* fn) {
                                    posttrain::detail::str(stats.extent(0)));
 }
 
+// The optional `returns` output of gae, reinforce_pp and remax: run(ret, true) with the view after
+// check(ret) (its shape and overlaps), or run(an empty view of A, false) for posttrain::none.
+template <class A, class Returns, class Check, class Run>
+void visit_returns(const Returns& returns, const char* fn, Check&& check, Run&& run) {
+    if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+        run(device_view<A, 2>(), false);
+    } else {
+        std::visit(
+            [&](auto ret) {
+                check(ret);
+                run(ret, true);
+            },
+            posttrain::detail::floating_output<2, device_space>(returns, {fn, "returns"}));
+    }
+}
+
 template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
               Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats) {
@@ -590,20 +606,9 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                 p.write_ret = has_returns && !decoupled;
                 launch_scan(policy, p, s, scratch, l, moments, fn);
             };
-            if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-                run(device_view<A, 2>(), false);
-            } else {
-                std::visit(
-                    [&](auto ret) {
-                        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, v, {fn, "returns"}, "values");
-                        check_no_alias(ret, m, {fn, "returns"}, "mask");
-                        check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                        run(ret, true);
-                    },
-                    floating_output<2, device_space>(returns, {fn, "returns"}));
-            }
+            visit_returns<A>(
+                returns, fn,
+                [&](auto ret) { check_gae_returns(ret, r, v, m, a, fn); }, run);
             if (!options.whiten) return;
             launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
                           scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);

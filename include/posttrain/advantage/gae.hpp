@@ -413,6 +413,16 @@ void check_gae_views(R r, V v, M m, A a, const char* fn) {
     check_no_alias(a, m, {fn, "advantages"}, "mask");
 }
 
+// The same for gae's optional returns output `ret`.
+template <class Ret, class R, class V, class M, class A>
+void check_gae_returns(Ret ret, R r, V v, M m, A a, const char* fn) {
+    check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(ret, v, {fn, "returns"}, "values");
+    check_no_alias(ret, m, {fn, "returns"}, "mask");
+    check_no_alias(ret, a, {fn, "returns"}, "advantages");
+}
+
 // The shared body of gae and gae_per_row_lambda. row_lambda: a [N] view of per-row advantage
 // lambdas, or nullptr_t.
 template <class Policy, class RowLambda, class TokenRewards, class Values, class Mask, class Advantages, class Returns>
@@ -482,11 +492,7 @@ moments_result gae_entry(const Policy& policy, const TokenRewards& token_rewards
                 auto rv = posttrain::detail::floating_output<2>(returns, {fn, "returns"});
                 finite = std::visit(
                     [&](auto ret) {
-                        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, v, {fn, "returns"}, "values");
-                        check_no_alias(ret, m, {fn, "returns"}, "mask");
-                        check_no_alias(ret, a, {fn, "returns"}, "advantages");
+                        check_gae_returns(ret, r, v, m, a, fn);
                         return run(&ret);
                     },
                     rv);

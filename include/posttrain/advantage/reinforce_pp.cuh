@@ -67,19 +67,15 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
                 launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
                               scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
             };
-            if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-                run(device_view<A, 2>(), false);
-            } else {
-                std::visit(
-                    [&](auto ret) {
-                        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                        check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
-                        check_no_alias(ret, m, {fn, "returns"}, "mask");
-                        run(ret, true);
-                    },
-                    floating_output<2, device_space>(returns, {fn, "returns"}));
-            }
+            visit_returns<A>(
+                returns, fn,
+                [&](auto ret) {
+                    check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+                    check_no_alias(ret, a, {fn, "returns"}, "advantages");
+                    check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
+                    check_no_alias(ret, m, {fn, "returns"}, "mask");
+                },
+                run);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),

@@ -37,12 +37,8 @@ void remax(const exec::cuda_policy& policy, const TokenRewards& token_rewards, c
     using posttrain::detail::floating_output;
     std::visit(
         [&](auto r, auto b, auto m, auto a) {
-            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            detail::check_extent(b.extent(0), r.extent(0), {fn, "baselines"}, "length (one per row)");
-            detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
-            detail::check_no_alias(a, b, {fn, "advantages"}, "baselines");
-            detail::check_no_alias(a, m, {fn, "advantages"}, "mask");
+            detail::check_remax_views(r, b, m, a, fn);
+            detail::check_no_alias(a, m, {fn, "advantages"}, "mask");  // the device reads m while writing a
             const index_t rows = r.extent(0), cols = r.extent(1);
             using R = typename decltype(r)::value_type;
             using B = typename decltype(b)::value_type;
@@ -60,20 +56,16 @@ void remax(const exec::cuda_policy& policy, const TokenRewards& token_rewards, c
                 p.subtract_baseline = true;
                 detail::launch_scan(policy, p, s, scratch, l, nullptr, fn);
             };
-            if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-                run(device_view<A, 2>(), false);
-            } else {
-                std::visit(
-                    [&](auto ret) {
-                        detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                        detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                        detail::check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
-                        detail::check_no_alias(ret, b, {fn, "returns"}, "baselines");
-                        detail::check_no_alias(ret, m, {fn, "returns"}, "mask");
-                        run(ret, true);
-                    },
-                    floating_output<2, device_space>(returns, {fn, "returns"}));
-            }
+            detail::visit_returns<A>(
+                returns, fn,
+                [&](auto ret) {
+                    detail::check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+                    detail::check_no_alias(ret, a, {fn, "returns"}, "advantages");
+                    detail::check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
+                    detail::check_no_alias(ret, b, {fn, "returns"}, "baselines");
+                    detail::check_no_alias(ret, m, {fn, "returns"}, "mask");
+                },
+                run);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         posttrain::detail::floating_input<1, device_space>(baselines, {fn, "baselines"}),

@@ -8,6 +8,18 @@
 
 namespace posttrain::advantage {
 
+namespace detail {
+// The shapes and overlaps remax's host and CUDA entries both check.
+template <class R, class B, class M, class A>
+void check_remax_views(const R& r, const B& b, const M& m, const A& a, const char* fn) {
+    check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+    check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+    check_extent(b.extent(0), r.extent(0), {fn, "baselines"}, "length (one per row)");
+    check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+    check_no_alias(a, b, {fn, "advantages"}, "baselines");
+}
+}  // namespace detail
+
 // advantages and returns are [N,T]; baselines[N] are the greedy-decode rewards.
 template <class Policy, class TokenRewards, class Baselines, class Mask, class Advantages, class Returns>
 void remax(const Policy& policy, const TokenRewards& token_rewards, const Baselines& baselines, const Mask& mask,
@@ -16,11 +28,7 @@ void remax(const Policy& policy, const TokenRewards& token_rewards, const Baseli
     constexpr const char* fn = "posttrain::advantage::remax";
     std::visit(
         [&](auto r, auto b, auto m, auto a) {
-            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            detail::check_extent(b.extent(0), r.extent(0), {fn, "baselines"}, "length (one per row)");
-            detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
-            detail::check_no_alias(a, b, {fn, "advantages"}, "baselines");
+            detail::check_remax_views(r, b, m, a, fn);
             using A = typename decltype(a)::value_type;
             detail::returns_into(policy, r, m, a, returns, {1.0, masked_tokens::zero_rewards}, fn);
             detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
