@@ -646,6 +646,25 @@ TEST_CASE("policy_loss::compute: straight-through KL takes k2's gradient with th
     CHECK(run(pt::exec::seq, p, o, use{true, false, false, false}, nullptr).kl_loss == r_st.kl_loss);
 }
 
+// Importance-weighted k3 (TRL use_bias_correction_kl): d/dlp [k3 e^w] = e^w (k3 + dk3/dlp) = e^w (lp - ref).
+// Adding the two terms cancels e^(ref - lp): at ref - lp = 30 they are 1.4e13 and sum to ~40 (1e-5 of
+// the result lost, and differently under FMA contraction: the H100 disagreed with the host there).
+TEST_CASE("policy_loss::compute: importance-weighted k3 gradient is exact far from the reference") {
+    const double lp = -2.2969421887324653, old = -2.5596178094389446;
+    for (const double gap : {30.0, 5.0, -3.0, 0.0}) {
+        const double ref = lp + gap;
+        pl::options o = with_kl(base(objective::policy_gradient), pl::kl_options{}, true, 0.1);
+        o.aggregation.mode = aggregation::token_sum;
+        std::vector<double> x{lp}, y{old}, a{0.0}, m{1.0}, r{ref}, g{0.0};
+        pl::extras ex;
+        ex.ref_log_probs = matrix(r, 1, 1);
+        (void)pl::compute(pt::exec::seq, matrix(x, 1, 1), matrix(y, 1, 1), matrix(a, 1, 1), matrix(m, 1, 1), matrix(g, 1, 1), o, ex);
+        const long double want = 0.1L * std::exp(static_cast<long double>(lp) - old) * (static_cast<long double>(lp) - ref);
+        CAPTURE(gap);
+        CHECK(std::fabs(g[0] - static_cast<double>(want)) <= 1e-14 * std::fabs(static_cast<double>(want)));
+    }
+}
+
 // ---- subgradients at the kinks ----
 
 namespace {
