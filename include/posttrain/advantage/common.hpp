@@ -92,6 +92,19 @@ void check_no_alias(tensor_view<T, R, S> out, tensor_view<U, Q, S> in, where out
             std::string("the output overlaps the input '") + in_name + "'; pass a separate buffer");
 }
 
+// An output may be the input itself (the same elements in the same order: an in-place update where
+// each element is read before it is written) but may not partly overlap it. Host and device views.
+template <class T, int R, class U, int Q, class S>
+void check_same_or_disjoint(tensor_view<T, R, S> out, tensor_view<U, Q, S> in, where out_arg, const char* in_name) {
+    bool same = false;
+    if constexpr (R == Q && std::is_same_v<std::remove_const_t<T>, std::remove_const_t<U>>) {
+        same = static_cast<const void*>(out.data()) == static_cast<const void*>(in.data());
+        for (int d = 0; d < R && same; ++d) same = out.extent(d) == in.extent(d) && out.stride(d) == in.stride(d);
+    }
+    require(same || !views_overlap(out, in), out_arg,
+            std::string("the output partly overlaps the input '") + in_name + "'; pass the same view or a separate buffer");
+}
+
 inline void check_extent(index_t found, index_t expected, where w, const char* what) {
     require(found == expected, w,
             std::string("expected ") + what + " " + str(expected) + ", found " + str(found));

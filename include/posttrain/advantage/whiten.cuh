@@ -102,17 +102,6 @@ void whiten_cuda(const exec::cuda_policy& policy, const Source& src, const postt
     launch_whiten(policy, moments, s.tiles, w, scratch.as<whiten_transform>(l.transform), stats, x, a, m, fn);
 }
 
-// out is values itself (the same elements in the same order), or shares no byte with it.
-template <class X, class O>
-void check_in_place_or_apart(device_view<const X, 2> x, device_view<O, 2> o, const char* fn) {
-    bool same = false;
-    if constexpr (std::is_same_v<X, O>)
-        same = o.data() == x.data() && o.stride(0) == x.stride(0) && o.stride(1) == x.stride(1);
-    require(same || !views_overlap(o, x), {fn, "out"},
-            "the output overlaps the input 'values' without being the same view; whiten in place with out = values, or pass a "
-            "separate buffer");
-}
-
 template <class Values, class Mask, class Out>
 void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,
                         const whiten_options& options, double* stats) {
@@ -121,7 +110,7 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
         [&](auto x, auto m, auto o) {
             check_same_shape(m, x, {fn, "mask"}, "values");
             check_same_shape(o, x, {fn, "out"}, "values");
-            check_in_place_or_apart(x, o, fn);
+            check_same_or_disjoint(o, x, {fn, "out"}, "values");
             check_no_alias(o, m, {fn, "out"}, "mask");
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

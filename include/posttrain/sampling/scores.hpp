@@ -133,13 +133,7 @@ void check_finite_if(tensor_view<const T, 1> x, nonfinite n, where w) {
 }
 
 // Outputs may be the input itself (an in-place update) but may not partly overlap it.
-template <class O, class I>
-void check_same_or_disjoint(tensor_view<O, 1> out, tensor_view<const I, 1> in, where w, const char* in_name) {
-    const bool same = static_cast<const void*>(out.data()) == static_cast<const void*>(in.data()) &&
-                      std::is_same_v<std::remove_const_t<O>, I> && out.stride(0) == in.stride(0);
-    require(same || !views_overlap(out, in), w,
-            std::string("the output partly overlaps the input '") + in_name + "'; pass the same view or a separate buffer");
-}
+using posttrain::advantage::detail::check_same_or_disjoint;
 
 using posttrain::detail::rounded;
 
