@@ -3,10 +3,18 @@
 // fails this binary's link instead of a user's.
 
 #include <posttrain/advantage/gae.cuh>
+#include <posttrain/advantage/gdpo.cuh>
+#include <posttrain/advantage/gpg.cuh>
 #include <posttrain/advantage/grpo.cuh>
+#include <posttrain/advantage/opo.cuh>
+#include <posttrain/advantage/passk.cuh>
+#include <posttrain/advantage/reinforce_pp.cuh>
+#include <posttrain/advantage/remax.cuh>
 #include <posttrain/advantage/rloo.cuh>
+#include <posttrain/advantage/whiten.cuh>
 #include <posttrain/cuda/dtypes.cuh>
 #include <posttrain/cuda/exec.cuh>
+#include <posttrain/cuda/group_team.cuh>
 #include <posttrain/cuda/grouping.cuh>
 #include <posttrain/cuda/groups.cuh>
 #include <posttrain/cuda/outcome.cuh>

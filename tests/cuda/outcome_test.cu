@@ -335,8 +335,9 @@ PT_TEST("host-detectable misuse throws before launching") {
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{3}, da.view()), pt::invalid_argument);
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, small.view()), pt::invalid_argument);
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, dr.view()), pt::invalid_argument);
-    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, da.view(), adv::grpo_options::verl_vectorized()),
-                    pt::invalid_argument);
+    adv::grpo_options f32_batch = adv::grpo_options::verl_vectorized();
+    f32_batch.std_scale = adv::scale::batch;  // float32_one_pass reproduces verl's group_mean_std only
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, da.view(), f32_batch), pt::invalid_argument);
     adv::grpo_options err;
     err.singleton_groups = adv::singleton::error;
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{1}, da.view(), err), pt::invalid_argument);

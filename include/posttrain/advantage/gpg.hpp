@@ -24,31 +24,51 @@ struct gpg_options {
     }
 };
 
+namespace detail {
+
+// The centring GPG scales: Dr. GRPO (no std) with the options' group conventions.
+inline grpo_options gpg_centring(const gpg_options& o) {
+    grpo_options c = grpo_options::dr_grpo();
+    c.singleton_groups = o.singleton_groups;
+    c.nonfinite_rewards = o.nonfinite_rewards;
+    c.zero_variance_groups = o.zero_variance_groups;
+    return c;
+}
+
+// alpha / f_norm, with alpha = N / max(nonzero, 1) when the options leave it to the batch (in
+// float32 as verl's integer-tensor division, or double). One function for the host and the device.
+POSTTRAIN_HD inline double gpg_gain(double alpha, double f_norm, bool float32_alpha, index_t rows, index_t nonzero) noexcept {
+    if (alpha == 0.0) {
+        const index_t denom = nonzero > 1 ? nonzero : 1;
+        alpha = float32_alpha ? static_cast<double>(f32_div(static_cast<float>(rows), static_cast<float>(denom)))
+                              : static_cast<double>(rows) / static_cast<double>(denom);
+    }
+    return alpha / f_norm;
+}
+
+inline void check_gpg_options(const gpg_options& o, const char* fn) {
+    require(o.f_norm != 0, {fn, "options.f_norm"}, "must be non-zero");
+}
+
+}  // namespace detail
+
 template <class Policy, class Rewards, class Groups, class Advantages>
 group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
                        const gpg_options& options = {}) {
-    static_assert(host_policy<Policy>, "posttrain::advantage::gpg: host policy expected");
+    static_assert(host_policy<Policy>,
+                  "posttrain::advantage::gpg: this overload runs on the host; include <posttrain/advantage/gpg.cuh> for exec::cuda");
     constexpr const char* fn = "posttrain::advantage::gpg";
-    detail::require(options.f_norm != 0, {fn, "options.f_norm"}, "must be non-zero");
+    detail::check_gpg_options(options, fn);
     return std::visit(
         [&](auto r, auto a) {
             detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
-            double alpha = options.alpha;
-            if (alpha == 0.0) {
-                index_t nonzero = 0;
-                for (index_t i = 0; i < r.extent(0); ++i) nonzero += r(i) != 0;
-                const index_t denom = nonzero > 1 ? nonzero : 1;
-                alpha = options.float32_alpha ? double(float(r.extent(0)) / float(denom))
-                                              : double(r.extent(0)) / double(denom);
-            }
-            grpo_options centring = grpo_options::dr_grpo();
-            centring.singleton_groups = options.singleton_groups;
-            centring.nonfinite_rewards = options.nonfinite_rewards;
-            centring.zero_variance_groups = options.zero_variance_groups;
-            const group_stats_result res = detail::grpo_impl(policy, r, layout, a, centring, fn);
+            index_t nonzero = 0;
+            if (options.alpha == 0.0)
+                for (index_t i = 0; i < r.extent(0); ++i) nonzero += r(i) != 0;  // a NaN counts, as in torch
+            const group_stats_result res = detail::grpo_impl(policy, r, layout, a, detail::gpg_centring(options), fn);
             using A = typename decltype(a)::value_type;
-            const double factor = alpha / options.f_norm;
+            const double factor = detail::gpg_gain(options.alpha, options.f_norm, options.float32_alpha, r.extent(0), nonzero);
             detail::for_each_row(policy, a.extent(0), 1, [&](index_t i) { a(i) = static_cast<A>(double(a(i)) * factor); });
             return res;
         },

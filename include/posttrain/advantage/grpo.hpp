@@ -8,6 +8,7 @@
 #include <variant>
 
 #include "common.hpp"
+#include "grpo_math.hpp"
 
 #if defined(__AVX512F__) && !defined(POSTTRAIN_NO_SIMD)
 #include <immintrin.h>
@@ -74,30 +75,6 @@ struct grpo_options {
 };
 
 namespace detail {
-
-// Per-group statistics in verl's float32 one-pass form (group_mean_std).
-struct float32_group_stats {
-    float count = 0, mean = 0, std = 1;
-};
-
-template <class Reader, class Rows>
-float32_group_stats float32_one_pass_stats(const Reader& x, const Rows& rows, index_t n, double eps) {
-    float s1 = 0, s2 = 0;
-    for (index_t j = 0; j < n; ++j) {
-        const float v = static_cast<float>(x(rows(j)));
-        s1 += v;
-        s2 += v * v;
-    }
-    float32_group_stats s;
-    s.count = static_cast<float>(n);
-    if (n <= 1) return s;  // singleton (or empty): mean 0, std 1
-    const float c = s.count;
-    s.mean = s1 / c;
-    const float var = (s2 - (s1 * s1) / c) / (c - 1.0f);
-    const float floor = static_cast<float>(eps);
-    s.std = std::sqrt(var > floor ? var : floor);
-    return s;
-}
 
 // Standard deviation from the sum of squared deviations of `count` values, with the options' ddof
 // (TRL's float32 Bessel factor when asked).
@@ -474,22 +451,13 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
             const double* v = buffer.gather(x, rows, n);
             // verl's float32 statistics; singletons take the common path below (mean 0, std 1 there too).
             if (o.stats == statistics::float32_one_pass && n > 1) {
-                bool constant = true;
-                for (index_t j = 1; j < n; ++j) constant &= v[j] == v[0];
-                if (constant) {
-                    k = 3;
-                    if (o.zero_variance_groups == zero_variance::zero) {
-                        for (index_t j = 0; j < n; ++j) y(rows(j), 0.0);
-                        return;
-                    }
-                }
-                const float32_group_stats s = float32_one_pass_stats(x, rows, n, o.epsilon);
-                // float32 std + eps (a float32 tensor plus a Python float), then float64 division.
-                const double denom = static_cast<double>(s.std + static_cast<float>(o.epsilon));
-                for (index_t j = 0; j < n; ++j) {
-                    const double c = v[j] - static_cast<double>(s.mean);
-                    y(rows(j), o.std_scale == scale::none ? c : c / denom);
-                }
+                outcome_params f32;  // what float32_one_pass_transform reads (the option checks left no more)
+                f32.std_scale = o.std_scale;
+                f32.epsilon = o.epsilon;
+                f32.zero_variance_groups = o.zero_variance_groups;
+                const outcome_transform t = float32_one_pass_transform(f32, n, values_at{v});
+                if (t.kind == group_zero_variance) k = 3;
+                for (index_t j = 0; j < n; ++j) y(rows(j), t(v[j]));
                 return;
             }
             const group_moments m = skip_nan ? moments_of<true>(v, n) : moments_of<false>(v, n);
@@ -570,10 +538,8 @@ group_stats_result grpo_impl(const Policy& p, tensor_view<const In, 1> r, const 
 }  // namespace detail
 
 namespace detail {
-// The public entry shared by grpo and rloo: adapts the arguments, validates them, runs the kernel.
-template <class Policy, class Rewards, class Groups, class Advantages>
-group_stats_result grpo_entry(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
-                              const grpo_options& options, const char* fn) {
+// The option checks of every backend.
+inline void check_grpo_options(const grpo_options& options, const char* fn) {
     require(options.epsilon >= 0, {fn, "options.epsilon"}, "must be >= 0, found " + std::to_string(options.epsilon));
     if (options.stats == statistics::float32_one_pass)
         require(!options.leave_one_out && options.std_scale != scale::batch &&
@@ -581,6 +547,13 @@ group_stats_result grpo_entry(const Policy& policy, const Rewards& rewards, cons
                 {fn, "options.stats"},
                 "statistics::float32_one_pass reproduces verl's group_mean_std only: it takes scale::group or "
                 "scale::none, ddof::sample, no leave_one_out and no nonfinite::ignore");
+}
+
+// The public entry shared by grpo and rloo: adapts the arguments, validates them, runs the kernel.
+template <class Policy, class Rewards, class Groups, class Advantages>
+group_stats_result grpo_entry(const Policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
+                              const grpo_options& options, const char* fn) {
+    check_grpo_options(options, fn);
     auto rv = posttrain::detail::floating_input<1>(rewards, {fn, "rewards"});
     auto av = posttrain::detail::floating_output<1>(advantages, {fn, "advantages"});
     return std::visit(
@@ -641,7 +614,8 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
             detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
                 double mu = 0, sd = 1;
                 if (options.stats == statistics::float32_one_pass && (n > 1 || options.singleton_unit)) {
-                    const auto st = detail::float32_one_pass_stats(x, rows, n, options.epsilon);
+                    detail::group_buffer buffer;
+                    const auto st = detail::float32_one_pass_stats(n, options.epsilon, detail::values_at{buffer.gather(x, rows, n)});
                     mu = st.mean;
                     sd = st.std;
                 } else if (n > 1 || !options.singleton_unit) {

@@ -32,6 +32,8 @@ struct outcome_params {
     bool skip_nan = false;          // nonfinite::ignore
     double singleton_denom = 1.0;   // the std-plus-epsilon of a raw singleton under scale::group
     double batch_sigma = 0.0;       // the batch std under scale::batch (filled in before the transform)
+    double gain = 1.0;              // multiplies each advantage after its rounding to the output type (GPG)
+    bool float32_one_pass = false;  // statistics::float32_one_pass: groups of >= 2 rows take float32_one_pass_transform
 };
 
 // The moments of one group over its valid rows (NaN rows excluded only under skip_nan).
@@ -52,12 +54,20 @@ struct outcome_transform {
     bool skip_nan = false;
     bool singleton_error = false;  // singleton::error: the host throws, a device sets a status bit
     unsigned char kind = group_empty;
+    double gain = 1.0;
 
     POSTTRAIN_HD double operator()(double v) const noexcept {
         if (skip_nan && v != v) return 0.0;
         if (fill) return fill_value;
         const double q = (v - shift) * factor;
         return div == 1.0 ? q : q / div;  // q / 1 == q exactly: saves devices a double division per row
+    }
+    // The value written for the advantage q: rounded to the output type, then scaled by the gain in
+    // double and rounded again, as GPG's host path scales the advantages GRPO wrote (y * 1 == y).
+    template <class Out>
+    POSTTRAIN_HD Out output(double q) const noexcept {
+        const Out y = static_cast<Out>(q);
+        return gain == 1.0 ? y : static_cast<Out>(static_cast<double>(y) * gain);
     }
 };
 
@@ -76,6 +86,7 @@ POSTTRAIN_HD inline double std_of_m2(const outcome_params& p, double m2, double 
 POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_params& p, const outcome_moments& m) noexcept {
     outcome_transform t;
     t.skip_nan = p.skip_nan;
+    t.gain = p.gain;
     if (m.count == 0) return t;  // empty (or every row ignored): 0
     if (m.count == 1) {
         t.kind = group_singleton;
@@ -104,6 +115,96 @@ POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_param
     if (p.std_scale != scale::none)
         denom = (p.std_scale == scale::group ? std_of_m2(p, m.m2, double(m.count)) : p.batch_sigma) + p.epsilon;
     t.factor = loo / denom;
+    return t;
+}
+
+// ---- statistics::float32_one_pass (verl's vectorized group_mean_std) -----------------------------
+// float32 sums in row order, var = (S2 - S1^2/n) / (n - 1), std = sqrt(max(var, eps)). Every backend
+// runs this one function over a group's rows in group order, so all of them give the host's values
+// bit for bit: on the device the float operations are the round-to-nearest intrinsics, which nvcc
+// does not contract into FMAs (the host compiler does not contract them without FMA hardware flags).
+
+POSTTRAIN_HD inline float f32_add(float a, float b) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+POSTTRAIN_HD inline float f32_sub(float a, float b) noexcept { return f32_add(a, -b); }
+POSTTRAIN_HD inline float f32_mul(float a, float b) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+POSTTRAIN_HD inline float f32_div(float a, float b) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __fdiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+POSTTRAIN_HD inline float f32_sqrt(float a) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __fsqrt_rn(a);
+#else
+    return __builtin_sqrtf(a);
+#endif
+}
+
+// Row j of a group whose values are consecutive doubles (a reader for the functions below: a
+// functor, not a lambda, so that host code may pass it to these host-and-device functions).
+struct values_at {
+    const double* v;
+    POSTTRAIN_HD double operator()(index_t j) const { return v[j]; }
+};
+
+struct float32_group_stats {
+    float count = 0, mean = 0, std = 1;
+};
+
+// The statistics of n rows, load(j) giving row j (0 <= j < n) of the group in group order.
+template <class Load>
+POSTTRAIN_HD float32_group_stats float32_one_pass_stats(index_t n, double eps, const Load& load) {
+    float s1 = 0, s2 = 0;
+    for (index_t j = 0; j < n; ++j) {
+        const float v = static_cast<float>(load(j));
+        s1 = f32_add(s1, v);
+        s2 = f32_add(s2, f32_mul(v, v));
+    }
+    float32_group_stats s;
+    s.count = static_cast<float>(n);
+    if (n <= 1) return s;  // singleton (or empty): mean 0, std 1
+    const float c = s.count;
+    s.mean = f32_div(s1, c);
+    const float var = f32_div(f32_sub(s2, f32_div(f32_mul(s1, s1), c)), f32_sub(c, 1.0f));
+    const float floor = static_cast<float>(eps);
+    s.std = f32_sqrt(var > floor ? var : floor);
+    return s;
+}
+
+// The transform of a group of n >= 2 rows under statistics::float32_one_pass (outcome_params as
+// for float64; the option checks leave only scale::group or scale::none, no leave-one-out, no
+// ignored rows): shift by the float32 mean, divide by (float32 std + float32 eps) in double, as
+// verl's float32 tensors meet a float64 reward. Groups of 0 or 1 rows take make_outcome_transform.
+template <class Load>
+POSTTRAIN_HD outcome_transform float32_one_pass_transform(const outcome_params& p, index_t n, const Load& load) {
+    outcome_transform t;
+    t.kind = group_regular;
+    t.gain = p.gain;
+    bool constant = true;
+    const double first = static_cast<double>(load(0));
+    for (index_t j = 1; j < n; ++j) constant = constant && static_cast<double>(load(j)) == first;
+    if (constant) {
+        t.kind = group_zero_variance;
+        if (p.zero_variance_groups == zero_variance::zero) return t;  // fill 0
+    }
+    const float32_group_stats s = float32_one_pass_stats(n, p.epsilon, load);
+    t.fill = false;
+    t.shift = static_cast<double>(s.mean);
+    if (p.std_scale != scale::none) t.div = static_cast<double>(f32_add(s.std, static_cast<float>(p.epsilon)));
     return t;
 }
 

@@ -2,19 +2,13 @@
 // grpo_options -> outcome_params (the flat form the shared per-group arithmetic of grpo_math.hpp
 // takes), with the option checks every non-host backend (CUDA, Thrust) applies before running.
 
-#include <string>
-
 #include "grpo.hpp"
 #include "grpo_math.hpp"
 
 namespace posttrain::advantage::detail {
 
 inline outcome_params grpo_params(const grpo_options& o, const char* fn) {
-    posttrain::detail::require(o.epsilon >= 0, {fn, "options.epsilon"},
-                               "must be >= 0, found " + std::to_string(o.epsilon));
-    posttrain::detail::require(o.stats == statistics::float64, {fn, "options.stats"},
-                               "statistics::float32_one_pass (verl's vectorized float32 form) is only implemented "
-                               "for host policies (exec::seq, exec::par); use statistics::float64 here");
+    check_grpo_options(o, fn);
     outcome_params p;
     p.std_scale = o.std_scale;
     p.epsilon = o.epsilon;
@@ -25,6 +19,7 @@ inline outcome_params grpo_params(const grpo_options& o, const char* fn) {
     p.zero_variance_groups = o.zero_variance_groups;
     p.skip_nan = o.nonfinite_rewards == nonfinite::ignore;
     p.singleton_denom = singleton_denominator(o);
+    p.float32_one_pass = o.stats == statistics::float32_one_pass;
     return p;
 }
 

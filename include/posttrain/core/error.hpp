@@ -53,6 +53,7 @@ enum status_bits : std::uint32_t {
     status_empty_reduction = 1u << 2,
     status_invalid_groups = 1u << 3,   // ragged offsets that are not a valid CSR layout (those groups are skipped)
     status_singleton_group = 1u << 4,  // a singleton group under singleton::error
+    status_invalid_value = 1u << 5,    // a value outside its domain that the host would reject (e.g. a negative length)
 };
 
 enum class error_kind { invalid_argument, cuda_error };

@@ -56,6 +56,7 @@ struct outcome_args {
     index_t y_stride = 1;
     outcome_params params;
     const double* batch_sigma = nullptr;        // device scalar under scale::batch
+    const double* gain = nullptr;               // device scalar replacing params.gain (GPG's alpha from the batch)
     std::uint32_t* status = nullptr;
     unsigned long long* counters = nullptr;     // outcome_counter_slots entries, or null
     bool report_nonfinite = false;              // nonfinite::raise: the host would have thrown
@@ -78,13 +79,20 @@ __device__ void report_group(const outcome_args<In, Out>& a, const outcome_trans
     }
 }
 
+// The options with what the device holds filled in: the batch std (scale::batch) and the gain (GPG).
+template <class In, class Out>
+__device__ outcome_params device_params(const outcome_args<In, Out>& a) {
+    outcome_params p = a.params;
+    if (a.batch_sigma != nullptr) p.batch_sigma = *a.batch_sigma;
+    if (a.gain != nullptr) p.gain = *a.gain;
+    return p;
+}
+
 // The transform of a group with these moments (the batch std, under scale::batch, is read from the
 // device; the other options stay in the kernel's parameter space rather than in registers).
 template <class In, class Out>
 __device__ outcome_transform group_transform(const outcome_args<In, Out>& a, const outcome_moments& m) {
-    outcome_params p = a.params;
-    if (a.batch_sigma != nullptr) p.batch_sigma = *a.batch_sigma;
-    return make_outcome_transform(p, m);
+    return make_outcome_transform(device_params(a), m);
 }
 
 // ---- Teams: lanes = 1..32 threads of a warp, or the whole block ----------------------------------
@@ -306,7 +314,7 @@ __device__ void team_group_counted(const outcome_args<In, Out>& a, int lane, boo
         nonfinite = team_any<L>(mine);
     }
     const outcome_transform t = group_transform(a, mo);
-    if (!t.fill && t.div == 1.0) {  // a regular group: the transform without its special cases
+    if (!t.fill && t.div == 1.0 && t.gain == 1.0) {  // a regular group: the transform without its special cases
 #pragma unroll
         for (int i = 0; i < V; ++i) {
             const int j = team_row<L, V, Blocked>(lane, i);
@@ -317,7 +325,7 @@ __device__ void team_group_counted(const outcome_args<In, Out>& a, int lane, boo
 #pragma unroll
         for (int i = 0; i < V; ++i) {
             const int j = team_row<L, V, Blocked>(lane, i);
-            if (has && j < rows) dst.store(j, static_cast<Out>(t(v[i])));
+            if (has && j < rows) dst.store(j, t.template output<Out>(t(v[i])));
         }
     }
     if (has && lane == 0) report_group(a, t, nonfinite ? 2u : 0u, rows, mo.count, counters);
@@ -358,7 +366,7 @@ __device__ __noinline__ void team_group_ignoring(outcome_args<In, Out> a, int la
 #pragma unroll
     for (int i = 0; i < V; ++i) {
         const int j = team_row<L, V, Blocked>(lane, i);
-        if (has && j < rows) dst.store(j, static_cast<Out>(t(v[i])));
+        if (has && j < rows) dst.store(j, t.template output<Out>(t(v[i])));
     }
     if (has && lane == 0) report_group(a, t, s.flags, rows, s.count, counters);
 }
@@ -395,7 +403,7 @@ __device__ void team_loop_group(const outcome_args<In, Out>& a, int lane, bool h
             m2 = team_sum<L>(local, ex != nullptr ? ex->m2 : nullptr);
         }
         const outcome_transform t = group_transform(a, finish_moments(s, m2));
-        for (I j = lane; j < rows; j += L) dst.store(j, static_cast<Out>(t(static_cast<double>(src.load(j)))));
+        for (I j = lane; j < rows; j += L) dst.store(j, t.template output<Out>(t(static_cast<double>(src.load(j)))));
         if (has && lane == 0) report_group(a, t, s.flags, rows, s.count, counters);
         return;
     }
@@ -436,12 +444,12 @@ __device__ void team_loop_group(const outcome_args<In, Out>& a, int lane, bool h
         nonfinite = team_any<L>(mine);
     }
     const outcome_transform t = group_transform(a, mo);
-    if (!t.fill && t.div == 1.0) {
+    if (!t.fill && t.div == 1.0 && t.gain == 1.0) {
 #pragma unroll(cuda_tuning::loop_unroll)
         for (I j = lane; j < rows; j += L)
             dst.store(j, static_cast<Out>((static_cast<double>(src.load(j)) - t.shift) * t.factor));
     } else {
-        for (I j = lane; j < rows; j += L) dst.store(j, static_cast<Out>(t(static_cast<double>(src.load(j)))));
+        for (I j = lane; j < rows; j += L) dst.store(j, t.template output<Out>(t(static_cast<double>(src.load(j)))));
     }
     if (has && lane == 0) report_group(a, t, nonfinite ? 2u : 0u, rows, mo.count, counters);
 }
@@ -747,6 +755,49 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads, cuda_tuning::block
     }
 }
 
+// Row j of a group, as a double (the reader float32_one_pass_transform takes).
+template <class Rows>
+struct rows_as_double {
+    Rows rows;
+    __device__ double operator()(index_t j) const { return static_cast<double>(rows.load(j)); }
+};
+
+// statistics::float32_one_pass (verl's vectorized group_mean_std, for parity): a thread per group
+// runs float32_one_pass_transform over the group's rows in group order, the host's one function in
+// the host's order, so every advantage equals the host's bit for bit. A parity mode, not a fast
+// one: a group's rows are read four times by one thread (L1/L2 serve the repeats).
+template <class In, class Out, class Layout>
+__global__ void __launch_bounds__(cuda_tuning::block_threads)
+    outcome_float32_kernel(outcome_args<In, Out> a, Layout layout, index_t groups) {
+    groups = layout.live_groups(groups);  // every thread calls it (it may hold a barrier)
+    const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+    for (index_t g = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += step) {
+        index_t begin, end;
+        if (!layout.bounds(g, begin, end, groups)) {
+            posttrain::detail::report_status(a.status, status_invalid_groups);
+            continue;
+        }
+        const auto src = layout.rows_at(a.x, a.x_stride, begin);
+        const auto dst = layout.rows_at(a.y, a.y_stride, begin);
+        const index_t n = end - begin;
+        outcome_transform t;
+        if (n > 1) {
+            t = float32_one_pass_transform(device_params(a), n, rows_as_double<decltype(src)>{src});
+        } else {
+            outcome_moments m;  // empty or singleton: the float64 path's handling (their mean is not used)
+            m.count = n;
+            t = group_transform(a, m);
+        }
+        unsigned flags = 0;
+        for (index_t j = 0; j < n; ++j) {
+            const double v = static_cast<double>(src.load(j));
+            if (!(v - v == v - v)) flags = 2u;
+            dst.store(j, t.template output<Out>(t(v)));
+        }
+        report_group(a, t, flags, n, n, a.counters);
+    }
+}
+
 // Batch std (scale::batch) in three deterministic steps over a fixed number of partials:
 // partial count/sum per block, then partial squared deviations, then one block finishes.
 template <class In>
@@ -790,27 +841,106 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
     if (threadIdx.x == 0) m2_partials[blockIdx.x] = local;
 }
 
+// Folds the partials of batch_sum_kernel and batch_m2_kernel (the same in every run): the batch's
+// first-pass statistics and its sum of squared deviations. Every thread calls it.
+__device__ inline void fold_batch(const outcome_partial* partials, const double* m2_partials, int count,
+                                  outcome_partial& all, double& m2) {
+    using reduce_t = cub::BlockReduce<double, cuda_tuning::block_threads>;
+    __shared__ typename reduce_t::TempStorage temp;
+    all = fold_partials(partials, count);
+    double local = 0;
+    for (int i = static_cast<int>(threadIdx.x); i < count; i += cuda_tuning::block_threads) local += m2_partials[i];
+    m2 = reduce_t(temp).Sum(local);  // valid in thread 0
+}
+
 // A template (never instantiated twice differently) so that translation units including this header
 // do not each define it: a kernel cannot be inline.
 template <int Unused = 0>
 __global__ void __launch_bounds__(cuda_tuning::block_threads)
     batch_finish_kernel(const outcome_partial* partials, const double* m2_partials, int count, outcome_params params,
                         double* sigma) {
-    using reduce_t = cub::BlockReduce<double, cuda_tuning::block_threads>;
-    __shared__ typename reduce_t::TempStorage temp;
-    const outcome_partial s = fold_partials(partials, count);
-    double local = 0;
-    for (int i = static_cast<int>(threadIdx.x); i < count; i += cuda_tuning::block_threads) local += m2_partials[i];
-    local = reduce_t(temp).Sum(local);
-    if (threadIdx.x == 0) *sigma = batch_sigma_of(params, s, local);
+    outcome_partial all;
+    double m2;
+    fold_batch(partials, m2_partials, count, all, m2);
+    if (threadIdx.x == 0) *sigma = batch_sigma_of(params, all, m2);
 }
 
-// Scratch of an outcome call: only scale::batch needs any (the partials and the batch std).
-inline std::size_t outcome_workspace_bytes(scale s) noexcept {
-    if (s != scale::batch) return 0;
+// The whole batch as one group (single_group): its transform from the batch moments, with the
+// group's status bits and counters.
+template <class In, class Out>
+__global__ void __launch_bounds__(cuda_tuning::block_threads)
+    single_group_finish_kernel(outcome_args<In, Out> a, const outcome_partial* partials, const double* m2_partials,
+                               int count, index_t rows, outcome_transform* transform) {
+    outcome_partial all;
+    double m2;
+    fold_batch(partials, m2_partials, count, all, m2);
+    if (threadIdx.x == 0) {
+        const outcome_transform t = group_transform(a, finish_moments(all, m2));
+        *transform = t;
+        report_group(a, t, all.flags, rows, all.count, a.counters);
+    }
+}
+
+template <class In, class Out>
+__global__ void __launch_bounds__(cuda_tuning::block_threads)
+    apply_transform_kernel(outcome_args<In, Out> a, const outcome_transform* transform, index_t n) {
+    const outcome_transform t = *transform;
+    const index_t step = static_cast<index_t>(gridDim.x) * cuda_tuning::block_threads;
+    for (index_t i = static_cast<index_t>(blockIdx.x) * cuda_tuning::block_threads + threadIdx.x; i < n; i += step)
+        a.y[i * a.y_stride] = t.template output<Out>(t(static_cast<double>(a.x[i * a.x_stride])));
+}
+
+// Scratch of the batch-wide reductions (scale::batch, single_group): the partials, then one result
+// slot (the batch std, or a group's transform).
+inline std::size_t batch_scratch_bytes() noexcept {
     using posttrain::detail::scratch_align;
+    static_assert(sizeof(outcome_transform) <= posttrain::detail::scratch_alignment, "one result slot");
     return scratch_align(sizeof(outcome_partial) * cuda_tuning::batch_partials) +
-           scratch_align(sizeof(double) * cuda_tuning::batch_partials) + scratch_align(sizeof(double));
+           scratch_align(sizeof(double) * cuda_tuning::batch_partials) + scratch_align(sizeof(outcome_transform));
+}
+
+// Scratch of an outcome call: only scale::batch needs any.
+inline std::size_t outcome_workspace_bytes(scale s) noexcept { return s == scale::batch ? batch_scratch_bytes() : 0; }
+
+// Enqueues the batch-wide first and second passes over x[0..n) into `scratch` (batch_scratch_bytes)
+// and returns the result slot, which `Finish` (batch_finish_kernel or single_group_finish_kernel)
+// fills from them.
+struct batch_scratch {
+    outcome_partial* partials;
+    double* m2;
+    unsigned char* result;
+};
+template <class In>
+batch_scratch launch_batch_moments(const exec::cuda_policy& pol, const In* x, index_t xs, index_t n, bool skip,
+                                   unsigned char* scratch, const char* fn) {
+    using posttrain::detail::scratch_align;
+    constexpr int parts = cuda_tuning::batch_partials;
+    batch_scratch b;
+    b.partials = reinterpret_cast<outcome_partial*>(scratch);
+    b.m2 = reinterpret_cast<double*>(scratch + scratch_align(sizeof(outcome_partial) * parts));
+    b.result = scratch + scratch_align(sizeof(outcome_partial) * parts) + scratch_align(sizeof(double) * parts);
+    batch_sum_kernel<<<parts, cuda_tuning::block_threads, 0, pol.stream>>>(x, xs, n, skip, b.partials);
+    posttrain::detail::check_launch(fn);
+    batch_m2_kernel<<<parts, cuda_tuning::block_threads, 0, pol.stream>>>(x, xs, n, skip, b.partials, b.m2);
+    posttrain::detail::check_launch(fn);
+    return b;
+}
+
+// The n rows of a.x as one group (what uniform_groups{n} means), with every pass spread over the
+// GPU: batch moments, one transform, an elementwise apply. Scratch: batch_scratch_bytes().
+template <class In, class Out>
+void launch_single_group(const exec::cuda_policy& pol, const outcome_args<In, Out>& a, index_t n, unsigned char* scratch,
+                         const char* fn) {
+    if (n == 0) return;
+    const batch_scratch b = launch_batch_moments(pol, a.x, a.x_stride, n, a.params.skip_nan, scratch, fn);
+    auto* transform = reinterpret_cast<outcome_transform*>(b.result);
+    single_group_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(a, b.partials, b.m2,
+                                                                                 cuda_tuning::batch_partials, n, transform);
+    posttrain::detail::check_launch(fn);
+    const index_t blocks = (n + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
+    apply_transform_kernel<<<static_cast<unsigned>(blocks < cuda_tuning::max_grid_blocks ? blocks : cuda_tuning::max_grid_blocks),
+                             cuda_tuning::block_threads, 0, pol.stream>>>(a, transform, n);
+    posttrain::detail::check_launch(fn);
 }
 
 template <int L, class In, class Out, class Layout>
@@ -833,10 +963,13 @@ void launch_tile(const exec::cuda_policy& pol, const outcome_args<In, Out>& a, c
 }
 
 // Picks the kernel shape for a layout and launches it on the policy's stream.
+// `scratch`: outcome_workspace_bytes(params.std_scale) bytes, 256-byte aligned (null when that is 0);
+// `gain`: a device scalar that replaces params.gain, or null.
 template <class In, class Out, class DeviceLayout>
 void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, device_view<Out, 1> adv,
                     const posttrain::detail::device_layout_info<DeviceLayout>& info, const outcome_params& params,
-                    bool report_nonfinite, unsigned long long* counters, posttrain::detail::where w) {
+                    bool report_nonfinite, unsigned long long* counters, unsigned char* scratch, const double* gain,
+                    posttrain::detail::where w) {
     const index_t n = r.extent(0);
     const index_t groups = info.groups;
     if (groups == 0) return;
@@ -849,21 +982,24 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
     a.status = pol.status;
     a.counters = counters;
     a.report_nonfinite = report_nonfinite;
+    a.gain = gain;
 
-    posttrain::detail::cuda_scratch scratch(pol, outcome_workspace_bytes(params.std_scale), w);
     if (params.std_scale == scale::batch) {
-        using posttrain::detail::scratch_align;
-        constexpr int parts = cuda_tuning::batch_partials;
-        auto* partials = scratch.as<outcome_partial>();
-        auto* m2 = scratch.as<double>(scratch_align(sizeof(outcome_partial) * parts));
-        auto* sigma = scratch.as<double>(scratch_align(sizeof(outcome_partial) * parts) + scratch_align(sizeof(double) * parts));
-        batch_sum_kernel<<<parts, cuda_tuning::block_threads, 0, pol.stream>>>(a.x, a.x_stride, n, params.skip_nan, partials);
-        posttrain::detail::check_launch(w.function);
-        batch_m2_kernel<<<parts, cuda_tuning::block_threads, 0, pol.stream>>>(a.x, a.x_stride, n, params.skip_nan, partials, m2);
-        posttrain::detail::check_launch(w.function);
-        batch_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(partials, m2, parts, params, sigma);
+        const batch_scratch b = launch_batch_moments(pol, a.x, a.x_stride, n, params.skip_nan, scratch, w.function);
+        auto* sigma = reinterpret_cast<double*>(b.result);
+        batch_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(b.partials, b.m2,
+                                                                              cuda_tuning::batch_partials, params, sigma);
         posttrain::detail::check_launch(w.function);
         a.batch_sigma = sigma;
+    }
+
+    if (params.float32_one_pass) {
+        const index_t blocks = (groups + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
+        outcome_float32_kernel<<<static_cast<unsigned>(blocks < cuda_tuning::max_grid_blocks ? blocks
+                                                                                            : cuda_tuning::max_grid_blocks),
+                                 cuda_tuning::block_threads, 0, pol.stream>>>(a, info.layout, groups);
+        posttrain::detail::check_launch(w.function);
+        return;
     }
 
     // Uniform groups of up to 32 * tile_values rows: register teams sized to the group. Ragged
@@ -902,46 +1038,80 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
 
 namespace posttrain::advantage::detail {
 
-// The public entry shared by grpo.cuh and rloo.cuh: checks what the host can check, converts the
-// arguments to device views (device_view, or DLPack tensors on a CUDA device) and launches.
-// `stats`, when not empty, receives outcome_counter_slots int64 counters (added to, not overwritten).
-template <class Rewards, class Groups, class Advantages>
-void run_outcome_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups,
-                      Advantages&& advantages, const outcome_params& params, nonfinite nonfinite_rewards,
-                      device_view<index_t, 1> stats, const char* fn) {
+// Host checks shared by the entries of the group kernels (outcome, pass@k, OPO, GDPO).
+inline void check_counters(device_view<index_t, 1> stats, const char* fn) {
     using posttrain::detail::require;
-    auto rv = posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"});
-    auto av = posttrain::detail::floating_output<1, device_space>(advantages, {fn, "advantages"});
     require(stats.size() == 0 || stats.extent(0) == outcome_counter_slots, {fn, "stats"},
             "expected " + posttrain::detail::str(outcome_counter_slots) +
                 " device counters (groups, empty, singleton, zero-variance, ignored rows), found " +
                 posttrain::detail::str(stats.extent(0)));
     require(stats.size() == 0 || stats.stride(0) == 1, {fn, "stats"}, "the counters must be contiguous");
+}
+
+// advantages[N] beside rewards[N], apart from them.
+template <class R, class A>
+void check_row_output(const R& r, const A& a, const char* fn) {
+    posttrain::detail::require(a.extent(0) == r.extent(0), {fn, "advantages"},
+                               "expected length (one advantage per reward) " + posttrain::detail::str(r.extent(0)) +
+                                   ", found " + posttrain::detail::str(a.extent(0)));
+    posttrain::detail::require(!views_overlap(a, r), {fn, "advantages"},
+                               "the output overlaps the input 'rewards'; pass a separate buffer");
+}
+
+// Nothing a kernel writes may share bytes with the layout it reads (see layout_buffer_overlapping):
+// outputs, the counters, the policy's status word.
+template <class Groups, class V>
+void check_apart_from_layout(const Groups& groups, const V& out, const char* fn, const char* arg) {
+    if (const char* buffer = posttrain::detail::layout_buffer_overlapping(groups, out))
+        posttrain::detail::raise_invalid_argument(fn, arg,
+                                                  std::string("overlaps the layout's '") + buffer + "'; pass a separate buffer");
+}
+template <class Groups>
+void check_status_apart_from_layout(const exec::cuda_policy& policy, const Groups& groups, const char* fn) {
+    check_apart_from_layout(groups, device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0),
+                            fn, "policy");
+}
+
+// The gain of plain GRPO/RLOO: params.gain, known on the host; no scratch.
+struct host_gain {
+    std::size_t scratch_bytes() const noexcept { return 0; }
+    template <class R>
+    const double* operator()(const exec::cuda_policy&, R, unsigned char*, const char*) const {
+        return nullptr;
+    }
+};
+
+// The public entry shared by grpo.cuh, rloo.cuh and gpg.cuh: checks what the host can check,
+// converts the arguments to device views (device_view, or DLPack tensors on a CUDA device) and
+// launches. `stats`, when not empty, receives outcome_counter_slots int64 counters (added to, not
+// overwritten). `gain` may enqueue work that leaves a device scalar replacing params.gain (GPG's
+// alpha from the batch): it gets the rewards and gain.scratch_bytes() of scratch.
+template <class Rewards, class Groups, class Advantages, class Gain = host_gain>
+void run_outcome_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups,
+                      Advantages&& advantages, const outcome_params& params, nonfinite nonfinite_rewards,
+                      device_view<index_t, 1> stats, const char* fn, const Gain& gain = {}) {
+    using posttrain::detail::require;
+    auto rv = posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"});
+    auto av = posttrain::detail::floating_output<1, device_space>(advantages, {fn, "advantages"});
+    check_counters(stats, fn);
     std::visit(
         [&](auto r, auto a) {
-            const posttrain::detail::where groups_arg{fn, "groups"};
-            require(a.extent(0) == r.extent(0), {fn, "advantages"},
-                    "expected length (one advantage per reward) " + posttrain::detail::str(r.extent(0)) + ", found " +
-                        posttrain::detail::str(a.extent(0)));
-            require(!views_overlap(a, r), {fn, "advantages"},
-                    "the output overlaps the input 'rewards'; pass a separate buffer");
-            // Nothing the kernels write may share bytes with the layout they read (see
-            // layout_buffer_overlapping): advantages, the counters, the status word.
-            auto separate = [&](const auto& out, const char* arg) {
-                if (const char* buffer = posttrain::detail::layout_buffer_overlapping(groups, out))
-                    posttrain::detail::raise_invalid_argument(
-                        fn, arg, std::string("overlaps the layout's '") + buffer + "'; pass a separate buffer");
-            };
-            separate(a, "advantages");
-            separate(stats, "stats");
-            separate(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0),
-                     "policy");
-            const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), groups_arg);
+            check_row_output(r, a, fn);
+            check_apart_from_layout(groups, a, fn, "advantages");
+            check_apart_from_layout(groups, stats, fn, "stats");
+            check_status_apart_from_layout(policy, groups, fn);
+            const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
             if (params.singleton_groups == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
                 posttrain::detail::raise_invalid_argument(fn, "groups",
                                                           "every group has a single row (singleton::error)");
+            posttrain::detail::scratch_cursor layout;
+            const std::size_t engine_at = layout.take(outcome_workspace_bytes(params.std_scale));
+            const std::size_t gain_at = layout.take(gain.scratch_bytes());
+            posttrain::detail::cuda_scratch scratch(policy, layout.end, {fn, "policy"});
+            const double* device_gain = gain(policy, r, scratch.template as<unsigned char>(gain_at), fn);
             launch_outcome(policy, r, a, info, params, nonfinite_rewards == nonfinite::raise,
-                           reinterpret_cast<unsigned long long*>(stats.data()), {fn, "policy"});
+                           reinterpret_cast<unsigned long long*>(stats.data()),
+                           scratch.template as<unsigned char>(engine_at), device_gain, {fn, "policy"});
         },
         rv, av);
 }

@@ -9,7 +9,8 @@
 //     pass 2  reduce_by_key(seg, (r - mean[seg])^2)      -> m2 per group (group std only)
 //     pass 3  for_each j: a[rows[j]] = transform[seg[j]](r[rows[j]])
 //
-// statistics::float32_one_pass is rejected with invalid_argument (host policies only).
+// statistics::float32_one_pass computes each group's float32 statistics in one sequential pass in
+// group order (float32_one_pass_transform), which gives the host's values bit for bit.
 
 #include <cstdint>
 #include <string>
@@ -73,7 +74,11 @@ struct group_transform_of {
     outcome_params params;
     const outcome_partial* stats;
     const double* m2;
+    const double* vals;       // in group order
+    const index_t* offsets;   // of the groups in vals
     POSTTRAIN_HD outcome_transform operator()(index_t g) const {
+        const index_t n = offsets[g + 1] - offsets[g];
+        if (params.float32_one_pass && n > 1) return float32_one_pass_transform(params, n, values_at{vals + offsets[g]});
         return make_outcome_transform(params, finish_moments(stats[g], m2[g]));
     }
 };
@@ -86,7 +91,10 @@ struct write_row {
     const index_t* rows;
     Out* y;
     index_t stride;
-    POSTTRAIN_HD void operator()(index_t j) const { y[rows[j] * stride] = static_cast<Out>(t[seg[j]](vals[j])); }
+    POSTTRAIN_HD void operator()(index_t j) const {
+        const outcome_transform& tg = t[seg[j]];
+        y[rows[j] * stride] = tg.template output<Out>(tg(vals[j]));
+    }
 };
 
 struct is_nan_value {
@@ -150,7 +158,7 @@ group_stats_result thrust_outcome(const TP& p, tensor_view<const In, 1> r, const
 
     std::vector<outcome_transform> t(static_cast<std::size_t>(groups));
     ::thrust::transform(p, ::thrust::counting_iterator<index_t>(0), ::thrust::counting_iterator<index_t>(groups), t.begin(),
-                        group_transform_of{params, stats.data(), m2.data()});
+                        group_transform_of{params, stats.data(), m2.data(), vals.data(), offsets.data()});
     for (index_t g = 0; g < groups; ++g)
         if (t[std::size_t(g)].singleton_error)
             posttrain::detail::raise_invalid_argument(fn, "groups",
