@@ -32,6 +32,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = [
     (r"^grpo_uniform(\d+)_f32$", "uniform", 1, ["reshape", "reshape_trl", "scatter"]),
     (r"^grpo_uniform(\d+)_batchstd_f32$", "uniform", 1, []),  # no batch-std peer in torch_peers
+    (r"^grpo_uniform(\d+)_f32pass_f32$", "uniform", 1, ["scatter", "reshape"]),  # scatter: verl's vectorized form
+    (r"^gpg_uniform(\d+)_f32$", "uniform", 1, ["gpg_reshape"]),
+    (r"^passk_uniform(\d+)_f32$", "uniform", 1, ["passk_reshape"]),
+    (r"^opo_uniform(\d+)_f32$", "uniform", 1, ["opo_reshape"]),
+    (r"^gdpo_uniform(\d+)_k3_f32$", "uniform", 1, ["gdpo_reshape"]),
     (r"^rloo_uniform(\d+)_f32$", "uniform", 1, ["rloo_reshape", "rloo_scatter"]),
     (r"^grpo_ragged\d*_f32$", "ragged", None, ["scatter"]),
     (r"^rloo_ragged\d*_f32$", "ragged", None, ["rloo_scatter"]),
@@ -54,9 +59,11 @@ OPS = [
 # bench cuts its last group) or "largest" (the op's largest size).
 TARGETS = [
     ("outcome advantages: >= 70% of copy bandwidth at >= 2^24 rewards",
-     r"^(grpo_uniform\d+|rloo_uniform\d+|grpo_ragged\d*)_f32$", "copy", [], 0.70, "2^24"),
+     r"^(grpo_uniform\d+|rloo_uniform\d+|grpo_ragged\d*|gpg_uniform\d+|passk_uniform\d+|opo_uniform\d+|gdpo_uniform\d+_k3)_f32$",
+     "copy", [], 0.70, "2^24"),
     ("outcome advantages: >= 3x the reshape peer at >= 2^24 rewards",
-     r"^(grpo|rloo)_uniform\d+_f32$", "ratio", ["reshape", "rloo_reshape"], 3.0, "2^24"),
+     r"^(grpo|rloo|gpg|passk|opo)_uniform\d+_f32$|^gdpo_uniform\d+_k3_f32$", "ratio",
+     ["reshape", "rloo_reshape", "gpg_reshape", "passk_reshape", "opo_reshape", "gdpo_reshape"], 3.0, "2^24"),
     ("outcome advantages from unsorted ids: >= 5x the scatter peer at >= 2^24 rewards",
      r"^(grpo|rloo)_(ids|unsorted)", "ratio", ["scatter", "rloo_scatter"], 5.0, "2^24"),
     ("fused PPO loss forward+backward: >= 10x PyTorch autograd at 2^24 tokens",

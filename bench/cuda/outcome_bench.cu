@@ -8,6 +8,13 @@
 //   grpo_ids_dense16_f32   from_dense_ids + grpo
 // whose copy reference moves the ids (8N bytes: read ids, write the permutation) for the grouping
 // rows, and ids + rewards in / advantages out (a copy of 8N bytes, 16N moved) for the grpo rows.
+// The rest of the family over uniform groups of 16 (N = 2^14 .. 2^24), against a copy of the bytes
+// each must move at least:
+//   grpo_uniform16_f32pass_f32  statistics::float32_one_pass (verl's vectorized form; a thread per group)
+//   gpg_uniform16_f32           GPG with alpha from the batch (a counting pass, then GRPO's kernels)
+//   passk_uniform16_f32         pass@k with the std (team per group)
+//   opo_uniform16_f32           OPO (rewards and lengths in: the copy reference moves 1.5 N floats)
+//   gdpo_uniform16_k3_f32       GDPO, three components (rewards [N, 3] in: a copy of 2 N floats)
 // Prints one JSON object per line:
 //     {"op":..., "size":N, "threads":0, "device":..., "posttrain_ms":..., "memcpy_ms":..., "memcpy_fraction":...}
 // memcpy_fraction = memcpy_ms / posttrain_ms (1.0 = as fast as a copy).
@@ -20,7 +27,11 @@
 #include <string>
 #include <vector>
 
+#include <posttrain/advantage/gdpo.cuh>
+#include <posttrain/advantage/gpg.cuh>
 #include <posttrain/advantage/grpo.cuh>
+#include <posttrain/advantage/opo.cuh>
+#include <posttrain/advantage/passk.cuh>
 #include <posttrain/advantage/rloo.cuh>
 #include <posttrain/cuda/grouping.cuh>
 
@@ -49,10 +60,20 @@ int main(int argc, char** argv) {
     std::vector<std::int64_t> host_off{0};
     while (host_off.back() < max_n) host_off.push_back(std::min<std::int64_t>(max_n, host_off.back() + 1 + rng() % 31));
 
-    float *r = nullptr, *a = nullptr;
+    // Lengths 1..1000 (OPO) and three reward components per row (GDPO).
+    std::vector<float> host_len(static_cast<std::size_t>(max_n)), host_k3(static_cast<std::size_t>(3 * max_n));
+    for (auto& v : host_len) v = static_cast<float>(1 + rng() % 1000);
+    for (auto& v : host_k3) v = static_cast<float>(rng() % 2);
+
+    float *r = nullptr, *a = nullptr, *len = nullptr, *k3 = nullptr, *scratch = nullptr;
     std::int64_t* off = nullptr;
     POSTTRAIN_CUDA_CHECK(cudaMalloc(&r, sizeof(float) * max_n));
     POSTTRAIN_CUDA_CHECK(cudaMalloc(&a, sizeof(float) * max_n));
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&len, sizeof(float) * max_n));
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&k3, sizeof(float) * 3 * max_n));
+    POSTTRAIN_CUDA_CHECK(cudaMalloc(&scratch, sizeof(float) * 4 * max_n));  // the copy references' destination
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(len, host_len.data(), sizeof(float) * max_n, cudaMemcpyHostToDevice));
+    POSTTRAIN_CUDA_CHECK(cudaMemcpy(k3, host_k3.data(), sizeof(float) * 3 * max_n, cudaMemcpyHostToDevice));
     POSTTRAIN_CUDA_CHECK(cudaMalloc(&off, sizeof(std::int64_t) * host_off.size()));
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(r, host_r.data(), sizeof(float) * max_n, cudaMemcpyHostToDevice));
     POSTTRAIN_CUDA_CHECK(cudaMemcpy(off, host_off.data(), sizeof(std::int64_t) * host_off.size(), cudaMemcpyHostToDevice));
@@ -106,6 +127,31 @@ int main(int argc, char** argv) {
         row("grpo_uniform16_batchstd_f32", n, device,
             time_ms([&] { adv::grpo(pt::exec::cuda, rv, pt::uniform_groups{16}, av, batch); }), copy);
 
+        // The rest of the family, each against a copy of the bytes it must move.
+        auto copy_of = [&](index_t floats) {
+            return time_ms([&] {
+                POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(scratch, k3, sizeof(float) * floats, cudaMemcpyDeviceToDevice));
+            });
+        };
+        row("grpo_uniform16_f32pass_f32", n, device,
+            time_ms([&] { adv::grpo(pt::exec::cuda, rv, pt::uniform_groups{16}, av, adv::grpo_options::verl_vectorized()); }),
+            copy);
+        row("gpg_uniform16_f32", n, device,
+            time_ms([&] { adv::gpg(pt::exec::cuda, rv, pt::uniform_groups{16}, av, adv::gpg_options::verl()); }), copy);
+        row("passk_uniform16_f32", n, device,
+            time_ms([&] { adv::grpo_passk(pt::exec::cuda, rv, pt::uniform_groups{16}, av, adv::passk_options::verl()); }),
+            copy);
+        row("opo_uniform16_f32", n, device, time_ms([&] {
+                adv::opo(pt::exec::cuda, rv, pt::device_view<const float, 1>(len, n), pt::uniform_groups{16}, av,
+                         adv::opo_options::verl());
+            }),
+            copy_of(n + n / 2));
+        row("gdpo_uniform16_k3_f32", n, device, time_ms([&] {
+                adv::gdpo(pt::exec::cuda, pt::device_view<const float, 2>(k3, n, 3), pt::uniform_groups{16}, av,
+                          adv::gdpo_options::gdpo());
+            }),
+            copy_of(2 * n));
+
         if (lg < ids_min_log2) continue;
         const auto with_ws = pt::exec::cuda.with(ws, ws_bytes);
         const pt::device_view<const std::int64_t, 1> idv(ids, n);
@@ -133,6 +179,9 @@ int main(int argc, char** argv) {
     cudaFree(r);
     cudaFree(a);
     cudaFree(off);
+    cudaFree(len);
+    cudaFree(k3);
+    cudaFree(scratch);
     cudaFree(ids);
     cudaFree(perm);
     cudaFree(id_off);

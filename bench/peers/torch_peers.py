@@ -219,6 +219,49 @@ def verl_loop(d, eps=1e-6):
     return scores
 
 
+# ---- the rest of the outcome family, in reshape form (uniform groups) ----
+# Lengths and extra reward components are derived from r deterministically (their values do not
+# change the work done).
+
+def gpg_reshape(d):
+    """verl compute_gpg_outcome_advantage without its per-uid loop: (r - mean) * N / count_nonzero."""
+    r = d["r"]
+    x = r.view(-1, d["group"])
+    alpha = r.numel() / max(int(torch.count_nonzero(r)), 1)
+    return ((x - x.mean(dim=1, keepdim=True)) * alpha).view(-1)
+
+
+def passk_reshape(d, eps=1e-6):
+    """verl compute_grpo_passk_outcome_advantage vectorized: the best row gets (top1 - top2) / (std + eps)."""
+    x = d["r"].view(-1, d["group"])
+    top = torch.topk(x, 2, dim=1)
+    gap = (top.values[:, 0] - top.values[:, 1]) / (x.std(dim=1) + eps)
+    out = torch.zeros_like(x)
+    out.scatter_(1, top.indices[:, :1], gap[:, None])
+    return out.view(-1)
+
+
+def opo_reshape(d):
+    """verl compute_opo_outcome_advantage vectorized: r - sum(len * r) / sum(len) per group."""
+    x = d["r"].view(-1, d["group"])
+    length = d.get("len")
+    if length is None:
+        length = d["len"] = (x * 1000).floor() + 1
+    return (x - (length * x).sum(dim=1, keepdim=True) / length.sum(dim=1, keepdim=True)).view(-1)
+
+
+def gdpo_reshape(d, eps=1e-6):
+    """GDPO on three components: group z-scores per component, their sum, then a batch z-score."""
+    k3 = d.get("k3")
+    if k3 is None:
+        r = d["r"]
+        k3 = d["k3"] = torch.stack([r, r.roll(1), 1 - r], dim=1)
+    x = k3.view(-1, d["group"], 3)
+    z = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + eps)
+    s = z.sum(dim=2).view(-1)
+    return (s - s.mean()) / (s.std() + eps)
+
+
 # ---- RLOO peers ----
 
 def rloo_reshape(d):
@@ -410,6 +453,10 @@ PEERS = {
     "reshape_trl": reshape_trl,
     "scatter": scatter,
     "verl_loop": verl_loop,
+    "gpg_reshape": gpg_reshape,
+    "passk_reshape": passk_reshape,
+    "opo_reshape": opo_reshape,
+    "gdpo_reshape": gdpo_reshape,
     "rloo_reshape": rloo_reshape,
     "rloo_scatter": rloo_scatter,
     "rloo_verl_loop": rloo_verl_loop,

@@ -901,10 +901,11 @@ inline std::size_t token_log_probs_backward_workspace_bytes(index_t batch, index
 
 // The forward on the device, asynchronous on the policy's stream (arguments as on the host). The
 // outputs are float or double [B, T] device views, each of its own dtype, or posttrain::none.
-template <class Logits, class Labels, class LogProbs, class Entropy = const none_t&, class Lse = const none_t&>
-void token_log_probs(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels, LogProbs&& log_probs,
-                     Entropy&& entropy = none, Lse&& lse = none, const token_log_probs_options& options = {}) {
-    constexpr const char* fn = "posttrain::logits::token_log_probs";
+namespace detail {
+// The forward's entry under any public name (fn: the name its errors carry).
+template <class Logits, class Labels, class LogProbs, class Entropy, class Lse>
+void token_log_probs_cuda(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels, LogProbs&& log_probs,
+                          Entropy&& entropy, Lse&& lse, const token_log_probs_options& options, const char* fn) {
     static_assert(!detail::is_none_v<Labels> || detail::is_none_v<LogProbs>,
                   "posttrain::logits::token_log_probs: log_probs must be posttrain::none when labels is posttrain::none");
     detail::check_options(options, fn);
@@ -937,17 +938,25 @@ void token_log_probs(const exec::cuda_policy& policy, const Logits& logits, cons
         },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 }
+}  // namespace detail
+
+template <class Logits, class Labels, class LogProbs, class Entropy = const none_t&, class Lse = const none_t&>
+void token_log_probs(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels, LogProbs&& log_probs,
+                     Entropy&& entropy = none, Lse&& lse = none, const token_log_probs_options& options = {}) {
+    detail::token_log_probs_cuda(policy, logits, labels, log_probs, entropy, lse, options, "posttrain::logits::token_log_probs");
+}
 
 // The backward on the device, asynchronous on the policy's stream (arguments as on the host):
 // grad_logits [B, T, V] with the logits' dtype; grad_log_probs, grad_entropy, saved_lse, saved_entropy
 // float or double [B, T] device views or posttrain::none (saved statistics: both or neither).
-template <class Logits, class Labels, class GradLogProbs, class GradEntropy, class GradLogits, class SavedLse = none_t,
-          class SavedEntropy = none_t>
-void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels,
-                              const GradLogProbs& grad_log_probs, const GradEntropy& grad_entropy, GradLogits&& grad_logits,
-                              const SavedLse& saved_lse = none, const SavedEntropy& saved_entropy = none,
-                              const token_log_probs_options& options = {}) {
-    constexpr const char* fn = "posttrain::logits::token_log_probs_backward";
+namespace detail {
+// The backward's entry under any public name (fn: the name its errors carry).
+template <class Logits, class Labels, class GradLogProbs, class GradEntropy, class GradLogits, class SavedLse,
+          class SavedEntropy>
+void token_log_probs_backward_cuda(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels,
+                                   const GradLogProbs& grad_log_probs, const GradEntropy& grad_entropy,
+                                   GradLogits&& grad_logits, const SavedLse& saved_lse, const SavedEntropy& saved_entropy,
+                                   const token_log_probs_options& options, const char* fn) {
     static_assert(!detail::is_none_v<Labels> || detail::is_none_v<GradLogProbs>,
                   "posttrain::logits::token_log_probs_backward: grad_log_probs must be posttrain::none when labels is "
                   "posttrain::none");
@@ -1002,6 +1011,17 @@ void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& log
             detail::launch_backward(policy, a, fn);
         },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
+}
+}  // namespace detail
+
+template <class Logits, class Labels, class GradLogProbs, class GradEntropy, class GradLogits, class SavedLse = none_t,
+          class SavedEntropy = none_t>
+void token_log_probs_backward(const exec::cuda_policy& policy, const Logits& logits, const Labels& labels,
+                              const GradLogProbs& grad_log_probs, const GradEntropy& grad_entropy, GradLogits&& grad_logits,
+                              const SavedLse& saved_lse = none, const SavedEntropy& saved_entropy = none,
+                              const token_log_probs_options& options = {}) {
+    detail::token_log_probs_backward_cuda(policy, logits, labels, grad_log_probs, grad_entropy, grad_logits, saved_lse,
+                                          saved_entropy, options, "posttrain::logits::token_log_probs_backward");
 }
 
 }  // namespace posttrain::logits

@@ -1,0 +1,169 @@
+// The logits primitive's CUDA kernels under the other modules' names: preference::token_log_probs
+// and its backward (preference/logits.cuh), policy_loss::entropy_from_logits (policy_loss/entropy.cuh),
+// against their host overloads, float and double, warp teams (V = 300) and block teams (V = 5000),
+// ignored labels, a scalar and a [B, T] upstream; errors name the called function, and misuse
+// throws before anything is written.
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/policy_loss/entropy.cuh>
+#include <posttrain/preference/logits.cuh>
+
+#include "support.cuh"
+
+namespace pt = posttrain;
+using pt::index_t;
+using pt::test::device_vec;
+
+namespace {
+
+// |got - want| <= tol (|want| + floor) (NaN matches NaN).
+void close_floor(const std::vector<double>& got, const std::vector<double>& want, double tol, double floor,
+                 const std::string& what) {
+    ++pt::test::state().checks;
+    int bad = 0;
+    for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+        const double g = got[i], w = want[i];
+        if ((std::isnan(g) && std::isnan(w)) || g == w || std::fabs(g - w) <= tol * (std::fabs(w) + floor)) continue;
+        if (bad++ < 5) {
+            char buf[320];
+            std::snprintf(buf, sizeof buf, "%s: index %zu: got %.17g, want %.17g", what.c_str(), i, g, w);
+            pt::test::report_failure(__FILE__, __LINE__, buf);
+        }
+    }
+    if (got.size() != want.size()) pt::test::report_failure(__FILE__, __LINE__, what + ": size mismatch");
+}
+
+template <class T>
+std::vector<T> random_logits(std::size_t n, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> d(0.0, 3.0);
+    std::vector<T> z(n);
+    for (auto& x : z) x = T(d(rng));
+    return z;
+}
+
+template <class T>
+void preference_case(index_t B, index_t T_, index_t V) {
+    const std::string what = std::string("preference::token_log_probs ") + (sizeof(T) == 8 ? "double" : "float") +
+                             " V=" + std::to_string(V);
+    const double tol = sizeof(T) == 8 ? 1e-11 : 3e-5, gtol = sizeof(T) == 8 ? 1e-10 : 1e-4;
+    const auto z = random_logits<T>(std::size_t(B * T_ * V), std::uint64_t(V));
+    std::vector<std::int64_t> y(std::size_t(B * T_));
+    std::mt19937_64 rng(5);
+    for (auto& l : y) l = rng() % 5 == 0 ? -100 : std::int64_t(rng() % std::uint64_t(V));
+    std::vector<double> up(std::size_t(B * T_));
+    for (auto& u : up) u = double(rng() % 1000) / 250.0 - 2.0;
+    const pt::tensor_view<const T, 3> hz(z.data(), B, T_, V);
+    const pt::tensor_view<const std::int64_t, 2> hy(y.data(), B, T_);
+    std::vector<double> want(std::size_t(B * T_));
+    std::vector<T> want_g(z.size());
+    pt::preference::token_log_probs(pt::exec::seq, hz, hy, pt::tensor_view<double, 2>(want.data(), B, T_));
+    pt::preference::token_log_probs_backward(pt::exec::seq, hz, hy, pt::tensor_view<const double, 2>(up.data(), B, T_),
+                                             pt::tensor_view<T, 3>(want_g.data(), B, T_, V));
+
+    device_vec<T> dz(z), dg(z.size());
+    device_vec<std::int64_t> dy(y);
+    device_vec<double> dout(std::size_t(B * T_)), dup(up);
+    const pt::device_view<const T, 3> vz(dz.data(), B, T_, V);
+    const pt::device_view<const std::int64_t, 2> vy(dy.data(), B, T_);
+    pt::preference::token_log_probs(pt::exec::cuda, vz, vy, pt::device_view<double, 2>(dout.data(), B, T_));
+    pt::preference::token_log_probs_backward(pt::exec::cuda, vz, vy, pt::device_view<const double, 2>(dup.data(), B, T_),
+                                             pt::device_view<T, 3>(dg.data(), B, T_, V));
+    close_floor(dout.host(), want, tol, 1.0, what);
+    close_floor(pt::test::as_double(dg.host()), pt::test::as_double(want_g), gtol, 1e-3, what + " backward");
+}
+
+template <class T>
+void entropy_case(index_t B, index_t T_, index_t V) {
+    const std::string what = std::string("policy_loss::entropy_from_logits ") + (sizeof(T) == 8 ? "double" : "float") +
+                             " V=" + std::to_string(V);
+    const double tol = sizeof(T) == 8 ? 1e-11 : 3e-5, gtol = sizeof(T) == 8 ? 1e-10 : 1e-4;
+    auto z = random_logits<T>(std::size_t(B * T_ * V), std::uint64_t(V) + 1);
+    z[3] = -INFINITY;  // a masked vocabulary entry: probability 0
+    std::vector<double> up(std::size_t(B * T_));
+    std::mt19937_64 rng(9);
+    for (auto& u : up) u = double(rng() % 1000) / 250.0 - 2.0;
+    const pt::tensor_view<const T, 3> hz(z.data(), B, T_, V);
+    std::vector<double> want_h(std::size_t(B * T_));
+    std::vector<T> want_scalar(z.size()), want_view(z.size());
+    pt::policy_loss::entropy_options o;
+    o.nonfinite_logits = pt::advantage::nonfinite::propagate;  // the host raises on the -inf entry otherwise
+    pt::policy_loss::entropy_from_logits(pt::exec::seq, hz, pt::tensor_view<double, 2>(want_h.data(), B, T_),
+                                         pt::tensor_view<T, 3>(want_scalar.data(), B, T_, V), 0.5, o);
+    pt::policy_loss::entropy_from_logits(pt::exec::seq, hz, pt::none, pt::tensor_view<T, 3>(want_view.data(), B, T_, V),
+                                         pt::tensor_view<const double, 2>(up.data(), B, T_), o);
+
+    device_vec<T> dz(z), g_scalar(z.size()), g_view(z.size());
+    device_vec<double> dh(std::size_t(B * T_)), dh_only(std::size_t(B * T_)), dup(up);
+    const pt::device_view<const T, 3> vz(dz.data(), B, T_, V);
+    pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(dh.data(), B, T_),
+                                         pt::device_view<T, 3>(g_scalar.data(), B, T_, V), 0.5, o);
+    pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::none, pt::device_view<T, 3>(g_view.data(), B, T_, V),
+                                         pt::device_view<const double, 2>(dup.data(), B, T_), o);
+    pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(dh_only.data(), B, T_));
+    close_floor(dh.host(), want_h, tol, 1.0, what);
+    close_floor(dh_only.host(), want_h, tol, 1.0, what + " (no gradient)");
+    close_floor(pt::test::as_double(g_scalar.host()), pt::test::as_double(want_scalar), gtol, 1e-3, what + " grad (scalar)");
+    close_floor(pt::test::as_double(g_view.host()), pt::test::as_double(want_view), gtol, 1e-3, what + " grad ([B, T])");
+    // With a workspace of exactly the size asked for, and one byte less.
+    const std::size_t bytes = pt::policy_loss::entropy_from_logits_workspace_bytes(B, T_, true);
+    PT_CHECK(pt::policy_loss::entropy_from_logits_workspace_bytes(B, T_, false) == 0);
+    device_vec<unsigned char> ws(bytes);
+    device_vec<T> g_ws(z.size());
+    pt::policy_loss::entropy_from_logits(pt::exec::cuda.with(ws.data(), bytes), vz, pt::none,
+                                         pt::device_view<T, 3>(g_ws.data(), B, T_, V), 0.5, o);
+    close_floor(pt::test::as_double(g_ws.host()), pt::test::as_double(want_scalar), gtol, 1e-3, what + " grad (workspace)");
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda.with(ws.data(), bytes - 1), vz, pt::none,
+                                                         pt::device_view<T, 3>(g_ws.data(), B, T_, V), 0.5, o),
+                    pt::invalid_argument);
+}
+
+}  // namespace
+
+PT_TEST("preference::token_log_probs on CUDA: the host's values, warp and block teams") {
+    preference_case<float>(2, 7, 300);
+    preference_case<double>(2, 7, 300);
+    preference_case<float>(2, 3, 5000);
+    preference_case<double>(2, 3, 5000);
+}
+
+PT_TEST("policy_loss::entropy_from_logits on CUDA: the host's values, scalar and [B, T] upstream") {
+    entropy_case<float>(2, 7, 300);
+    entropy_case<double>(2, 7, 300);
+    entropy_case<float>(2, 3, 5000);
+    entropy_case<double>(2, 3, 5000);
+}
+
+PT_TEST("front ends on CUDA: errors name the called function; misuse writes nothing") {
+    device_vec<float> z(std::vector<float>(2 * 3 * 10, 0.5f)), g(2 * 3 * 10, 7.0f);
+    device_vec<double> h(6, 7.0), bad_h(5, 7.0);
+    device_vec<std::int64_t> y(std::vector<std::int64_t>(6, 1));
+    const pt::device_view<const float, 3> vz(z.data(), 2, 3, 10);
+    try {
+        pt::preference::token_log_probs(pt::exec::cuda, vz, pt::device_view<const std::int64_t, 2>(y.data(), 2, 3),
+                                        pt::device_view<double, 2>(bad_h.data(), 1, 5));
+        PT_CHECK_MSG(false, "a misshapen output must throw");
+    } catch (const pt::invalid_argument& e) {
+        PT_CHECK_MSG(std::string(e.what()).find("posttrain::preference::token_log_probs") != std::string::npos, e.what());
+    }
+    // A bad entropy output with a gradient: nothing is launched, so the gradient stays untouched.
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(bad_h.data(), 1, 5),
+                                                         pt::device_view<float, 3>(g.data(), 2, 3, 10)),
+                    pt::invalid_argument);
+    for (float v : g.host()) PT_CHECK(v == 7.0f);
+    // An entropy output inside the gradient's bytes.
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(
+                        pt::exec::cuda, vz, pt::device_view<double, 2>(reinterpret_cast<double*>(g.data()), 2, 3),
+                        pt::device_view<float, 3>(g.data(), 2, 3, 10)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(h.data(), 2, 3),
+                                                         pt::device_view<float, 3>(g.data(), 2, 3, 10), std::nan("")),
+                    pt::invalid_argument);
+}
