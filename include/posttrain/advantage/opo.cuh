@@ -32,23 +32,17 @@ namespace detail {
 
 template <class In, class Len, class Out>
 struct opo_body {
-    const In* x;
-    index_t xs;
+    team_io<In, Out> io;
     const Len* len;
     index_t ls;
-    Out* y;
-    index_t ys;
     opo_options o;
-    bool report_nonfinite;
-    std::uint32_t* status;
-    unsigned long long* counters;
 
     template <int L, class Layout>
     __device__ void operator()(int lane, bool has, index_t begin, index_t end, const Layout& layout) const {
         const index_t n = has ? end - begin : 0;
-        const auto rewards = layout.rows_at(x, xs, begin);
+        const auto rewards = layout.rows_at(io.x, io.xs, begin);
         const auto lengths = layout.rows_at(len, ls, begin);
-        const auto dst = layout.rows_at(y, ys, begin);
+        const auto dst = layout.rows_at(io.y, io.ys, begin);
         const double first = n > 0 ? static_cast<double>(rewards.load(0)) : 0.0;
         double weighted = 0, total_len = 0, sum = 0;
         bool differs = false, bad_reward = false, bad_length = false, negative = false;
@@ -89,16 +83,9 @@ struct opo_body {
             else base = sum / static_cast<double>(n);  // every response empty: the plain mean
         }
         for (index_t j = lane; j < n; j += L) dst.store(j, static_cast<Out>(static_cast<double>(rewards.load(j)) - base));
-        if (has && lane == 0) {
-            if (report_nonfinite && bad_reward) bits |= status_nonfinite_input;
-            if (bad_length) bits |= status_nonfinite_input;
-            if (negative) bits |= status_invalid_value;
-            posttrain::detail::report_status(status, bits);
-            if (counters != nullptr) {
-                atomicAdd(counters + 0, 1ull);
-                if (kind != group_regular) atomicAdd(counters + kind, 1ull);
-            }
-        }
+        if (bad_length) bits |= status_nonfinite_input;
+        if (negative) bits |= status_invalid_value;
+        if (has && lane == 0) io.finish_group(bits, bad_reward, kind);
     }
 };
 
@@ -113,23 +100,13 @@ void run_opo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const
     check_counters(stats, fn);
     std::visit(
         [&](auto r, auto l, auto a) {
-            check_row_output(r, a, fn);
             require(l.extent(0) == r.extent(0), {fn, "lengths"},
                     "expected length (one per reward) " + posttrain::detail::str(r.extent(0)) + ", found " +
                         posttrain::detail::str(l.extent(0)));
             require(!views_overlap(a, l), {fn, "advantages"}, "the output overlaps the input 'lengths'; pass a separate buffer");
-            check_apart_from_layout(groups, a, fn, "advantages");
-            check_apart_from_layout(groups, stats, fn, "stats");
-            check_status_apart_from_layout(policy, groups, fn);
-            const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
-            if (options.singleton_groups == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
-                posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row (singleton::error)");
-            using In = typename decltype(r)::value_type;
-            using Len = typename decltype(l)::value_type;
-            using Out = typename decltype(a)::value_type;
-            const opo_body<In, Len, Out> body{r.data(), r.stride(0), l.data(), l.stride(0), a.data(), a.stride(0), options,
-                                              options.nonfinite_rewards == nonfinite::raise, policy.status,
-                                              reinterpret_cast<unsigned long long*>(stats.data())};
+            const auto info = checked_device_layout(policy, groups, r, a, stats, options.singleton_groups, fn);
+            const opo_body<typename decltype(r)::value_type, typename decltype(l)::value_type, typename decltype(a)::value_type>
+                body{make_team_io(r, a, options.nonfinite_rewards, policy, stats), l.data(), l.stride(0), options};
             launch_team_per_group(policy, body, info, r.extent(0), fn);
         },
         rv, lv, av);

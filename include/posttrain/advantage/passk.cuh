@@ -32,20 +32,14 @@ namespace detail {
 
 template <class In, class Out>
 struct passk_body {
-    const In* x;
-    index_t xs;
-    Out* y;
-    index_t ys;
+    team_io<In, Out> io;
     passk_options o;  // trivially copyable: no containers
-    bool report_nonfinite;
-    std::uint32_t* status;
-    unsigned long long* counters;
 
     template <int L, class Layout>
     __device__ void operator()(int lane, bool has, index_t begin, index_t end, const Layout& layout) const {
         const index_t n = has ? end - begin : 0;
-        const auto src = layout.rows_at(x, xs, begin);
-        const auto dst = layout.rows_at(y, ys, begin);
+        const auto src = layout.rows_at(io.x, io.xs, begin);
+        const auto dst = layout.rows_at(io.y, io.ys, begin);
         // Pass 1: the best row, the sum (for the mean), NaN and non-finite rows.
         double best = 0, sum = 0;
         index_t at = -1;
@@ -92,15 +86,8 @@ struct passk_body {
             const double out = nan && n >= 2 ? quiet_nan() : j == at ? gap : 0.0;
             dst.store(j, static_cast<Out>(out));
         }
-        if (has && lane == 0) {
-            if (report_nonfinite && nonfinite) bits |= status_nonfinite_input;
-            posttrain::detail::report_status(status, bits);
-            if (counters != nullptr) {
-                atomicAdd(counters + 0, 1ull);
-                if (n == 0) atomicAdd(counters + group_empty, 1ull);
-                if (n == 1) atomicAdd(counters + group_singleton, 1ull);
-            }
-        }
+        if (has && lane == 0)
+            io.finish_group(bits, nonfinite, n == 0 ? group_empty : n == 1 ? group_singleton : group_regular);
     }
 };
 
@@ -108,24 +95,14 @@ template <class Rewards, class Groups, class Advantages>
 void run_passk_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups, Advantages&& advantages,
                     const passk_options& options, device_view<index_t, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::grpo_passk";
-    using posttrain::detail::require;
     auto rv = posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"});
     auto av = posttrain::detail::floating_output<1, device_space>(advantages, {fn, "advantages"});
     check_counters(stats, fn);
     std::visit(
         [&](auto r, auto a) {
-            check_row_output(r, a, fn);
-            check_apart_from_layout(groups, a, fn, "advantages");
-            check_apart_from_layout(groups, stats, fn, "stats");
-            check_status_apart_from_layout(policy, groups, fn);
-            const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
-            if (options.singleton_groups == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
-                posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row; pass@k needs two");
-            using In = typename decltype(r)::value_type;
-            using Out = typename decltype(a)::value_type;
-            const passk_body<In, Out> body{r.data(), r.stride(0), a.data(), a.stride(0), options,
-                                           options.nonfinite_rewards == nonfinite::raise, policy.status,
-                                           reinterpret_cast<unsigned long long*>(stats.data())};
+            const auto info = checked_device_layout(policy, groups, r, a, stats, options.singleton_groups, fn);
+            const passk_body<typename decltype(r)::value_type, typename decltype(a)::value_type> body{
+                make_team_io(r, a, options.nonfinite_rewards, policy, stats), options};
             launch_team_per_group(policy, body, info, r.extent(0), fn);
         },
         rv, av);

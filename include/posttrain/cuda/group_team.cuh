@@ -50,6 +50,36 @@ __device__ void team_argmax(double& value, index_t& at) {
     }
 }
 
+// What every body reads and writes besides its options: rewards in, advantages out (row order, any
+// stride), the status word and the optional group counters (outcome_counter_slots).
+template <class In, class Out>
+struct team_io {
+    const In* x;
+    index_t xs;
+    Out* y;
+    index_t ys;
+    bool report_nonfinite;  // nonfinite::raise: a non-finite reward sets status_nonfinite_input
+    std::uint32_t* status;
+    unsigned long long* counters;
+
+    // The status bits and counters of one finished group (one lane of its team calls it).
+    __device__ void finish_group(std::uint32_t bits, bool nonfinite_reward, unsigned char kind) const {
+        if (report_nonfinite && nonfinite_reward) bits |= status_nonfinite_input;
+        posttrain::detail::report_status(status, bits);
+        if (counters != nullptr) {
+            atomicAdd(counters + 0, 1ull);
+            if (kind != group_regular) atomicAdd(counters + kind, 1ull);
+        }
+    }
+};
+
+template <class In, class Out>
+team_io<In, Out> make_team_io(device_view<const In, 1> r, device_view<Out, 1> a, nonfinite rewards,
+                              const exec::cuda_policy& policy, device_view<index_t, 1> stats) {
+    return {r.data(), r.stride(0), a.data(), a.stride(0), rewards == nonfinite::raise, policy.status,
+            reinterpret_cast<unsigned long long*>(stats.data())};
+}
+
 template <int L, class Body, class Layout>
 __global__ void __launch_bounds__(cuda_tuning::block_threads)
     team_per_group_kernel(Body body, Layout layout, index_t groups, std::uint32_t* status) {

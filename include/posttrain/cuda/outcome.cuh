@@ -1072,6 +1072,21 @@ void check_status_apart_from_layout(const exec::cuda_policy& policy, const Group
                             fn, "policy");
 }
 
+// The host checks every rewards -> advantages entry makes (shapes, aliasing, outputs apart from the
+// layout, singleton::error with groups of one row), then the device layout.
+template <class Groups, class R, class A>
+auto checked_device_layout(const exec::cuda_policy& policy, const Groups& groups, const R& r, const A& a,
+                           device_view<index_t, 1> stats, singleton singletons, const char* fn) {
+    check_row_output(r, a, fn);
+    check_apart_from_layout(groups, a, fn, "advantages");
+    check_apart_from_layout(groups, stats, fn, "stats");
+    check_status_apart_from_layout(policy, groups, fn);
+    auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
+    if (singletons == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
+        posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row (singleton::error)");
+    return info;
+}
+
 // The gain of plain GRPO/RLOO: params.gain, known on the host; no scratch.
 struct host_gain {
     std::size_t scratch_bytes() const noexcept { return 0; }
@@ -1090,20 +1105,12 @@ template <class Rewards, class Groups, class Advantages, class Gain = host_gain>
 void run_outcome_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups,
                       Advantages&& advantages, const outcome_params& params, nonfinite nonfinite_rewards,
                       device_view<index_t, 1> stats, const char* fn, const Gain& gain = {}) {
-    using posttrain::detail::require;
     auto rv = posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"});
     auto av = posttrain::detail::floating_output<1, device_space>(advantages, {fn, "advantages"});
     check_counters(stats, fn);
     std::visit(
         [&](auto r, auto a) {
-            check_row_output(r, a, fn);
-            check_apart_from_layout(groups, a, fn, "advantages");
-            check_apart_from_layout(groups, stats, fn, "stats");
-            check_status_apart_from_layout(policy, groups, fn);
-            const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
-            if (params.singleton_groups == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
-                posttrain::detail::raise_invalid_argument(fn, "groups",
-                                                          "every group has a single row (singleton::error)");
+            const auto info = checked_device_layout(policy, groups, r, a, stats, params.singleton_groups, fn);
             posttrain::detail::scratch_cursor layout;
             const std::size_t engine_at = layout.take(outcome_workspace_bytes(params.std_scale));
             const std::size_t gain_at = layout.take(gain.scratch_bytes());
