@@ -4,6 +4,9 @@
 //     sizes up to 10^4, mostly-small layouts with rare huge groups that overflow a tile), totals
 //     from 0 to 10^7; binary and continuous rewards; default, scale::batch, TRL (NaN ignored) and
 //     verl (NaN propagated) options; the device counters against the host's group_stats_result.
+//   - The rest of the family on the same layouts: GRPO under statistics::float32_one_pass (bit for
+//     bit), GPG (alpha from the batch), pass@k, OPO (lengths) and GDPO (three components, both
+//     aggregations).
 //   - GAE and discounted returns: [rows, cols] up to 10^7 tokens (packed tiles, chunked rows of
 //     2*10^6 tokens, T = 1), interior mask zeros and right padding, whitening presets.
 //   - The fused PPO-clip + k3 loss at 2^20..2^23 tokens (short rows, 2048-token rows, chunked rows
@@ -25,7 +28,11 @@
 
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/advantage/gae.cuh>
+#include <posttrain/advantage/gdpo.cuh>
+#include <posttrain/advantage/gpg.cuh>
 #include <posttrain/advantage/grpo.cuh>
+#include <posttrain/advantage/opo.cuh>
+#include <posttrain/advantage/passk.cuh>
 #include <posttrain/advantage/rloo.cuh>
 #include <posttrain/policy_loss/kl.cuh>
 #include <posttrain/policy_loss/policy_loss.cuh>
@@ -185,6 +192,83 @@ PT_TEST("stress: grpo against the host on layouts up to 10^7 rows") {
         batch.std_scale = adv::scale::batch;
         outcome_case<double>(l, batch, true, 0.0, "grpo double scale::batch");
         outcome_case<float>(l, adv::grpo_options::trl(), false, 0.01, "grpo float trl (NaN ignored)");
+    }
+}
+
+namespace {
+
+// One estimator of the family on one layout: host(groups, want) -> group_stats_result on the host
+// layout, device(policy, groups, out, stats) on the device one; tol < 0 asks for equal bits.
+template <class T, class Host, class Device>
+void family_case(const layout& l, const std::string& what, double tol, Host&& host, Device&& device) {
+    std::vector<T> want(std::size_t(l.off.back()));
+    pt::group_stats_result hs;
+    device_vec<T> da(want.size(), T(-12345));
+    device_vec<index_t> stats(5, 0);
+    device_vec<std::uint32_t> status(1, 0u);
+    const device_vec<std::int64_t> doff(l.off);
+    const auto pol = pt::exec::cuda.with_status(status.data());
+    if (l.uniform > 0) {
+        hs = host(pt::uniform_groups{l.uniform}, want);
+        device(pol, pt::uniform_groups{l.uniform}, da.view(), stats.view());
+    } else {
+        hs = host(pt::ragged(l.off), want);
+        device(pol, pt::ragged(doff.cview()), da.view(), stats.view());
+    }
+    const std::string at = what + " " + l.name + " (N=" + std::to_string(want.size()) + ")";
+    const std::vector<T> got = da.host();
+    if (tol < 0) {
+        bool same = true;
+        for (std::size_t i = 0; i < got.size(); ++i) same &= got[i] == want[i] || (got[i] != got[i] && want[i] != want[i]);
+        PT_CHECK_MSG(same, at + ": not bit for bit");
+        if (!same) pt::test::close_to(got, want, 0.0, at);
+    } else {
+        pt::test::close_to(got, want, tol, at);
+    }
+    const std::vector<index_t> s = stats.host();
+    PT_CHECK_MSG(s[0] == hs.groups && s[1] == hs.empty_groups && s[2] == hs.singleton_groups &&
+                     s[3] == hs.zero_variance_groups && s[4] == hs.ignored_rows,
+                 at + " counters");
+    PT_CHECK_MSG(read_status(status) == 0, at + ": status word set on valid input");
+}
+
+}  // namespace
+
+PT_TEST("stress: float32_one_pass, gpg, passk, opo and gdpo against the host on layouts up to 10^7 rows") {
+    for (const layout& l : outcome_layouts()) {
+        const std::vector<float> r = rewards_for<float>(l.off, 29 + l.off.size(), true, 0.0);
+        const device_vec<float> dr(r);
+        const index_t n = index_t(r.size());
+        family_case<float>(l, "grpo float32_one_pass", -1, [&](auto g, auto& a) {
+            return adv::grpo(pt::exec::seq, r, g, a, adv::grpo_options::verl_vectorized());
+        }, [&](auto p, auto g, auto a, auto s) { adv::grpo(p, dr.cview(), g, a, adv::grpo_options::verl_vectorized(), s); });
+        family_case<float>(l, "gpg verl", 1e-6, [&](auto g, auto& a) {
+            return adv::gpg(pt::exec::seq, r, g, a, adv::gpg_options::verl());
+        }, [&](auto p, auto g, auto a, auto s) { adv::gpg(p, dr.cview(), g, a, adv::gpg_options::verl(), s); });
+        family_case<float>(l, "passk", 1e-6, [&](auto g, auto& a) {
+            return adv::grpo_passk(pt::exec::seq, r, g, a);
+        }, [&](auto p, auto g, auto a, auto s) { adv::grpo_passk(p, dr.cview(), g, a, adv::passk_options{}, s); });
+        std::vector<double> len(r.size());
+        std::mt19937_64 rng(3);
+        for (auto& x : len) x = double(rng() % 4096);
+        const device_vec<double> dlen(len);
+        family_case<float>(l, "opo", 1e-6, [&](auto g, auto& a) {
+            return adv::opo(pt::exec::seq, r, len, g, a);
+        }, [&](auto p, auto g, auto a, auto s) { adv::opo(p, dr.cview(), dlen.cview(), g, a, adv::opo_options{}, s); });
+        // GDPO: three components, [N, 3] row-major.
+        std::vector<double> m(std::size_t(3 * n));
+        for (int k = 0; k < 3; ++k) {
+            const std::vector<double> c = rewards_for<double>(l.off, 31 + std::uint64_t(k), k != 1, 0.0);
+            for (index_t i = 0; i < n; ++i) m[std::size_t(3 * i + k)] = c[std::size_t(i)];
+        }
+        const device_vec<double> dm(m);
+        const pt::tensor_view<const double, 2> hm(m.data(), n, 3);
+        const pt::device_view<const double, 2> vm(dm.data(), n, 3);
+        for (const auto& o : {adv::gdpo_options::gdpo({1.0, 0.5, 2.0}),
+                              adv::gdpo_options::trl(adv::aggregation::sum_then_normalize, adv::scale::group, {1.0, 0.5, 2.0})})
+            family_case<double>(l, o.mode == adv::aggregation::normalize_then_sum ? "gdpo" : "gdpo sum_then_normalize", 1e-9,
+                                [&](auto g, auto& a) { return adv::gdpo(pt::exec::seq, hm, g, a, o); },
+                                [&](auto p, auto g, auto a, auto s) { adv::gdpo(p, vm, g, a, pt::none, o, s); });
     }
 }
 
