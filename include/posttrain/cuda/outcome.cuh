@@ -11,7 +11,8 @@
 //     consecutive groups, double-buffered: the rows of the next tile are copied into shared
 //     memory (cp.async, coalesced) while the current one is computed, then written back with
 //     coalesced stores. A team of `lanes` = 1..32 threads, sized to the group, holds its rows in
-//     registers and reduces over log2(lanes) shuffle levels only.
+//     registers and reduces over log2(lanes) shuffle levels only; a single thread takes
+//     tile_values / k consecutive groups of k <= 4 rows, one after the other, so that tiles stay full.
 //   - ragged tile kernel (mean group size up to ~128): the same pipeline over tiles of a fixed
 //     number of groups (whose offsets are prefetched a tile ahead), with teams that loop over
 //     their group's rows in shared memory, so that no group size is too large for its team. A tile
@@ -471,11 +472,23 @@ __device__ __noinline__ void block_loop_group(outcome_args<In, Out> a, Layout la
 // What one thread knows of a tile. `staged`: every group of the tile is valid and the tile's rows
 // fit in its buffer (always so for uniform layouts, whose group size the host matched to the team),
 // so that the rows [r0, r0 + rows) are staged in shared memory, the team's group at [first, first + size).
+// A team's groups are consecutive: [first + p * size, first + (p + 1) * size) for p < groups.
 struct tile_plan {
     index_t r0 = 0;
     int first = 0, size = 0, rows = 0;
+    int groups = 0;  // this team's groups in the tile (0 or 1, except for uniform single-lane teams)
     bool has = false, staged = true;
 };
+
+// Groups per team in a tile: one, except that single-lane teams of a uniform layout take as many
+// groups as their tile_values registers hold (k <= tile_values there), so that a tile of groups of
+// 1..4 rows still carries ~block_threads * tile_values rows: a block keeps as many bytes in flight
+// as with groups of 8 (with one group per thread, groups of 4 left the tiles half empty).
+template <int L, class Layout>
+__host__ __device__ int groups_per_team(const Layout& layout) {
+    if constexpr (Layout::uniform && L == 1) return cuda_tuning::tile_values / static_cast<int>(layout.k);
+    else return 1;
+}
 
 // Ragged tiles read their offsets from shared memory (s_off[0..teams] = offsets of the tile's
 // groups g0 .. g0 + teams, prefetched), uniform ones compute them. Every thread calls it.
@@ -483,17 +496,24 @@ template <int L, int Capacity, class Layout>
 __device__ tile_plan plan_tile(const Layout& layout, index_t tile, index_t groups, const index_t* s_off) {
     constexpr int teams = cuda_tuning::block_threads / L;
     tile_plan t;
-    const index_t g0 = tile * teams;
-    const int count = static_cast<int>(g0 + teams < groups ? teams : groups - g0);
     const int team = static_cast<int>(threadIdx.x) / L;
-    t.has = team < count;
     if constexpr (Layout::uniform) {
+        const int per = groups_per_team<L>(layout);
+        const index_t g0 = tile * teams * per;
+        const int count = static_cast<int>(g0 + teams * per < groups ? teams * per : groups - g0);
         const int k = static_cast<int>(layout.k);  // k <= 32 * tile_values here
+        const int mine = count - team * per;
+        t.groups = mine < 0 ? 0 : mine < per ? mine : per;
+        t.has = t.groups > 0;
         t.r0 = g0 * layout.k;
-        t.first = team * k;
+        t.first = team * per * k;
         t.size = k;
         t.rows = count * k;
     } else {
+        const index_t g0 = tile * teams;
+        const int count = static_cast<int>(g0 + teams < groups ? teams : groups - g0);
+        t.has = team < count;
+        t.groups = t.has ? 1 : 0;
         bool ok = true;
         index_t begin = 0, end = 0;
         if (t.has) {
@@ -632,7 +652,8 @@ __device__ __noinline__ void tile_fallback(outcome_args<In, Out> a, Layout layou
     __syncthreads();  // s_big is rewritten by the next deferred tile
 }
 
-// Tile kernel: tile t is groups [t * teams, (t + 1) * teams), one per team of L threads. Blocks walk
+// Tile kernel: tile t is groups [t * teams * per, (t + 1) * teams * per), per consecutive groups per
+// team of L threads (per = groups_per_team: 1 except for single-lane uniform teams). Blocks walk
 // the tiles with a grid stride, double-buffered: the rows of the next tile (and, for ragged
 // layouts, the offsets of the one after) are in flight while the current one is computed. Results
 // go back to the tile (in place when In and Out have the same size) and out with coalesced
@@ -665,7 +686,8 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
         if (tid < cuda_tuning::tile_deferral_words) s_deferred[tid] = 0;
 
     groups = layout.live_groups(groups);  // a device-held count may leave fewer than launched for
-    const index_t tiles = (groups + teams - 1) / teams;
+    const int per = groups_per_team<L>(layout);
+    const index_t tiles = (groups + teams * per - 1) / (teams * per);
     if (static_cast<index_t>(blockIdx.x) >= tiles) return;  // the whole block: no tile to plan
     const index_t step = gridDim.x;
     index_t tile = blockIdx.x;
@@ -702,9 +724,11 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads,
                                    staged_rows<Out, false>{out_tile, cur.first},
                                    static_cast<block_exchange<In>*>(nullptr), counters);
             else
-                team_group<L, V, true>(a, lane, cur.has, cur.size, staged_rows<const In, true>{in_tile, cur.first},
-                                       staged_rows<Out, true>{out_tile, cur.first},
-                                       static_cast<block_exchange<In>*>(nullptr), counters);
+                for (int p = 0; p < per; ++p)  // the same count in every thread: the collectives stay convergent
+                    team_group<L, V, true>(a, lane, p < cur.groups, cur.size,
+                                           staged_rows<const In, true>{in_tile, cur.first + p * cur.size},
+                                           staged_rows<Out, true>{out_tile, cur.first + p * cur.size},
+                                           static_cast<block_exchange<In>*>(nullptr), counters);
             __syncthreads();
             unstage_tile<!ragged, capacity>(out_tile, a.y, a.y_stride, cur, layout);
         } else if constexpr (ragged) {
@@ -946,12 +970,12 @@ void launch_single_group(const exec::cuda_policy& pol, const outcome_args<In, Ou
 template <int L, class In, class Out, class Layout>
 void launch_tile(const exec::cuda_policy& pol, const outcome_args<In, Out>& a, const Layout& layout, index_t groups,
                  const char* fn) {
-    constexpr index_t teams = cuda_tuning::block_threads / L;
+    const index_t per_tile = index_t{cuda_tuning::block_threads / L} * groups_per_team<L>(layout);
     // As many blocks as are resident at once (each walks its tiles double-buffered) ...
     int device = 0, sms = 0;
     POSTTRAIN_CUDA_CHECK(cudaGetDevice(&device));
     POSTTRAIN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const index_t tiles = (groups + teams - 1) / teams;
+    const index_t tiles = (groups + per_tile - 1) / per_tile;
     index_t blocks = index_t{sms} * (Layout::uniform ? cuda_tuning::tile_min_blocks : cuda_tuning::ragged_min_blocks);
     // ... and enough that no block walks more tiles than it can defer.
     const index_t rounds = index_t{32} * cuda_tuning::tile_deferral_words;
