@@ -1,5 +1,5 @@
 // The rest of the outcome family on exec::cuda against the host oracle (exec::seq): GRPO under
-// statistics::float32_one_pass (bit for bit), GPG, pass@k, OPO and GDPO, on uniform (1..300 rows),
+// statistics::float32_one_pass (bit for bit), group_mean_std, GPG, pass@k, OPO and GDPO, on uniform (1..300 rows),
 // ragged (with empty and singleton groups) and permuted layouts, float and double, every preset;
 // the group counters, the status bits, exact workspaces, misuse, and CUDA-graph capture.
 //
@@ -179,6 +179,38 @@ void float32_matrix() {
             PT_CHECK_MSG(bitwise_equal(got, exp), what);
             if (!bitwise_equal(got, exp)) pt::test::close_to(got, exp, 0.0, what);
             check_counters(stats, h, what);
+        }
+}
+
+// ---- group_mean_std -------------------------------------------------------------------------------
+
+// float mean, double std, float count: the outputs' dtypes are independent.
+template <class T>
+void group_mean_std_matrix() {
+    adv::group_mean_std_options torch_like;
+    torch_like.singleton_unit = false;
+    adv::group_mean_std_options pop = torch_like;
+    pop.ddof = pt::ddof::population;
+    const std::pair<const char*, adv::group_mean_std_options> variants[] = {
+        {"default", {}}, {"verl", adv::group_mean_std_options::verl()}, {"singletons as torch", torch_like},
+        {"population", pop}};
+    for (const auto& c : layouts())
+        for (const auto& [name, o] : variants) {
+            const std::string what = std::string("group_mean_std ") + (sizeof(T) == 8 ? "double " : "float ") + c.name + " " + name;
+            const auto r = group_rewards<T>(c, c.n + 6);
+            const std::size_t G = c.rows.size();
+            std::vector<float> want_mean(G), want_count(G);
+            std::vector<double> want_std(G);
+            device_vec<T> dr(r);
+            device_vec<float> dmean(G, -7.0f), dcount(G, -7.0f);
+            device_vec<double> dstd(G, -7.0);
+            on_layout(
+                c, [&](auto g) { adv::group_mean_std(pt::exec::seq, r, g, want_mean, want_std, want_count, o); },
+                [&](auto g) { adv::group_mean_std(pt::exec::cuda, dr.cview(), g, dmean.view(), dstd.view(), dcount.view(), o); });
+            const double tol = o.stats == adv::statistics::float32_one_pass ? 0.0 : tol_of(sizeof(T));
+            pt::test::close_to(dmean.host(), want_mean, tol, what + " mean");
+            pt::test::close_to(dstd.host(), want_std, tol, what + " std");
+            pt::test::close_to(dcount.host(), want_count, 0.0, what + " count");
         }
 }
 
@@ -373,6 +405,8 @@ void gdpo_matrix() {
 
 PT_TEST("grpo float32_one_pass: bit for bit the host's, float") { float32_matrix<float>(); }
 PT_TEST("grpo float32_one_pass: bit for bit the host's, double") { float32_matrix<double>(); }
+PT_TEST("group_mean_std float") { group_mean_std_matrix<float>(); }
+PT_TEST("group_mean_std double") { group_mean_std_matrix<double>(); }
 PT_TEST("gpg float") { gpg_matrix<float>(); }
 PT_TEST("gpg double") { gpg_matrix<double>(); }
 PT_TEST("passk float") { passk_matrix<float>(); }
@@ -428,6 +462,12 @@ PT_TEST("family: status bits where the host would throw") {
     PT_CHECK(status_of([&](auto p) { adv::gpg(p, dr.cview(), pt::uniform_groups{4}, da.view()); }) & pt::status_nonfinite_input);
     PT_CHECK(status_of([&](auto p) { adv::grpo_passk(p, dr.cview(), pt::uniform_groups{4}, da.view()); }) &
              pt::status_nonfinite_input);
+    device_vec<double> stats_out(6, 0.0);
+    PT_CHECK(status_of([&](auto p) {
+                 adv::group_mean_std(p, dr.cview(), pt::uniform_groups{4}, pt::device_view<double, 1>(stats_out.data(), 2),
+                                     pt::device_view<double, 1>(stats_out.data() + 2, 2),
+                                     pt::device_view<double, 1>(stats_out.data() + 4, 2));
+             }) == pt::status_nonfinite_input);
     std::vector<float> clean = {1, 2, 3, 4, 5, 6, 7, 8};
     device_vec<float> dc(clean);
     device_vec<float> good_len(std::vector<float>(8, 10.0f));
@@ -480,6 +520,13 @@ PT_TEST("family: host-detectable misuse throws before launching") {
     PT_CHECK_THROWS(adv::grpo_passk(pt::exec::cuda, dr.cview(), pt::uniform_groups{1}, da.view(), adv::passk_options::verl()),
                     pt::invalid_argument);
     PT_CHECK_THROWS(adv::opo(pt::exec::cuda, dr.cview(), small.cview(), pt::uniform_groups{4}, da.view()), pt::invalid_argument);
+    // group_mean_std: one entry per group, outputs apart.
+    PT_CHECK_THROWS(adv::group_mean_std(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, pt::device_view<float, 1>(da.data(), 3),
+                                        pt::device_view<float, 1>(da.data() + 3, 2), pt::device_view<float, 1>(da.data() + 5, 2)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::group_mean_std(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, pt::device_view<float, 1>(da.data(), 2),
+                                        pt::device_view<float, 1>(da.data() + 1, 2), pt::device_view<float, 1>(da.data() + 4, 2)),
+                    pt::invalid_argument);
     PT_CHECK_THROWS(adv::opo(pt::exec::cuda, dr.cview(), len.cview(), pt::uniform_groups{4}, len.view()), pt::invalid_argument);
     // float32_one_pass takes only what verl's group_mean_std computes.
     adv::grpo_options loo = adv::grpo_options::verl_vectorized();
@@ -533,6 +580,11 @@ PT_TEST("family: run-to-run determinism, and CUDA-graph capture and replay") {
           });
     graph("passk", 0, [&](const pt::exec::cuda_policy& p) {
         adv::grpo_passk(p, sets.dev.cview(), groups, a.view(), adv::passk_options::verl(), stats.view());
+    });
+    graph("group_mean_std (float32_one_pass)", 0, [&](const pt::exec::cuda_policy& p) {
+        adv::group_mean_std(p, sets.dev.cview(), groups, pt::device_view<float, 1>(a.data(), n / 16),
+                            pt::device_view<float, 1>(a.data() + n / 16, n / 16),
+                            pt::device_view<float, 1>(a.data() + 2 * (n / 16), n / 16), adv::group_mean_std_options::verl());
     });
     graph("opo", 0, [&](const pt::exec::cuda_policy& p) {
         adv::opo(p, sets.dev.cview(), lengths.dev.cview(), groups, a.view(), adv::opo_options::verl(), stats.view());

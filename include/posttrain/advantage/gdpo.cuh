@@ -164,9 +164,6 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
     std::visit(
         [&](auto r, auto a, auto c) {
             const index_t N = r.extent(0), K = r.extent(1);
-            require(a.extent(0) == N, {fn, "advantages"},
-                    "expected length (one per row of rewards) " + str(N) + ", found " + str(a.extent(0)));
-            require(!views_overlap(a, r), {fn, "advantages"}, "the output overlaps the input 'rewards'; pass a separate buffer");
             require(options.weights.empty() || index_t(options.weights.size()) == K, {fn, "options.weights"},
                     "expected one weight per reward component (" + str(K) + "), found " + str(index_t(options.weights.size())));
             if constexpr (has_combined) {
@@ -176,12 +173,9 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
                         "overlaps 'rewards' or 'advantages'; pass a separate buffer");
                 check_apart_from_layout(groups, c, fn, "combined");
             }
-            check_apart_from_layout(groups, a, fn, "advantages");
-            check_apart_from_layout(groups, stats, fn, "stats");
-            check_status_apart_from_layout(policy, groups, fn);
-            const auto info = posttrain::detail::make_device_layout(policy, groups, N, {fn, "groups"});
-            if (options.component.singleton_groups == singleton::error && info.exact_size == 1 && N > 0 && K > 0)
-                posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row (singleton::error)");
+            // Without components the host runs no GRPO, so it has no singleton to refuse.
+            const auto info = checked_device_layout(policy, groups, r, a, stats,
+                                                    K > 0 ? options.component.singleton_groups : singleton::zero, fn);
 
             using In = typename decltype(r)::value_type;
             using Out = typename decltype(a)::value_type;

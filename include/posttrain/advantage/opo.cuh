@@ -38,7 +38,7 @@ struct opo_body {
     opo_options o;
 
     template <int L, class Layout>
-    __device__ void operator()(int lane, bool has, index_t begin, index_t end, const Layout& layout) const {
+    __device__ void operator()(int lane, bool has, index_t /*g*/, index_t begin, index_t end, const Layout& layout) const {
         const index_t n = has ? end - begin : 0;
         const auto rewards = layout.rows_at(io.x, io.xs, begin);
         const auto lengths = layout.rows_at(len, ls, begin);

@@ -36,7 +36,7 @@ struct passk_body {
     passk_options o;  // trivially copyable: no containers
 
     template <int L, class Layout>
-    __device__ void operator()(int lane, bool has, index_t begin, index_t end, const Layout& layout) const {
+    __device__ void operator()(int lane, bool has, index_t /*g*/, index_t begin, index_t end, const Layout& layout) const {
         const index_t n = has ? end - begin : 0;
         const auto src = layout.rows_at(io.x, io.xs, begin);
         const auto dst = layout.rows_at(io.y, io.ys, begin);

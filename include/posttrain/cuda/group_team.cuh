@@ -7,9 +7,10 @@
 //
 // A body is a struct with
 //     template <int L, class Layout>
-//     __device__ void operator()(int lane, bool has, index_t begin, index_t end, const Layout&) const;
-// which every lane of the warp calls the same number of times (has = false when its team has no
-// group this round, or the group's bounds are invalid: then begin = end = 0), so that it may use
+//     __device__ void operator()(int lane, bool has, index_t g, index_t begin, index_t end, const Layout&) const;
+// for group g (rows [begin, end) of the layout), which every lane of the warp calls the same number
+// of times (has = false when its team has no group this round, or the group's bounds are invalid:
+// then begin = end = 0), so that it may use
 // the full-mask team collectives below and outcome.cuh's team_sum / team_any.
 //
 // Determinism: a group's reductions are fixed xor butterflies over lanes that each sum their rows
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
             has = false;
             begin = end = 0;
         }
-        body.template operator()<L>(lane, has, begin, end, layout);
+        body.template operator()<L>(lane, has, g, begin, end, layout);
     }
 }
 
