@@ -1,0 +1,268 @@
+#pragma once
+// Loss aggregation on the GPU: the exec::cuda overloads of policy_loss::aggregate and count_tokens
+// (aggregate.hpp), for a loss computed elsewhere (a value loss, an entropy term, a custom objective):
+//
+//     // asynchronous: the gradient, and the aggregate_result into device memory
+//     pt::policy_loss::aggregate(pt::exec::cuda.on(stream), d_loss_mat, d_mask, d_grad, opts.aggregation, 1.0,
+//                                pt::device_view<pt::policy_loss::aggregate_result, 0>(d_result));
+//     // or, when the host wants the number now: the same, then a sync of the stream
+//     const auto r = pt::policy_loss::aggregate(pt::exec::cuda.on(stream), d_loss_mat, d_mask, pt::none);
+//
+// loss_mat is a [B, T] float or double device view (any strides) or DLPack tensor on a CUDA device,
+// the mask bool or any arithmetic type (its values are the token weights; masked positions are
+// selected out, never multiplied: they may hold anything), grad_loss_mat a float or double [B, T]
+// device view or posttrain::none. Semantics, options and global normalizers are the host's.
+//
+// The passes are the fused policy loss's (policy_loss.cuh), in the same segments and teams:
+//   1. count and plan: the row token counts n_i and, on the device, the aggregation's divisor.
+//   2. sum: each team sums w * L over its segment in double (a fixed xor butterfly), and, given a
+//      gradient, writes grad = row_factor(n_i) * grad_scale * w in the same pass; chunked rows are
+//      folded chunk by chunk by a row kernel.
+//   3. finish: one block folds row_factor(n_i) * s_i over the rows into the aggregate_result.
+// Determinism: the segments, teams and grid depend only on (B, T): the bits are the same run to run
+// and GPU to GPU; they differ from the host's eight-lane order by rounding only.
+//
+// Scratch: aggregate_workspace_bytes(B, T) (counts, plan, row sums, the result slot);
+// count_tokens_workspace_bytes(B, T). From .with(workspace) or cudaMallocAsync on the stream.
+
+#if !defined(__CUDACC__)
+#error "<posttrain/policy_loss/aggregate.cuh> needs nvcc: include it only from .cu files"
+#endif
+
+#include "aggregate.hpp"
+#include "policy_loss.cuh"  // the segment geometry, teams, count and plan kernels
+
+namespace posttrain::policy_loss {
+
+namespace detail {
+
+// Pass 2: the selected, weighted sum of each segment (rows: s[row]; chunked rows: chunk_s[segment])
+// and, when grad is given, the gradient of every token of the segment.
+template <class T, class M, class G>
+__global__ void __launch_bounds__(loss_threads)
+    aggregate_sum_kernel(const device_view<const T, 2> loss, const device_view<const M, 2> mask, const seg_geometry g,
+                         const double* n, const aggregation_plan* plan, double grad_scale, G* grad, index_t gs0,
+                         index_t gs1, double* s, double* chunk_s) {
+    const team_pos p = team_of(g);
+    const aggregation_plan pl = *plan;
+    for (index_t base = p.first; base < g.count; base += p.step) {
+        const index_t seg = base + p.team;
+        const bool has = seg < g.count;
+        const seg_span sp = span_of(g, seg, has);
+        const T* lrow = loss.data() + sp.row * loss.stride(0);
+        const M* mrow = mask.data() + sp.row * mask.stride(0);
+        const double f = has ? pl.row_factor(n[sp.row]) * grad_scale : 0.0;
+        double sum = 0;
+        for (index_t t = sp.begin + p.lane; t < sp.end; t += p.lanes) {
+            const double w = mask_value(mrow[t * mask.stride(1)]);
+            if (w != 0) sum += static_cast<double>(lrow[t * loss.stride(1)]) * w;  // select, never multiply by 0
+            if (grad != nullptr) grad[sp.row * gs0 + t * gs1] = static_cast<G>(f * w);
+        }
+        sum = team_sum(sum, p.lanes);
+        if (has && p.lane == 0) {
+            if (g.chunks == 1) s[sp.row] = sum;
+            else chunk_s[seg] = sum;
+        }
+    }
+}
+
+// Chunked rows: s[row] from its chunks, in order.
+template <int Unused = 0>
+__global__ void __launch_bounds__(loss_threads) aggregate_row_sum_kernel(const seg_geometry g, const double* chunk_s, double* s) {
+    for (index_t i = index_t(blockIdx.x) * loss_threads + threadIdx.x; i < g.rows; i += index_t(gridDim.x) * loss_threads) {
+        double sum = 0;
+        for (index_t c = 0; c < g.chunks; ++c) sum += chunk_s[i * g.chunks + c];
+        s[i] = sum;
+    }
+}
+
+// A plain sum, in block_merge's form.
+struct sum_acc {
+    double v = 0;
+    POSTTRAIN_HD void merge(const sum_acc& o) noexcept { v += o.v; }
+};
+
+// Pass 3: loss = sum_i row_factor(n_i) * s_i (a fixed order over the rows), with the plan's totals.
+template <int Unused = 0>
+__global__ void __launch_bounds__(loss_threads)
+    aggregate_finish_kernel(index_t rows, const double* n, const double* s, const aggregation_plan* plan,
+                            aggregate_result* out) {
+    const aggregation_plan pl = *plan;
+    sum_acc local;
+    for (index_t i = threadIdx.x; i < rows; i += loss_threads) local.v += s[i] * pl.row_factor(n[i]);
+    const sum_acc total = block_merge(local);
+    if (threadIdx.x == 0) {
+        aggregate_result r = pl.totals;
+        r.loss = total.v;
+        *out = r;
+    }
+}
+
+// count_tokens' result from the count partials.
+template <int Unused = 0>
+__global__ void __launch_bounds__(loss_threads)
+    token_counts_kernel(const count_acc* partials, index_t count, index_t rows, token_counts* out) {
+    const count_acc c = fold_partials(partials, count);
+    if (threadIdx.x == 0) {
+        token_counts r;
+        r.tokens = c.tokens;
+        r.sequences = c.nonempty;
+        r.rows = static_cast<double>(rows);
+        *out = r;
+    }
+}
+
+// Where the scratch of aggregate / count_tokens lives (byte offsets, 256-aligned).
+struct aggregate_scratch_layout {
+    std::size_t n = 0, chunk_n = 0, counts = 0, plan = 0, s = 0, chunk_s = 0, result = 0, total = 0;
+    aggregate_scratch_layout(const seg_geometry& g, bool sums) {
+        posttrain::detail::scratch_cursor c;
+        const bool chunked = g.chunks > 1;
+        n = c.take(sizeof(double) * static_cast<std::size_t>(g.rows));
+        chunk_n = c.take(chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
+        counts = c.take(sizeof(count_acc) * (chunked ? g.row_blocks : g.blocks));
+        plan = c.take(sizeof(aggregation_plan));
+        s = c.take(sums ? sizeof(double) * static_cast<std::size_t>(g.rows) : 0);
+        chunk_s = c.take(sums && chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
+        result = c.take(sums ? sizeof(aggregate_result) : sizeof(token_counts));
+        total = c.end;
+    }
+};
+
+// Pass 1 (the fused loss's count kernels) for a mask: n[0..B) and the count partials; returns how
+// many partials there are.
+template <class M>
+index_t launch_counts(const exec::cuda_policy& pol, device_view<const M, 2> m, const seg_geometry& g, double* n,
+                      double* chunk_n, count_acc* counts, const char* fn) {
+    if (g.blocks == 0) return 0;
+    count_kernel<M><<<g.blocks, loss_threads, 0, pol.stream>>>(m, g, n, chunk_n, counts);
+    posttrain::detail::check_launch(fn);
+    if (g.chunks > 1) {
+        row_count_kernel<<<g.row_blocks, loss_threads, 0, pol.stream>>>(g, chunk_n, n, counts);
+        posttrain::detail::check_launch(fn);
+        return g.row_blocks;
+    }
+    return g.blocks;
+}
+
+template <class LossMat, class Mask, class Grad>
+void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, const Mask& mask, Grad&& grad_loss_mat,
+                    const aggregation_options& options, double grad_scale, aggregate_result* d_result,
+                    aggregate_result* h_result) {
+    constexpr const char* fn = "posttrain::policy_loss::aggregate";
+    check_aggregation_options(options, fn);
+    std::visit(
+        [&](auto L, auto m) {
+            check_same_shape(m, L, {fn, "mask"}, "loss_mat");
+            const seg_geometry g = make_geometry(L.extent(0), L.extent(1));
+            const aggregate_scratch_layout at(g, true);
+            auto run = [&](auto* grad, index_t gs0, index_t gs1) {
+                posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
+                double* n = scratch.template as<double>(at.n);
+                auto* plan = scratch.template as<aggregation_plan>(at.plan);
+                double* s = scratch.template as<double>(at.s);
+                const cudaStream_t st = policy.stream;
+                auto* counts = scratch.template as<count_acc>(at.counts);
+                const index_t parts = launch_counts(policy, m, g, n, scratch.template as<double>(at.chunk_n), counts, fn);
+                plan_kernel<<<1, loss_threads, 0, st>>>(counts, parts, g.rows, g.cols, options, plan);
+                posttrain::detail::check_launch(fn);
+                if (g.blocks > 0) {
+                    double* chunk_s = scratch.template as<double>(at.chunk_s);
+                    aggregate_sum_kernel<<<g.blocks, loss_threads, 0, st>>>(L, m, g, n, plan, grad_scale, grad, gs0, gs1, s,
+                                                                            chunk_s);
+                    posttrain::detail::check_launch(fn);
+                    if (g.chunks > 1) {
+                        aggregate_row_sum_kernel<<<g.row_blocks, loss_threads, 0, st>>>(g, chunk_s, s);
+                        posttrain::detail::check_launch(fn);
+                    }
+                }
+                if (d_result == nullptr && h_result == nullptr) return;
+                aggregate_result* out = d_result != nullptr ? d_result : scratch.template as<aggregate_result>(at.result);
+                aggregate_finish_kernel<<<1, loss_threads, 0, st>>>(g.blocks > 0 ? g.rows : 0, n, s, plan, out);
+                posttrain::detail::check_launch(fn);
+                if (h_result != nullptr) {
+                    POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_result, out, sizeof(aggregate_result), cudaMemcpyDeviceToHost, st));
+                    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(st));
+                }
+            };
+            if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
+                run(static_cast<double*>(nullptr), 0, 0);
+            } else {
+                std::visit(
+                    [&](auto gv) {
+                        check_same_shape(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
+                        check_no_alias(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
+                        check_no_alias(gv, m, {fn, "grad_loss_mat"}, "mask");
+                        run(gv.data(), gv.stride(0), gv.stride(1));
+                    },
+                    posttrain::detail::floating_output<2, device_space>(grad_loss_mat, {fn, "grad_loss_mat"}));
+            }
+        },
+        posttrain::detail::floating_input<2, device_space>(loss_mat, {fn, "loss_mat"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
+}
+
+template <class Mask>
+void count_tokens_cuda(const exec::cuda_policy& policy, const Mask& mask, token_counts* d_result, token_counts* h_result) {
+    constexpr const char* fn = "posttrain::policy_loss::count_tokens";
+    std::visit(
+        [&](auto m) {
+            const seg_geometry g = make_geometry(m.extent(0), m.extent(1));
+            const aggregate_scratch_layout at(g, false);
+            posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
+            auto* counts = scratch.template as<count_acc>(at.counts);
+            const index_t parts = launch_counts(policy, m, g, scratch.template as<double>(at.n),
+                                                scratch.template as<double>(at.chunk_n), counts, fn);
+            token_counts* out = d_result != nullptr ? d_result : scratch.template as<token_counts>(at.result);
+            token_counts_kernel<<<1, loss_threads, 0, policy.stream>>>(counts, parts, g.rows, out);
+            posttrain::detail::check_launch(fn);
+            if (h_result != nullptr) {
+                POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_result, out, sizeof(token_counts), cudaMemcpyDeviceToHost, policy.stream));
+                POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(policy.stream));
+            }
+        },
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
+}
+
+}  // namespace detail
+
+// Bytes of scratch aggregate / count_tokens need on the CUDA path for a [rows, cols] batch.
+inline std::size_t aggregate_workspace_bytes(index_t rows, index_t cols) {
+    return detail::aggregate_scratch_layout(detail::make_geometry(rows, cols), true).total;
+}
+inline std::size_t count_tokens_workspace_bytes(index_t rows, index_t cols) {
+    return detail::aggregate_scratch_layout(detail::make_geometry(rows, cols), false).total;
+}
+
+// Asynchronous: writes grad_loss_mat (or posttrain::none) and, when `result` is not empty, the
+// aggregate_result into device memory.
+template <class LossMat, class Mask, class Grad>
+void aggregate(const exec::cuda_policy& policy, const LossMat& loss_mat, const Mask& mask, Grad&& grad_loss_mat,
+               const aggregation_options& options, double grad_scale, device_view<aggregate_result, 0> result) {
+    detail::aggregate_cuda(policy, loss_mat, mask, grad_loss_mat, options, grad_scale, result.data(), nullptr);
+}
+
+// The same, returning the aggregate_result on the host: synchronizes the policy's stream.
+template <class LossMat, class Mask, class Grad>
+aggregate_result aggregate(const exec::cuda_policy& policy, const LossMat& loss_mat, const Mask& mask, Grad&& grad_loss_mat,
+                           const aggregation_options& options = {}, double grad_scale = 1.0) {
+    aggregate_result r;
+    detail::aggregate_cuda(policy, loss_mat, mask, grad_loss_mat, options, grad_scale, nullptr, &r);
+    return r;
+}
+
+// This batch's counts into device memory (asynchronous), e.g. to all-reduce them with NCCL.
+template <class Mask>
+void count_tokens(const exec::cuda_policy& policy, const Mask& mask, device_view<token_counts, 0> result) {
+    detail::count_tokens_cuda(policy, mask, result.data(), nullptr);
+}
+
+// The same on the host: synchronizes the policy's stream.
+template <class Mask>
+token_counts count_tokens(const exec::cuda_policy& policy, const Mask& mask) {
+    token_counts r;
+    detail::count_tokens_cuda(policy, mask, nullptr, &r);
+    return r;
+}
+
+}  // namespace posttrain::policy_loss

@@ -1,0 +1,188 @@
+// policy_loss::aggregate and count_tokens on exec::cuda against the host oracle: short rows (teams of
+// a few lanes), rows of one segment, chunked long rows, empty batches; bool, float-weight and int64
+// masks with fully masked rows and NaN/inf losses at masked positions; every aggregation mode, row
+// denominator, empty-row rule, global normalizers and presets; float and double gradients or none;
+// the device-result overloads, exact workspaces, misuse, and CUDA-graph capture.
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <posttrain/adapt/std.hpp>
+#include <posttrain/policy_loss/aggregate.cuh>
+
+#include "support.cuh"
+
+namespace pt = posttrain;
+namespace pl = posttrain::policy_loss;
+using pt::index_t;
+using pt::test::device_vec;
+
+namespace {
+
+// A mask's storage: bool masks live in bytes (std::vector<bool> has no data()) holding 0 or 1.
+template <class M>
+using stored = std::conditional_t<std::is_same_v<M, bool>, unsigned char, M>;
+
+// Mask values: 0/1 with a fully masked row (and every third row masked from the middle on), as M.
+template <class M>
+std::vector<stored<M>> make_mask(index_t B, index_t T, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<stored<M>> m(std::size_t(B * T));
+    for (index_t i = 0; i < B; ++i)
+        for (index_t t = 0; t < T; ++t) {
+            double w = rng() % 5 != 0 ? 1.0 : 0.0;
+            if (i == 1 || (i % 3 == 2 && t > T / 2)) w = 0.0;
+            if constexpr (std::is_floating_point_v<M>) w *= double(1 + rng() % 4) * 0.5;  // weights 0.5 .. 2
+            m[std::size_t(i * T + t)] = static_cast<stored<M>>(static_cast<M>(w));
+        }
+    return m;
+}
+
+template <class S>
+std::vector<double> make_loss(index_t B, index_t T, const std::vector<S>& m, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> d(0.3, 1.5);
+    std::vector<double> L(std::size_t(B * T));
+    for (std::size_t k = 0; k < L.size(); ++k) {
+        L[k] = d(rng);
+        if (double(m[k]) == 0 && rng() % 3 == 0) L[k] = rng() % 2 ? std::nan("") : INFINITY;  // never read
+    }
+    return L;
+}
+
+std::vector<std::pair<std::string, pl::aggregation_options>> variants(index_t T) {
+    std::vector<std::pair<std::string, pl::aggregation_options>> v;
+    const pl::aggregation modes[] = {pl::aggregation::token_mean, pl::aggregation::token_sum,
+                                     pl::aggregation::seq_mean_token_mean, pl::aggregation::seq_mean_token_sum,
+                                     pl::aggregation::seq_mean_token_sum_norm};
+    for (auto mode : modes) {
+        pl::aggregation_options o;
+        o.mode = mode;
+        v.push_back({"mode " + std::to_string(int(mode)), o});
+        v.push_back({"verl mode " + std::to_string(int(mode)), pl::aggregation_options::verl(mode, 4, 0, 0, 0)});
+        v.push_back({"verl_agent mode " + std::to_string(int(mode)), pl::aggregation_options::verl_agent(mode)});
+    }
+    pl::aggregation_options global;
+    global.global_tokens = 12345;
+    global.global_sequences = 77;
+    global.multiplier = 8;
+    for (auto mode : modes) {
+        global.mode = mode;
+        v.push_back({"global mode " + std::to_string(int(mode)), global});
+    }
+    pl::aggregation_options norm;
+    norm.mode = pl::aggregation::seq_mean_token_sum_norm;
+    norm.norm_constant = double(T) * 1.5;
+    norm.norm_per_sequence = true;
+    v.push_back({"norm per sequence", norm});
+    pl::aggregation_options trl;
+    trl.mode = pl::aggregation::seq_mean_token_mean;
+    trl.row_denominator = pl::row_mean::at_least_one;
+    trl.empty = pl::empty_rows::counted;
+    v.push_back({"at_least_one counted", trl});
+    v.push_back({"openrlhf sample level", pl::aggregation_options::openrlhf(false, 2)});
+    return v;
+}
+
+template <class M, class G>
+void aggregate_case(index_t B, index_t T, std::uint64_t seed) {
+    const auto m = make_mask<M>(B, T, seed);
+    const auto L = make_loss(B, T, m, seed + 1);
+    const device_vec<stored<M>> dm(m);
+    const device_vec<double> dL(L);
+    const pt::tensor_view<const double, 2> hL(L.data(), B, T);
+    const pt::tensor_view<const M, 2> hm(reinterpret_cast<const M*>(m.data()), B, T);
+    const pt::device_view<const double, 2> vL(dL.data(), B, T);
+    const pt::device_view<const M, 2> vm(reinterpret_cast<const M*>(dm.data()), B, T);
+    for (const auto& [name, o] : variants(T)) {
+        const std::string what = "aggregate [" + std::to_string(B) + ", " + std::to_string(T) + "] " + name;
+        std::vector<G> want_g(std::size_t(B * T));
+        const pl::aggregate_result want = pl::aggregate(pt::exec::seq, hL, hm, pt::tensor_view<G, 2>(want_g.data(), B, T), o, -0.7);
+        device_vec<G> dg(std::size_t(B * T), G(-7));
+        const pl::aggregate_result got = pl::aggregate(pt::exec::cuda, vL, vm, pt::device_view<G, 2>(dg.data(), B, T), o, -0.7);
+        pt::test::close_to(std::vector<double>{got.loss, got.tokens, got.sequences, got.divisor},
+                           std::vector<double>{want.loss, want.tokens, want.sequences, want.divisor}, 1e-12, what);
+        pt::test::close_to(dg.host(), want_g, 1e-14, what + " gradient");
+        // The asynchronous overload, into device memory, without a gradient.
+        device_vec<pl::aggregate_result> dres(1);
+        pl::aggregate(pt::exec::cuda, vL, vm, pt::none, o, 1.0, pt::device_view<pl::aggregate_result, 0>(dres.data()));
+        const pl::aggregate_result async = dres.host()[0];
+        PT_CHECK_MSG(async.loss == got.loss && async.divisor == got.divisor, what + " (device result)");
+    }
+    const pl::token_counts hc = pl::count_tokens(pt::exec::seq, hm), dc = pl::count_tokens(pt::exec::cuda, vm);
+    PT_CHECK(dc.tokens == hc.tokens && dc.sequences == hc.sequences && dc.rows == hc.rows);
+}
+
+}  // namespace
+
+PT_TEST("aggregate on CUDA: the host's loss, totals and gradient, every mode") {
+    for (auto [B, T] : {std::pair<index_t, index_t>{5, 7}, {64, 2048}, {3, 50000}, {200, 300}, {1, 1}}) {
+        aggregate_case<bool, float>(B, T, std::uint64_t(B * T));
+        aggregate_case<float, double>(B, T, std::uint64_t(B * T) + 7);
+        aggregate_case<std::int64_t, double>(B, T, std::uint64_t(B * T) + 9);
+    }
+}
+
+PT_TEST("aggregate on CUDA: empty batches, workspaces, misuse, graph capture") {
+    // [0, 5] and [4, 0]: nothing valid, loss 0, divisor 0 where the host says so.
+    for (auto [B, T] : {std::pair<index_t, index_t>{0, 5}, {4, 0}}) {
+        std::vector<double> L(std::size_t(B * T), 1.0);
+        std::vector<std::uint8_t> m(std::size_t(B * T), 1);
+        const device_vec<double> dL(L);
+        const device_vec<std::uint8_t> dm(m);
+        const auto want = pl::aggregate(pt::exec::seq, pt::tensor_view<const double, 2>(L.data(), B, T),
+                                        pt::tensor_view<const std::uint8_t, 2>(m.data(), B, T), pt::none);
+        const auto got = pl::aggregate(pt::exec::cuda, pt::device_view<const double, 2>(dL.data(), B, T),
+                                       pt::device_view<const std::uint8_t, 2>(dm.data(), B, T), pt::none);
+        PT_CHECK(got.loss == want.loss && got.tokens == want.tokens && got.sequences == want.sequences &&
+                 got.divisor == want.divisor);
+    }
+    const index_t B = 16, T = 3000;
+    const auto m = make_mask<float>(B, T, 3);
+    const auto L = make_loss(B, T, m, 4);
+    const device_vec<float> dm(m);
+    const device_vec<double> dL(L);
+    device_vec<double> dg(std::size_t(B * T));
+    const pt::device_view<const double, 2> vL(dL.data(), B, T);
+    const pt::device_view<const float, 2> vm(dm.data(), B, T);
+    const std::size_t bytes = pl::aggregate_workspace_bytes(B, T);
+    PT_CHECK(bytes > 0 && pl::count_tokens_workspace_bytes(B, T) > 0);
+    device_vec<unsigned char> ws(bytes);
+    const auto want = pl::aggregate(pt::exec::cuda, vL, vm, pt::none);
+    const auto with_ws = pl::aggregate(pt::exec::cuda.with(ws.data(), bytes), vL, vm, pt::none);
+    PT_CHECK(with_ws.loss == want.loss);
+    PT_CHECK_THROWS((void)pl::aggregate(pt::exec::cuda.with(ws.data(), bytes - 1), vL, vm, pt::none), pt::invalid_argument);
+    // Misuse: a mask of another shape, a gradient over the loss, options out of range.
+    PT_CHECK_THROWS((void)pl::aggregate(pt::exec::cuda, vL, pt::device_view<const float, 2>(dm.data(), B, T - 1), pt::none),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS((void)pl::aggregate(pt::exec::cuda, vL, vm, pt::device_view<double, 2>(const_cast<double*>(dL.data()), B, T)),
+                    pt::invalid_argument);
+    pl::aggregation_options bad;
+    bad.global_tokens = -1;
+    PT_CHECK_THROWS((void)pl::aggregate(pt::exec::cuda, vL, vm, pt::none, bad), pt::invalid_argument);
+    // Graph capture: the gradient and the device result, replayed on new inputs.
+    auto losses = pt::test::input_sets<double>(L, make_loss(B, T, m, 5));
+    device_vec<pl::aggregate_result> res(1);
+    device_vec<pl::token_counts> counts(1);
+    pt::test::graph_case c;
+    c.name = "aggregate";
+    c.workspace = bytes;
+    c.outputs = {pt::test::out_of(dg), pt::test::out_of(res, 0)};
+    c.load = [&](int k) { losses.load(k); };
+    c.call = [&](const pt::exec::cuda_policy& p) {
+        pl::aggregate(p, pt::device_view<const double, 2>(losses.dev.data(), B, T), vm, pt::device_view<double, 2>(dg.data(), B, T),
+                      pl::aggregation_options::verl(pl::aggregation::seq_mean_token_mean, 2), 0.5,
+                      pt::device_view<pl::aggregate_result, 0>(res.data()));
+    };
+    pt::test::graph_replay_both(c);
+    pt::test::graph_case cc;
+    cc.name = "count_tokens";
+    cc.workspace = pl::count_tokens_workspace_bytes(B, T);
+    cc.outputs = {pt::test::out_of(counts, 0)};
+    cc.load = [](int) {};
+    cc.call = [&](const pt::exec::cuda_policy& p) { pl::count_tokens(p, vm, pt::device_view<pl::token_counts, 0>(counts.data())); };
+    pt::test::graph_replay_both(cc);
+}
