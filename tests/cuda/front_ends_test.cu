@@ -1,5 +1,6 @@
 // The logits primitive's CUDA kernels under the other modules' names: preference::token_log_probs
-// and its backward (preference/logits.cuh), policy_loss::entropy_from_logits (policy_loss/entropy.cuh),
+// and its backward (preference/logits.cuh), policy_loss::entropy_from_logits and entropy_loss
+// (policy_loss/entropy.cuh),
 // against their host overloads, float and double, warp teams (V = 300) and block teams (V = 5000),
 // ignored labels, a scalar and a [B, T] upstream; errors name the called function, and misuse
 // throws before anything is written.
@@ -125,7 +126,56 @@ void entropy_case(index_t B, index_t T_, index_t V) {
                     pt::invalid_argument);
 }
 
+// entropy_loss: masked positions hold NaN logits (propagate) or are finite (raise); float weights.
+template <class T>
+void entropy_loss_case(index_t B, index_t T_, index_t V, bool nan_at_masked) {
+    const std::string what = std::string("policy_loss::entropy_loss ") + (sizeof(T) == 8 ? "double" : "float") +
+                             " V=" + std::to_string(V) + (nan_at_masked ? " NaN at masked positions" : "");
+    const double tol = sizeof(T) == 8 ? 1e-11 : 3e-5, gtol = sizeof(T) == 8 ? 1e-10 : 1e-4;
+    auto z = random_logits<T>(std::size_t(B * T_ * V), std::uint64_t(V) + 3);
+    std::vector<float> m(std::size_t(B * T_));
+    std::mt19937_64 rng(11);
+    for (std::size_t k = 0; k < m.size(); ++k) {
+        m[k] = rng() % 4 == 0 ? 0.0f : float(1 + rng() % 2) * 0.5f;
+        if (m[k] == 0 && nan_at_masked) z[k * std::size_t(V) + 1] = T(std::nan(""));
+    }
+    pt::policy_loss::entropy_options o;
+    if (nan_at_masked) o.nonfinite_logits = pt::advantage::nonfinite::propagate;
+    const auto agg = pt::policy_loss::aggregation_options::verl(pt::policy_loss::aggregation::seq_mean_token_mean, 2);
+    const pt::tensor_view<const T, 3> hz(z.data(), B, T_, V);
+    std::vector<double> want_h(std::size_t(B * T_));
+    std::vector<T> want_g(z.size());
+    const auto want = pt::policy_loss::entropy_loss(pt::exec::seq, hz, pt::tensor_view<const float, 2>(m.data(), B, T_),
+                                                    pt::tensor_view<double, 2>(want_h.data(), B, T_),
+                                                    pt::tensor_view<T, 3>(want_g.data(), B, T_, V), agg, -0.01, o);
+    device_vec<T> dz(z), dg(z.size());
+    device_vec<float> dm(m);
+    device_vec<double> dh(std::size_t(B * T_));
+    const pt::device_view<const T, 3> vz(dz.data(), B, T_, V);
+    const pt::device_view<const float, 2> vm(dm.data(), B, T_);
+    const auto got = pt::policy_loss::entropy_loss(pt::exec::cuda, vz, vm, pt::device_view<double, 2>(dh.data(), B, T_),
+                                                   pt::device_view<T, 3>(dg.data(), B, T_, V), agg, -0.01, o);
+    close_floor({got.loss, got.tokens, got.sequences, got.divisor}, {want.loss, want.tokens, want.sequences, want.divisor},
+                tol, 1.0, what);
+    close_floor(dh.host(), want_h, tol, 1.0, what + " entropy");
+    close_floor(pt::test::as_double(dg.host()), pt::test::as_double(want_g), gtol, 1e-3, what + " grad");
+    // Without outputs, into device memory, with a workspace of exactly the size asked for.
+    const std::size_t bytes = pt::policy_loss::entropy_loss_workspace_bytes(B, T_, false);
+    device_vec<unsigned char> ws(bytes);
+    device_vec<pt::policy_loss::aggregate_result> res(1);
+    pt::policy_loss::entropy_loss(pt::exec::cuda.with(ws.data(), bytes), vz, vm, pt::none, pt::none, agg, -0.01, o,
+                                  pt::device_view<pt::policy_loss::aggregate_result, 0>(res.data()));
+    close_floor({res.host()[0].loss}, {want.loss}, tol, 1.0, what + " (device result, no gradient)");
+}
+
 }  // namespace
+
+PT_TEST("policy_loss::entropy_loss on CUDA: the host's loss, entropies and gradient") {
+    entropy_loss_case<float>(3, 6, 300, false);
+    entropy_loss_case<double>(3, 6, 300, true);
+    entropy_loss_case<float>(2, 4, 5000, true);
+    entropy_loss_case<double>(2, 4, 5000, false);
+}
 
 PT_TEST("preference::token_log_probs on CUDA: the host's values, warp and block teams") {
     preference_case<float>(2, 7, 300);

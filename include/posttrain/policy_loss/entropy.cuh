@@ -15,6 +15,13 @@
 //
 // Scratch: entropy_from_logits_workspace_bytes(B, T, with_grad) (the backward's per-position
 // records and the scalar upstream), from .with(workspace) or cudaMallocAsync on the stream.
+//
+// entropy_loss (the entropy term of the loss, aggregated with a mask as verl's compute_entropy_loss)
+// runs the same primitive: H into double scratch (copied into `entropy` when given), the aggregation
+// of aggregate.cuh (its gradient is d loss / d H = row_factor(n_i) * grad_scale * w), then the
+// primitive's backward with that upstream and labels derived from the mask (masked positions are
+// ignored: their logits are not read and their gradient rows are 0, as the host's select). Scratch:
+// entropy_loss_workspace_bytes(B, T, with_grad).
 
 #if !defined(__CUDACC__)
 #error "<posttrain/policy_loss/entropy.cuh> needs nvcc: include it only from .cu files"
@@ -23,6 +30,7 @@
 #include <type_traits>
 
 #include "../logits/token_log_probs.cuh"
+#include "aggregate.cuh"
 #include "entropy.hpp"
 
 namespace posttrain::policy_loss {
@@ -45,7 +53,170 @@ inline std::size_t scalar_upstream_at(index_t batch, index_t time) {
     return posttrain::detail::scratch_align(logits::token_log_probs_backward_workspace_bytes(batch, time, 0, false));
 }
 
+
+// The labels the logits primitive's backward takes for entropy_loss: 0 (any valid class: no log-prob
+// gradient is asked) where the mask is non-zero, ignore_index elsewhere, so that masked positions get a
+// zero gradient row and their logits are never read (select, never multiply).
+template <class M>
+__global__ void __launch_bounds__(loss_threads)
+    labels_from_mask_kernel(const device_view<const M, 2> mask, std::int32_t* labels, std::int32_t ignore) {
+    const index_t B = mask.extent(0), T = mask.extent(1);
+    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
+        const index_t i = k / T, t = k - i * T;
+        labels[k] = mask_value(mask.data()[i * mask.stride(0) + t * mask.stride(1)]) != 0 ? 0 : ignore;
+    }
+}
+
+// y[i, t] = x[i, t] (a [B, T] double buffer into the caller's entropy, float or double).
+template <class H>
+__global__ void __launch_bounds__(loss_threads)
+    copy_tokens_kernel(const double* x, index_t B, index_t T, H* y, index_t s0, index_t s1) {
+    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
+        const index_t i = k / T, t = k - i * T;
+        y[i * s0 + t * s1] = static_cast<H>(x[k]);
+    }
+}
+
+inline unsigned token_blocks(index_t B, index_t T) {
+    const index_t want = (B * T + loss_threads - 1) / loss_threads;
+    return static_cast<unsigned>(want < 1 ? 1 : want < loss_max_blocks ? want : loss_max_blocks);
+}
+
+// entropy_loss's scratch: H and dloss/dH in double, the labels, then the aggregation's and the
+// backward's own scratch, each handed to its call as that call's workspace.
+struct entropy_loss_scratch_layout {
+    std::size_t h = 0, up = 0, labels = 0, result = 0, aggregate = 0, aggregate_bytes = 0, backward = 0,
+                backward_bytes = 0, total = 0;
+    entropy_loss_scratch_layout(index_t B, index_t T, bool grad) {
+        posttrain::detail::scratch_cursor c;
+        const std::size_t tokens = static_cast<std::size_t>(B * T);
+        h = c.take(sizeof(double) * tokens);
+        result = c.take(sizeof(aggregate_result));
+        up = c.take(grad ? sizeof(double) * tokens : 0);
+        labels = c.take(grad ? sizeof(std::int32_t) * tokens : 0);
+        aggregate_bytes = aggregate_workspace_bytes(B, T);
+        aggregate = c.take(aggregate_bytes);
+        backward_bytes = grad ? logits::token_log_probs_backward_workspace_bytes(B, T, 0, false) : 0;
+        backward = c.take(backward_bytes);
+        total = c.end;
+    }
+};
+
 }  // namespace detail
+
+inline std::size_t entropy_loss_workspace_bytes(index_t batch, index_t time, bool with_grad) {
+    return detail::entropy_loss_scratch_layout(batch, time, with_grad).total;
+}
+
+namespace detail {
+
+template <class Logits, class Mask, class Entropy, class GradLogits>
+void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, const Mask& mask, Entropy&& entropy,
+                       GradLogits&& grad_logits, const aggregation_options& aggregation, double grad_scale,
+                       const entropy_options& options, aggregate_result* d_result, aggregate_result* h_result) {
+    constexpr const char* fn = "posttrain::policy_loss::entropy_loss";
+    check_entropy_options(options, fn);
+    check_aggregation_options(aggregation, fn);
+    posttrain::detail::require(numeric::is_finite(grad_scale), {fn, "grad_scale"},
+                               "must be finite, found " + std::to_string(grad_scale));
+    constexpr bool grad = !std::is_same_v<std::remove_cvref_t<GradLogits>, none_t>;
+    constexpr bool has_entropy = !std::is_same_v<std::remove_cvref_t<Entropy>, none_t>;
+    const auto [B, T] = std::visit([](auto z) { return std::pair<index_t, index_t>(z.extent(0), z.extent(1)); },
+                                   posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
+    // Every argument is checked before anything is launched: the mask and the entropy output here,
+    // grad_logits by a backward call on an empty batch (its checks, no launch).
+    std::visit(
+        [&](auto m) {
+            logits::detail::check_leading(m.extent(0), m.extent(1), B, T, {fn, "mask"});
+            const auto h = logits::detail::device_operand<false>(entropy, B, T, fn, "entropy");
+            std::visit(
+                [&](auto z) {
+                    logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
+                    logits::detail::check_no_alias(h.bytes, logits::detail::byte_range(m), {fn, "entropy"}, "mask");
+                    if constexpr (grad)
+                        std::visit(
+                            [&](auto g) {
+                                check_same_shape(g, z, {fn, "grad_logits"}, "logits");
+                                check_no_alias(g, z, {fn, "grad_logits"}, "logits");
+                                check_no_alias(g, m, {fn, "grad_logits"}, "mask");
+                                logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits");
+                                using E = typename decltype(z)::value_type;
+                                posttrain::detail::require(std::is_same_v<typename decltype(g)::value_type, E>,
+                                                           {fn, "grad_logits"}, "must have the dtype of logits");
+                            },
+                            posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
+                },
+                posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
+
+            const entropy_loss_scratch_layout at(B, T, grad);
+            posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
+            double* H = scratch.template as<double>(at.h);
+            const device_view<double, 2> Hv(H, B, T);
+            const auto prim = primitive_options(options);
+            logits::detail::token_log_probs_cuda(policy, logits, none, none, Hv, none, prim, fn);
+            if constexpr (has_entropy) {
+                std::visit(
+                    [&](auto e) {
+                        if (B * T > 0)
+                            copy_tokens_kernel<<<token_blocks(B, T), loss_threads, 0, policy.stream>>>(H, B, T, e.data(),
+                                                                                                        e.stride(0), e.stride(1));
+                        posttrain::detail::check_launch(fn);
+                    },
+                    posttrain::detail::floating_output<2, device_space>(entropy, {fn, "entropy"}));
+            }
+            const exec::cuda_policy agg = policy.with(scratch.template as<void>(at.aggregate), at.aggregate_bytes);
+            const device_view<const double, 2> Hc(H, B, T);
+            // The result goes to device memory; the host's copy (and the wait) come after the last launch.
+            aggregate_result* out = d_result != nullptr ? d_result : scratch.template as<aggregate_result>(at.result);
+            if constexpr (grad) {
+                // dloss/dH = row_factor(n_i) * grad_scale * w: the aggregation's gradient, then the chain through H.
+                double* up = scratch.template as<double>(at.up);
+                aggregate_cuda(agg, Hc, m, device_view<double, 2>(up, B, T), aggregation, grad_scale, out, nullptr);
+                auto* labels = scratch.template as<std::int32_t>(at.labels);
+                if (B * T > 0)
+                    labels_from_mask_kernel<<<token_blocks(B, T), loss_threads, 0, policy.stream>>>(m, labels, -100);
+                posttrain::detail::check_launch(fn);
+                logits::token_log_probs_options bo = prim;
+                bo.ignore_index = -100;
+                logits::detail::token_log_probs_backward_cuda(
+                    policy.with(scratch.template as<void>(at.backward), at.backward_bytes), logits,
+                    device_view<const std::int32_t, 2>(labels, B, T), none, device_view<const double, 2>(up, B, T), grad_logits,
+                    none, none, bo, fn);
+            } else {
+                aggregate_cuda(agg, Hc, m, none, aggregation, grad_scale, out, nullptr);
+            }
+            if (h_result != nullptr) {
+                POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_result, out, sizeof(aggregate_result), cudaMemcpyDeviceToHost, policy.stream));
+                POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(policy.stream));
+            }
+        },
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
+}
+
+}  // namespace detail
+
+// The entropy term of the loss on the device (entropy_loss, entropy.hpp): H per token by the logits
+// primitive (into double scratch, copied to `entropy` when given), aggregated with the mask by
+// aggregate.cuh, and, with grad_logits, the chain d loss / d logits = (row_factor * grad_scale * w)
+// * dH/dz by the primitive's backward, masked positions selected out (their logits are not read,
+// their gradient rows are 0). Asynchronous; the aggregate_result goes to device memory.
+template <class Logits, class Mask, class Entropy, class GradLogits>
+void entropy_loss(const exec::cuda_policy& policy, const Logits& logits, const Mask& mask, Entropy&& entropy,
+                  GradLogits&& grad_logits, const aggregation_options& aggregation, double grad_scale,
+                  const entropy_options& options, device_view<aggregate_result, 0> result) {
+    detail::entropy_loss_cuda(policy, logits, mask, entropy, grad_logits, aggregation, grad_scale, options, result.data(),
+                              nullptr);
+}
+
+// The same, returning the aggregate_result on the host: synchronizes the policy's stream.
+template <class Logits, class Mask, class Entropy, class GradLogits>
+aggregate_result entropy_loss(const exec::cuda_policy& policy, const Logits& logits, const Mask& mask, Entropy&& entropy,
+                              GradLogits&& grad_logits, const aggregation_options& aggregation = {}, double grad_scale = 1.0,
+                              const entropy_options& options = {}) {
+    aggregate_result r;
+    detail::entropy_loss_cuda(policy, logits, mask, entropy, grad_logits, aggregation, grad_scale, options, nullptr, &r);
+    return r;
+}
 
 inline std::size_t entropy_from_logits_workspace_bytes(index_t batch, index_t time, bool with_grad) {
     if (!with_grad) return 0;
