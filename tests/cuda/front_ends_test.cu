@@ -216,4 +216,15 @@ PT_TEST("front ends on CUDA: errors name the called function; misuse writes noth
     PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(h.data(), 2, 3),
                                                          pt::device_view<float, 3>(g.data(), 2, 3, 10), std::nan("")),
                     pt::invalid_argument);
+    // As on the host, the upstream is checked even without a gradient output; a gradient of another
+    // dtype is refused before the scalar upstream is stored.
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(h.data(), 2, 3), pt::none,
+                                                         INFINITY),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(h.data(), 2, 3), pt::none,
+                                                         pt::device_view<const double, 2>(bad_h.data(), 1, 5)),
+                    pt::invalid_argument);
+    device_vec<double> g64(2 * 3 * 10);
+    PT_CHECK_THROWS(pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::none, pt::device_view<double, 3>(g64.data(), 2, 3, 10)),
+                    pt::invalid_argument);
 }

@@ -58,34 +58,35 @@ struct z_component {
     __device__ double operator()(index_t i, int) const { return z[i]; }
 };
 
-// sum[i] = (first ? 0 : sum[i]) + sum_c w_c * value(i, c), in component order. Under nonfinite::ignore
-// a component whose raw reward is NaN is left out, and (last launch) a row whose raw rewards are all
-// NaN is NaN; `report` sets status_nonfinite_input for a NaN/inf raw reward of the launch's components.
+// sum[i] = (first ? 0 : sum[i]) + sum_c w_c * value(i, c), in component order. Under
+// nonfinite::ignore a component is left out where its raw reward or its value (a group z-score can
+// be NaN for a finite reward: an inf in the group, singleton::nan, a NaN batch std) is NaN, as the
+// host's nansum leaves out NaN terms; contributed[i] carries across launches whether any component
+// of row i was summed, and the last launch makes a row without one NaN (unscorable). `report` sets
+// status_nonfinite_input for a NaN/inf raw reward of the launch's components.
 template <class In, class Values>
 __global__ void __launch_bounds__(cuda_tuning::block_threads)
-    gdpo_sum_kernel(Values value, const In* raw, index_t rs0, index_t rs1, index_t n, index_t components, index_t k0,
-                    gdpo_weights w, bool ignore, bool first, bool last, bool report, std::uint32_t* status, double* sum) {
+    gdpo_sum_kernel(Values value, const In* raw, index_t rs0, index_t rs1, index_t n, index_t k0, gdpo_weights w,
+                    bool ignore, bool first, bool last, bool report, std::uint32_t* status, double* sum,
+                    unsigned char* contributed) {
     const index_t step = static_cast<index_t>(gridDim.x) * cuda_tuning::block_threads;
     for (index_t i = static_cast<index_t>(blockIdx.x) * cuda_tuning::block_threads + threadIdx.x; i < n; i += step) {
         double s = first ? 0.0 : sum[i];
+        bool any = first ? false : contributed[i] != 0;
         bool nonfinite = false;
         for (int c = 0; c < w.count; ++c) {
+            const double v = value(i, c);
             if (ignore || report) {
                 const In r = raw[i * rs0 + (k0 + c) * rs1];
                 nonfinite |= !(r - r == r - r);
-                if (ignore && r != r) continue;
+                if (ignore && (r != r || v != v)) continue;
             }
-            s = __dadd_rn(s, __dmul_rn(w.w[c], value(i, c)));  // the host's rounding: no FMA
+            s = __dadd_rn(s, __dmul_rn(w.w[c], v));  // the host's rounding: no FMA
+            any = true;
         }
-        if (last && ignore && components > 0) {
-            bool any = false;
-            for (index_t k = 0; k < components && !any; ++k) {
-                const In r = raw[i * rs0 + k * rs1];
-                any = r == r;
-            }
-            if (!any) s = quiet_nan();
-        }
+        if (ignore && last && !any) s = quiet_nan();
         sum[i] = s;
+        if (ignore && !last) contributed[i] = any ? 1 : 0;
         if (report && nonfinite) posttrain::detail::report_status(status, status_nonfinite_input);
     }
 }
@@ -128,11 +129,13 @@ inline grpo_options gdpo_batch_options(const gdpo_options& o) {
 // Where gdpo's scratch goes: S, the component buffer and its counters (normalize_then_sum), and the
 // region the outcome kernels and the batch z-score use one after the other.
 struct gdpo_scratch_layout {
-    std::size_t sum = 0, z = 0, counters = 0, engine = 0, bytes = 0;
+    std::size_t sum = 0, contributed = 0, z = 0, counters = 0, engine = 0, bytes = 0;
     gdpo_scratch_layout(index_t rows, const gdpo_options& o) {
         posttrain::detail::scratch_cursor c;
         const bool normalize = o.mode == aggregation::normalize_then_sum;
+        const bool ignore = o.component.nonfinite_rewards == nonfinite::ignore;
         sum = c.take(sizeof(double) * static_cast<std::size_t>(rows));
+        contributed = c.take(ignore ? static_cast<std::size_t>(rows) : 0);
         z = c.take(normalize ? sizeof(double) * static_cast<std::size_t>(rows) : 0);
         counters = c.take(normalize ? sizeof(unsigned long long) * outcome_counter_slots : 0);
         std::size_t shared = outcome_workspace_bytes(o.component.std_scale);
@@ -149,8 +152,6 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
     using posttrain::detail::require;
     using posttrain::detail::str;
     const bool normalize = options.mode == aggregation::normalize_then_sum;
-    const outcome_params component = grpo_params(options.component, fn);
-    const outcome_params batch = grpo_params(gdpo_batch_options(options), fn);
     const bool ignore = options.component.nonfinite_rewards == nonfinite::ignore;
     const bool report = options.component.nonfinite_rewards == nonfinite::raise;
     auto rv = posttrain::detail::floating_input<2, device_space>(rewards, {fn, "rewards"});
@@ -173,15 +174,22 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
                         "overlaps 'rewards' or 'advantages'; pass a separate buffer");
                 check_apart_from_layout(groups, c, fn, "combined");
             }
-            // Without components the host runs no GRPO, so it has no singleton to refuse.
+            // The options (and singleton::error) are checked where the host uses them: the component
+            // GRPO runs on each column, or once on the sum (even of no component); the batch z-score
+            // only under normalize_then_sum with batch_normalize.
+            const bool component_runs = !normalize || K > 0;
+            const outcome_params component = component_runs ? grpo_params(options.component, fn) : outcome_params{};
+            const outcome_params batch =
+                normalize && options.batch_normalize ? grpo_params(gdpo_batch_options(options), fn) : outcome_params{};
             const auto info = checked_device_layout(policy, groups, r, a, stats,
-                                                    K > 0 ? options.component.singleton_groups : singleton::zero, fn);
+                                                    component_runs ? options.component.singleton_groups : singleton::zero, fn);
 
             using In = typename decltype(r)::value_type;
             using Out = typename decltype(a)::value_type;
             const gdpo_scratch_layout at(N, options);
             posttrain::detail::cuda_scratch scratch(policy, at.bytes, {fn, "policy"});
             double* sum = scratch.template as<double>(at.sum);
+            auto* contributed = scratch.template as<unsigned char>(at.contributed);
             unsigned char* engine = scratch.template as<unsigned char>(at.engine);
             auto* counters = reinterpret_cast<unsigned long long*>(stats.data());
             const unsigned blocks = elementwise_blocks(N);
@@ -196,7 +204,7 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
                     if (N > 0)
                         gdpo_sum_kernel<<<blocks, cuda_tuning::block_threads, 0, policy.stream>>>(
                             raw_component<In>{r.data(), r.stride(0), r.stride(1), k0}, r.data(), r.stride(0), r.stride(1),
-                            N, K, k0, w, ignore, k0 == 0, k0 + w.count == K, report, policy.status, sum);
+                            N, k0, w, ignore, k0 == 0, k0 + w.count == K, report, policy.status, sum, contributed);
                     posttrain::detail::check_launch(fn);
                 }
                 launch_outcome(policy, device_view<const double, 1>(sum, N), a, info, component, report, counters, engine,
@@ -218,8 +226,8 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
                     w.w[0] = weight(k);
                     if (N > 0)
                         gdpo_sum_kernel<<<blocks, cuda_tuning::block_threads, 0, policy.stream>>>(
-                            z_component{z}, r.data(), r.stride(0), r.stride(1), N, K, k, w, ignore, k == 0, k == K - 1,
-                            false, policy.status, sum);
+                            z_component{z}, r.data(), r.stride(0), r.stride(1), N, k, w, ignore, k == 0, k == K - 1,
+                            false, policy.status, sum, contributed);
                     posttrain::detail::check_launch(fn);
                 }
                 if (counters != nullptr && K > 1) {

@@ -9,9 +9,10 @@
 // DLPack tensors on a CUDA device; groups are uniform_groups, ragged device offsets or a
 // device_permuted_groups (<posttrain/cuda/groups.cuh>; grouping::from_ids in
 // <posttrain/cuda/grouping.cuh> makes one from unsorted ids, and advantages come back in row
-// order). Asynchronous on the policy's stream. Semantics are those of the
-// host grpo with statistics::float64 (double accumulation on the device for float input too);
-// statistics::float32_one_pass is rejected with invalid_argument on this path.
+// order). Asynchronous on the policy's stream. Semantics are those of the host grpo: under
+// statistics::float64 with double accumulation on the device for float input too (results differ
+// from the host's by summation order); statistics::float32_one_pass (verl's vectorized form) runs a
+// thread per group through the host's own function, so its advantages are the host's bit for bit.
 //
 // What only the device can see is reported through the policy's status word, not thrown:
 // status_nonfinite_input (nonfinite::raise and a NaN/inf reward: the result is computed as under

@@ -122,7 +122,10 @@ POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_param
 // float32 sums in row order, var = (S2 - S1^2/n) / (n - 1), std = sqrt(max(var, eps)). Every backend
 // runs this one function over a group's rows in group order, so all of them give the host's values
 // bit for bit: on the device the float operations are the round-to-nearest intrinsics, which nvcc
-// does not contract into FMAs (the host compiler does not contract them without FMA hardware flags).
+// does not contract into FMAs. The host's parity assumes its compiler does not contract s2 + v * v
+// either: true for x86-64 builds without FMA code generation (the default) and for any build with
+// -ffp-contract=off; on AArch64, or x86-64 with -march=native / -mfma, GCC's default
+// -ffp-contract=fast may fuse it, and the host then differs from the device in the last bits.
 
 POSTTRAIN_HD inline float f32_add(float a, float b) noexcept {
 #if defined(__CUDA_ARCH__)

@@ -36,66 +36,105 @@ namespace posttrain::policy_loss {
 
 namespace detail {
 
-// Pass 2: the selected, weighted sum of each segment (rows: s[row]; chunked rows: chunk_s[segment])
-// and, when grad is given, the gradient of every token of the segment.
-template <class T, class M, class G>
+// A valid token's terms: its value (summed with the mask weight), d value / d input (the gradient
+// written is row_factor(n_i) * grad_scale * w * dvalue) and an extra quantity summed alongside
+// (value_loss's clipped tokens).
+struct token_terms {
+    double value, dvalue, extra;
+};
+
+// aggregate's token: the loss matrix's entry.
+template <class T>
+struct loss_entry {
+    device_view<const T, 2> loss;
+    __device__ token_terms operator()(index_t i, index_t t) const {
+        return {static_cast<double>(loss.data()[i * loss.stride(0) + t * loss.stride(1)]), 1.0, 0.0};
+    }
+};
+
+// The weighted sums of one row (or one chunk of a row): sum w * value and sum w * extra.
+struct row_sums {
+    double s = 0, e = 0;
+};
+
+// Pass 2: each segment's selected, weighted sums (rows: sums[row]; chunked rows: chunk_sums[segment])
+// and, when grad is given, the gradient of every token of the segment (masked: f * 0).
+template <class M, class G, class Token>
 __global__ void __launch_bounds__(loss_threads)
-    aggregate_sum_kernel(const device_view<const T, 2> loss, const device_view<const M, 2> mask, const seg_geometry g,
-                         const double* n, const aggregation_plan* plan, double grad_scale, G* grad, index_t gs0,
-                         index_t gs1, double* s, double* chunk_s) {
+    aggregate_sum_kernel(const Token token, const device_view<const M, 2> mask, const seg_geometry g, const double* n,
+                         const aggregation_plan* plan, double grad_scale, G* grad, index_t gs0, index_t gs1,
+                         row_sums* sums, row_sums* chunk_sums) {
     const team_pos p = team_of(g);
     const aggregation_plan pl = *plan;
     for (index_t base = p.first; base < g.count; base += p.step) {
         const index_t seg = base + p.team;
         const bool has = seg < g.count;
         const seg_span sp = span_of(g, seg, has);
-        const T* lrow = loss.data() + sp.row * loss.stride(0);
         const M* mrow = mask.data() + sp.row * mask.stride(0);
         const double f = has ? pl.row_factor(n[sp.row]) * grad_scale : 0.0;
-        double sum = 0;
+        double s = 0, e = 0;
         for (index_t t = sp.begin + p.lane; t < sp.end; t += p.lanes) {
             const double w = mask_value(mrow[t * mask.stride(1)]);
-            if (w != 0) sum += static_cast<double>(lrow[t * loss.stride(1)]) * w;  // select, never multiply by 0
-            if (grad != nullptr) grad[sp.row * gs0 + t * gs1] = static_cast<G>(f * w);
+            double dvalue = 1;
+            if (w != 0) {  // select, never multiply by 0: masked positions may hold anything
+                const token_terms k = token(sp.row, t);
+                s += k.value * w;
+                e += k.extra * w;
+                dvalue = k.dvalue;
+            }
+            if (grad != nullptr) grad[sp.row * gs0 + t * gs1] = static_cast<G>(f * w * dvalue);
         }
-        sum = team_sum(sum, p.lanes);
-        if (has && p.lane == 0) {
-            if (g.chunks == 1) s[sp.row] = sum;
-            else chunk_s[seg] = sum;
-        }
+        s = team_sum(s, p.lanes);
+        e = team_sum(e, p.lanes);
+        if (has && p.lane == 0) (g.chunks == 1 ? sums[sp.row] : chunk_sums[seg]) = row_sums{s, e};
     }
 }
 
-// Chunked rows: s[row] from its chunks, in order.
-template <int Unused = 0>
-__global__ void __launch_bounds__(loss_threads) aggregate_row_sum_kernel(const seg_geometry g, const double* chunk_s, double* s) {
-    for (index_t i = index_t(blockIdx.x) * loss_threads + threadIdx.x; i < g.rows; i += index_t(gridDim.x) * loss_threads) {
-        double sum = 0;
-        for (index_t c = 0; c < g.chunks; ++c) sum += chunk_s[i * g.chunks + c];
-        s[i] = sum;
-    }
-}
-
-// A plain sum, in block_merge's form.
-struct sum_acc {
-    double v = 0;
-    POSTTRAIN_HD void merge(const sum_acc& o) noexcept { v += o.v; }
-};
-
-// Pass 3: loss = sum_i row_factor(n_i) * s_i (a fixed order over the rows), with the plan's totals.
+// Chunked rows: sums[row] from its chunks, in order.
 template <int Unused = 0>
 __global__ void __launch_bounds__(loss_threads)
-    aggregate_finish_kernel(index_t rows, const double* n, const double* s, const aggregation_plan* plan,
-                            aggregate_result* out) {
-    const aggregation_plan pl = *plan;
-    sum_acc local;
-    for (index_t i = threadIdx.x; i < rows; i += loss_threads) local.v += s[i] * pl.row_factor(n[i]);
-    const sum_acc total = block_merge(local);
-    if (threadIdx.x == 0) {
-        aggregate_result r = pl.totals;
-        r.loss = total.v;
-        *out = r;
+    aggregate_row_sum_kernel(const seg_geometry g, const row_sums* chunk_sums, row_sums* sums) {
+    for (index_t i = index_t(blockIdx.x) * loss_threads + threadIdx.x; i < g.rows; i += index_t(gridDim.x) * loss_threads) {
+        row_sums r;
+        for (index_t c = 0; c < g.chunks; ++c) {
+            r.s += chunk_sums[i * g.chunks + c].s;
+            r.e += chunk_sums[i * g.chunks + c].e;
+        }
+        sums[i] = r;
     }
+}
+
+// The batch's totals: sum_i row_factor(n_i) * s_i (the aggregated loss) and sum_i e_i.
+struct batch_sums {
+    double loss = 0, extra = 0;
+    POSTTRAIN_HD void merge(const batch_sums& o) noexcept {
+        loss += o.loss;
+        extra += o.extra;
+    }
+};
+
+// aggregate's result from the totals.
+struct aggregate_finish {
+    __device__ aggregate_result operator()(const aggregation_plan& pl, const batch_sums& b) const {
+        aggregate_result r = pl.totals;
+        r.loss = b.loss;
+        return r;
+    }
+};
+
+// Pass 3: one block folds the rows in a fixed order; `finish` makes the result from the totals.
+template <class Finish, class Result>
+__global__ void __launch_bounds__(loss_threads)
+    aggregate_finish_kernel(index_t rows, const double* n, const row_sums* sums, const aggregation_plan* plan,
+                            const Finish finish, Result* out) {
+    const aggregation_plan pl = *plan;
+    batch_sums local;
+    for (index_t i = threadIdx.x; i < rows; i += loss_threads) {
+        local.loss += sums[i].s * pl.row_factor(n[i]);
+        local.extra += sums[i].e;
+    }
+    const batch_sums total = block_merge(local);
+    if (threadIdx.x == 0) *out = finish(pl, total);
 }
 
 // count_tokens' result from the count partials.
@@ -114,17 +153,17 @@ __global__ void __launch_bounds__(loss_threads)
 
 // Where the scratch of aggregate / count_tokens lives (byte offsets, 256-aligned).
 struct aggregate_scratch_layout {
-    std::size_t n = 0, chunk_n = 0, counts = 0, plan = 0, s = 0, chunk_s = 0, result = 0, total = 0;
-    aggregate_scratch_layout(const seg_geometry& g, bool sums) {
+    std::size_t n = 0, chunk_n = 0, counts = 0, plan = 0, sums = 0, chunk_sums = 0, result = 0, total = 0;
+    aggregate_scratch_layout(const seg_geometry& g, bool with_sums) {
         posttrain::detail::scratch_cursor c;
         const bool chunked = g.chunks > 1;
         n = c.take(sizeof(double) * static_cast<std::size_t>(g.rows));
         chunk_n = c.take(chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
         counts = c.take(sizeof(count_acc) * (chunked ? g.row_blocks : g.blocks));
         plan = c.take(sizeof(aggregation_plan));
-        s = c.take(sums ? sizeof(double) * static_cast<std::size_t>(g.rows) : 0);
-        chunk_s = c.take(sums && chunked ? sizeof(double) * static_cast<std::size_t>(g.count) : 0);
-        result = c.take(sums ? sizeof(aggregate_result) : sizeof(token_counts));
+        sums = c.take(with_sums ? sizeof(row_sums) * static_cast<std::size_t>(g.rows) : 0);
+        chunk_sums = c.take(with_sums && chunked ? sizeof(row_sums) * static_cast<std::size_t>(g.count) : 0);
+        result = c.take(posttrain::detail::scratch_alignment);  // one result struct (aggregate, value loss, counts)
         total = c.end;
     }
 };
@@ -145,6 +184,45 @@ index_t launch_counts(const exec::cuda_policy& pol, device_view<const M, 2> m, c
     return g.blocks;
 }
 
+// The passes of a masked aggregation of the tokens `token` gives (aggregate, value_loss): counts and
+// plan, the sums with the gradient (grad may be null), then `finish` makes the Result from the totals
+// into d_result, or into scratch and on to the host (h_result: synchronizes the stream).
+template <class M, class Token, class G, class Finish, class Result>
+void launch_aggregation(const exec::cuda_policy& policy, const Token& token, device_view<const M, 2> m, G* grad, index_t gs0,
+                        index_t gs1, const aggregation_options& options, double grad_scale, const Finish& finish,
+                        Result* d_result, Result* h_result, const char* fn) {
+    static_assert(sizeof(Result) <= posttrain::detail::scratch_alignment, "one result slot");
+    const seg_geometry g = make_geometry(m.extent(0), m.extent(1));
+    const aggregate_scratch_layout at(g, true);
+    posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
+    const cudaStream_t st = policy.stream;
+    double* n = scratch.template as<double>(at.n);
+    auto* plan = scratch.template as<aggregation_plan>(at.plan);
+    auto* sums = scratch.template as<row_sums>(at.sums);
+    auto* counts = scratch.template as<count_acc>(at.counts);
+    const index_t parts = launch_counts(policy, m, g, n, scratch.template as<double>(at.chunk_n), counts, fn);
+    plan_kernel<<<1, loss_threads, 0, st>>>(counts, parts, g.rows, g.cols, options, plan);
+    posttrain::detail::check_launch(fn);
+    if (g.blocks > 0) {
+        auto* chunk_sums = scratch.template as<row_sums>(at.chunk_sums);
+        aggregate_sum_kernel<<<g.blocks, loss_threads, 0, st>>>(token, m, g, n, plan, grad_scale, grad, gs0, gs1, sums,
+                                                                chunk_sums);
+        posttrain::detail::check_launch(fn);
+        if (g.chunks > 1) {
+            aggregate_row_sum_kernel<<<g.row_blocks, loss_threads, 0, st>>>(g, chunk_sums, sums);
+            posttrain::detail::check_launch(fn);
+        }
+    }
+    if (d_result == nullptr && h_result == nullptr) return;
+    Result* out = d_result != nullptr ? d_result : scratch.template as<Result>(at.result);
+    aggregate_finish_kernel<<<1, loss_threads, 0, st>>>(g.blocks > 0 ? g.rows : 0, n, sums, plan, finish, out);
+    posttrain::detail::check_launch(fn);
+    if (h_result != nullptr) {
+        POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_result, out, sizeof(Result), cudaMemcpyDeviceToHost, st));
+        POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(st));
+    }
+}
+
 template <class LossMat, class Mask, class Grad>
 void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, const Mask& mask, Grad&& grad_loss_mat,
                     const aggregation_options& options, double grad_scale, aggregate_result* d_result,
@@ -154,46 +232,18 @@ void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, co
     std::visit(
         [&](auto L, auto m) {
             check_same_shape(m, L, {fn, "mask"}, "loss_mat");
-            const seg_geometry g = make_geometry(L.extent(0), L.extent(1));
-            const aggregate_scratch_layout at(g, true);
-            auto run = [&](auto* grad, index_t gs0, index_t gs1) {
-                posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
-                double* n = scratch.template as<double>(at.n);
-                auto* plan = scratch.template as<aggregation_plan>(at.plan);
-                double* s = scratch.template as<double>(at.s);
-                const cudaStream_t st = policy.stream;
-                auto* counts = scratch.template as<count_acc>(at.counts);
-                const index_t parts = launch_counts(policy, m, g, n, scratch.template as<double>(at.chunk_n), counts, fn);
-                plan_kernel<<<1, loss_threads, 0, st>>>(counts, parts, g.rows, g.cols, options, plan);
-                posttrain::detail::check_launch(fn);
-                if (g.blocks > 0) {
-                    double* chunk_s = scratch.template as<double>(at.chunk_s);
-                    aggregate_sum_kernel<<<g.blocks, loss_threads, 0, st>>>(L, m, g, n, plan, grad_scale, grad, gs0, gs1, s,
-                                                                            chunk_s);
-                    posttrain::detail::check_launch(fn);
-                    if (g.chunks > 1) {
-                        aggregate_row_sum_kernel<<<g.row_blocks, loss_threads, 0, st>>>(g, chunk_s, s);
-                        posttrain::detail::check_launch(fn);
-                    }
-                }
-                if (d_result == nullptr && h_result == nullptr) return;
-                aggregate_result* out = d_result != nullptr ? d_result : scratch.template as<aggregate_result>(at.result);
-                aggregate_finish_kernel<<<1, loss_threads, 0, st>>>(g.blocks > 0 ? g.rows : 0, n, s, plan, out);
-                posttrain::detail::check_launch(fn);
-                if (h_result != nullptr) {
-                    POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_result, out, sizeof(aggregate_result), cudaMemcpyDeviceToHost, st));
-                    POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(st));
-                }
-            };
+            const loss_entry<typename decltype(L)::value_type> token{L};
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
-                run(static_cast<double*>(nullptr), 0, 0);
+                launch_aggregation(policy, token, m, static_cast<double*>(nullptr), 0, 0, options, grad_scale,
+                                   aggregate_finish{}, d_result, h_result, fn);
             } else {
                 std::visit(
                     [&](auto gv) {
                         check_same_shape(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
                         check_no_alias(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
                         check_no_alias(gv, m, {fn, "grad_loss_mat"}, "mask");
-                        run(gv.data(), gv.stride(0), gv.stride(1));
+                        launch_aggregation(policy, token, m, gv.data(), gv.stride(0), gv.stride(1), options, grad_scale,
+                                           aggregate_finish{}, d_result, h_result, fn);
                     },
                     posttrain::detail::floating_output<2, device_space>(grad_loss_mat, {fn, "grad_loss_mat"}));
             }

@@ -231,26 +231,44 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
     constexpr const char* fn = "posttrain::policy_loss::entropy_from_logits";
     detail::check_entropy_options(options, fn);
     const auto prim = detail::primitive_options(options);
+    logits::detail::check_options(prim, fn);
     constexpr bool grad = !std::is_same_v<std::remove_cvref_t<GradLogits>, none_t>;
     constexpr bool has_entropy = !std::is_same_v<std::remove_cvref_t<Entropy>, none_t>;
+    constexpr bool scalar_up = std::is_arithmetic_v<GradEntropy>;
+    // Every argument is checked here, as the host checks them (whether a gradient is asked or not),
+    // before anything is allocated or launched; the calls below then find nothing to refuse.
+    const auto [B, T] = std::visit(
+        [&](auto z) {
+            logits::detail::check_vocab(z.extent(2), fn);
+            const auto h = logits::detail::device_operand<false>(entropy, z.extent(0), z.extent(1), fn, "entropy");
+            logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
+            if constexpr (scalar_up) {
+                posttrain::detail::require(numeric::is_finite(double(grad_entropy)), {fn, "grad_entropy"},
+                                           "must be finite, found " + std::to_string(double(grad_entropy)));
+            } else {
+                const auto up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn, "grad_entropy");
+                logits::detail::check_no_alias(h.bytes, up.bytes, {fn, "entropy"}, "grad_entropy");
+            }
+            if constexpr (grad)
+                std::visit(
+                    [&](auto g) {
+                        posttrain::detail::require(std::is_same_v<typename decltype(g)::value_type, typename decltype(z)::value_type>,
+                                                   {fn, "grad_logits"}, "must have the dtype of logits");
+                        detail::check_same_shape(g, z, {fn, "grad_logits"}, "logits");
+                        detail::check_no_alias(g, z, {fn, "grad_logits"}, "logits");
+                        logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits");
+                        if constexpr (!scalar_up) {
+                            const auto up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn,
+                                                                                 "grad_entropy");
+                            logits::detail::check_no_alias(up.bytes, g, {fn, "grad_entropy"}, "grad_logits");
+                        }
+                    },
+                    posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
+            return std::pair<index_t, index_t>(z.extent(0), z.extent(1));
+        },
+        posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
     if constexpr (grad) {
-        // The backward goes first (it checks every argument it shares with the forward), so that the
-        // forward's own output is checked here, before anything is launched.
-        const auto [B, T] = std::visit([](auto z) { return std::pair<index_t, index_t>(z.extent(0), z.extent(1)); },
-                                       posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
-        if constexpr (has_entropy) {
-            const auto h = logits::detail::device_operand<false>(entropy, B, T, fn, "entropy");
-            std::visit(
-                [&](auto z) {
-                    logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
-                    std::visit([&](auto g) { logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits"); },
-                               posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
-                },
-                posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
-        }
-        if constexpr (std::is_arithmetic_v<GradEntropy>) {
-            posttrain::detail::require(numeric::is_finite(double(grad_entropy)), {fn, "grad_entropy"},
-                                       "must be finite, found " + std::to_string(double(grad_entropy)));
+        if constexpr (scalar_up) {
             // One scratch: the backward's records from its start (the backward runs under a policy
             // holding exactly that part), the scalar after them, read through a broadcast view.
             posttrain::detail::cuda_scratch scratch(policy, entropy_from_logits_workspace_bytes(B, T, true), {fn, "policy"});
