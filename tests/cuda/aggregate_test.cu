@@ -1,4 +1,4 @@
-// policy_loss::aggregate and count_tokens on exec::cuda against the host oracle: short rows (teams of
+// policy_loss::aggregate, count_tokens and value_loss on exec::cuda against the host oracle: short rows (teams of
 // a few lanes), rows of one segment, chunked long rows, empty batches; bool, float-weight and int64
 // masks with fully masked rows and NaN/inf losses at masked positions; every aggregation mode, row
 // denominator, empty-row rule, global normalizers and presets; float and double gradients or none;
@@ -12,6 +12,7 @@
 
 #include <posttrain/adapt/std.hpp>
 #include <posttrain/policy_loss/aggregate.cuh>
+#include <posttrain/policy_loss/value_loss.cuh>
 
 #include "support.cuh"
 
@@ -116,7 +117,90 @@ void aggregate_case(index_t B, index_t T, std::uint64_t seed) {
     PT_CHECK(dc.tokens == hc.tokens && dc.sequences == hc.sequences && dc.rows == hc.rows);
 }
 
+// value_loss: values near the old values (some clipped, some not), returns, NaN at masked positions.
+template <class T, class M>
+void value_case(index_t B, index_t T_, std::uint64_t seed) {
+    const auto m = make_mask<M>(B, T_, seed);
+    std::mt19937_64 rng(seed + 5);
+    std::normal_distribution<double> d(0.0, 1.0);
+    std::vector<T> v(std::size_t(B * T_)), vo(v.size()), R(v.size());
+    for (std::size_t k = 0; k < v.size(); ++k) {
+        vo[k] = T(d(rng));
+        v[k] = T(double(vo[k]) + 0.4 * d(rng));
+        R[k] = T(d(rng));
+        if (double(m[k]) == 0 && rng() % 3 == 0) v[k] = T(std::nan(""));  // masked: never read
+    }
+    const device_vec<T> dv(v), dvo(vo), dR(R);
+    const device_vec<stored<M>> dm(m);
+    const pt::tensor_view<const M, 2> hm(reinterpret_cast<const M*>(m.data()), B, T_);
+    const pt::device_view<const M, 2> vm(reinterpret_cast<const M*>(dm.data()), B, T_);
+    auto host = [&](const std::vector<T>& x) { return pt::tensor_view<const T, 2>(x.data(), B, T_); };
+    auto dev = [&](const device_vec<T>& x) { return pt::device_view<const T, 2>(x.data(), B, T_); };
+    const std::pair<const char*, pl::value_loss_options> options[] = {
+        {"verl", pl::value_loss_options::verl(0.2, pl::aggregation::token_mean)},
+        {"verl seq-mean", pl::value_loss_options::verl(0.5, pl::aggregation::seq_mean_token_mean, 2)},
+        {"openrlhf", pl::value_loss_options::openrlhf(0.2, false)},
+        {"no clip", pl::value_loss_options{}}};
+    for (auto [name, o] : options) {
+        o.nonfinite_inputs = pt::advantage::nonfinite::propagate;  // the host refuses the NaN at masked positions otherwise
+        const std::string what = std::string("value_loss ") + (sizeof(T) == 8 ? "double " : "float ") + name + " [" +
+                                 std::to_string(B) + ", " + std::to_string(T_) + "]";
+        std::vector<T> want_g(v.size());
+        const auto want = pl::value_loss(pt::exec::seq, host(v), host(vo), host(R), hm, pt::tensor_view<T, 2>(want_g.data(), B, T_),
+                                         o, 0.3);
+        device_vec<T> dg(v.size(), T(-7));
+        device_vec<std::uint32_t> status(1, 0u);
+        const auto got = pl::value_loss(pt::exec::cuda.with_status(status.data()), dev(dv), dev(dvo), dev(dR), vm,
+                                        pt::device_view<T, 2>(dg.data(), B, T_), o, 0.3);
+        pt::test::close_to(std::vector<double>{got.loss, got.clipfrac, got.aggregation.loss, got.aggregation.tokens,
+                                               got.aggregation.sequences, got.aggregation.divisor},
+                           std::vector<double>{want.loss, want.clipfrac, want.aggregation.loss, want.aggregation.tokens,
+                                               want.aggregation.sequences, want.aggregation.divisor},
+                           1e-11, what);
+        pt::test::close_to(dg.host(), want_g, sizeof(T) == 8 ? 1e-13 : 1e-6, what + " gradient");
+        PT_CHECK_MSG(status.host()[0] == 0u, what + ": NaN at masked positions must not be reported");
+    }
+    // raise: a NaN at a valid position is reported; the device-result overload without a gradient.
+    std::vector<T> bad = v;
+    for (std::size_t k = 0; k < bad.size(); ++k)
+        if (double(m[k]) != 0) {
+            bad[k] = T(std::nan(""));
+            break;
+        }
+    const device_vec<T> dbad(bad);
+    device_vec<std::uint32_t> status(1, 0u);
+    device_vec<pl::value_loss_result> res(1);
+    pl::value_loss(pt::exec::cuda.with_status(status.data()), dev(dbad), dev(dvo), dev(dR), vm, pt::none,
+                   pl::value_loss_options::verl(0.2), 1.0, pt::device_view<pl::value_loss_result, 0>(res.data()));
+    PT_CHECK((status.host()[0] & pt::status_nonfinite_input) != 0);
+    PT_CHECK(std::isnan(res.host()[0].loss));
+}
+
 }  // namespace
+
+PT_TEST("value_loss on CUDA: the host's loss, clip fraction and gradient") {
+    value_case<float, bool>(6, 33, 1);
+    value_case<double, float>(64, 2048, 2);
+    value_case<double, std::int64_t>(3, 20000, 3);
+}
+
+PT_TEST("value_loss on CUDA: misuse throws before launching") {
+    device_vec<float> v(std::vector<float>(12, 1.0f)), m(std::vector<float>(12, 1.0f)), g(12);
+    device_vec<double> v64(12);
+    const pt::device_view<const float, 2> vv(v.data(), 3, 4), vm(m.data(), 3, 4);
+    pl::value_loss_options negative;
+    negative.clip = -1;
+    PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::none, negative), pt::invalid_argument);
+    PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, pt::device_view<const double, 2>(v64.data(), 3, 4), vv, vm, pt::none),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, vv, pt::device_view<const float, 2>(v.data(), 4, 3), vm, pt::none),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::device_view<float, 2>(v.data(), 3, 4)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::device_view<double, 2>(v64.data(), 3, 4)),
+                    pt::invalid_argument);
+    PT_CHECK(pl::value_loss_workspace_bytes(3, 4) == pl::aggregate_workspace_bytes(3, 4));
+}
 
 PT_TEST("aggregate on CUDA: the host's loss, totals and gradient, every mode") {
     for (auto [B, T] : {std::pair<index_t, index_t>{5, 7}, {64, 2048}, {3, 50000}, {200, 300}, {1, 1}}) {

@@ -20,9 +20,11 @@
 #include <posttrain/cuda/outcome.cuh>
 #include <posttrain/cuda/tuning.cuh>
 #include <posttrain/logits/token_log_probs.cuh>
+#include <posttrain/policy_loss/aggregate.cuh>
 #include <posttrain/policy_loss/entropy.cuh>
 #include <posttrain/policy_loss/kl.cuh>
 #include <posttrain/policy_loss/policy_loss.cuh>
+#include <posttrain/policy_loss/value_loss.cuh>
 #include <posttrain/preference/dpo.cuh>
 #include <posttrain/preference/logits.cuh>
 #include <posttrain/preference/sequence.cuh>

@@ -79,6 +79,26 @@ POSTTRAIN_HD inline value_token value_loss_token(double v, double v_old, double 
     return {l1 > l2 ? l1 : l2, w.a * 2 * d1 + w.b * 2 * d2 * clamp_grad(v, lo, hi), l2 > l1};
 }
 
+// The option checks of every backend.
+inline void check_value_loss_options(const value_loss_options& options, const char* fn) {
+    require(options.clip >= 0, {fn, "options"}, "clip must be >= 0 (infinity: no clipping), found " + std::to_string(options.clip));
+    require(options.nonfinite_inputs == advantage::nonfinite::raise || options.nonfinite_inputs == advantage::nonfinite::propagate,
+            {fn, "options"}, "nonfinite_inputs must be nonfinite::raise or nonfinite::propagate");
+    const int cd = static_cast<int>(options.clipfrac_denominator);
+    require(cd >= 0 && cd <= static_cast<int>(row_mean::at_least_one), {fn, "options"},
+            "unknown clipfrac_denominator " + str(cd));
+    check_aggregation_options(options.aggregation, fn);
+}
+
+// clipfrac = clipped tokens / tokens, the denominator by the same rule as a row mean.
+POSTTRAIN_HD inline double clip_fraction(double clipped, double tokens, row_mean denominator) noexcept {
+    aggregation_plan mean;
+    mean.mode = aggregation::seq_mean_token_mean;
+    mean.row_denominator = denominator;
+    mean.scale = 1;
+    return clipped * mean.row_factor(tokens);
+}
+
 }  // namespace detail
 
 // Clipped value loss over [B, T] values, old_values, returns and mask, with grad_scale * d loss / d
@@ -90,15 +110,7 @@ value_loss_result value_loss(const Policy& policy, const Values& values, const O
                              double grad_scale = 1.0) {
     static_assert(host_policy<Policy>, "posttrain::policy_loss::value_loss: host policy expected");
     constexpr const char* fn = "posttrain::policy_loss::value_loss";
-    detail::require(options.clip >= 0, {fn, "options"},
-                    "clip must be >= 0 (infinity: no clipping), found " + std::to_string(options.clip));
-    detail::require(options.nonfinite_inputs == advantage::nonfinite::raise ||
-                        options.nonfinite_inputs == advantage::nonfinite::propagate,
-                    {fn, "options"}, "nonfinite_inputs must be nonfinite::raise or nonfinite::propagate");
-    const int cd = static_cast<int>(options.clipfrac_denominator);
-    detail::require(cd >= 0 && cd <= static_cast<int>(row_mean::at_least_one), {fn, "options"},
-                    "unknown clipfrac_denominator " + detail::str(cd));
-    detail::check_aggregation_options(options.aggregation, fn);
+    detail::check_value_loss_options(options, fn);
     constexpr bool has_grad = !std::is_same_v<std::remove_cvref_t<Grad>, none_t>;
     return std::visit(
         [&](auto v, auto vo, auto R, auto m) {
@@ -150,12 +162,7 @@ value_loss_result value_loss(const Policy& policy, const Values& values, const O
             res.aggregation = plan.totals;
             res.aggregation.loss = detail::sum_rows(row_sum);
             res.loss = 0.5 * res.aggregation.loss;
-            // clipfrac = clipped tokens / tokens, the denominator by the same rule as a row mean.
-            detail::aggregation_plan mean;
-            mean.mode = aggregation::seq_mean_token_mean;
-            mean.row_denominator = options.clipfrac_denominator;
-            mean.scale = 1;
-            res.clipfrac = detail::sum_rows(row_clipped) * mean.row_factor(plan.totals.tokens);
+            res.clipfrac = detail::clip_fraction(detail::sum_rows(row_clipped), plan.totals.tokens, options.clipfrac_denominator);
             return res;
         },
         posttrain::detail::floating_input<2>(values, {fn, "values"}),
