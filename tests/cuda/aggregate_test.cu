@@ -262,11 +262,15 @@ PT_TEST("aggregate on CUDA: empty batches, workspaces, misuse, graph capture") {
                       pt::device_view<pl::aggregate_result, 0>(res.data()));
     };
     pt::test::graph_replay_both(c);
+    auto masks = pt::test::input_sets<float>(m, make_mask<float>(B, T, 8));  // two sets: the replays must differ
     pt::test::graph_case cc;
     cc.name = "count_tokens";
     cc.workspace = pl::count_tokens_workspace_bytes(B, T);
     cc.outputs = {pt::test::out_of(counts, 0)};
-    cc.load = [](int) {};
-    cc.call = [&](const pt::exec::cuda_policy& p) { pl::count_tokens(p, vm, pt::device_view<pl::token_counts, 0>(counts.data())); };
+    cc.load = [&](int k) { masks.load(k); };
+    cc.call = [&](const pt::exec::cuda_policy& p) {
+        pl::count_tokens(p, pt::device_view<const float, 2>(masks.dev.data(), B, T),
+                         pt::device_view<pl::token_counts, 0>(counts.data()));
+    };
     pt::test::graph_replay_both(cc);
 }

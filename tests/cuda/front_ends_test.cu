@@ -170,6 +170,22 @@ void entropy_loss_case(index_t B, index_t T_, index_t V, bool nan_at_masked) {
 
 }  // namespace
 
+PT_TEST("entropy on CUDA: an empty vocabulary has entropy 0, as on the host") {
+    device_vec<float> z(1), g(1);
+    device_vec<double> h(6, 7.0);
+    device_vec<float> m(std::vector<float>(6, 1.0f));
+    const pt::device_view<const float, 3> vz(z.data(), 2, 3, 0);
+    pt::policy_loss::entropy_from_logits(pt::exec::cuda, vz, pt::device_view<double, 2>(h.data(), 2, 3),
+                                         pt::device_view<float, 3>(g.data(), 2, 3, 0));
+    for (double v : h.host()) PT_CHECK(v == 0.0);
+    device_vec<double> h2(6, 7.0);
+    const auto r = pt::policy_loss::entropy_loss(pt::exec::cuda, vz, pt::device_view<const float, 2>(m.data(), 2, 3),
+                                                 pt::device_view<double, 2>(h2.data(), 2, 3),
+                                                 pt::device_view<float, 3>(g.data(), 2, 3, 0));
+    PT_CHECK(r.loss == 0.0 && r.tokens == 6.0);
+    for (double v : h2.host()) PT_CHECK(v == 0.0);
+}
+
 PT_TEST("policy_loss::entropy_loss on CUDA: the host's loss, entropies and gradient") {
     entropy_loss_case<float>(3, 6, 300, false);
     entropy_loss_case<double>(3, 6, 300, true);

@@ -43,9 +43,11 @@ struct token_terms {
     double value, dvalue, extra;
 };
 
-// aggregate's token: the loss matrix's entry.
+// aggregate's token: the loss matrix's entry. A masked token's gradient is f * w (= +-0), as the
+// host's aggregate writes it; a token functor with zero_masked_grad writes an exact 0 there instead.
 template <class T>
 struct loss_entry {
+    static constexpr bool zero_masked_grad = false;
     device_view<const T, 2> loss;
     __device__ token_terms operator()(index_t i, index_t t) const {
         return {static_cast<double>(loss.data()[i * loss.stride(0) + t * loss.stride(1)]), 1.0, 0.0};
@@ -75,14 +77,14 @@ __global__ void __launch_bounds__(loss_threads)
         double s = 0, e = 0;
         for (index_t t = sp.begin + p.lane; t < sp.end; t += p.lanes) {
             const double w = mask_value(mrow[t * mask.stride(1)]);
-            double dvalue = 1;
+            double gv = Token::zero_masked_grad ? 0.0 : f * w;
             if (w != 0) {  // select, never multiply by 0: masked positions may hold anything
                 const token_terms k = token(sp.row, t);
                 s += k.value * w;
                 e += k.extra * w;
-                dvalue = k.dvalue;
+                gv = f * w * k.dvalue;
             }
-            if (grad != nullptr) grad[sp.row * gs0 + t * gs1] = static_cast<G>(f * w * dvalue);
+            if (grad != nullptr) grad[sp.row * gs0 + t * gs1] = static_cast<G>(gv);
         }
         s = team_sum(s, p.lanes);
         e = team_sum(e, p.lanes);

@@ -27,6 +27,7 @@
 #error "<posttrain/policy_loss/entropy.cuh> needs nvcc: include it only from .cu files"
 #endif
 
+#include <tuple>
 #include <type_traits>
 
 #include "../logits/token_log_probs.cuh"
@@ -77,6 +78,15 @@ __global__ void __launch_bounds__(loss_threads)
     }
 }
 
+// y[i, t] = 0 (a float or double [B, T] view).
+template <class H>
+__global__ void __launch_bounds__(loss_threads) fill_tokens_kernel(index_t B, index_t T, H* y, index_t s0, index_t s1) {
+    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
+        const index_t i = k / T, t = k - i * T;
+        y[i * s0 + t * s1] = H(0);
+    }
+}
+
 inline unsigned token_blocks(index_t B, index_t T) {
     const index_t want = (B * T + loss_threads - 1) / loss_threads;
     return static_cast<unsigned>(want < 1 ? 1 : want < loss_max_blocks ? want : loss_max_blocks);
@@ -117,12 +127,11 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
     constexpr const char* fn = "posttrain::policy_loss::entropy_loss";
     check_entropy_options(options, fn);
     check_aggregation_options(aggregation, fn);
-    posttrain::detail::require(numeric::is_finite(grad_scale), {fn, "grad_scale"},
-                               "must be finite, found " + std::to_string(grad_scale));
     constexpr bool grad = !std::is_same_v<std::remove_cvref_t<GradLogits>, none_t>;
     constexpr bool has_entropy = !std::is_same_v<std::remove_cvref_t<Entropy>, none_t>;
-    const auto [B, T] = std::visit([](auto z) { return std::pair<index_t, index_t>(z.extent(0), z.extent(1)); },
-                                   posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
+    const auto [B, T, V] = std::visit(
+        [](auto z) { return std::tuple<index_t, index_t, index_t>(z.extent(0), z.extent(1), z.extent(2)); },
+        posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
     // Every argument is checked before anything is launched: the mask and the entropy output here,
     // grad_logits by a backward call on an empty batch (its checks, no launch).
     std::visit(
@@ -153,7 +162,11 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
             double* H = scratch.template as<double>(at.h);
             const device_view<double, 2> Hv(H, B, T);
             const auto prim = primitive_options(options);
-            logits::detail::token_log_probs_cuda(policy, logits, none, none, Hv, none, prim, fn);
+            // An empty vocabulary has entropy 0 (the host's convention; the primitive finds no softmax).
+            if (V == 0 && B * T > 0)
+                POSTTRAIN_CUDA_CHECK(cudaMemsetAsync(H, 0, sizeof(double) * static_cast<std::size_t>(B * T), policy.stream));
+            else  // the forward takes no scratch: it runs without the workspace, which holds H
+                logits::detail::token_log_probs_cuda(policy.with(nullptr, 0), logits, none, none, Hv, none, prim, fn);
             if constexpr (has_entropy) {
                 std::visit(
                     [&](auto e) {
@@ -173,12 +186,13 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
                 double* up = scratch.template as<double>(at.up);
                 aggregate_cuda(agg, Hc, m, device_view<double, 2>(up, B, T), aggregation, grad_scale, out, nullptr);
                 auto* labels = scratch.template as<std::int32_t>(at.labels);
-                if (B * T > 0)
+                if (B * T > 0 && V > 0)
                     labels_from_mask_kernel<<<token_blocks(B, T), loss_threads, 0, policy.stream>>>(m, labels, -100);
                 posttrain::detail::check_launch(fn);
                 logits::token_log_probs_options bo = prim;
                 bo.ignore_index = -100;
-                logits::detail::token_log_probs_backward_cuda(
+                if (V > 0)  // else grad_logits has no element
+                    logits::detail::token_log_probs_backward_cuda(
                     policy.with(scratch.template as<void>(at.backward), at.backward_bytes), logits,
                     device_view<const std::int32_t, 2>(labels, B, T), none, device_view<const double, 2>(up, B, T), grad_logits,
                     none, none, bo, fn);
@@ -237,7 +251,7 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
     constexpr bool scalar_up = std::is_arithmetic_v<GradEntropy>;
     // Every argument is checked here, as the host checks them (whether a gradient is asked or not),
     // before anything is allocated or launched; the calls below then find nothing to refuse.
-    const auto [B, T] = std::visit(
+    const auto [B, T, V] = std::visit(
         [&](auto z) {
             logits::detail::check_vocab(z.extent(2), fn);
             const auto h = logits::detail::device_operand<false>(entropy, z.extent(0), z.extent(1), fn, "entropy");
@@ -264,9 +278,21 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
                         }
                     },
                     posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
-            return std::pair<index_t, index_t>(z.extent(0), z.extent(1));
+            return std::tuple<index_t, index_t, index_t>(z.extent(0), z.extent(1), z.extent(2));
         },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
+    if (V == 0) {  // an empty vocabulary has entropy 0 (the host's convention) and no gradient element
+        if constexpr (has_entropy)
+            std::visit(
+                [&](auto e) {
+                    if (B * T > 0)
+                        detail::fill_tokens_kernel<<<detail::token_blocks(B, T), detail::loss_threads, 0, policy.stream>>>(
+                            B, T, e.data(), e.stride(0), e.stride(1));
+                    posttrain::detail::check_launch(fn);
+                },
+                posttrain::detail::floating_output<2, device_space>(entropy, {fn, "entropy"}));
+        return;
+    }
     if constexpr (grad) {
         if constexpr (scalar_up) {
             // One scratch: the backward's records from its start (the backward runs under a policy
@@ -285,7 +311,8 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
                                                           prim, fn);
         }
     }
-    if constexpr (has_entropy || !grad) logits::detail::token_log_probs_cuda(policy, logits, none, none, entropy, none, prim, fn);
+    if constexpr (has_entropy || !grad)  // the forward takes no scratch
+        logits::detail::token_log_probs_cuda(policy.with(nullptr, 0), logits, none, none, entropy, none, prim, fn);
 }
 
 }  // namespace posttrain::policy_loss

@@ -36,6 +36,7 @@ namespace detail {
 // the aggregate) and whether the clipped branch is strictly larger.
 template <class T>
 struct value_entry {
+    static constexpr bool zero_masked_grad = true;  // the host writes 0 at masked positions
     device_view<const T, 2> v, vo, ret;
     double clip;
     bool report;
