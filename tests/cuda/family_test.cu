@@ -228,7 +228,7 @@ void gpg_matrix() {
     adv::gpg_options given;
     given.alpha = 1.75;
     given.f_norm = 0.5;
-    adv::gpg_options doubled;
+    adv::gpg_options doubled = adv::gpg_options::verl();  // verl's conventions, alpha in double
     doubled.float32_alpha = false;
     const std::pair<const char*, adv::gpg_options> variants[] = {
         {"default", {}}, {"verl", adv::gpg_options::verl()}, {"verl(f_norm 3)", adv::gpg_options::verl(3.0)},

@@ -115,17 +115,6 @@ inline unsigned elementwise_blocks(index_t n) {
     return static_cast<unsigned>(blocks < 1 ? 1 : blocks < cuda_tuning::max_grid_blocks ? blocks : cuda_tuning::max_grid_blocks);
 }
 
-// The options of the batch z-score of S (normalize_then_sum), as the host's.
-inline grpo_options gdpo_batch_options(const gdpo_options& o) {
-    grpo_options batch;
-    batch.epsilon = o.batch_epsilon;
-    batch.ddof = o.batch_ddof;
-    batch.float32_bessel = o.component.float32_bessel;
-    batch.zero_variance_groups = zero_variance::arithmetic;
-    batch.nonfinite_rewards = o.component.nonfinite_rewards == nonfinite::ignore ? nonfinite::ignore : nonfinite::propagate;
-    return batch;
-}
-
 // Where gdpo's scratch goes: S, the component buffer and its counters (normalize_then_sum), and the
 // region the outcome kernels and the batch z-score use one after the other.
 struct gdpo_scratch_layout {

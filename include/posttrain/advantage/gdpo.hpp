@@ -61,6 +61,18 @@ double weighted_sum(index_t K, const std::vector<double>& w, Get&& v, bool skip_
     return (!any && K > 0) ? std::nan("") : s;
 }
 
+// The GRPO options of the batch z-score of S (normalize_then_sum with batch_normalize): one group
+// of every row, with the options' batch epsilon and ddof.
+inline grpo_options gdpo_batch_options(const gdpo_options& o) {
+    grpo_options batch;
+    batch.epsilon = o.batch_epsilon;
+    batch.ddof = o.batch_ddof;
+    batch.float32_bessel = o.component.float32_bessel;
+    batch.zero_variance_groups = zero_variance::arithmetic;
+    batch.nonfinite_rewards = o.component.nonfinite_rewards == nonfinite::ignore ? nonfinite::ignore : nonfinite::propagate;
+    return batch;
+}
+
 }  // namespace detail
 
 // rewards[N, K] -> advantages[N]; combined[N] (or posttrain::none) receives S (the weighted sum of
@@ -112,13 +124,8 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                 }
                 using A = typename decltype(a)::value_type;
                 if (options.batch_normalize) {
-                    grpo_options batch;
-                    batch.epsilon = options.batch_epsilon;
-                    batch.ddof = options.batch_ddof;
-                    batch.float32_bessel = options.component.float32_bessel;
-                    batch.zero_variance_groups = zero_variance::arithmetic;
-                    batch.nonfinite_rewards = ignore ? nonfinite::ignore : nonfinite::propagate;
-                    (void)grpo(policy, tensor_view<const double, 1>(sum.data(), N), uniform_groups{N > 0 ? N : 1}, a, batch);
+                    (void)grpo(policy, tensor_view<const double, 1>(sum.data(), N), uniform_groups{N > 0 ? N : 1}, a,
+                               detail::gdpo_batch_options(options));
                 } else {
                     for (index_t i = 0; i < N; ++i) a(i) = static_cast<A>(ignore && sum[std::size_t(i)] != sum[std::size_t(i)] ? 0.0 : sum[std::size_t(i)]);
                 }
