@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
                 nonfinite |= !(r - r == r - r);
                 if (ignore && (r != r || v != v)) continue;
             }
-            s = __dadd_rn(s, __dmul_rn(w.w[c], v));  // the host's rounding: no FMA
+            s = f64_add(s, f64_mul(w.w[c], v));  // unfused, as the host forms it
             any = true;
         }
         if (ignore && last && !any) s = quiet_nan();

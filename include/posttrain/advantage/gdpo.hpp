@@ -55,7 +55,7 @@ double weighted_sum(index_t K, const std::vector<double>& w, Get&& v, bool skip_
     for (index_t k = 0; k < K; ++k) {
         const double x = v(k);
         if (skip_nan && x != x) continue;
-        s += (w.empty() ? 1.0 : w[std::size_t(k)]) * x;
+        s = f64_add(s, f64_mul(w.empty() ? 1.0 : w[std::size_t(k)], x));  // unfused, as the CUDA path forms it
         any = true;
     }
     return (!any && K > 0) ? std::nan("") : s;

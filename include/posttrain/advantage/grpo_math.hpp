@@ -122,10 +122,8 @@ POSTTRAIN_HD inline outcome_transform make_outcome_transform(const outcome_param
 // float32 sums in row order, var = (S2 - S1^2/n) / (n - 1), std = sqrt(max(var, eps)). Every backend
 // runs this one function over a group's rows in group order, so all of them give the host's values
 // bit for bit: on the device the float operations are the round-to-nearest intrinsics, which nvcc
-// does not contract into FMAs. The host's parity assumes its compiler does not contract s2 + v * v
-// either: true for x86-64 builds without FMA code generation (the default) and for any build with
-// -ffp-contract=off; on AArch64, or x86-64 with -march=native / -mfma, GCC's default
-// -ffp-contract=fast may fuse it, and the host then differs from the device in the last bits.
+// does not contract into FMAs, and on the host the products go through a volatile temporary, which
+// no compiler fuses either (f32_mul): the same bits whatever -ffp-contract or -march says.
 
 POSTTRAIN_HD inline float f32_add(float a, float b) noexcept {
 #if defined(__CUDA_ARCH__)
@@ -135,11 +133,30 @@ POSTTRAIN_HD inline float f32_add(float a, float b) noexcept {
 #endif
 }
 POSTTRAIN_HD inline float f32_sub(float a, float b) noexcept { return f32_add(a, -b); }
+// A product that is rounded on its own, never fused with the addition that consumes it: on the
+// device the intrinsic, on the host a volatile temporary (a host compiler may otherwise contract
+// s + a * b into an FMA under -ffp-contract=fast with FMA hardware, e.g. -march=native or AArch64).
 POSTTRAIN_HD inline float f32_mul(float a, float b) noexcept {
 #if defined(__CUDA_ARCH__)
     return __fmul_rn(a, b);
 #else
-    return a * b;
+    volatile float p = a * b;
+    return p;
+#endif
+}
+POSTTRAIN_HD inline double f64_mul(double a, double b) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __dmul_rn(a, b);
+#else
+    volatile double p = a * b;
+    return p;
+#endif
+}
+POSTTRAIN_HD inline double f64_add(double a, double b) noexcept {
+#if defined(__CUDA_ARCH__)
+    return __dadd_rn(a, b);
+#else
+    return a + b;
 #endif
 }
 POSTTRAIN_HD inline float f32_div(float a, float b) noexcept {
