@@ -202,6 +202,35 @@ PT_TEST("value_loss on CUDA: misuse throws before launching") {
     PT_CHECK(pl::value_loss_workspace_bytes(3, 4) == pl::aggregate_workspace_bytes(3, 4));
 }
 
+PT_TEST("value_loss on CUDA: CUDA-graph capture and replay") {
+    const index_t B = 8, T = 700;
+    std::mt19937_64 rng(4);
+    std::normal_distribution<double> d(0.0, 1.0);
+    auto values = [&] {
+        std::vector<float> x(std::size_t(B * T));
+        for (auto& e : x) e = float(d(rng));
+        return x;
+    };
+    auto v = pt::test::input_sets<float>(values(), values());
+    const device_vec<float> vo(values()), R(values());
+    const auto mh = make_mask<float>(B, T, 6);
+    const device_vec<float> m(mh);
+    device_vec<float> g(std::size_t(B * T));
+    device_vec<pl::value_loss_result> res(1);
+    pt::test::graph_case c;
+    c.name = "value_loss";
+    c.workspace = pl::value_loss_workspace_bytes(B, T);
+    c.outputs = {pt::test::out_of(g), pt::test::out_of(res, 0)};
+    c.load = [&](int k) { v.load(k); };
+    c.call = [&](const pt::exec::cuda_policy& p) {
+        auto view = [&](const float* x) { return pt::device_view<const float, 2>(x, B, T); };
+        pl::value_loss(p, view(v.dev.data()), view(vo.data()), view(R.data()), view(m.data()),
+                       pt::device_view<float, 2>(g.data(), B, T), pl::value_loss_options::verl(0.2), 1.0,
+                       pt::device_view<pl::value_loss_result, 0>(res.data()));
+    };
+    pt::test::graph_replay_both(c);
+}
+
 PT_TEST("aggregate on CUDA: the host's loss, totals and gradient, every mode") {
     for (auto [B, T] : {std::pair<index_t, index_t>{5, 7}, {64, 2048}, {3, 50000}, {200, 300}, {1, 1}}) {
         aggregate_case<bool, float>(B, T, std::uint64_t(B * T));

@@ -170,6 +170,39 @@ void entropy_loss_case(index_t B, index_t T_, index_t V, bool nan_at_masked) {
 
 }  // namespace
 
+PT_TEST("entropy on CUDA: CUDA-graph capture and replay (scalar upstream; entropy_loss with a gradient)") {
+    const index_t B = 3, T_ = 5, V = 700;
+    auto z = pt::test::input_sets<float>(random_logits<float>(std::size_t(B * T_ * V), 1),
+                                         random_logits<float>(std::size_t(B * T_ * V), 2));
+    const device_vec<float> m(std::vector<float>{1, 1, 0, 1, 1, 0.5f, 1, 1, 1, 0, 0, 0, 1, 2, 1});
+    device_vec<float> g(std::size_t(B * T_ * V));
+    device_vec<double> h(std::size_t(B * T_));
+    device_vec<pt::policy_loss::aggregate_result> res(1);
+    auto logits = [&] { return pt::device_view<const float, 3>(z.dev.data(), B, T_, V); };
+    pt::test::graph_case c;
+    c.name = "entropy_from_logits (scalar upstream)";
+    c.workspace = pt::policy_loss::entropy_from_logits_workspace_bytes(B, T_, true);
+    c.outputs = {pt::test::out_of(g), pt::test::out_of(h)};
+    c.load = [&](int k) { z.load(k); };
+    c.call = [&](const pt::exec::cuda_policy& p) {
+        pt::policy_loss::entropy_from_logits(p, logits(), pt::device_view<double, 2>(h.data(), B, T_),
+                                             pt::device_view<float, 3>(g.data(), B, T_, V), 0.25);
+    };
+    pt::test::graph_replay_both(c);
+    pt::test::graph_case l;
+    l.name = "entropy_loss";
+    l.workspace = pt::policy_loss::entropy_loss_workspace_bytes(B, T_, true);
+    l.outputs = {pt::test::out_of(g), pt::test::out_of(h), pt::test::out_of(res, 0)};
+    l.load = [&](int k) { z.load(k); };
+    l.call = [&](const pt::exec::cuda_policy& p) {
+        pt::policy_loss::entropy_loss(p, logits(), pt::device_view<const float, 2>(m.data(), B, T_),
+                                      pt::device_view<double, 2>(h.data(), B, T_), pt::device_view<float, 3>(g.data(), B, T_, V),
+                                      pt::policy_loss::aggregation_options{}, -0.01, pt::policy_loss::entropy_options{},
+                                      pt::device_view<pt::policy_loss::aggregate_result, 0>(res.data()));
+    };
+    pt::test::graph_replay_both(l);
+}
+
 PT_TEST("entropy on CUDA: an empty vocabulary has entropy 0, as on the host") {
     device_vec<float> z(1), g(1);
     device_vec<double> h(6, 7.0);
