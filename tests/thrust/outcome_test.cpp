@@ -13,6 +13,7 @@
 #include <thrust/system/omp/execution_policy.h>
 
 #include <posttrain/adapt/std.hpp>
+#include <posttrain/advantage/gpg.hpp>
 #include <posttrain/advantage/grpo.hpp>
 #include <posttrain/advantage/rloo.hpp>
 #include <posttrain/thrust/outcome.hpp>
@@ -177,6 +178,37 @@ TEST_CASE_TEMPLATE("thrust omp grpo/rloo, unsorted ids", T, float, double) {
     for (auto& id : ids) id = std::int64_t(rng() % 97) * 1000003 - 40000000;  // negative and positive ids
     const auto g = pt::grouping::from_ids(omp, ids);
     all_variants<T>(g, g.group_of, "ids");
+}
+
+TEST_CASE_TEMPLATE("thrust omp gpg: the gain path of the shared transform, every option", T, float, double) {
+    adv::gpg_options given;
+    given.alpha = 1.75;
+    given.f_norm = 0.5;
+    adv::gpg_options doubled = adv::gpg_options::verl();
+    doubled.float32_alpha = false;
+    const std::vector<std::pair<const char*, adv::gpg_options>> variants = {
+        {"default", {}}, {"verl", adv::gpg_options::verl()}, {"verl(f_norm 3)", adv::gpg_options::verl(3.0)},
+        {"alpha given", given}, {"double alpha", doubled}};
+    std::mt19937_64 rng(8);
+    std::vector<index_t> sizes;
+    const index_t choices[] = {0, 1, 2, 7, 32, 33, 1000, 0, 1, 3};
+    for (int i = 0; i < 40; ++i) sizes.push_back(choices[rng() % 10]);
+    const auto off = offsets_from_sizes(sizes);
+    const auto group_of = group_of_offsets(off);
+    for (const auto& [name, o] : variants) {
+        const auto r = make_rewards<T>(group_of.size(), group_of, 77, o.nonfinite_rewards != adv::nonfinite::raise);
+        std::vector<T> want(r.size()), got(r.size(), T(-12345));
+        const auto hs = adv::gpg(pt::exec::seq, r, pt::ragged(off), want, o);
+        const auto ts = adv::gpg(omp, r, pt::ragged(off), got, o);
+        INFO(name);
+        CHECK(ts.groups == hs.groups);
+        CHECK(ts.zero_variance_groups == hs.zero_variance_groups);
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            const double g = got[i], w = want[i];
+            const double allowed = (sizeof(T) == 8 ? 1e-12 : 1e-6) * std::max(1.0, std::fabs(w)) + slack_for(r, group_of, i, 0.0) * 8;
+            CHECK(((std::isnan(g) && std::isnan(w)) || std::fabs(g - w) <= allowed));
+        }
+    }
 }
 
 TEST_CASE("thrust omp from_ids equals the host radix sort") {

@@ -30,6 +30,7 @@
 #include <thrust/transform.h>
 #include <thrust/transform_reduce.h>
 
+#include "../advantage/gpg.hpp"
 #include "../advantage/grpo_params.hpp"
 #include "../advantage/rloo.hpp"
 #include "exec.hpp"
@@ -99,6 +100,14 @@ struct write_row {
 
 struct is_nan_value {
     POSTTRAIN_HD bool operator()(double v) const { return v != v; }
+};
+
+// Whether row i of a strided input is non-zero (a NaN is, as in torch).
+template <class In>
+struct nonzero_at {
+    const In* x;
+    index_t stride;
+    POSTTRAIN_HD bool operator()(index_t i) const { return x[i * stride] != In(0); }
 };
 
 // Segmented reduction whose result lands at each group's index (groups with no row keep `init`).
@@ -201,6 +210,30 @@ group_stats_result grpo(const exec::thrust_policy<TP>& policy, const Rewards& re
     constexpr const char* fn = "posttrain::advantage::grpo";
     return detail::run_outcome_thrust(policy.base, rewards, groups, advantages, detail::grpo_params(options, fn),
                                       options.nonfinite_rewards, fn);
+}
+
+// gpg(exec::thrust(thrust::omp::par), rewards, groups, advantages, options): as the host overload;
+// the centring is GRPO's reductions, the gain (gpg_gain, from a count_if of the non-zero rewards) the
+// shared transform's, as on CUDA.
+template <class TP, class Rewards, class Groups, class Advantages>
+group_stats_result gpg(const exec::thrust_policy<TP>& policy, const Rewards& rewards, const Groups& groups,
+                       Advantages&& advantages, const gpg_options& options = {}) {
+    constexpr const char* fn = "posttrain::advantage::gpg";
+    detail::check_gpg_options(options, fn);
+    detail::outcome_params params = detail::grpo_params(detail::gpg_centring(options), fn);
+    return std::visit(
+        [&](auto r) {
+            using In = typename decltype(r)::value_type;
+            const index_t n = r.extent(0);
+            index_t nonzero = 0;
+            if (options.alpha == 0.0)
+                nonzero = static_cast<index_t>(::thrust::count_if(policy.base, ::thrust::counting_iterator<index_t>(0),
+                                                                  ::thrust::counting_iterator<index_t>(n),
+                                                                  detail::nonzero_at<In>{r.data(), r.stride(0)}));
+            params.gain = detail::gpg_gain(options.alpha, options.f_norm, options.float32_alpha, n, nonzero);
+            return detail::run_outcome_thrust(policy.base, r, groups, advantages, params, options.nonfinite_rewards, fn);
+        },
+        posttrain::detail::floating_input<1>(rewards, {fn, "rewards"}));
 }
 
 // rloo(exec::thrust(thrust::omp::par), rewards, groups, advantages, options): as the host overload.
