@@ -110,11 +110,6 @@ __global__ void gdpo_add_kinds_kernel(const unsigned long long* counters, unsign
     if (slot < outcome_counter_slots && counters[slot] != 0) stats[slot] += counters[slot];
 }
 
-inline unsigned elementwise_blocks(index_t n) {
-    const index_t blocks = (n + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
-    return static_cast<unsigned>(blocks < 1 ? 1 : blocks < cuda_tuning::max_grid_blocks ? blocks : cuda_tuning::max_grid_blocks);
-}
-
 // Where gdpo's scratch goes: S, the component buffer and its counters (normalize_then_sum), and the
 // region the outcome kernels and the batch z-score use one after the other.
 struct gdpo_scratch_layout {
@@ -181,7 +176,7 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
             auto* contributed = scratch.template as<unsigned char>(at.contributed);
             unsigned char* engine = scratch.template as<unsigned char>(at.engine);
             auto* counters = reinterpret_cast<unsigned long long*>(stats.data());
-            const unsigned blocks = elementwise_blocks(N);
+            const unsigned blocks = cuda_tuning::elementwise_blocks(N);
             auto weight = [&](index_t k) { return options.weights.empty() ? 1.0 : options.weights[std::size_t(k)]; };
 
             if (N > 0 && K == 0) POSTTRAIN_CUDA_CHECK(cudaMemsetAsync(sum, 0, sizeof(double) * std::size_t(N), policy.stream));

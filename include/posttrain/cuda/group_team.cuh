@@ -114,10 +114,7 @@ void launch_team_per_group(const exec::cuda_policy& pol, const Body& body,
     const index_t size = info.exact_size >= 0 ? info.exact_size : info.typical_size > 0 ? info.typical_size : rows / groups;
     auto launch = [&](auto lanes) {
         constexpr int L = decltype(lanes)::value;
-        constexpr index_t teams = cuda_tuning::block_threads / L;
-        index_t blocks = (groups + teams - 1) / teams;
-        if (blocks > cuda_tuning::max_grid_blocks) blocks = cuda_tuning::max_grid_blocks;
-        team_per_group_kernel<L><<<static_cast<unsigned>(blocks), cuda_tuning::block_threads, 0, pol.stream>>>(
+        team_per_group_kernel<L><<<cuda_tuning::elementwise_blocks(groups * L), cuda_tuning::block_threads, 0, pol.stream>>>(
             body, info.layout, groups, pol.status);
         posttrain::detail::check_launch(fn);
     };

@@ -150,12 +150,6 @@ __global__ void __launch_bounds__(cuda_tuning::block_threads)
     }
 }
 
-// Blocks of a grid-stride elementwise kernel over `items` items.
-inline unsigned grouping_blocks(index_t items) {
-    const index_t b = (items + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
-    return static_cast<unsigned>(b < 1 ? 1 : b > cuda_tuning::max_grid_blocks ? cuda_tuning::max_grid_blocks : b);
-}
-
 // Where each piece of a grouping's scratch lives, and how much CUB's temporary storage takes (the
 // radix sort's, or the larger of it and the head compaction's). One function for the call and for
 // its *_workspace_bytes, so that the two always agree.
@@ -199,7 +193,7 @@ void sort_by_group_key(const exec::cuda_policy& pol, const cuda_scratch& scratch
     const index_t n = ids.extent(0);
     cub::DoubleBuffer<Key> kb(scratch.as<Key>(plan.keys[0]), scratch.as<Key>(plan.keys[1]));
     cub::DoubleBuffer<Row> rb(scratch.as<Row>(plan.rows[0]), scratch.as<Row>(plan.rows[1]));
-    grouping_keys_kernel<<<grouping_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
+    grouping_keys_kernel<<<cuda_tuning::elementwise_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
         ids.data(), ids.stride(0), n, key_of, kb.Current(), rb.Current(), pol.status);
     check_launch(fn);
     std::size_t temp_bytes = plan.temp_bytes;
@@ -264,11 +258,11 @@ device_permuted_groups group_ids_cuda(const exec::cuda_policy& pol, tensor_view<
         POSTTRAIN_CUDA_CHECK(cub::DeviceSelect::If(scratch.as<unsigned char>(plan.temp), temp_bytes,
                                                    ::thrust::counting_iterator<index_t>(0), offsets.data(), count.data(),
                                                    n, group_head<Key>{keys}, pol.stream));
-        grouping_finish_kernel<id_sort_key<Id>><<<grouping_blocks(n + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
+        grouping_finish_kernel<id_sort_key<Id>><<<cuda_tuning::elementwise_blocks(n + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
             keys, n, offsets.data(), count.data(), group_ids.size() ? group_ids.data() : nullptr,
             group_ids.size() ? group_ids.stride(0) : 1);
         check_launch(fn);
-        grouping_permutation_kernel<<<grouping_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
+        grouping_permutation_kernel<<<cuda_tuning::elementwise_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
             rows, n, perm.data(), perm.stride(0));
         check_launch(fn);
     };
@@ -304,16 +298,16 @@ device_permuted_groups group_dense_ids_cuda(const exec::cuda_policy& pol, tensor
         sort_by_group_key<std::uint32_t, Row>(pol, scratch, plan, ids,
                                               dense_sort_key<Id>{static_cast<std::uint32_t>(num_groups)}, end_bit, keys,
                                               rows, fn);
-        dense_offsets_kernel<<<grouping_blocks(num_groups + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
+        dense_offsets_kernel<<<cuda_tuning::elementwise_blocks(num_groups + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
             keys, n, num_groups, offsets.data(), count.size() ? count.data() : nullptr);
         check_launch(fn);
-        grouping_permutation_kernel<<<grouping_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
+        grouping_permutation_kernel<<<cuda_tuning::elementwise_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(
             rows, n, perm.data(), perm.stride(0));
         check_launch(fn);
     };
     if (n == 0) {
         // No key to sort: every offset is 0.
-        dense_offsets_kernel<<<grouping_blocks(num_groups + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
+        dense_offsets_kernel<<<cuda_tuning::elementwise_blocks(num_groups + 1), cuda_tuning::block_threads, 0, pol.stream>>>(
             keys, 0, num_groups, offsets.data(), count.size() ? count.data() : nullptr);
         check_launch(fn);
     } else if (rows_fit_32(n)) {

@@ -961,9 +961,7 @@ void launch_single_group(const exec::cuda_policy& pol, const outcome_args<In, Ou
     single_group_finish_kernel<<<1, cuda_tuning::block_threads, 0, pol.stream>>>(a, b.partials, b.m2,
                                                                                  cuda_tuning::batch_partials, n, transform);
     posttrain::detail::check_launch(fn);
-    const index_t blocks = (n + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
-    apply_transform_kernel<<<static_cast<unsigned>(blocks < cuda_tuning::max_grid_blocks ? blocks : cuda_tuning::max_grid_blocks),
-                             cuda_tuning::block_threads, 0, pol.stream>>>(a, transform, n);
+    apply_transform_kernel<<<cuda_tuning::elementwise_blocks(n), cuda_tuning::block_threads, 0, pol.stream>>>(a, transform, n);
     posttrain::detail::check_launch(fn);
 }
 
@@ -1018,10 +1016,8 @@ void launch_outcome(const exec::cuda_policy& pol, device_view<const In, 1> r, de
     }
 
     if (params.float32_one_pass) {
-        const index_t blocks = (groups + cuda_tuning::block_threads - 1) / cuda_tuning::block_threads;
-        outcome_float32_kernel<<<static_cast<unsigned>(blocks < cuda_tuning::max_grid_blocks ? blocks
-                                                                                            : cuda_tuning::max_grid_blocks),
-                                 cuda_tuning::block_threads, 0, pol.stream>>>(a, info.layout, groups);
+        outcome_float32_kernel<<<cuda_tuning::elementwise_blocks(groups), cuda_tuning::block_threads, 0, pol.stream>>>(
+            a, info.layout, groups);
         posttrain::detail::check_launch(w.function);
         return;
     }

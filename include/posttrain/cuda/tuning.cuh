@@ -52,6 +52,13 @@ inline constexpr index_t max_grid_blocks = 132 * 8 * 4;
 // the result is the same on every GPU and every run.
 inline constexpr int batch_partials = 512;
 
+// Blocks of block_threads threads for a grid-stride kernel over `items` items: one item per thread,
+// at most max_grid_blocks (the kernels' loops take the rest), at least one.
+constexpr unsigned elementwise_blocks(index_t items) noexcept {
+    const index_t b = (items + block_threads - 1) / block_threads;
+    return static_cast<unsigned>(b < 1 ? 1 : b > max_grid_blocks ? max_grid_blocks : b);
+}
+
 // Team size of the uniform tile kernel for groups of `rows` rows: the smallest power of two whose
 // team holds them in registers (rows <= lanes * tile_values), at most tile_max_lanes.
 constexpr int lanes_for(index_t rows) noexcept {

@@ -30,6 +30,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../cuda/tuning.cuh"
 #include "../logits/token_log_probs.cuh"
 #include "aggregate.cuh"
 #include "entropy.hpp"
@@ -54,42 +55,69 @@ inline std::size_t scalar_upstream_at(index_t batch, index_t time) {
     return posttrain::detail::scratch_align(logits::token_log_probs_backward_workspace_bytes(batch, time, 0, false));
 }
 
-
 // The labels the logits primitive's backward takes for entropy_loss: 0 (any valid class: no log-prob
 // gradient is asked) where the mask is non-zero, ignore_index elsewhere, so that masked positions get a
 // zero gradient row and their logits are never read (select, never multiply).
 template <class M>
-__global__ void __launch_bounds__(loss_threads)
+__global__ void __launch_bounds__(cuda_tuning::block_threads)
     labels_from_mask_kernel(const device_view<const M, 2> mask, std::int32_t* labels, std::int32_t ignore) {
     const index_t B = mask.extent(0), T = mask.extent(1);
-    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
+    const index_t step = index_t(gridDim.x) * cuda_tuning::block_threads;
+    for (index_t k = index_t(blockIdx.x) * cuda_tuning::block_threads + threadIdx.x; k < B * T; k += step) {
         const index_t i = k / T, t = k - i * T;
         labels[k] = mask_value(mask.data()[i * mask.stride(0) + t * mask.stride(1)]) != 0 ? 0 : ignore;
     }
 }
 
-// y[i, t] = x[i, t] (a [B, T] double buffer into the caller's entropy, float or double).
+// y[i, t] = x[i * T + t]: a contiguous [B, T] double buffer (or zeros, x null) into the caller's
+// entropy, float or double, any strides.
 template <class H>
-__global__ void __launch_bounds__(loss_threads)
-    copy_tokens_kernel(const double* x, index_t B, index_t T, H* y, index_t s0, index_t s1) {
-    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
+__global__ void __launch_bounds__(cuda_tuning::block_threads)
+    store_tokens_kernel(const double* x, index_t B, index_t T, H* y, index_t s0, index_t s1) {
+    const index_t step = index_t(gridDim.x) * cuda_tuning::block_threads;
+    for (index_t k = index_t(blockIdx.x) * cuda_tuning::block_threads + threadIdx.x; k < B * T; k += step) {
         const index_t i = k / T, t = k - i * T;
-        y[i * s0 + t * s1] = static_cast<H>(x[k]);
+        y[i * s0 + t * s1] = static_cast<H>(x != nullptr ? x[k] : 0.0);
     }
 }
 
-// y[i, t] = 0 (a float or double [B, T] view).
-template <class H>
-__global__ void __launch_bounds__(loss_threads) fill_tokens_kernel(index_t B, index_t T, H* y, index_t s0, index_t s1) {
-    for (index_t k = index_t(blockIdx.x) * loss_threads + threadIdx.x; k < B * T; k += index_t(gridDim.x) * loss_threads) {
-        const index_t i = k / T, t = k - i * T;
-        y[i * s0 + t * s1] = H(0);
-    }
+// Writes H (x; null: zeros) into the caller's [B, T] entropy output.
+template <class Entropy>
+void store_entropy(const exec::cuda_policy& policy, const double* x, Entropy&& entropy, index_t B, index_t T, const char* fn) {
+    if (B * T == 0) return;
+    std::visit(
+        [&](auto e) {
+            store_tokens_kernel<<<cuda_tuning::elementwise_blocks(B * T), cuda_tuning::block_threads, 0, policy.stream>>>(
+                x, B, T, e.data(), e.stride(0), e.stride(1));
+            posttrain::detail::check_launch(fn);
+        },
+        posttrain::detail::floating_output<2, device_space>(entropy, {fn, "entropy"}));
 }
 
-inline unsigned token_blocks(index_t B, index_t T) {
-    const index_t want = (B * T + loss_threads - 1) / loss_threads;
-    return static_cast<unsigned>(want < 1 ? 1 : want < loss_max_blocks ? want : loss_max_blocks);
+// The checks entropy_from_logits and entropy_loss both make, as the host makes them, before anything
+// is allocated or launched: the primitive's options and vocabulary, the entropy output ([B, T], apart
+// from the logits) and grad_logits (the logits' dtype and shape, apart from the logits and from the
+// entropy); also(g) adds the caller's own overlaps with grad_logits. Returns the entropy operand.
+template <class Z, class Entropy, class GradLogits, class Also>
+logits::detail::operand2 check_entropy_outputs(const Z& z, const Entropy& entropy, const GradLogits& grad_logits,
+                                               const logits::token_log_probs_options& prim, const char* fn,
+                                               const Also& also) {
+    logits::detail::check_options(prim, fn);
+    logits::detail::check_vocab(z.extent(2), fn);
+    const auto h = logits::detail::device_operand<false>(entropy, z.extent(0), z.extent(1), fn, "entropy");
+    logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
+    if constexpr (!std::is_same_v<std::remove_cvref_t<GradLogits>, none_t>)
+        std::visit(
+            [&](auto g) {
+                require(std::is_same_v<typename decltype(g)::value_type, typename Z::value_type>, {fn, "grad_logits"},
+                        "must have the dtype of logits");
+                check_same_shape(g, z, {fn, "grad_logits"}, "logits");
+                check_no_alias(g, z, {fn, "grad_logits"}, "logits");
+                logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits");
+                also(g);
+            },
+            posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
+    return h;
 }
 
 // entropy_loss's scratch: H and dloss/dH in double, the labels, then the aggregation's and the
@@ -132,28 +160,17 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
     const auto [B, T, V] = std::visit(
         [](auto z) { return std::tuple<index_t, index_t, index_t>(z.extent(0), z.extent(1), z.extent(2)); },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
-    // Every argument is checked before anything is launched: the mask and the entropy output here,
-    // grad_logits by a backward call on an empty batch (its checks, no launch).
+    const auto prim = primitive_options(options);
+    // Every argument is checked before anything is allocated or launched.
     std::visit(
         [&](auto m) {
             logits::detail::check_leading(m.extent(0), m.extent(1), B, T, {fn, "mask"});
-            const auto h = logits::detail::device_operand<false>(entropy, B, T, fn, "entropy");
             std::visit(
                 [&](auto z) {
-                    logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
+                    const auto h = check_entropy_outputs(z, entropy, grad_logits, prim, fn, [&](const auto& g) {
+                        check_no_alias(g, m, {fn, "grad_logits"}, "mask");
+                    });
                     logits::detail::check_no_alias(h.bytes, logits::detail::byte_range(m), {fn, "entropy"}, "mask");
-                    if constexpr (grad)
-                        std::visit(
-                            [&](auto g) {
-                                check_same_shape(g, z, {fn, "grad_logits"}, "logits");
-                                check_no_alias(g, z, {fn, "grad_logits"}, "logits");
-                                check_no_alias(g, m, {fn, "grad_logits"}, "mask");
-                                logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits");
-                                using E = typename decltype(z)::value_type;
-                                posttrain::detail::require(std::is_same_v<typename decltype(g)::value_type, E>,
-                                                           {fn, "grad_logits"}, "must have the dtype of logits");
-                            },
-                            posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
                 },
                 posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 
@@ -161,22 +178,12 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
             posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});
             double* H = scratch.template as<double>(at.h);
             const device_view<double, 2> Hv(H, B, T);
-            const auto prim = primitive_options(options);
             // An empty vocabulary has entropy 0 (the host's convention; the primitive finds no softmax).
             if (V == 0 && B * T > 0)
                 POSTTRAIN_CUDA_CHECK(cudaMemsetAsync(H, 0, sizeof(double) * static_cast<std::size_t>(B * T), policy.stream));
             else  // the forward takes no scratch: it runs without the workspace, which holds H
                 logits::detail::token_log_probs_cuda(policy.with(nullptr, 0), logits, none, none, Hv, none, prim, fn);
-            if constexpr (has_entropy) {
-                std::visit(
-                    [&](auto e) {
-                        if (B * T > 0)
-                            copy_tokens_kernel<<<token_blocks(B, T), loss_threads, 0, policy.stream>>>(H, B, T, e.data(),
-                                                                                                        e.stride(0), e.stride(1));
-                        posttrain::detail::check_launch(fn);
-                    },
-                    posttrain::detail::floating_output<2, device_space>(entropy, {fn, "entropy"}));
-            }
+            if constexpr (has_entropy) store_entropy(policy, H, entropy, B, T, fn);
             const exec::cuda_policy agg = policy.with(scratch.template as<void>(at.aggregate), at.aggregate_bytes);
             const device_view<const double, 2> Hc(H, B, T);
             // The result goes to device memory; the host's copy (and the wait) come after the last launch.
@@ -187,7 +194,8 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
                 aggregate_cuda(agg, Hc, m, device_view<double, 2>(up, B, T), aggregation, grad_scale, out, nullptr);
                 auto* labels = scratch.template as<std::int32_t>(at.labels);
                 if (B * T > 0 && V > 0)
-                    labels_from_mask_kernel<<<token_blocks(B, T), loss_threads, 0, policy.stream>>>(m, labels, -100);
+                    labels_from_mask_kernel<<<cuda_tuning::elementwise_blocks(B * T), cuda_tuning::block_threads, 0,
+                                              policy.stream>>>(m, labels, -100);
                 posttrain::detail::check_launch(fn);
                 logits::token_log_probs_options bo = prim;
                 bo.ignore_index = -100;
@@ -245,7 +253,6 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
     constexpr const char* fn = "posttrain::policy_loss::entropy_from_logits";
     detail::check_entropy_options(options, fn);
     const auto prim = detail::primitive_options(options);
-    logits::detail::check_options(prim, fn);
     constexpr bool grad = !std::is_same_v<std::remove_cvref_t<GradLogits>, none_t>;
     constexpr bool has_entropy = !std::is_same_v<std::remove_cvref_t<Entropy>, none_t>;
     constexpr bool scalar_up = std::is_arithmetic_v<GradEntropy>;
@@ -253,44 +260,22 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
     // before anything is allocated or launched; the calls below then find nothing to refuse.
     const auto [B, T, V] = std::visit(
         [&](auto z) {
-            logits::detail::check_vocab(z.extent(2), fn);
-            const auto h = logits::detail::device_operand<false>(entropy, z.extent(0), z.extent(1), fn, "entropy");
-            logits::detail::check_no_alias(h.bytes, z, {fn, "entropy"}, "logits");
-            if constexpr (scalar_up) {
+            // The upstream: a finite number, or a [B, T] view apart from the entropy and the gradient.
+            logits::detail::operand2 up;
+            if constexpr (scalar_up)
                 posttrain::detail::require(numeric::is_finite(double(grad_entropy)), {fn, "grad_entropy"},
                                            "must be finite, found " + std::to_string(double(grad_entropy)));
-            } else {
-                const auto up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn, "grad_entropy");
-                logits::detail::check_no_alias(h.bytes, up.bytes, {fn, "entropy"}, "grad_entropy");
-            }
-            if constexpr (grad)
-                std::visit(
-                    [&](auto g) {
-                        posttrain::detail::require(std::is_same_v<typename decltype(g)::value_type, typename decltype(z)::value_type>,
-                                                   {fn, "grad_logits"}, "must have the dtype of logits");
-                        detail::check_same_shape(g, z, {fn, "grad_logits"}, "logits");
-                        detail::check_no_alias(g, z, {fn, "grad_logits"}, "logits");
-                        logits::detail::check_no_alias(h.bytes, g, {fn, "entropy"}, "grad_logits");
-                        if constexpr (!scalar_up) {
-                            const auto up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn,
-                                                                                 "grad_entropy");
-                            logits::detail::check_no_alias(up.bytes, g, {fn, "grad_entropy"}, "grad_logits");
-                        }
-                    },
-                    posttrain::detail::device_floats<false, 3>(grad_logits, {fn, "grad_logits"}));
+            else
+                up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn, "grad_entropy");
+            const auto h = detail::check_entropy_outputs(z, entropy, grad_logits, prim, fn, [&](const auto& g) {
+                logits::detail::check_no_alias(up.bytes, g, {fn, "grad_entropy"}, "grad_logits");
+            });
+            logits::detail::check_no_alias(h.bytes, up.bytes, {fn, "entropy"}, "grad_entropy");
             return std::tuple<index_t, index_t, index_t>(z.extent(0), z.extent(1), z.extent(2));
         },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
     if (V == 0) {  // an empty vocabulary has entropy 0 (the host's convention) and no gradient element
-        if constexpr (has_entropy)
-            std::visit(
-                [&](auto e) {
-                    if (B * T > 0)
-                        detail::fill_tokens_kernel<<<detail::token_blocks(B, T), detail::loss_threads, 0, policy.stream>>>(
-                            B, T, e.data(), e.stride(0), e.stride(1));
-                    posttrain::detail::check_launch(fn);
-                },
-                posttrain::detail::floating_output<2, device_space>(entropy, {fn, "entropy"}));
+        if constexpr (has_entropy) detail::store_entropy(policy, nullptr, entropy, B, T, fn);
         return;
     }
     if constexpr (grad) {
