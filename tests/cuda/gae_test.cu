@@ -37,17 +37,11 @@ template <class T>
 batch<T> make_batch(index_t n, index_t t, std::uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> normal(0.0, 1.0);
-    std::bernoulli_distribution keep(0.8);
-    batch<T> b{n, t, std::vector<T>(std::size_t(n * t)), std::vector<T>(std::size_t(n * t)), std::vector<double>(std::size_t(n * t))};
+    batch<T> b{n, t, std::vector<T>(std::size_t(n * t)), std::vector<T>(std::size_t(n * t)), pt::test::token_mask(n, t, rng)};
     for (std::size_t k = 0; k < b.r.size(); ++k) {
         b.r[k] = static_cast<T>(normal(rng));
         b.v[k] = static_cast<T>(normal(rng));
-        b.m[k] = keep(rng) ? 1.0 : 0.0;
     }
-    if (n > 1)
-        for (index_t j = 0; j < t; ++j) b.m[std::size_t(1 * t + j)] = 0;
-    if (n > 2)
-        for (index_t j = t / 3; j < t; ++j) b.m[std::size_t(2 * t + j)] = 0;
     return b;
 }
 

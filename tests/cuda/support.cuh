@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,19 @@ device_view<const T, 2> dview(const device_vec<T>& d, index_t n, index_t t) {
 template <class T>
 device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
     return device_view<T, 2>(d.data(), n, t);
+}
+
+// A 0/1 token mask [n, t] as the token-level tests use it: each token kept with probability 0.8
+// (interior zeros), row 1 fully masked and row 2 right-padded from t / 3 on.
+inline std::vector<double> token_mask(index_t n, index_t t, std::mt19937_64& rng) {
+    std::bernoulli_distribution keep(0.8);
+    std::vector<double> m(std::size_t(n * t));
+    for (auto& x : m) x = keep(rng) ? 1.0 : 0.0;
+    if (n > 1)
+        for (index_t j = 0; j < t; ++j) m[std::size_t(1 * t + j)] = 0;
+    if (n > 2)
+        for (index_t j = t / 3; j < t; ++j) m[std::size_t(2 * t + j)] = 0;
+    return m;
 }
 
 // `full`, or `small` when the environment asks for quick runs (harness.hpp quick(): sanitizers).
