@@ -1,8 +1,9 @@
 // GAE and discounted returns on exec::cuda against the host oracle (exec::seq): every masking
 // convention and preset, packed tiles (T <= 2048, several rows per tile, T = 1) and chunked rows
 // (T > 2048, chunk boundaries inside rows), float and double, interior mask zeros and fully masked
-// rows, decoupled and length-adaptive lambdas, whitening and its statistics; plus run-to-run
-// determinism, a caller workspace, the status word and host-detectable misuse.
+// rows, decoupled, length-adaptive and per-row (gae_per_row_lambda) lambdas, whitening and its
+// statistics; plus run-to-run determinism, a caller workspace, the status word and host-detectable
+// misuse.
 
 #include <cmath>
 #include <cstdint>
@@ -96,6 +97,109 @@ void gae_matrix(double tol, const char* type) {
 }
 
 }  // namespace
+
+namespace {
+
+// gae_per_row_lambda against the host: lambdas of type L with 0, 1 and values between (and a
+// decoupled returns' lambda), packed and chunked rows.
+template <class T, class L>
+void per_row_lambda_matrix(double tol, const char* type) {
+    std::uint64_t seed = 50;
+    for (const auto& s : shapes) {
+        const auto b = make_batch<T>(s[0], s[1], seed++);
+        const index_t n = b.n, t = b.t;
+        std::mt19937_64 rng(seed);
+        std::vector<L> lambdas(static_cast<std::size_t>(n));
+        for (std::size_t i = 0; i < lambdas.size(); ++i)
+            lambdas[i] = i % 5 == 0 ? L(0) : i % 5 == 1 ? L(1) : static_cast<L>(std::uniform_real_distribution<double>(0, 1)(rng));
+        const device_vec<L> dl(lambdas);
+        auto decoupled = adv::gae_options::nemo();
+        decoupled.lambda_value = 0.9;
+        auto raw_carry = raw(adv::gae_masking::carry, 0.99, 0.95);
+        for (const auto& [o, name] : {std::pair{raw_carry, "raw"}, std::pair{adv::gae_options::verl(0.999, 0.97), "verl"},
+                                      std::pair{decoupled, "decoupled"}}) {
+            if (o.whiten && n * t < 4) continue;  // too few tokens raise on the host
+            const std::string what = std::string(type) + " " + std::to_string(n) + "x" + std::to_string(t) + " " + name;
+            std::vector<T> a(b.r.size()), ret(b.r.size());
+            (void)adv::gae_per_row_lambda(pt::exec::seq, pt::tensor_view<const T, 2>(b.r.data(), n, t),
+                                          pt::tensor_view<const T, 2>(b.v.data(), n, t),
+                                          pt::tensor_view<const double, 2>(b.m.data(), n, t),
+                                          pt::tensor_view<const L, 1>(lambdas.data(), n), pt::tensor_view<T, 2>(a.data(), n, t),
+                                          pt::tensor_view<T, 2>(ret.data(), n, t), o);
+            device_vec<T> dr(b.r), dv(b.v), da(b.r.size()), dret(b.r.size());
+            device_vec<double> dm(b.m);
+            device_vec<std::uint32_t> status(1, 0u);
+            adv::gae_per_row_lambda(pt::exec::cuda.with_status(status.data()), dview(dr, n, t), dview(dv, n, t), dview(dm, n, t),
+                                    dl.cview(), dout(da, n, t), dout(dret, n, t), o);
+            pt::test::close_to(da.host(), a, tol, what + " advantages");
+            pt::test::close_to(dret.host(), ret, tol, what + " returns");
+            PT_CHECK(status.host()[0] == 0u);
+        }
+    }
+}
+
+}  // namespace
+
+PT_TEST("gae_per_row_lambda: per-row lambdas against the host, packed and chunked rows") {
+    per_row_lambda_matrix<double, double>(1e-10, "double");
+    per_row_lambda_matrix<float, float>(2e-5, "float");
+    per_row_lambda_matrix<float, double>(2e-5, "float, double lambdas");
+}
+
+PT_TEST("gae_per_row_lambda: statistics, exact workspace, status word, misuse") {
+    const auto b = make_batch<float>(5, 3000, 60);
+    const index_t n = b.n, t = b.t;
+    std::vector<double> lambdas{0.9, 0.95, 1.0, 0.0, 0.5};
+    device_vec<float> dr(b.r), dv(b.v), da(b.r.size()), da2(b.r.size());
+    device_vec<double> dm(b.m), dl(lambdas), stats(3);
+    const auto o = adv::gae_options::verl(0.99, 0.95);
+    const std::size_t bytes = adv::gae_per_row_lambda_workspace_bytes(n, t, o);
+    PT_CHECK(bytes > adv::gae_workspace_bytes(n, t, o));  // the per-row lambdas take scratch too
+    device_vec<unsigned char> ws(bytes);
+    adv::gae_per_row_lambda(pt::exec::cuda.with(ws.data(), bytes), dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dl.cview(),
+                            dout(da, n, t), pt::none, o, stats.view());
+    std::vector<float> a(b.r.size());
+    const auto host = adv::gae_per_row_lambda(pt::exec::seq, pt::tensor_view<const float, 2>(b.r.data(), n, t),
+                                              pt::tensor_view<const float, 2>(b.v.data(), n, t),
+                                              pt::tensor_view<const double, 2>(b.m.data(), n, t),
+                                              pt::tensor_view<const double, 1>(lambdas.data(), n), pt::tensor_view<float, 2>(a.data(), n, t),
+                                              pt::none, o);
+    pt::test::close_to(da.host(), a, 2e-5, "per-row lambda with a caller workspace");
+    const auto st = stats.host();
+    PT_CHECK(std::fabs(st[0] - host.mean) <= 1e-6 * (1 + std::fabs(host.mean)));
+    PT_CHECK(std::fabs(st[1] - host.variance) <= 1e-6 * host.variance);
+    PT_CHECK(st[2] == host.count);
+    PT_CHECK_THROWS(adv::gae_per_row_lambda(pt::exec::cuda.with(ws.data(), bytes - 1), dview(dr, n, t), dview(dv, n, t),
+                                            dview(dm, n, t), dl.cview(), dout(da2, n, t), pt::none, o),
+                    pt::invalid_argument);
+
+    // A lambda outside [0, 1] (the host throws) is reported and used as given.
+    std::vector<double> bad{0.9, 1.5, 0.95, std::nan(""), 0.5};
+    device_vec<double> dbad(bad);
+    device_vec<std::uint32_t> status(1, 0u);
+    adv::gae_per_row_lambda(pt::exec::cuda.with_status(status.data()), dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dbad.cview(),
+                            dout(da2, n, t), pt::none, raw(adv::gae_masking::carry, 0.99, 0.95));
+    PT_CHECK((status.host()[0] & pt::status_invalid_value) != 0);
+    PT_CHECK_THROWS((void)adv::gae_per_row_lambda(pt::exec::seq, pt::tensor_view<const float, 2>(b.r.data(), n, t),
+                                                  pt::tensor_view<const float, 2>(b.v.data(), n, t),
+                                                  pt::tensor_view<const double, 2>(b.m.data(), n, t),
+                                                  pt::tensor_view<const double, 1>(bad.data(), n),
+                                                  pt::tensor_view<float, 2>(a.data(), n, t), pt::none, o),
+                    pt::invalid_argument);
+
+    // Host-detectable misuse throws before anything is launched: one lambda per row, statistics only
+    // with whitening, the returns' overlaps.
+    const device_vec<double> short_l(std::vector<double>(std::size_t(n - 1), 0.9));
+    PT_CHECK_THROWS(adv::gae_per_row_lambda(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), short_l.cview(),
+                                            dout(da2, n, t), pt::none, o),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::gae_per_row_lambda(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dl.cview(),
+                                            dout(da2, n, t), pt::none, raw(adv::gae_masking::carry, 0.99, 0.95), stats.view()),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::gae_per_row_lambda(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dl.cview(),
+                                            dout(da2, n, t), dout(da2, n, t), o),
+                    pt::invalid_argument);
+}
 
 PT_TEST("gae double: every convention and preset, packed and chunked rows") { gae_matrix<double>(1e-10, "double"); }
 PT_TEST("gae float: every convention and preset, packed and chunked rows") { gae_matrix<float>(2e-5, "float"); }

@@ -10,8 +10,8 @@
 // cudaMallocAsync are also captured without a workspace (the allocation becomes a graph node).
 //
 // Cases (name filter "graph"): grpo uniform (register teams and block kernel), ragged, scale::batch
-// (scratch) with the counters overload; rloo uniform and ragged; gae (whitening, packed and chunked
-// rows, decoupled lambda, statistics overload); discounted_returns (packed and chunked); the fused
+// (scratch) with the counters overload; rloo uniform and ragged; gae and gae_per_row_lambda
+// (whitening, packed and chunked rows, decoupled lambda, statistics overload); discounted_returns (packed and chunked); the fused
 // policy loss with its device loss_result (segment and chunked rows, bf16); kl_penalty;
 // sequence_log_probs and its backward; dpo (per token, device result) and simpo.
 
@@ -209,6 +209,29 @@ PT_TEST("graph: gae (whitening, packed and chunked rows, statistics)") {
     raw.gamma = 0.99;
     raw.lambda = 0.95;
     gae_case("gae no whitening packed", 100, 100, raw, false);
+}
+
+PT_TEST("graph: gae_per_row_lambda (packed and chunked rows)") {
+    for (const auto& [rows, cols] : {std::pair<index_t, index_t>{64, 500}, {3, 5000}}) {
+        const std::size_t n = std::size_t(rows * cols);
+        auto r = normal_sets<float>(n, 24), v = normal_sets<float>(n, 25);
+        auto m = mask_sets(n, 26);
+        const device_vec<double> lambdas(std::vector<double>(std::size_t(rows), 0.9));
+        device_vec<float> a(n), ret(n);
+        const auto o = adv::gae_options::verl(0.99, 0.95);
+        graph_case c;
+        c.name = "gae_per_row_lambda " + std::to_string(rows) + "x" + std::to_string(cols);
+        c.workspace = adv::gae_per_row_lambda_workspace_bytes(rows, cols, o);
+        c.outputs = {out_of(a), out_of(ret)};
+        c.load = [&](int k) { r.load(k), v.load(k), m.load(k); };
+        c.call = [&](const pt::exec::cuda_policy& p) {
+            adv::gae_per_row_lambda(p, pt::device_view<const float, 2>(r.dev.data(), rows, cols),
+                                    pt::device_view<const float, 2>(v.dev.data(), rows, cols),
+                                    pt::device_view<const std::uint8_t, 2>(m.dev.data(), rows, cols), lambdas.cview(),
+                                    pt::device_view<float, 2>(a.data(), rows, cols), pt::device_view<float, 2>(ret.data(), rows, cols), o);
+        };
+        pt::test::graph_replay_both(c);
+    }
 }
 
 PT_TEST("graph: discounted_returns (packed and chunked)") {

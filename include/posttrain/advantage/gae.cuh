@@ -30,7 +30,9 @@
 // input under nonfinite::raise sets status_nonfinite_input (the result is computed as under
 // propagate); too few valid tokens for the variance under degenerate::raise sets
 // status_empty_reduction (the advantages are written as zeros, as under degenerate::zeros).
-// options.time_chunk concerns the host only; gae_per_row_lambda has no CUDA overload yet.
+// options.time_chunk concerns the host only. gae_per_row_lambda takes the per-row advantage lambdas
+// as a device [N] float or double view; one outside [0, 1] (or NaN), where the host throws, sets
+// status_invalid_value and is used as given.
 //
 // Scratch (gae_workspace_bytes / discounted_returns_workspace_bytes): per-tile maps, incoming
 // states and moments, per-row lambdas; from .with(workspace) or cudaMallocAsync on the stream.
@@ -48,6 +50,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "../cuda/exec.cuh"
+#include "../cuda/tuning.cuh"
 #include "gae.hpp"
 
 namespace posttrain::advantage {
@@ -476,6 +479,18 @@ __global__ void length_adaptive_kernel(device_view<const M, 2> m, double alpha, 
     }
 }
 
+// gae_per_row_lambda's given lambdas: row_gl[i] = gamma * lambdas[i] (the host's product). A lambda
+// outside [0, 1] (NaN included) is reported and used as given.
+template <class L>
+__global__ void given_lambda_kernel(device_view<const L, 1> lambdas, double gamma, double* row_gl, std::uint32_t* status) {
+    const index_t step = index_t(gridDim.x) * blockDim.x;
+    for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < lambdas.extent(0); i += step) {
+        const double x = double(lambdas(i));
+        if (!(x >= 0.0 && x <= 1.0)) posttrain::detail::report_status(status, status_invalid_value);
+        row_gl[i] = gamma * x;
+    }
+}
+
 // ---- Host side -------------------------------------------------------------------------------
 
 struct scan_scratch_layout {
@@ -558,65 +573,88 @@ void visit_returns(const Returns& returns, const char* fn, Check&& check, Run&& 
     }
 }
 
-template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
+// Calls f with the device view of gae_per_row_lambda's lambdas, or with nullptr (gae: none given).
+template <class RowLambda, class F>
+void visit_row_lambda(const RowLambda& lambdas, const char* fn, F&& f) {
+    if constexpr (std::is_same_v<RowLambda, std::nullptr_t>) {
+        f(nullptr);
+    } else {
+        std::visit(f, posttrain::detail::floating_input<1, device_space>(lambdas, {fn, "lambdas"}));
+    }
+}
+
+// The shared body of gae and gae_per_row_lambda (row_lambda: the lambdas, or nullptr).
+template <class RowLambda, class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
-              Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats) {
-    constexpr const char* fn = "posttrain::advantage::gae";
+              const RowLambda& row_lambda, Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats,
+              const char* fn) {
     check_gae_options(options, fn);
     using posttrain::detail::floating_input;
     using posttrain::detail::floating_output;
-    std::visit(
-        [&](auto r, auto v, auto m, auto a) {
-            check_gae_views(r, v, m, a, fn);
-            const index_t rows = r.extent(0), cols = r.extent(1);
-            using A = typename decltype(a)::value_type;
-            const bool per_row = options.length_adaptive_alpha > 0;
-            const bool decoupled = per_row || (options.lambda_value && *options.lambda_value != options.lambda);
-            const scan_tiles s = make_scan_tiles(rows, cols);
-            const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
-            posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
-            double* row_gl = nullptr;
-            if (per_row && rows > 0) {
-                row_gl = scratch.as<double>(l.row_gl);
-                const unsigned blocks = static_cast<unsigned>((rows + 7) / 8 < 4096 ? (rows + 7) / 8 : 4096);
-                length_adaptive_kernel<<<blocks, 256, 0, policy.stream>>>(m, options.length_adaptive_alpha, options.gamma, row_gl);
-                posttrain::detail::check_launch(fn);
-            }
-            tile_moments* moments = options.whiten ? scratch.as<tile_moments>(l.moments) : nullptr;
+    visit_row_lambda(row_lambda, fn, [&](auto lambdas) {
+        std::visit(
+            [&](auto r, auto v, auto m, auto a) {
+                check_gae_views(r, v, m, a, fn);
+                const index_t rows = r.extent(0), cols = r.extent(1);
+                using A = typename decltype(a)::value_type;
+                constexpr bool given = !std::is_same_v<decltype(lambdas), std::nullptr_t>;
+                if constexpr (given) check_extent(lambdas.extent(0), rows, {fn, "lambdas"}, "length (one lambda per row)");
+                // Per-row advantage lambdas (given, or length-adaptive) always get their own pass for
+                // the returns, as on the host.
+                const bool per_row = given || options.length_adaptive_alpha > 0;
+                const bool decoupled = per_row || (options.lambda_value && *options.lambda_value != options.lambda);
+                // The returns are checked (visit_returns) before anything is allocated or launched.
+                visit_returns<A>(
+                    returns, fn, [&](auto ret) { check_gae_returns(ret, r, v, m, a, fn); },
+                    [&](auto ret, bool has_returns) {
+                        const scan_tiles s = make_scan_tiles(rows, cols);
+                        const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
+                        posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
+                        double* row_gl = nullptr;
+                        if (per_row && rows > 0) {
+                            row_gl = scratch.as<double>(l.row_gl);
+                            if constexpr (given) {
+                                given_lambda_kernel<<<cuda_tuning::elementwise_blocks(rows), cuda_tuning::block_threads, 0,
+                                                      policy.stream>>>(lambdas, options.gamma, row_gl, policy.status);
+                            } else {
+                                const unsigned blocks = static_cast<unsigned>((rows + 7) / 8 < 4096 ? (rows + 7) / 8 : 4096);
+                                length_adaptive_kernel<<<blocks, 256, 0, policy.stream>>>(m, options.length_adaptive_alpha,
+                                                                                         options.gamma, row_gl);
+                            }
+                            posttrain::detail::check_launch(fn);
+                        }
+                        tile_moments* moments = options.whiten ? scratch.as<tile_moments>(l.moments) : nullptr;
 
-            auto run = [&](auto ret, bool has_returns) {
-                using Ret = typename decltype(ret)::value_type;
-                gae_problem<typename decltype(r)::value_type, typename decltype(v)::value_type,
-                            typename decltype(m)::value_type, A, Ret>
-                    p{r, v, m, a, ret};
-                p.mode = options.masking;
-                p.gamma = options.gamma;
-                p.mask_output = options.mask_output && !options.whiten;
-                p.status = policy.status;
-                p.report_nonfinite = options.nonfinite_inputs == nonfinite::raise;
-                if (decoupled && has_returns) {  // the returns' pass first, with the returns' lambda
-                    auto q = p;
-                    q.gl = options.gamma * options.lambda_value.value_or(options.lambda);
-                    q.write_adv = false;
-                    launch_scan(policy, q, s, scratch, l, nullptr, fn);
-                    p.report_nonfinite = false;  // reported once
-                }
-                p.gl = options.gamma * options.lambda;
-                p.row_gl = row_gl;
-                p.write_ret = has_returns && !decoupled;
-                launch_scan(policy, p, s, scratch, l, moments, fn);
-            };
-            visit_returns<A>(
-                returns, fn,
-                [&](auto ret) { check_gae_returns(ret, r, v, m, a, fn); }, run);
-            if (!options.whiten) return;
-            launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
-                          scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
-        },
-        floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
-        floating_input<2, device_space>(values, {fn, "values"}),
-        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
-        floating_output<2, device_space>(advantages, {fn, "advantages"}));
+                        using Ret = typename decltype(ret)::value_type;
+                        gae_problem<typename decltype(r)::value_type, typename decltype(v)::value_type,
+                                    typename decltype(m)::value_type, A, Ret>
+                            p{r, v, m, a, ret};
+                        p.mode = options.masking;
+                        p.gamma = options.gamma;
+                        p.mask_output = options.mask_output && !options.whiten;
+                        p.status = policy.status;
+                        p.report_nonfinite = options.nonfinite_inputs == nonfinite::raise;
+                        if (decoupled && has_returns) {  // the returns' pass first, with the returns' lambda
+                            auto q = p;
+                            q.gl = options.gamma * options.lambda_value.value_or(options.lambda);
+                            q.write_adv = false;
+                            launch_scan(policy, q, s, scratch, l, nullptr, fn);
+                            p.report_nonfinite = false;  // reported once
+                        }
+                        p.gl = options.gamma * options.lambda;
+                        p.row_gl = row_gl;
+                        p.write_ret = has_returns && !decoupled;
+                        launch_scan(policy, p, s, scratch, l, moments, fn);
+                        if (!options.whiten) return;
+                        launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
+                                      scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
+                    });
+            },
+            floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
+            floating_input<2, device_space>(values, {fn, "values"}),
+            posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
+            floating_output<2, device_space>(advantages, {fn, "advantages"}));
+    });
 }
 
 }  // namespace detail
@@ -624,6 +662,11 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
 // Bytes of scratch gae needs on the CUDA path for an [rows, cols] batch and these options.
 inline std::size_t gae_workspace_bytes(index_t rows, index_t cols, const gae_options& options = {}) {
     return detail::scan_scratch(rows, cols, options.whiten, options.length_adaptive_alpha > 0).total;
+}
+
+// Bytes of scratch gae_per_row_lambda needs on the CUDA path (the per-row lambdas always take some).
+inline std::size_t gae_per_row_lambda_workspace_bytes(index_t rows, index_t cols, const gae_options& options = {}) {
+    return detail::scan_scratch(rows, cols, options.whiten, true).total;
 }
 
 // Bytes of scratch discounted_returns needs on the CUDA path (0 when rows fit a tile).
@@ -634,7 +677,8 @@ inline std::size_t discounted_returns_workspace_bytes(index_t rows, index_t cols
 template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
          Advantages&& advantages, Returns&& returns, const gae_options& options = {}) {
-    detail::gae_cuda(policy, token_rewards, values, mask, advantages, returns, options, nullptr);
+    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, nullptr,
+                     "posttrain::advantage::gae");
 }
 
 // As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
@@ -644,7 +688,27 @@ void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, con
     constexpr const char* fn = "posttrain::advantage::gae";
     detail::check_whiten_stats(stats, fn);
     posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
-    detail::gae_cuda(policy, token_rewards, values, mask, advantages, returns, options, stats.data());
+    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, stats.data(), fn);
+}
+
+// gae with one advantage lambda per row (lambdas: a device [N] float or double view; the returns use
+// options.lambda_value, or options.lambda), as the host's gae_per_row_lambda.
+template <class TokenRewards, class Values, class Mask, class Lambdas, class Advantages, class Returns>
+void gae_per_row_lambda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
+                        const Lambdas& lambdas, Advantages&& advantages, Returns&& returns, const gae_options& options = {}) {
+    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, nullptr,
+                     "posttrain::advantage::gae_per_row_lambda");
+}
+
+// As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
+template <class TokenRewards, class Values, class Mask, class Lambdas, class Advantages, class Returns>
+void gae_per_row_lambda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
+                        const Lambdas& lambdas, Advantages&& advantages, Returns&& returns, const gae_options& options,
+                        device_view<double, 1> stats) {
+    constexpr const char* fn = "posttrain::advantage::gae_per_row_lambda";
+    detail::check_whiten_stats(stats, fn);
+    posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
+    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, stats.data(), fn);
 }
 
 // The discounted returns of returns.hpp on the device (the reward-to-go of REINFORCE and REINFORCE++).
