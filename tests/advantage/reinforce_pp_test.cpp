@@ -77,3 +77,59 @@ TEST_CASE("remax: reverse cumulative reward minus the greedy baseline") {
     CHECK_THROWS_AS(adv::remax(pt::exec::seq, matrix(r, 2, 3), std::vector<double>{1.0}, matrix(m, 2, 3), matrix(a, 2, 3), pt::none),
                     pt::invalid_argument);
 }
+
+TEST_CASE("returns-based estimators refuse outputs over their inputs, before writing anything") {
+    const index_t N = 3, T = 4;
+    const std::vector<double> r{1, 2, 3, 4, 0, 1, 0, 1, 2, 2, 2, 2}, b{0.5, 1.0, 0.0};
+    std::vector<double> m{1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0};
+    const std::vector<double> m0 = m;
+    std::vector<double> a(r.size(), -7.0), ret(r.size(), -7.0), wide(r.size() + T, -7.0);
+    const auto untouched = [](const std::vector<double>& v) {
+        for (double x : v)
+            if (x != -7.0) return false;
+        return true;
+    };
+    const auto opts = adv::reinforce_pp_options::verl(0.99);
+
+    // discounted_returns: the returns over the mask.
+    CHECK_THROWS_AS(adv::discounted_returns(pt::exec::seq, matrix(r, N, T), matrix(m, N, T), matrix(m, N, T)), pt::invalid_argument);
+
+    // reinforce_pp: the advantages over the mask; the returns over the rewards, the mask, or of the
+    // wrong shape (checked before the advantages are written).
+    CHECK_THROWS_AS((void)adv::reinforce_pp(pt::exec::seq, matrix(r, N, T), matrix(m, N, T), matrix(m, N, T), pt::none, opts),
+                    pt::invalid_argument);
+    std::vector<double> r_copy = r;
+    CHECK_THROWS_AS((void)adv::reinforce_pp(pt::exec::seq, matrix(r_copy, N, T), matrix(m, N, T), matrix(a, N, T),
+                                            matrix(r_copy, N, T), opts),
+                    pt::invalid_argument);
+    CHECK_THROWS_AS((void)adv::reinforce_pp(pt::exec::seq, matrix(r, N, T), matrix(m, N, T), matrix(a, N, T), matrix(m, N, T), opts),
+                    pt::invalid_argument);
+    CHECK_THROWS_AS((void)adv::reinforce_pp(pt::exec::seq, matrix(r, N, T), matrix(m, N, T), matrix(a, N, T),
+                                            matrix(wide, N + 1, T), opts),
+                    pt::invalid_argument);
+    CHECK(untouched(a));
+    CHECK(untouched(wide));
+    CHECK(r_copy == r);
+    CHECK(m == m0);
+
+    // reinforce_pp_baseline: the advantages over the mask.
+    std::vector<double> rewards{1, 0, 1};
+    std::vector<std::int64_t> off{0, 3};
+    CHECK_THROWS_AS((void)adv::reinforce_pp_baseline(pt::exec::seq, rewards, pt::ragged(off), matrix(m, N, T), matrix(m, N, T)),
+                    pt::invalid_argument);
+
+    // remax: the advantages over the mask; the returns over the baselines (one row's worth) or the mask.
+    CHECK_THROWS_AS(adv::remax(pt::exec::seq, matrix(r, N, T), b, matrix(m, N, T), matrix(m, N, T), pt::none), pt::invalid_argument);
+    std::vector<double> b_wide(r.size(), 0.5);
+    CHECK_THROWS_AS(adv::remax(pt::exec::seq, matrix(r, N, T), pt::tensor_view<const double, 1>(b_wide.data(), N), matrix(m, N, T),
+                               matrix(a, N, T), matrix(b_wide, N, T)),
+                    pt::invalid_argument);
+    CHECK_THROWS_AS(adv::remax(pt::exec::seq, matrix(r, N, T), b, matrix(m, N, T), matrix(a, N, T), matrix(m, N, T)),
+                    pt::invalid_argument);
+    CHECK(untouched(a));
+    CHECK(m == m0);
+
+    // The checks pass for separate buffers: the same calls then write.
+    (void)adv::reinforce_pp(pt::exec::seq, matrix(r, N, T), matrix(m, N, T), matrix(a, N, T), matrix(ret, N, T), opts);
+    CHECK(ret[0] == doctest::Approx(1 + 0.99 * (2 + 0.99 * 3)));
+}

@@ -718,10 +718,7 @@ void discounted_returns(const exec::cuda_policy& policy, const TokenRewards& tok
     constexpr const char* fn = "posttrain::advantage::discounted_returns";
     std::visit(
         [&](auto r, auto m, auto o) {
-            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_same_shape(o, r, {fn, "returns"}, "token_rewards");
-            detail::check_no_alias(o, r, {fn, "returns"}, "token_rewards");
-            detail::check_no_alias(o, m, {fn, "returns"}, "mask");
+            detail::check_discounted_returns_views(r, m, o, fn);
             const detail::scan_tiles s = detail::make_scan_tiles(r.extent(0), r.extent(1));
             const detail::scan_scratch_layout l = detail::scan_scratch(r.extent(0), r.extent(1), false, false);
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

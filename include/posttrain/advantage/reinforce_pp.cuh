@@ -46,10 +46,7 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
     using posttrain::detail::floating_output;
     std::visit(
         [&](auto r, auto m, auto a) {
-            check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
-            check_no_alias(a, m, {fn, "advantages"}, "mask");
+            check_reinforce_pp_views(r, m, a, fn);
             const index_t rows = r.extent(0), cols = r.extent(1);
             using R = typename decltype(r)::value_type;
             using M = typename decltype(m)::value_type;
@@ -69,13 +66,7 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
             };
             visit_returns<A>(
                 returns, fn,
-                [&](auto ret) {
-                    check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-                    check_no_alias(ret, a, {fn, "returns"}, "advantages");
-                    check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
-                    check_no_alias(ret, m, {fn, "returns"}, "mask");
-                },
-                run);
+                [&](auto ret) { check_returns_output(ret, r, m, a, fn); }, run);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -119,9 +110,7 @@ void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& 
     constexpr const char* fn = "posttrain::advantage::reinforce_pp_baseline";
     std::visit(
         [&](auto r, auto m, auto a) {
-            check_extent(m.extent(0), r.extent(0), {fn, "mask"}, "rows (one per reward)");
-            check_same_shape(a, m, {fn, "advantages"}, "mask");
-            check_no_alias(a, m, {fn, "advantages"}, "mask");
+            check_baseline_views(r, m, a, fn);
             const index_t rows = m.extent(0), cols = m.extent(1);
             using M = typename decltype(m)::value_type;
             using A = typename decltype(a)::value_type;

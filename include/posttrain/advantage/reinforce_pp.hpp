@@ -35,6 +35,27 @@ struct reinforce_pp_options {
     }
 };
 
+namespace detail {
+// The shapes and overlaps reinforce_pp's host and CUDA entries both check (the advantages apart from
+// both inputs: the whitening reads the mask after the advantages are written).
+template <class R, class M, class A>
+void check_reinforce_pp_views(const R& r, const M& m, const A& a, const char* fn) {
+    check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+    check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
+    check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+    check_no_alias(a, m, {fn, "advantages"}, "mask");
+}
+
+// The same for reinforce_pp_baseline: one reward per row of the mask, advantages shaped as the mask
+// and apart from it.
+template <class R, class M, class A>
+void check_baseline_views(const R& r, const M& m, const A& a, const char* fn) {
+    check_extent(m.extent(0), r.extent(0), {fn, "mask"}, "rows (one per reward)");
+    check_same_shape(a, m, {fn, "advantages"}, "mask");
+    check_no_alias(a, m, {fn, "advantages"}, "mask");
+}
+}  // namespace detail
+
 // advantages[N,T] = whiten(discounted_returns(token_rewards)) (* mask); returns[N,T] (or posttrain::none)
 // receives the discounted returns themselves. Returns the whitening statistics.
 template <class Policy, class TokenRewards, class Mask, class Advantages, class Returns>
@@ -44,11 +65,10 @@ moments_result reinforce_pp(const Policy& policy, const TokenRewards& token_rewa
     constexpr const char* fn = "posttrain::advantage::reinforce_pp";
     return std::visit(
         [&](auto r, auto m, auto a) {
-            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_same_shape(a, r, {fn, "advantages"}, "token_rewards");
-            detail::check_no_alias(a, r, {fn, "advantages"}, "token_rewards");
+            detail::check_reinforce_pp_views(r, m, a, fn);
             using A = typename decltype(a)::value_type;
-            detail::returns_into(policy, r, m, a, returns, options.returns, fn);
+            detail::returns_into(policy, r, m, a, returns, options.returns, fn,
+                                 [&](auto ret) { detail::check_returns_output(ret, r, m, a, fn); });
             whiten_options w = options.whitening;
             w.mask_output = options.mask_output;
             return masked_whiten(policy, tensor_view<const A, 2>(a), m, a, w);
@@ -88,8 +108,7 @@ moments_result reinforce_pp_baseline(const Policy& policy, const Rewards& reward
     constexpr const char* fn = "posttrain::advantage::reinforce_pp_baseline";
     return std::visit(
         [&](auto r, auto m, auto a) {
-            detail::check_extent(m.extent(0), r.extent(0), {fn, "mask"}, "rows (one per reward)");
-            detail::check_same_shape(a, m, {fn, "advantages"}, "mask");
+            detail::check_baseline_views(r, m, a, fn);
             std::vector<double> centred(static_cast<std::size_t>(r.extent(0)));
             (void)grpo(policy, r, groups, tensor_view<double, 1>(centred.data(), r.extent(0)), options.centring);
             const tensor_view<const double, 1> cv(centred.data(), r.extent(0));

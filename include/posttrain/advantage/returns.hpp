@@ -47,21 +47,51 @@ void discounted_row(R rewards, M mask, Out out, index_t i, index_t T, const retu
         out(i, t, g);
     }
 }
+// The shapes and overlaps discounted_returns' host and CUDA entries both check: the output apart
+// from both inputs (the device reads the mask while writing).
+template <class R, class M, class O>
+void check_discounted_returns_views(const R& r, const M& m, const O& o, const char* fn) {
+    check_same_shape(m, r, {fn, "mask"}, "token_rewards");
+    check_same_shape(o, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(o, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(o, m, {fn, "returns"}, "mask");
+}
+
+// The optional `returns` output of the estimators built on the returns (reinforce_pp, remax; host
+// and CUDA): [N,T] like the rewards, apart from the advantages and every input.
+template <class Ret, class R, class M, class A>
+void check_returns_output(const Ret& ret, const R& r, const M& m, const A& a, const char* fn) {
+    check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(ret, a, {fn, "returns"}, "advantages");
+    check_no_alias(ret, r, {fn, "returns"}, "token_rewards");
+    check_no_alias(ret, m, {fn, "returns"}, "mask");
+}
+
 // Writes the discounted returns of r into the [N,T] output a, and copies them into the optional
 // output `returns` (posttrain::none skips it); shared by the estimators built on returns.
-template <class Policy, class R, class M, class A, class Returns>
-void returns_into(const Policy& p, R r, M m, A a, Returns&& returns, const returns_options& o, const char* fn) {
+// check(ret) checks the returns output (at least check_returns_output) before anything is written.
+template <class Policy, class R, class M, class A, class Returns, class Check>
+void returns_into(const Policy& p, R r, M m, A a, Returns&& returns, const returns_options& o, const char* fn, Check&& check) {
     using AT = typename A::value_type;
     auto write = [&](index_t i, index_t t, double v) { a(i, t) = static_cast<AT>(v); };
-    for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) { discounted_row(r, m, write, i, r.extent(1), o); });
-    if constexpr (!std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
-        auto ret = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
-        check_same_shape(ret, r, {fn, "returns"}, "token_rewards");
-        check_no_alias(ret, a, {fn, "returns"}, "advantages");
-        using RT = typename decltype(ret)::value_type;
-        for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) {
-            for (index_t t = 0; t < r.extent(1); ++t) ret(i, t) = static_cast<RT>(a(i, t));
-        });
+    auto run = [&](auto* ret) {
+        for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) { discounted_row(r, m, write, i, r.extent(1), o); });
+        if constexpr (!std::is_same_v<decltype(ret), none_t*>) {
+            using RT = typename std::remove_pointer_t<decltype(ret)>::value_type;
+            for_each_row(p, r.extent(0), r.extent(1), [&](index_t i) {
+                for (index_t t = 0; t < r.extent(1); ++t) (*ret)(i, t) = static_cast<RT>(a(i, t));
+            });
+        }
+    };
+    if constexpr (std::is_same_v<std::remove_cvref_t<Returns>, none_t>) {
+        run(static_cast<none_t*>(nullptr));
+    } else {
+        std::visit(
+            [&](auto ret) {
+                check(ret);
+                run(&ret);
+            },
+            posttrain::detail::floating_output<2>(returns, {fn, "returns"}));
     }
 }
 
@@ -75,9 +105,7 @@ void discounted_returns(const Policy& policy, const TokenRewards& token_rewards,
     constexpr const char* fn = "posttrain::advantage::discounted_returns";
     std::visit(
         [&](auto r, auto m, auto o) {
-            detail::check_same_shape(m, r, {fn, "mask"}, "token_rewards");
-            detail::check_same_shape(o, r, {fn, "returns"}, "token_rewards");
-            detail::check_no_alias(o, r, {fn, "returns"}, "token_rewards");
+            detail::check_discounted_returns_views(r, m, o, fn);
             using O = typename decltype(o)::value_type;
             auto write = [&](index_t i, index_t t, double v) { o(i, t) = static_cast<O>(v); };
             detail::for_each_row(policy, r.extent(0), r.extent(1),
