@@ -530,15 +530,21 @@ void launch_scan(const exec::cuda_policy& policy, const P& p, const scan_tiles& 
     posttrain::detail::check_launch(fn);
 }
 
-// The whitening's last two launches, after the tiles' moments: one block folds them into the
-// transform (and stats, and the status bit), then a = transform(src) (src may be a: in place).
+// After the tiles' moments: one block folds them into the transform (and stats, and the status bit).
 // Launched for an empty batch too (no tiles): the statistics and the degenerate status are still due.
+inline void launch_finalize(const exec::cuda_policy& policy, const tile_moments* moments, index_t tiles, const whiten_params& w,
+                            whiten_transform* tr, double* stats, const char* fn) {
+    whiten_finalize_kernel<<<1, finalize_threads, 0, policy.stream>>>(moments, tiles, w, tr, stats, policy.status);
+    posttrain::detail::check_launch(fn);
+}
+
+// The whitening's last two launches, after the tiles' moments: the finalize, then a = transform(src)
+// (src may be a: in place).
 template <class X, class A, class M>
 void launch_whiten(const exec::cuda_policy& policy, const tile_moments* moments, index_t tiles, const whiten_params& w,
                    whiten_transform* tr, double* stats, device_view<const X, 2> src, device_view<A, 2> a,
                    device_view<const M, 2> m, const char* fn) {
-    whiten_finalize_kernel<<<1, finalize_threads, 0, policy.stream>>>(moments, tiles, w, tr, stats, policy.status);
-    posttrain::detail::check_launch(fn);
+    launch_finalize(policy, moments, tiles, w, tr, stats, fn);
     const index_t rows = a.extent(0), cols = a.extent(1);
     if (rows * cols == 0) return;
     const index_t blocks = (rows * cols + 255) / 256;

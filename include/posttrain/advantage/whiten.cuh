@@ -1,8 +1,19 @@
 #pragma once
-// Masked whitening on the GPU: the exec::cuda overload of advantage::masked_whiten.
+// Masked statistics on the GPU: the exec::cuda overloads of advantage::masked_whiten, masked_mean,
+// masked_var, masked_row_mean and masked_normalize.
 //
 //     pt::advantage::masked_whiten(pt::exec::cuda.on(stream), d_values, d_mask, d_out, pt::advantage::whiten_options::verl());
 //     pt::advantage::masked_whiten(policy, d_values, d_mask, d_out, options, d_stats);   // {mean, variance, count}
+//     pt::advantage::masked_mean(policy, d_values, d_mask, pt::device_view<double, 0>(d_mean));  // asynchronous
+//     double var = pt::advantage::masked_var(policy, d_values, d_mask);                        // synchronizes
+//     pt::advantage::masked_normalize(policy, d_values, d_mask, d_out);                        // per row
+//
+// masked_mean and masked_var are the whitening's moments pass and finalize (below), writing the
+// statistic into a device scalar, or returning it on the host (those overloads synchronize the
+// stream, and then apply the host's rules: masked_var with too few tokens throws under
+// degenerate::raise; the device-result form sets status_empty_reduction and writes 0).
+// masked_row_mean and masked_normalize run a warp per row (lanes strided over the row, a fixed xor
+// butterfly: deterministic on every GPU; no scratch); masked_normalize's out may be values itself.
 //
 // values [N, T] device_view<const float|double, 2> (or DLPack on a CUDA device), mask bool or any
 // arithmetic type, out device_view<float|double, 2>; any strides. out may be values itself (in-place
@@ -18,13 +29,15 @@
 // set status_empty_reduction and write zeros, as under degenerate::zeros. The host has no
 // non-finite check here (NaN propagates into the statistics), and neither has the device.
 //
-// Scratch (masked_whiten_workspace_bytes): the per-tile moments and the transform, from
-// .with(workspace) or cudaMallocAsync on the stream.
+// Scratch (masked_whiten_workspace_bytes, masked_mean_workspace_bytes, masked_var_workspace_bytes):
+// the per-tile moments and the transform (and the statistics), from .with(workspace) or
+// cudaMallocAsync on the stream.
 
 #if !defined(__CUDACC__)
 #error "<posttrain/advantage/whiten.cuh> needs nvcc: include it only from .cu files"
 #endif
 
+#include "../cuda/tuning.cuh"
 #include "gae.cuh"
 #include "whiten.hpp"
 
@@ -88,6 +101,14 @@ inline whiten_scratch_layout whiten_scratch(index_t rows, index_t cols, posttrai
     return l;
 }
 
+// Every tile's moments of `src` over the batch cut as s.
+template <class Source>
+void launch_moments(const exec::cuda_policy& policy, const Source& src, const scan_tiles& s, tile_moments* moments, const char* fn) {
+    if (s.tiles == 0) return;
+    moments_tiles_kernel<<<static_cast<unsigned>(s.tiles), scan_threads, 0, policy.stream>>>(src, s, moments);
+    posttrain::detail::check_launch(fn);
+}
+
 // The moments pass over `src`, then finalize and apply (x -> a; x may be a).
 template <class Source, class X, class A, class M>
 void whiten_cuda(const exec::cuda_policy& policy, const Source& src, const posttrain::detail::cuda_scratch& scratch,
@@ -95,10 +116,7 @@ void whiten_cuda(const exec::cuda_policy& policy, const Source& src, const postt
                  device_view<A, 2> a, device_view<const M, 2> m, const char* fn) {
     const scan_tiles s = make_scan_tiles(a.extent(0), a.extent(1));
     auto* moments = scratch.as<tile_moments>(l.moments);
-    if (s.tiles > 0) {
-        moments_tiles_kernel<<<static_cast<unsigned>(s.tiles), scan_threads, 0, policy.stream>>>(src, s, moments);
-        posttrain::detail::check_launch(fn);
-    }
+    launch_moments(policy, src, s, moments, fn);
     launch_whiten(policy, moments, s.tiles, w, scratch.as<whiten_transform>(l.transform), stats, x, a, m, fn);
 }
 
@@ -108,10 +126,7 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
     constexpr const char* fn = "posttrain::advantage::masked_whiten";
     std::visit(
         [&](auto x, auto m, auto o) {
-            check_same_shape(m, x, {fn, "mask"}, "values");
-            check_same_shape(o, x, {fn, "out"}, "values");
-            check_same_or_disjoint(o, x, {fn, "out"}, "values");
-            check_no_alias(o, m, {fn, "out"}, "mask");
+            check_elementwise_views(x, m, o, fn);
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
             whiten_cuda(policy, masked_values<typename decltype(x)::value_type, typename decltype(m)::value_type>{x, m}, scratch, l,
@@ -122,10 +137,209 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
         posttrain::detail::floating_output<2, device_space>(out, {fn, "out"}));
 }
 
+// ---- masked_mean / masked_var: the whitening's moments and finalize, without the apply -------------
+
+// The whitening's scratch, then the statistics {mean, variance, count}.
+struct stats_scratch_layout {
+    whiten_scratch_layout whiten;
+    std::size_t stats = 0, total = 0;
+};
+inline stats_scratch_layout stats_scratch(index_t rows, index_t cols) {
+    stats_scratch_layout l;
+    l.whiten = whiten_scratch(rows, cols);
+    posttrain::detail::scratch_cursor c{l.whiten.total};
+    l.stats = c.take(3 * sizeof(double));
+    l.total = c.end;
+    return l;
+}
+
+// The statistic a device-result call asked for: the mean, or the variance (0 with too few tokens,
+// as the host returns it). A template (never instantiated twice differently) so that translation
+// units including this header do not each define it.
+template <int Unused = 0>
+__global__ void pick_statistic_kernel(const double* stats, const whiten_transform* tr, bool variance, double* result) {
+    *result = variance ? (tr->valid ? stats[1] : 0.0) : stats[0];
+}
+
+// masked_mean (variance = false) or masked_var of values under mask: into the device scalar
+// d_result (asynchronous; too few tokens under degenerate::raise set status_empty_reduction), or
+// {mean, variance, count} into h_stats (synchronizes; the caller applies the host's rules).
+template <class Values, class Mask>
+void masked_stat_cuda(const exec::cuda_policy& policy, const Values& values, const Mask& mask, const masked_stats_options& options,
+                      bool variance, double* d_result, double* h_stats, const char* fn) {
+    std::visit(
+        [&](auto x, auto m) {
+            check_same_shape(m, x, {fn, "mask"}, "values");
+            const index_t rows = x.extent(0), cols = x.extent(1);
+            const stats_scratch_layout l = stats_scratch(rows, cols);
+            posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
+            const scan_tiles s = make_scan_tiles(rows, cols);
+            auto* moments = scratch.as<tile_moments>(l.whiten.moments);
+            auto* tr = scratch.as<whiten_transform>(l.whiten.transform);
+            auto* stats = scratch.as<double>(l.stats);
+            launch_moments(policy, masked_values<typename decltype(x)::value_type, typename decltype(m)::value_type>{x, m}, s, moments,
+                           fn);
+            whiten_params w;
+            w.ddof = static_cast<int>(options.ddof);
+            w.count_epsilon = options.count_epsilon;
+            w.raise_on_degenerate = variance && d_result != nullptr && options.on_degenerate == degenerate::raise;
+            launch_finalize(policy, moments, s.tiles, w, tr, stats, fn);
+            if (d_result != nullptr) {
+                pick_statistic_kernel<<<1, 1, 0, policy.stream>>>(stats, tr, variance, d_result);
+                posttrain::detail::check_launch(fn);
+            } else {
+                POSTTRAIN_CUDA_CHECK(cudaMemcpyAsync(h_stats, stats, 3 * sizeof(double), cudaMemcpyDeviceToHost, policy.stream));
+                POSTTRAIN_CUDA_CHECK(cudaStreamSynchronize(policy.stream));
+            }
+        },
+        posttrain::detail::floating_input<2, device_space>(values, {fn, "values"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));
+}
+
+// ---- masked_row_mean / masked_normalize: a warp per row ---------------------------------------------
+
+// Lane l takes a row's tokens l, l + 32, ... in order; a fixed xor butterfly then gives every lane
+// the same sum (IEEE addition commutes): the bits depend only on T, on every GPU.
+__device__ inline double warp_row_sum(double v) {
+    for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(0xffffffffu, v, d);
+    return v;
+}
+
+template <class X, class M, class O>
+__global__ void masked_row_mean_kernel(device_view<const X, 2> x, device_view<const M, 2> m, device_view<O, 1> out, double count_eps) {
+    const index_t warps = index_t(gridDim.x) * (blockDim.x / 32);
+    const int lane = threadIdx.x % 32;
+    const index_t T = x.extent(1);
+    for (index_t i = index_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < x.extent(0); i += warps) {
+        double s = 0, c = 0;
+        for (index_t t = lane; t < T; t += 32) {
+            const double w = double(m(i, t));
+            c += w;
+            s += double(x(i, t)) * w;
+        }
+        s = warp_row_sum(s);
+        c = warp_row_sum(c);
+        if (lane == 0) out(i) = static_cast<O>(c + count_eps != 0 ? s / (c + count_eps) : 0.0);
+    }
+}
+
+// OpenRLHF's per-row normalisation: biased moments over the row's valid tokens (two passes), then
+// out = (x - mean) * rsqrt(max(var, epsilon)) * m; each lane reads a token before writing it, so out
+// may be x itself.
+template <class X, class M, class O>
+__global__ void masked_normalize_kernel(device_view<const X, 2> x, device_view<const M, 2> m, device_view<O, 2> out, double epsilon) {
+    const index_t warps = index_t(gridDim.x) * (blockDim.x / 32);
+    const int lane = threadIdx.x % 32;
+    const index_t T = x.extent(1);
+    for (index_t i = index_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < x.extent(0); i += warps) {
+        double s = 0, c = 0;
+        for (index_t t = lane; t < T; t += 32) {
+            const double w = double(m(i, t));
+            c += w;
+            s += double(x(i, t)) * w;
+        }
+        s = warp_row_sum(s);
+        c = warp_row_sum(c);
+        const double mean = c > 0 ? s / c : 0.0;
+        double m2 = 0;
+        for (index_t t = lane; t < T; t += 32) {
+            const double d = double(x(i, t)) - mean;
+            m2 += d * d * double(m(i, t));
+        }
+        m2 = warp_row_sum(m2);
+        const double var = c > 0 ? m2 / c : 0.0;
+        const double rstd = 1.0 / sqrt(var > epsilon ? var : epsilon);
+        for (index_t t = lane; t < T; t += 32) out(i, t) = static_cast<O>((double(x(i, t)) - mean) * rstd * double(m(i, t)));
+    }
+}
+
+// Blocks of a warp-per-row kernel over `rows` rows.
+inline unsigned row_warp_blocks(index_t rows) { return cuda_tuning::elementwise_blocks(rows * 32); }
+
 }  // namespace detail
 
 // Bytes of scratch masked_whiten needs on the CUDA path for an [rows, cols] batch.
 inline std::size_t masked_whiten_workspace_bytes(index_t rows, index_t cols) { return detail::whiten_scratch(rows, cols).total; }
+
+// Bytes of scratch masked_mean and masked_var need on the CUDA path for an [rows, cols] batch.
+inline std::size_t masked_mean_workspace_bytes(index_t rows, index_t cols) { return detail::stats_scratch(rows, cols).total; }
+inline std::size_t masked_var_workspace_bytes(index_t rows, index_t cols) { return detail::stats_scratch(rows, cols).total; }
+
+// The masked mean into a device scalar (asynchronous).
+template <class Values, class Mask>
+void masked_mean(const exec::cuda_policy& policy, const Values& values, const Mask& mask, device_view<double, 0> result,
+                 const masked_stats_options& options = {}) {
+    detail::masked_stat_cuda(policy, values, mask, options, false, result.data(), nullptr, "posttrain::advantage::masked_mean");
+}
+
+// The masked mean returned on the host: synchronizes the policy's stream.
+template <class Values, class Mask>
+[[nodiscard]] double masked_mean(const exec::cuda_policy& policy, const Values& values, const Mask& mask,
+                                 const masked_stats_options& options = {}) {
+    double stats[3] = {};
+    detail::masked_stat_cuda(policy, values, mask, options, false, nullptr, stats, "posttrain::advantage::masked_mean");
+    return stats[0];
+}
+
+// The masked variance into a device scalar (asynchronous): 0 with too few valid tokens, which under
+// degenerate::raise (where the host throws) also sets status_empty_reduction.
+template <class Values, class Mask>
+void masked_var(const exec::cuda_policy& policy, const Values& values, const Mask& mask, device_view<double, 0> result,
+                const masked_stats_options& options = {}) {
+    detail::masked_stat_cuda(policy, values, mask, options, true, result.data(), nullptr, "posttrain::advantage::masked_var");
+}
+
+// The masked variance returned on the host: synchronizes the policy's stream, and then follows the
+// host's rules (too few valid tokens: 0, or invalid_argument under degenerate::raise).
+template <class Values, class Mask>
+[[nodiscard]] double masked_var(const exec::cuda_policy& policy, const Values& values, const Mask& mask,
+                                const masked_stats_options& options = {}) {
+    constexpr const char* fn = "posttrain::advantage::masked_var";
+    double stats[3] = {};
+    detail::masked_stat_cuda(policy, values, mask, options, true, nullptr, stats, fn);
+    const double count = stats[2];
+    if (!(count > double(static_cast<int>(options.ddof)) && count > 0)) {
+        detail::on_degenerate(options.on_degenerate, count, fn);
+        return 0.0;
+    }
+    return stats[1];
+}
+
+// Per-row masked means into out[N] (asynchronous; no scratch).
+template <class Values, class Mask, class Out>
+void masked_row_mean(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,
+                     const masked_stats_options& options = {}) {
+    constexpr const char* fn = "posttrain::advantage::masked_row_mean";
+    std::visit(
+        [&](auto x, auto m, auto o) {
+            detail::check_row_mean_views(x, m, o, fn);
+            if (x.extent(0) == 0) return;
+            detail::masked_row_mean_kernel<<<detail::row_warp_blocks(x.extent(0)), cuda_tuning::block_threads, 0, policy.stream>>>(
+                x, m, o, options.count_epsilon);
+            posttrain::detail::check_launch(fn);
+        },
+        posttrain::detail::floating_input<2, device_space>(values, {fn, "values"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<1, device_space>(out, {fn, "out"}));
+}
+
+// Per-row masked normalisation into out[N, T] (asynchronous; no scratch; out may be values itself).
+template <class Values, class Mask, class Out>
+void masked_normalize(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,
+                      const normalize_options& options = {}) {
+    constexpr const char* fn = "posttrain::advantage::masked_normalize";
+    std::visit(
+        [&](auto x, auto m, auto o) {
+            detail::check_elementwise_views(x, m, o, fn);
+            if (x.extent(0) == 0 || x.extent(1) == 0) return;
+            detail::masked_normalize_kernel<<<detail::row_warp_blocks(x.extent(0)), cuda_tuning::block_threads, 0, policy.stream>>>(
+                x, m, o, options.epsilon);
+            posttrain::detail::check_launch(fn);
+        },
+        posttrain::detail::floating_input<2, device_space>(values, {fn, "values"}),
+        posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
+        posttrain::detail::floating_output<2, device_space>(out, {fn, "out"}));
+}
 
 template <class Values, class Mask, class Out>
 void masked_whiten(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,

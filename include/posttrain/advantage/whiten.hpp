@@ -109,6 +109,27 @@ moments_result masked_moments(const Policy& p, X x, M m, posttrain::ddof dof, do
     return r;
 }
 
+// The shapes and overlaps the host and CUDA entries both check. masked_whiten's and
+// masked_normalize's out may be values itself (in place: everything an element's output depends on
+// is read before it is written) and otherwise shares no byte with values or the mask, which are
+// read while out is written.
+template <class X, class M, class O>
+void check_elementwise_views(const X& x, const M& m, const O& o, const char* fn) {
+    check_same_shape(m, x, {fn, "mask"}, "values");
+    check_same_shape(o, x, {fn, "out"}, "values");
+    check_same_or_disjoint(o, x, {fn, "out"}, "values");
+    check_no_alias(o, m, {fn, "out"}, "mask");
+}
+
+// masked_row_mean's: one entry per row, apart from values and mask.
+template <class X, class M, class O>
+void check_row_mean_views(const X& x, const M& m, const O& o, const char* fn) {
+    check_same_shape(m, x, {fn, "mask"}, "values");
+    check_extent(o.extent(0), x.extent(0), {fn, "out"}, "length (one entry per row)");
+    check_no_alias(o, x, {fn, "out"}, "values");
+    check_no_alias(o, m, {fn, "out"}, "mask");
+}
+
 inline void on_degenerate(degenerate d, double count, const char* fn) {
     if (d == degenerate::raise)
         posttrain::detail::raise_invalid_argument(fn, "mask",
@@ -140,9 +161,7 @@ void masked_row_mean(const Policy& policy, const Values& values, const Mask& mas
     constexpr const char* fn = "posttrain::advantage::masked_row_mean";
     std::visit(
         [&](auto x, auto m, auto o) {
-            detail::check_same_shape(m, x, {fn, "mask"}, "values");
-            detail::check_extent(o.extent(0), x.extent(0), {fn, "out"}, "length (one entry per row)");
-            detail::check_no_alias(o, x, {fn, "out"}, "values");
+            detail::check_row_mean_views(x, m, o, fn);
             using O = typename decltype(o)::value_type;
             detail::for_each_row(policy, x.extent(0), x.extent(1), [&](index_t i) {
                 const double s = posttrain::detail::fixed_order_sum(x.extent(1), [&](index_t t) {
@@ -185,9 +204,7 @@ moments_result masked_whiten(const Policy& policy, const Values& values, const M
     constexpr const char* fn = "posttrain::advantage::masked_whiten";
     return std::visit(
         [&](auto x, auto m, auto o) {
-            detail::check_same_shape(m, x, {fn, "mask"}, "values");
-            detail::check_same_shape(o, x, {fn, "out"}, "values");
-            // In-place whitening is allowed: statistics are complete before the first write.
+            detail::check_elementwise_views(x, m, o, fn);  // in place allowed: statistics are complete before the first write
             bool valid = true;
             const moments_result r = detail::masked_moments(policy, x, m, options.ddof, options.count_epsilon, valid);
             using O = typename decltype(o)::value_type;
@@ -223,8 +240,7 @@ void masked_normalize(const Policy& policy, const Values& values, const Mask& ma
     constexpr const char* fn = "posttrain::advantage::masked_normalize";
     std::visit(
         [&](auto x, auto m, auto o) {
-            detail::check_same_shape(m, x, {fn, "mask"}, "values");
-            detail::check_same_shape(o, x, {fn, "out"}, "values");
+            detail::check_elementwise_views(x, m, o, fn);  // in place allowed: a row is read before it is written
             using O = typename decltype(o)::value_type;
             const index_t T = x.extent(1);
             detail::for_each_row(policy, x.extent(0), T, [&](index_t i) {
