@@ -264,6 +264,17 @@ TEST_CASE("group_mean_std: float64 and verl float32 forms") {
     CHECK(sf[0] == doctest::Approx(0.5f));
 }
 
+TEST_CASE("group_mean_std: outputs overlapping the rewards or one another are refused") {
+    std::vector<double> buf{0, 1, 2, 3, 4, 5, 9, 9}, sd(2), count(2), ms(3);
+    const pt::tensor_view<const double, 1> r(buf.data(), 6);
+    CHECK_THROWS_WITH_AS(adv::group_mean_std(pt::exec::seq, r, pt::uniform_groups{3}, pt::make_view(buf.data() + 5, 2), sd, count),
+                         doctest::Contains("overlaps the input 'rewards'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::group_mean_std(pt::exec::seq, r, pt::uniform_groups{3}, pt::make_view(ms.data(), 2),
+                                             pt::make_view(ms.data() + 1, 2), count),
+                         doctest::Contains("overlaps the input 'mean'"), pt::invalid_argument);
+    CHECK(buf[5] == 5.0);  // nothing written
+}
+
 TEST_CASE("grpo: an error raised inside exec::par reaches the caller") {
     std::vector<double> r(1 << 16, 1.0), a(1 << 16);
     adv::grpo_options o;

@@ -27,6 +27,10 @@ TEST_CASE_TEMPLATE("opo: length-weighted baseline", B, POSTTRAIN_HOST_BACKENDS) 
     std::vector<double> neg{1, -1, 1};
     CHECK_THROWS_WITH_AS((void)adv::opo(B::policy(), r, neg, pt::ragged(off), a), doctest::Contains("lengths must be >= 0"),
                          pt::invalid_argument);
+    std::vector<double> buf{3, 1, 5, 0};  // advantages one element past the lengths: groups would overwrite them
+    CHECK_THROWS_WITH_AS((void)adv::opo(B::policy(), r, pt::tensor_view<const double, 1>(buf.data(), 3), pt::ragged(off),
+                                        pt::make_view(buf.data() + 1, 3)),
+                         doctest::Contains("overlaps the input 'lengths'"), pt::invalid_argument);
 }
 
 TEST_CASE_TEMPLATE("grpo_passk: only the best row is credited", B, POSTTRAIN_HOST_BACKENDS) {
@@ -81,6 +85,13 @@ TEST_CASE_TEMPLATE("gdpo: per-component normalisation then batch z-score", B, PO
     (void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, a, trl);
     (void)adv::grpo(B::policy(), sum, pt::uniform_groups{2}, g, adv::grpo_options::trl());
     CHECK(pt::test::bitwise_equal(a, g));
+    // combined is written after the advantages: refused over them (or a wrong length) before anything is written.
+    std::vector<double> keep(4, 7.0), short_combined(3);
+    CHECK_THROWS_WITH_AS((void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, keep, keep, o),
+                         doctest::Contains("overlaps the input 'advantages'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)adv::gdpo(B::policy(), rv, pt::uniform_groups{2}, keep, short_combined, o),
+                         doctest::Contains("expected length"), pt::invalid_argument);
+    CHECK(keep == std::vector<double>(4, 7.0));
 }
 
 TEST_CASE("outcome variants: NaN, empty responses and option combinations") {

@@ -152,10 +152,7 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
             require(options.weights.empty() || index_t(options.weights.size()) == K, {fn, "options.weights"},
                     "expected one weight per reward component (" + str(K) + "), found " + str(index_t(options.weights.size())));
             if constexpr (has_combined) {
-                require(c.extent(0) == N, {fn, "combined"},
-                        "expected length (one per row of rewards) " + str(N) + ", found " + str(c.extent(0)));
-                require(!views_overlap(c, r) && !views_overlap(c, a), {fn, "combined"},
-                        "overlaps 'rewards' or 'advantages'; pass a separate buffer");
+                check_gdpo_combined(c, r, a, fn);
                 check_apart_from_layout(groups, c, fn, "combined");
             }
             // The options (and singleton::error) are checked where the host uses them: the component

@@ -73,6 +73,15 @@ inline grpo_options gdpo_batch_options(const gdpo_options& o) {
     return batch;
 }
 
+// gdpo's optional `combined` output (host and CUDA entries): one entry per row, apart from the
+// rewards and the advantages (the host writes it after the advantages).
+template <class C, class R, class A>
+void check_gdpo_combined(const C& c, const R& r, const A& a, const char* fn) {
+    check_extent(c.extent(0), r.extent(0), {fn, "combined"}, "length (one per row of rewards)");
+    check_no_alias(c, r, {fn, "combined"}, "rewards");
+    check_no_alias(c, a, {fn, "combined"}, "advantages");
+}
+
 }  // namespace detail
 
 // rewards[N, K] -> advantages[N]; combined[N] (or posttrain::none) receives S (the weighted sum of
@@ -82,11 +91,17 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                         Combined&& combined, const gdpo_options& options) {
     static_assert(host_policy<Policy>, "posttrain::advantage::gdpo: host policy expected");
     constexpr const char* fn = "posttrain::advantage::gdpo";
+    constexpr bool has_combined = !std::is_same_v<std::remove_cvref_t<Combined>, none_t>;
+    auto cv = [&] {
+        if constexpr (has_combined) return posttrain::detail::floating_output<1>(combined, {fn, "combined"});
+        else return std::variant<tensor_view<double, 1>>{};
+    }();
     return std::visit(
         [&](auto r, auto a) {
             const index_t N = r.extent(0), K = r.extent(1);
             detail::check_extent(a.extent(0), N, {fn, "advantages"}, "length (one per row of rewards)");
             detail::check_no_alias(a, r, {fn, "advantages"}, "rewards");
+            if constexpr (has_combined) std::visit([&](auto c) { detail::check_gdpo_combined(c, r, a, fn); }, cv);
             detail::require(options.weights.empty() || index_t(options.weights.size()) == K, {fn, "options.weights"},
                             "expected one weight per reward component (" + detail::str(K) + "), found " +
                                 detail::str(index_t(options.weights.size())));
@@ -130,12 +145,13 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
                     for (index_t i = 0; i < N; ++i) a(i) = static_cast<A>(ignore && sum[std::size_t(i)] != sum[std::size_t(i)] ? 0.0 : sum[std::size_t(i)]);
                 }
             }
-            if constexpr (!std::is_same_v<std::remove_cvref_t<Combined>, none_t>) {
-                auto c = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<1>(combined, {fn, "combined"}));
-                detail::check_extent(c.extent(0), N, {fn, "combined"}, "length (one per row of rewards)");
-                using C = typename decltype(c)::value_type;
-                for (index_t i = 0; i < N; ++i) c(i) = static_cast<C>(sum[std::size_t(i)]);
-            }
+            if constexpr (has_combined)
+                std::visit(
+                    [&](auto c) {
+                        using C = typename decltype(c)::value_type;
+                        for (index_t i = 0; i < N; ++i) c(i) = static_cast<C>(sum[std::size_t(i)]);
+                    },
+                    cv);
             return res;
         },
         posttrain::detail::floating_input<2>(rewards, {fn, "rewards"}), posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));

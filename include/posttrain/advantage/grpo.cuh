@@ -149,17 +149,12 @@ void group_mean_std(const exec::cuda_policy& policy, const Rewards& rewards, con
     std::visit(
         [&](auto r, auto m, auto s, auto c) {
             const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
-            const index_t G = info.groups;
+            detail::check_group_mean_std_views(r, m, s, c, info.groups, fn);
             auto output = [&](const auto& v, const char* name) {
-                detail::check_extent(v.extent(0), G, {fn, name}, "one entry per group:");
-                detail::check_no_alias(v, r, {fn, name}, "rewards");
                 detail::check_apart_from_layout(groups, v, fn, name);
                 return detail::group_output(v);
             };
             const detail::group_value_out mo = output(m, "mean"), so = output(s, "std"), co = output(c, "count");
-            detail::check_no_alias(s, m, {fn, "std"}, "mean");
-            detail::check_no_alias(c, m, {fn, "count"}, "mean");
-            detail::check_no_alias(c, s, {fn, "count"}, "std");
             detail::check_status_apart_from_layout(policy, groups, fn);
             const detail::group_mean_std_body<typename decltype(r)::value_type> body{r.data(), r.stride(0), mo, so, co,
                                                                                     options, policy.status};

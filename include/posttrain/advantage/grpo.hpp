@@ -591,6 +591,23 @@ struct group_mean_std_options {
     }
 };
 
+namespace detail {
+// The outputs of group_mean_std (host and CUDA entries): one entry per group each, apart from the
+// rewards and from one another (groups write their entries while other groups still read rewards).
+template <class R, class M, class S, class C>
+void check_group_mean_std_views(const R& r, const M& m, const S& s, const C& c, index_t groups, const char* fn) {
+    check_extent(m.extent(0), groups, {fn, "mean"}, "one entry per group:");
+    check_extent(s.extent(0), groups, {fn, "std"}, "one entry per group:");
+    check_extent(c.extent(0), groups, {fn, "count"}, "one entry per group:");
+    check_no_alias(m, r, {fn, "mean"}, "rewards");
+    check_no_alias(s, r, {fn, "std"}, "rewards");
+    check_no_alias(c, r, {fn, "count"}, "rewards");
+    check_no_alias(s, m, {fn, "std"}, "mean");
+    check_no_alias(c, m, {fn, "count"}, "mean");
+    check_no_alias(c, s, {fn, "count"}, "std");
+}
+}  // namespace detail
+
 // Per-group mean, std and count (outputs have one entry per group). With singleton_unit, groups of
 // zero or one row report mean 0, std 1 (verl); otherwise their std is NaN (too few rows), as torch's.
 template <class Policy, class Rewards, class Groups, class Mean, class Std, class Count>
@@ -606,10 +623,7 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
         [&](auto r, auto m, auto s, auto c) {
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
-            const index_t G = layout.num_groups();
-            detail::check_extent(m.extent(0), G, {fn, "mean"}, "one entry per group:");
-            detail::check_extent(s.extent(0), G, {fn, "std"}, "one entry per group:");
-            detail::check_extent(c.extent(0), G, {fn, "count"}, "one entry per group:");
+            detail::check_group_mean_std_views(r, m, s, c, layout.num_groups(), fn);
             const detail::strided_reader<typename decltype(r)::value_type> x{r.data(), r.stride(0)};
             detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
                 double mu = 0, sd = 1;

@@ -93,17 +93,13 @@ template <class Rewards, class Lengths, class Groups, class Advantages>
 void run_opo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Lengths& lengths, const Groups& groups,
                   Advantages&& advantages, const opo_options& options, device_view<index_t, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::opo";
-    using posttrain::detail::require;
     auto rv = posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"});
     auto lv = posttrain::detail::floating_input<1, device_space>(lengths, {fn, "lengths"});
     auto av = posttrain::detail::floating_output<1, device_space>(advantages, {fn, "advantages"});
     check_counters(stats, fn);
     std::visit(
         [&](auto r, auto l, auto a) {
-            require(l.extent(0) == r.extent(0), {fn, "lengths"},
-                    "expected length (one per reward) " + posttrain::detail::str(r.extent(0)) + ", found " +
-                        posttrain::detail::str(l.extent(0)));
-            require(!views_overlap(a, l), {fn, "advantages"}, "the output overlaps the input 'lengths'; pass a separate buffer");
+            check_opo_lengths(r, l, a, fn);
             const auto info = checked_device_layout(policy, groups, r, a, stats, options.singleton_groups, fn);
             const opo_body<typename decltype(r)::value_type, typename decltype(l)::value_type, typename decltype(a)::value_type>
                 body{make_team_io(r, a, options.nonfinite_rewards, policy, stats), l.data(), l.stride(0), options};

@@ -19,6 +19,16 @@ struct opo_options {
 };
 
 // rewards[N], lengths[N] (response lengths, e.g. from sequence_lengths) -> advantages[N].
+namespace detail {
+// The lengths checks opo's host and CUDA entries share: one length per reward, and the advantages
+// apart from the lengths (a group's advantages are written while other groups still read theirs).
+template <class R, class L, class A>
+void check_opo_lengths(const R& r, const L& len, const A& a, const char* fn) {
+    check_extent(len.extent(0), r.extent(0), {fn, "lengths"}, "length (one per reward)");
+    check_no_alias(a, len, {fn, "advantages"}, "lengths");
+}
+}  // namespace detail
+
 template <class Policy, class Rewards, class Lengths, class Groups, class Advantages>
 group_stats_result opo(const Policy& policy, const Rewards& rewards, const Lengths& lengths, const Groups& groups,
                        Advantages&& advantages, const opo_options& options = {}) {
@@ -28,7 +38,7 @@ group_stats_result opo(const Policy& policy, const Rewards& rewards, const Lengt
         [&](auto r, auto len, auto a) {
             detail::check_outcome_args(r, a, options.nonfinite_rewards == nonfinite::ignore ? nonfinite::propagate
                                                                                             : options.nonfinite_rewards, fn);
-            detail::check_extent(len.extent(0), r.extent(0), {fn, "lengths"}, "length (one per reward)");
+            detail::check_opo_lengths(r, len, a, fn);
             detail::check_finite(len, {fn, "lengths"});
             for (index_t i = 0; i < len.extent(0); ++i)
                 detail::require(len(i) >= 0, {fn, "lengths"}, "lengths must be >= 0, found " + std::to_string(double(len(i))) +
