@@ -1,4 +1,5 @@
-// masked_whiten, reinforce_pp, reinforce_pp_baseline and remax on exec::cuda against the host oracle
+// masked_whiten, masked_mean, masked_var, masked_row_mean, masked_normalize, reinforce_pp,
+// reinforce_pp_baseline and remax on exec::cuda against the host oracle
 // (exec::seq): packed tiles (T <= 2048, several rows per tile, T = 1) and chunked rows (T > 2048),
 // empty batches, float and double, interior mask zeros and fully masked rows, strided views, every
 // returns masking, the presets (verl, openrlhf); the whitening statistics overloads; in-place
@@ -320,6 +321,135 @@ bool throws_naming(const std::function<void()>& f, const std::string& fn, const 
 
 // Double: 1e-10 relative (device FMA contraction and summation order differ from the host); float:
 // gae_test.cu's 2e-5 (a value can round to a neighbouring float).
+// ---- masked_mean, masked_var, masked_row_mean, masked_normalize -------------------------------------
+
+namespace {
+
+template <class T>
+void compare_stats(const batch<T>& x, const adv::masked_stats_options& o, double tol, const std::string& what) {
+    const index_t n = x.n, t = x.t;
+    const double want_mean = adv::masked_mean(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), o);
+    double want_var = 0;
+    const bool ok = host_ok([&] { want_var = adv::masked_var(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), o); });
+    device_vec<T> dx(x.r);
+    device_vec<double> dm(x.m), d_mean(1), d_var(1, -1.0);
+    device_vec<std::uint32_t> status(1, 0u);
+    const auto p = pt::exec::cuda.with_status(status.data());
+    adv::masked_mean(p, dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(d_mean.data()), o);
+    adv::masked_var(p, dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(d_var.data()), o);
+    const double got_mean = d_mean.host()[0], got_var = d_var.host()[0];
+    pt::test::close_to(std::vector<double>{got_mean}, std::vector<double>{want_mean}, tol, what + " mean");
+    // The host-returning overloads run the same kernels: the same bits, and the host's error rules.
+    const double mean2 = adv::masked_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), o);
+    PT_CHECK_MSG(std::memcmp(&mean2, &got_mean, sizeof(double)) == 0, what + ": host-returning mean differs");
+    check_status(ok, status.host()[0], what + " variance");
+    if (!ok) {
+        PT_CHECK_MSG(got_var == 0.0, what + ": degenerate variance not 0");
+        PT_CHECK_MSG(throws_naming([&] { (void)adv::masked_var(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), o); },
+                                   "posttrain::advantage::masked_var", "mask"),
+                     what + ": host-returning variance did not throw");
+        return;
+    }
+    pt::test::close_to(std::vector<double>{got_var}, std::vector<double>{want_var}, tol, what + " variance");
+    const double var2 = adv::masked_var(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), o);
+    PT_CHECK_MSG(std::memcmp(&var2, &got_var, sizeof(double)) == 0, what + ": host-returning variance differs");
+}
+
+template <class T>
+void compare_rows(const batch<T>& x, double count_eps, double epsilon, double tol, const std::string& what) {
+    const index_t n = x.n, t = x.t;
+    adv::masked_stats_options so;
+    so.count_epsilon = count_eps;
+    adv::normalize_options no;
+    no.epsilon = epsilon;
+    std::vector<T> want_mean(static_cast<std::size_t>(n)), want(x.r.size());
+    adv::masked_row_mean(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), pt::tensor_view<T, 1>(want_mean.data(), n), so);
+    adv::masked_normalize(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), hout(want, n, t), no);
+    // A uint8 mask on the device: the same weights.
+    std::vector<std::uint8_t> m8(x.m.size());
+    for (std::size_t k = 0; k < m8.size(); ++k) m8[k] = x.m[k] != 0 ? 1 : 0;
+    device_vec<T> dx(x.r), d_mean(static_cast<std::size_t>(n)), d_out(x.r.size());
+    device_vec<double> dm(x.m);
+    device_vec<std::uint8_t> dm8(m8);
+    adv::masked_row_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), d_mean.view(), so);
+    adv::masked_normalize(pt::exec::cuda, dview(dx, n, t), dview(dm8, n, t), dout(d_out, n, t), no);
+    pt::test::close_to(d_mean.host(), want_mean, tol, what + " row means");
+    pt::test::close_to(d_out.host(), want, tol, what + " normalized");
+    adv::masked_normalize(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), dout(dx, n, t), no);  // in place
+    pt::test::close_to(dx.host(), want, tol, what + " normalized in place");
+}
+
+template <class T>
+void stats_matrix(double tol, const char* type) {
+    std::uint64_t seed = 900;
+    adv::masked_stats_options population;
+    population.ddof = pt::ddof::population;
+    for (const auto& s : shapes) {
+        const auto x = make_batch<T>(s[0], s[1], seed++);
+        const std::string w = at(type, s[0], s[1]);
+        compare_stats(x, {}, tol, "masked stats " + w + " default");
+        compare_stats(x, adv::masked_stats_options::verl(), tol, "masked stats " + w + " verl");
+        compare_stats(x, adv::masked_stats_options::verl(false), tol, "masked stats " + w + " verl biased");
+        compare_stats(x, population, tol, "masked stats " + w + " population");
+        compare_rows(x, 0.0, 1e-8, tol, "rows " + w);
+        compare_rows(x, 1e-8, 1e-2, tol, "rows " + w + " epsilons");
+    }
+    // Too few tokens for the unbiased variance: one valid token.
+    auto one = make_batch<T>(3, 4, 950);
+    for (auto& v : one.m) v = 0;
+    one.m[5] = 1;
+    compare_stats(one, adv::masked_stats_options::verl(), tol, "masked stats one valid token verl");
+    compare_stats(one, {}, tol, "masked stats one valid token default");
+}
+
+}  // namespace
+
+PT_TEST("masked_mean, masked_var, masked_row_mean, masked_normalize double: against the host") { stats_matrix<double>(1e-10, "double"); }
+PT_TEST("masked_mean, masked_var, masked_row_mean, masked_normalize float: against the host") { stats_matrix<float>(2e-5, "float"); }
+
+PT_TEST("masked statistics: caller workspace, strided views, misuse") {
+    const index_t n = 5, t = 3000;
+    const auto x = make_batch<double>(n, t, 960);
+    device_vec<double> dx(x.r), dm(x.m), r1(1), r2(1), rows(static_cast<std::size_t>(n)), out(x.r.size());
+    const auto o = adv::masked_stats_options::verl();
+    const std::size_t bytes = adv::masked_var_workspace_bytes(n, t);
+    PT_CHECK(bytes == adv::masked_mean_workspace_bytes(n, t) && bytes > 0);
+    device_vec<unsigned char> ws(bytes);
+    adv::masked_var(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(r1.data()), o);
+    adv::masked_var(pt::exec::cuda.with(ws.data(), bytes), dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(r2.data()), o);
+    PT_CHECK(r1.host()[0] == r2.host()[0]);
+    PT_CHECK(throws_naming([&] { adv::masked_mean(pt::exec::cuda.with(ws.data(), bytes - 1), dview(dx, n, t), dview(dm, n, t),
+                                                  pt::device_view<double, 0>(r1.data())); },
+                           "posttrain::advantage::masked_mean", "policy"));
+    // Column-major values and mask.
+    const strided<double> sx(x.r, n, t), sm(x.m, n, t);
+    std::vector<double> want_rows(static_cast<std::size_t>(n)), want(x.r.size());
+    adv::masked_row_mean(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), pt::tensor_view<double, 1>(want_rows.data(), n));
+    adv::masked_normalize(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), hout(want, n, t));
+    adv::masked_row_mean(pt::exec::cuda, sx.cview(), sm.cview(), rows.view());
+    pt::test::close_to(rows.host(), want_rows, 1e-10, "masked_row_mean strided");
+    adv::masked_normalize(pt::exec::cuda, sx.cview(), sm.cview(), dout(out, n, t));
+    pt::test::close_to(out.host(), want, 1e-10, "masked_normalize strided");
+    const double host_var = adv::masked_var(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), o);
+    pt::test::close_to(std::vector<double>{adv::masked_var(pt::exec::cuda, sx.cview(), sm.cview(), o)}, std::vector<double>{host_var}, 1e-10,
+                       "masked_var strided");
+    // Misuse, before anything is launched.
+    const char* rm = "posttrain::advantage::masked_row_mean";
+    const char* nz = "posttrain::advantage::masked_normalize";
+    PT_CHECK(throws_naming([&] { (void)adv::masked_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, t, n)); }, "posttrain::advantage::masked_mean",
+                           "mask"));
+    PT_CHECK(throws_naming([&] { adv::masked_row_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t),
+                                                      pt::device_view<double, 1>(rows.data(), n - 1)); },
+                           rm, "out"));
+    PT_CHECK(throws_naming([&] { adv::masked_row_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t),
+                                                      pt::device_view<double, 1>(dm.data(), n)); },
+                           rm, "out"));
+    PT_CHECK(throws_naming([&] { adv::masked_normalize(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), dout(dm, n, t)); }, nz, "out"));
+    PT_CHECK(throws_naming([&] { adv::masked_normalize(pt::exec::cuda, dview(dx, n, t - 1), dview(dm, n, t - 1),
+                                                       pt::device_view<double, 2>(dx.data() + 1, n, t - 1)); },
+                           nz, "out"));
+}
+
 PT_TEST("masked_whiten double: presets, in place, statistics, packed and chunked") { whiten_matrix<double>(1e-10, "double"); }
 PT_TEST("masked_whiten float: presets, in place, statistics, packed and chunked") { whiten_matrix<float>(2e-5, "float"); }
 PT_TEST("reinforce_pp double: every masking, presets, returns, statistics") { reinforce_pp_matrix<double>(1e-10, "double"); }
@@ -643,6 +773,41 @@ PT_TEST("graph: masked_whiten, reinforce_pp, reinforce_pp_baseline, remax") {
         c.outputs = {out_of(a), out_of(g)};
         c.load = [&](int k) { r.load(k), b.load(k), m.load(k); };
         c.call = [&](const pt::exec::cuda_policy& p) { adv::remax(p, rv, b.dev.cview(), mv, av, gv); };
+        pt::test::graph_replay_both(c);
+    }
+}
+
+PT_TEST("graph: masked_mean, masked_var (device results), masked_row_mean, masked_normalize") {
+    const index_t rows = 40, cols = 900;
+    const std::size_t n = std::size_t(rows * cols);
+    auto x = value_sets<float>(n, 46);
+    auto m = mask_sets(n, 47);
+    device_vec<double> mean(1), var(1);
+    device_vec<float> row_means(static_cast<std::size_t>(rows)), out(n);
+    const pt::device_view<const float, 2> xv(x.dev.data(), rows, cols);
+    const pt::device_view<const std::uint8_t, 2> mv(m.dev.data(), rows, cols);
+    {
+        graph_case c;
+        c.name = "masked_mean and masked_var verl";
+        c.workspace = adv::masked_var_workspace_bytes(rows, cols);
+        c.outputs = {out_of(mean), out_of(var)};
+        c.load = [&](int k) { x.load(k), m.load(k); };
+        c.call = [&](const pt::exec::cuda_policy& p) {
+            adv::masked_mean(p, xv, mv, pt::device_view<double, 0>(mean.data()), adv::masked_stats_options::verl());
+            adv::masked_var(p, xv, mv, pt::device_view<double, 0>(var.data()), adv::masked_stats_options::verl());
+        };
+        pt::test::graph_replay_both(c);
+    }
+    {
+        graph_case c;
+        c.name = "masked_row_mean and masked_normalize";
+        c.workspace = 0;
+        c.outputs = {out_of(row_means), out_of(out)};
+        c.load = [&](int k) { x.load(k), m.load(k); };
+        c.call = [&](const pt::exec::cuda_policy& p) {
+            adv::masked_row_mean(p, xv, mv, row_means.view());
+            adv::masked_normalize(p, xv, mv, pt::device_view<float, 2>(out.data(), rows, cols));
+        };
         pt::test::graph_replay_both(c);
     }
 }
