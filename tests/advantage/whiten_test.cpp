@@ -83,3 +83,29 @@ TEST_CASE("masked statistics: empty masks give 0, centring without scaling") {
     CHECK(out[0] == -1.0);
     CHECK(out[3] == 2.0);
 }
+
+TEST_CASE("masked statistics: outputs over their inputs are refused, exact in-place transforms allowed") {
+    const pt::index_t N = 3, T = 4;
+    std::vector<double> x{1, 2, 3, 4, 0, 1, 0, 1, 2, 2, 5, 2}, m{1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0}, out(12), rows(3);
+    const std::vector<double> m0 = m;
+    // masked_whiten / masked_normalize: out over the mask, or shifted over the values.
+    CHECK_THROWS_AS((void)adv::masked_whiten(pt::exec::seq, matrix(x, N, T), matrix(m, N, T), matrix(m, N, T)), pt::invalid_argument);
+    CHECK_THROWS_AS(adv::masked_normalize(pt::exec::seq, matrix(x, N, T), matrix(m, N, T), matrix(m, N, T)), pt::invalid_argument);
+    CHECK_THROWS_AS(adv::masked_normalize(pt::exec::seq, pt::tensor_view<const double, 2>(x.data(), N, T - 1),
+                                          pt::tensor_view<const double, 2>(m.data(), N, T - 1),
+                                          pt::tensor_view<double, 2>(x.data() + 1, N, T - 1)),
+                    pt::invalid_argument);
+    // masked_row_mean: out over the mask.
+    CHECK_THROWS_AS(adv::masked_row_mean(pt::exec::seq, matrix(x, N, T), matrix(m, N, T), pt::tensor_view<double, 1>(m.data(), N)),
+                    pt::invalid_argument);
+    CHECK(m == m0);
+    // In place (the same view) gives what a separate output gets.
+    adv::masked_normalize(pt::exec::seq, matrix(x, N, T), matrix(m, N, T), matrix(out, N, T));
+    std::vector<double> y = x;
+    adv::masked_normalize(pt::exec::seq, matrix(y, N, T), matrix(m, N, T), matrix(y, N, T));
+    CHECK(pt::test::bitwise_equal(y, out));
+    (void)adv::masked_whiten(pt::exec::seq, matrix(x, N, T), matrix(m, N, T), matrix(out, N, T));
+    y = x;
+    (void)adv::masked_whiten(pt::exec::seq, matrix(y, N, T), matrix(m, N, T), matrix(y, N, T));
+    CHECK(pt::test::bitwise_equal(y, out));
+}
