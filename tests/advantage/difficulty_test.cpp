@@ -78,6 +78,11 @@ TEST_CASE("difficulty_scaled_rewards: scaled may alias rewards, never hardness o
                                                               pt::tensor_view<const double, 1>(buf.data(), 1), gap, pt::uniform_groups{2},
                                                               pt::tensor_view<double, 1>(buf.data() + 2, 2)),
                          doctest::Contains("gap"), pt::invalid_argument);
+    // Partly over rewards (another group's rewards would be overwritten before they are read): refused.
+    std::vector<double> rb{1, 2, 3}, h2{0.5, 0.5}, g2{1, 1};
+    CHECK_THROWS_WITH_AS((void)adv::difficulty_scaled_rewards(pt::exec::seq, pt::tensor_view<const double, 1>(rb.data(), 2), h2, g2,
+                                                              pt::uniform_groups{1}, pt::tensor_view<double, 1>(rb.data() + 1, 2)),
+                         doctest::Contains("partly overlaps the input 'rewards'"), pt::invalid_argument);
     // In place over rewards stays allowed.
     CHECK_NOTHROW((void)adv::difficulty_scaled_rewards(pt::exec::seq, r, hard, gap, pt::uniform_groups{2},
                                                        pt::tensor_view<double, 1>(buf.data(), 2)));

@@ -134,3 +134,19 @@ TEST_CASE("bmas: a work estimate (T + 1) (L + 1) (d + 1) past 2^63 does not over
     adv::bmas(pt::exec::par.with_threads(2), E, tok, tok, tok, tok, s);
     CHECK(s == std::vector<double>{0, 0});
 }
+
+TEST_CASE("multirole_rewards: rewards may be the verifier or lexical input itself, not partly over it") {
+    std::vector<double> buf{1, 0, 1, 0, 9}, counts{1, 2, 0, 3}, lex{0.5, 0.25, 0, 1};
+    const pt::tensor_view<const double, 1> v(buf.data(), 4);
+    CHECK_THROWS_WITH_AS(posttrain::advantage::multirole_rewards(pt::exec::seq, v, counts, lex, pt::uniform_groups{2},
+                                                                 pt::make_view(buf.data() + 1, 4)),
+                         doctest::Contains("partly overlaps the input 'verifier'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(posttrain::advantage::multirole_rewards(pt::exec::seq, std::vector<double>{1, 0, 1}, std::vector<double>{1, 2, 0},
+                                                                 pt::tensor_view<const double, 1>(lex.data(), 3),
+                                                                 pt::uniform_groups{1}, pt::make_view(lex.data() + 1, 3)),
+                         doctest::Contains("partly overlaps the input 'lexical'"), pt::invalid_argument);
+    std::vector<double> want(4);
+    posttrain::advantage::multirole_rewards(pt::exec::seq, v, counts, lex, pt::uniform_groups{2}, want);
+    posttrain::advantage::multirole_rewards(pt::exec::seq, v, counts, lex, pt::uniform_groups{2}, pt::make_view(buf.data(), 4));
+    CHECK(std::vector<double>(buf.begin(), buf.begin() + 4) == want);
+}

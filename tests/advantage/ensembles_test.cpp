@@ -85,3 +85,12 @@ TEST_CASE("reward_ensemble: bad input names the argument") {
     CHECK_THROWS_WITH_AS(adv::reward_ensemble(pt::exec::seq, mat(nan, 2, 2), c), doctest::Contains("rewards"), pt::invalid_argument);
     CHECK_THROWS_AS(adv::reward_ensemble(pt::exec::seq, pt::tensor_view<const double, 2>(r.data(), 2, 0), c), pt::invalid_argument);
 }
+
+TEST_CASE("reward_ensemble: uncertainty is checked before combined is written") {
+    std::vector<double> r{1, 3, 2, 2}, c(2, 7.0), short_u(1);
+    CHECK_THROWS_WITH_AS(adv::reward_ensemble(pt::exec::seq, mat(r, 2, 2), c, c), doctest::Contains("overlaps the input 'combined'"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::reward_ensemble(pt::exec::seq, mat(r, 2, 2), c, short_u), doctest::Contains("uncertainty"),
+                         pt::invalid_argument);
+    CHECK(c == std::vector<double>(2, 7.0));  // nothing written
+}

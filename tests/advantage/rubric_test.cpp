@@ -95,3 +95,14 @@ TEST_CASE("rubric: bad input names the argument") {
     CHECK_THROWS_WITH_AS((void)adv::rubric_reward(pt::exec::seq, sup, short_off, ent, 0, pt::none), doctest::Contains("entity_offsets"),
                          pt::invalid_argument);
 }
+
+TEST_CASE("rubric_mix: mixed may be the outcome itself, not partly over it") {
+    std::vector<double> buf{1, 0, 1, 0, 9}, rubric{0.5, 1, 0, 0.25};
+    const pt::tensor_view<const double, 1> outcome(buf.data(), 4);
+    CHECK_THROWS_WITH_AS(adv::rubric_mix(pt::exec::seq, outcome, rubric, pt::uniform_groups{2}, pt::make_view(buf.data() + 1, 4)),
+                         doctest::Contains("partly overlaps the input 'outcome'"), pt::invalid_argument);
+    std::vector<double> want(4);
+    adv::rubric_mix(pt::exec::seq, outcome, rubric, pt::uniform_groups{2}, want);
+    adv::rubric_mix(pt::exec::seq, outcome, rubric, pt::uniform_groups{2}, pt::make_view(buf.data(), 4));  // in place
+    CHECK(bitwise_equal(std::vector<double>(buf.begin(), buf.begin() + 4), want));
+}

@@ -60,3 +60,31 @@ TEST_CASE_TEMPLATE("zero_variance_filter: DAPO keep rule", B, POSTTRAIN_HOST_BAC
     std::vector<std::uint8_t> short_keep(3);
     CHECK_THROWS_AS((void)adv::zero_variance_filter(B::policy(), r, pt::ragged(off), short_keep), pt::invalid_argument);
 }
+
+TEST_CASE("reward shaping and broadcast: outputs partly over an input are refused, the input itself is allowed") {
+    using V = pt::tensor_view<double, 1>;
+    using CV = pt::tensor_view<const double, 1>;
+    using M = pt::tensor_view<double, 2>;
+    using CM = pt::tensor_view<const double, 2>;
+    auto refused = [](auto&& call, const char* what) {
+        CHECK_THROWS_WITH_AS(call(), doctest::Contains(what), pt::invalid_argument);
+    };
+    std::vector<double> r{-20, 0.5, 30, 0};
+    refused([&] { adv::clip_rewards(pt::exec::seq, CV(r.data(), 3), V(r.data() + 1, 3), -10, 10); }, "overlaps the input 'rewards'");
+    adv::clip_rewards(pt::exec::seq, CV(r.data(), 3), V(r.data(), 3), -10, 10);  // in place
+    CHECK(r == std::vector<double>{-10, 0.5, 10, 0});
+
+    std::vector<double> sc{1, 2}, lp{0.5, 0.5, 0}, ref{0, 1};
+    refused([&] { adv::kl_penalized_rewards(pt::exec::seq, matrix(sc, 1, 2), CM(lp.data(), 1, 2), matrix(ref, 1, 2), M(lp.data() + 1, 1, 2), 0.1); },
+            "overlaps the input 'logp'");
+
+    std::vector<double> m{1, 1, 0, 1, 0, 0, 0}, s{2, 3};
+    refused([&] { adv::broadcast_to_tokens(pt::exec::seq, s, CM(m.data(), 2, 3), M(m.data() + 1, 2, 3)); }, "overlaps the input 'mask'");
+    refused([&] { adv::sequence_lengths(pt::exec::seq, CM(m.data(), 2, 3), V(m.data() + 4, 2)); }, "overlaps the input 'mask'");
+    std::vector<double> ob{2, 3, 0, 0, 0, 0, 0};
+    refused([&] { adv::outcome_token_rewards(pt::exec::seq, CV(ob.data(), 2), pt::none, CM(m.data(), 2, 3), M(ob.data() + 1, 2, 3)); },
+            "overlaps the input 'rewards'");
+    CHECK(m == std::vector<double>{1, 1, 0, 1, 0, 0, 0});  // nothing written
+    adv::broadcast_to_tokens(pt::exec::seq, s, CM(m.data(), 2, 3), M(m.data(), 2, 3));  // in place over the mask
+    CHECK(m == std::vector<double>{2, 2, 0, 3, 0, 0, 0});
+}

@@ -140,3 +140,17 @@ TEST_CASE("unlikeliness: the mask selects tokens, its values are not weights") {
     CHECK(a[0] == 1.0);  // row 0 is the less likely: rank 0
     CHECK(a[1] == doctest::Approx(1 - 0.25 / 2));
 }
+
+TEST_CASE("unlikeliness_rewards: shaped may be the rewards themselves, not partly over them") {
+    std::vector<double> buf{1, 1, 1, 1, 9}, lp{-1, -2, -3, -4};
+    std::vector<std::int64_t> m(4, 1);
+    const pt::tensor_view<const double, 1> r(buf.data(), 4);
+    const pt::tensor_view<const double, 2> lpv(lp.data(), 4, 1);
+    const pt::tensor_view<const std::int64_t, 2> mv(m.data(), 4, 1);
+    CHECK_THROWS_WITH_AS((void)adv::unlikeliness_rewards(pt::exec::seq, r, lpv, mv, pt::uniform_groups{2}, pt::make_view(buf.data() + 1, 4)),
+                         doctest::Contains("partly overlaps the input 'rewards'"), pt::invalid_argument);
+    std::vector<double> want(4);
+    (void)adv::unlikeliness_rewards(pt::exec::seq, r, lpv, mv, pt::uniform_groups{2}, want);
+    (void)adv::unlikeliness_rewards(pt::exec::seq, r, lpv, mv, pt::uniform_groups{2}, pt::make_view(buf.data(), 4));  // in place
+    CHECK(bitwise_equal(std::vector<double>(buf.begin(), buf.begin() + 4), want));
+}

@@ -61,6 +61,7 @@ difficulty_result difficulty_scaled_rewards(const Policy& policy, const Rewards&
             // read while other groups are written.
             detail::check_no_alias(out, h, {fn, "scaled"}, "hardness");
             detail::check_no_alias(out, d, {fn, "scaled"}, "gap");
+            detail::check_same_or_disjoint(out, r, {fn, "scaled"}, "rewards");
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             const index_t G = layout.num_groups();
             detail::check_extent(h.extent(0), G, {fn, "hardness"}, "length (one per group):");

@@ -46,6 +46,8 @@ void multirole_rewards(const Policy& policy, const Verifier& verifier, const Per
             detail::check_extent(l.extent(0), n, {fn, "lexical"}, "length (one per verifier reward)");
             detail::check_extent(r.extent(0), n, {fn, "rewards"}, "length (one per verifier reward)");
             detail::check_no_alias(r, c, {fn, "rewards"}, "perspectives");
+            detail::check_same_or_disjoint(r, v, {fn, "rewards"}, "verifier");
+            detail::check_same_or_disjoint(r, l, {fn, "rewards"}, "lexical");
             detail::check_finite(v, {fn, "verifier"});
             detail::check_finite(c, {fn, "perspectives"});
             detail::check_finite(l, {fn, "lexical"});

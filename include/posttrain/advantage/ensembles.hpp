@@ -45,12 +45,24 @@ void reward_ensemble(const Policy& policy, const Rewards& rewards, Combined&& co
     const int m = static_cast<int>(options.mode);
     detail::require(m >= 0 && m <= 2, {fn, "options.mode"}, "unknown ensemble " + detail::str(m));
     detail::require(numeric::is_finite(options.lambda), {fn, "options.lambda"}, "must be finite");
+    constexpr bool has_uncertainty = !std::is_same_v<std::remove_cvref_t<Uncertainty>, none_t>;
+    auto uv = [&] {
+        if constexpr (has_uncertainty) return posttrain::detail::floating_output<1>(uncertainty, {fn, "uncertainty"});
+        else return std::variant<tensor_view<double, 1>>{};
+    }();
     std::visit(
         [&](auto r, auto out) {
             const index_t N = r.extent(0), K = r.extent(1);
             detail::require(K > 0 || N == 0, {fn, "rewards"}, "expected at least one reward model (K >= 1), found K = 0");
             detail::check_extent(out.extent(0), N, {fn, "combined"}, "length (one per row of rewards)");
             detail::check_no_alias(out, r, {fn, "combined"}, "rewards");
+            if constexpr (has_uncertainty)
+                std::visit(
+                    [&](auto u) {  // written after combined: checked before anything is written
+                        detail::check_extent(u.extent(0), N, {fn, "uncertainty"}, "length (one per row of rewards)");
+                        detail::check_no_alias(u, out, {fn, "uncertainty"}, "combined");
+                    },
+                    uv);
             detail::check_finite(r, {fn, "rewards"});
             auto per_model = [&](const std::vector<double>& v, const char* name) {
                 detail::require(v.empty() || index_t(v.size()) == K, {fn, name},
@@ -80,12 +92,13 @@ void reward_ensemble(const Policy& policy, const Rewards& rewards, Combined&& co
                 const double c = options.mode == ensemble::mean ? mu : (options.mode == ensemble::worst_case ? lo : mu - options.lambda * v);
                 out(i) = static_cast<O>(c);
             });
-            if constexpr (!std::is_same_v<std::remove_cvref_t<Uncertainty>, none_t>) {
-                auto u = std::visit([](auto x) { return x; }, posttrain::detail::floating_output<1>(uncertainty, {fn, "uncertainty"}));
-                detail::check_extent(u.extent(0), N, {fn, "uncertainty"}, "length (one per row of rewards)");
-                using U = typename decltype(u)::value_type;
-                for (index_t i = 0; i < N; ++i) u(i) = static_cast<U>(var[std::size_t(i)]);
-            }
+            if constexpr (has_uncertainty)
+                std::visit(
+                    [&](auto u) {
+                        using U = typename decltype(u)::value_type;
+                        for (index_t i = 0; i < N; ++i) u(i) = static_cast<U>(var[std::size_t(i)]);
+                    },
+                    uv);
         },
         posttrain::detail::floating_input<2>(rewards, {fn, "rewards"}), posttrain::detail::floating_output<1>(combined, {fn, "combined"}));
 }

@@ -67,6 +67,7 @@ void rubric_mix(const Policy& policy, const Outcome& outcome, const Rubric& rubr
             detail::check_extent(rr.extent(0), N, {fn, "rubric"}, "length (one per outcome)");
             detail::check_extent(out.extent(0), N, {fn, "mixed"}, "length (one per outcome)");
             detail::check_no_alias(out, rr, {fn, "mixed"}, "rubric");
+            detail::check_same_or_disjoint(out, ro, {fn, "mixed"}, "outcome");
             detail::check_finite(ro, {fn, "outcome"});
             detail::check_finite(rr, {fn, "rubric"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});

@@ -17,6 +17,7 @@ void clip_rewards(const Policy& policy, const Rewards& rewards, Out&& out, doubl
     std::visit(
         [&](auto r, auto o) {
             detail::check_extent(o.extent(0), r.extent(0), {fn, "out"}, "length (one per reward)");
+            detail::check_same_or_disjoint(o, r, {fn, "out"}, "rewards");
             using O = typename decltype(o)::value_type;
             detail::for_each_row(policy, r.extent(0), 1, [&](index_t i) {
                 const double v = r(i);
@@ -37,6 +38,9 @@ void kl_penalized_rewards(const Policy& policy, const Scores& token_scores, cons
             detail::check_same_shape(lp, s, {fn, "logp"}, "token_scores");
             detail::check_same_shape(rp, s, {fn, "ref_logp"}, "token_scores");
             detail::check_same_shape(o, s, {fn, "out"}, "token_scores");
+            detail::check_same_or_disjoint(o, s, {fn, "out"}, "token_scores");
+            detail::check_same_or_disjoint(o, lp, {fn, "out"}, "logp");
+            detail::check_same_or_disjoint(o, rp, {fn, "out"}, "ref_logp");
             using O = typename decltype(o)::value_type;
             detail::for_each_row(policy, s.extent(0), s.extent(1), [&](index_t i) {
                 for (index_t t = 0; t < s.extent(1); ++t)
@@ -75,6 +79,10 @@ void outcome_token_rewards(const Policy& policy, const Rewards& rewards, const K
         [&](auto r, auto m, auto o) {
             detail::check_extent(m.extent(0), r.extent(0), {fn, "mask"}, "rows (one per reward)");
             detail::check_same_shape(o, m, {fn, "out"}, "mask");
+            // Row i reads rewards[i] and its mask row, then writes its out row: out may be the mask
+            // (or kl) itself, but no other overlap.
+            detail::check_no_alias(o, r, {fn, "out"}, "rewards");
+            detail::check_same_or_disjoint(o, m, {fn, "out"}, "mask");
             using O = typename decltype(o)::value_type;
             const index_t T = m.extent(1);
             auto body = [&](auto kl_at) {
@@ -97,6 +105,7 @@ void outcome_token_rewards(const Policy& policy, const Rewards& rewards, const K
             } else {
                 auto k = std::visit([](auto v) { return v; }, posttrain::detail::floating_input<2>(kl, {fn, "kl"}));
                 detail::check_same_shape(k, m, {fn, "kl"}, "mask");
+                detail::check_same_or_disjoint(o, k, {fn, "out"}, "kl");
                 body([&](index_t i, index_t t) { return double(k(i, t)); });
             }
         },

@@ -62,6 +62,7 @@ void sequence_lengths(const Policy& policy, const Mask& mask, Lengths&& lengths)
     std::visit(
         [&](auto m, auto l) {
             detail::check_extent(l.extent(0), m.extent(0), {fn, "lengths"}, "length (one entry per row of mask)");
+            detail::check_no_alias(l, m, {fn, "lengths"}, "mask");
             using L = typename decltype(l)::value_type;
             detail::for_each_row(policy, m.extent(0), m.extent(1), [&](index_t i) {
                 double n = 0;
@@ -82,6 +83,7 @@ void broadcast_to_tokens(const Policy& policy, const Values& values, const Mask&
             detail::check_extent(v.extent(0), m.extent(0), {fn, "values"}, "length (one value per row of mask)");
             detail::check_same_shape(o, m, {fn, "out"}, "mask");
             detail::check_no_alias(o, v, {fn, "out"}, "values");
+            detail::check_same_or_disjoint(o, m, {fn, "out"}, "mask");  // each element read before it is written
             using O = typename decltype(o)::value_type;
             detail::for_each_row(policy, m.extent(0), m.extent(1), [&](index_t i) {
                 const double a = v(i);

@@ -74,6 +74,7 @@ unlikeliness_result unlikeliness_rewards(const Policy& policy, const Rewards& re
             detail::check_same_shape(m, lp, {fn, "mask"}, "old_log_probs");
             detail::check_extent(out.extent(0), N, {fn, "shaped"}, "length (one per reward)");
             detail::check_no_alias(out, lp, {fn, "shaped"}, "old_log_probs");  // shaped may alias rewards only
+            detail::check_same_or_disjoint(out, r, {fn, "shaped"}, "rewards");
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             // Sequence likelihoods; masked positions are selected out (they may hold garbage).
