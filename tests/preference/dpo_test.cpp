@@ -461,3 +461,19 @@ TEST_CASE("preference::dpo: bad input raises invalid_argument naming the argumen
     CHECK_THROWS_WITH_AS((void)pref::dpo(pt::exec::seq, p.chosen(), p.rejected(), p.ref_chosen(), p.ref_rejected(), over_ref, pt::none),
                          doctest::Contains("'grad_chosen': the output overlaps the input 'ref_rejected'"), pt::invalid_argument);
 }
+
+TEST_CASE("preference::dpo: outputs are checked (length, over a gradient or another output) before anything is written") {
+    std::vector<double> sw{-1, -2}, sl{-3, -1}, rw{-1.5, -2}, rl{-2, -1};
+    std::vector<double> gw(2, 7.0), gl(2, 7.0), losses(2, 7.0), short_out(1);
+    auto call = [&](const pref::pair_outputs& out) {
+        (void)pref::dpo(pt::exec::seq, pref::sequence_input::sums(sw), pref::sequence_input::sums(sl), pref::sequence_input::sums(rw),
+                        pref::sequence_input::sums(rl), gw, gl, pref::dpo_options{}, out);
+    };
+    CHECK_THROWS_WITH_AS(call({.losses = gw}), doctest::Contains("overlaps the input 'grad_chosen'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.losses = losses, .chosen_rewards = losses}), doctest::Contains("overlaps the input 'outputs.chosen_rewards'"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.losses = losses, .rejected_logps = short_out}), doctest::Contains("must have 2 entries, found 1"),
+                         pt::invalid_argument);
+    CHECK(gw == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(losses == std::vector<double>(2, 7.0));
+}

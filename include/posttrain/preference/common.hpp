@@ -32,12 +32,25 @@ public:
             },
             view_);
     }
+    // Checks the length: n entries (nothing to check when absent).
+    void check(index_t n, posttrain::detail::where w) const {
+        if (!present()) return;
+        posttrain::detail::require(size() == n, w,
+                                   "must have " + posttrain::detail::str(n) + " entries, found " + posttrain::detail::str(size()));
+    }
+    // f(view) with the output's view, when present.
+    template <class F>
+    void visit(F&& f) const {
+        std::visit(
+            [&](auto v) {
+                if constexpr (!std::is_same_v<decltype(v), std::monostate>) f(v);
+            },
+            view_);
+    }
     // Checks the length (n entries) naming the output, then writes values[i] to entry i.
     void write(const std::vector<double>& values, posttrain::detail::where w) const {
         if (!present()) return;
-        posttrain::detail::require(size() == index_t(values.size()), w,
-                                   "must have " + posttrain::detail::str(index_t(values.size())) + " entries, found " +
-                                       posttrain::detail::str(size()));
+        check(index_t(values.size()), w);
         std::visit(
             [&](auto v) {
                 if constexpr (!std::is_same_v<decltype(v), std::monostate>) {
@@ -86,6 +99,38 @@ inline reward_metrics pair_reward_metrics(const std::vector<double>& chosen, con
     m.logps_chosen = mean([&](index_t i) { return logps_chosen[std::size_t(i)]; });
     m.logps_rejected = mean([&](index_t i) { return logps_rejected[std::size_t(i)]; });
     return m;
+}
+
+struct named_output {
+    const batch_output& output;
+    const char* name;
+};
+
+// The optional [n] outputs of a call, checked before anything is written: their lengths, and none
+// over a gradient output or another output (they are written after the gradients, one by one).
+inline void check_outputs_before_writes(const char* fn, index_t n, std::initializer_list<named_output> outputs,
+                                        std::initializer_list<named_grad> grads = {}) {
+    for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+        o->output.check(n, {fn, o->name});
+        o->output.visit([&](auto v) {
+            for (const named_grad& g : grads) {
+                auto against = [&](const auto& variant) {
+                    std::visit(
+                        [&](auto x) {
+                            if constexpr (!std::is_same_v<decltype(x), std::monostate>)
+                                posttrain::advantage::detail::check_no_alias(v, x, {fn, o->name}, g.name);
+                        },
+                        variant);
+                };
+                if (g.grad.present()) {
+                    against(g.grad.token_view());
+                    against(g.grad.sums_view());
+                }
+            }
+            for (auto p = o + 1; p != outputs.end(); ++p)
+                p->output.visit([&](auto u) { posttrain::advantage::detail::check_no_alias(v, u, {fn, o->name}, p->name); });
+        });
+    }
 }
 
 // The factor that turns a sum over `count` examples into the reduced loss.

@@ -215,6 +215,13 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
                                 {{chosen, "chosen"}, {rejected, "rejected"}, {ref_chosen, "ref_chosen"},
                                  {ref_rejected, "ref_rejected"}, {extras.weights, "extras.weights"},
                                  {extras.margins, "extras.margins"}});
+    detail::check_outputs_before_writes(fn, B,
+                                        {{outputs.losses, "outputs.losses"},
+                                         {outputs.chosen_rewards, "outputs.chosen_rewards"},
+                                         {outputs.rejected_rewards, "outputs.rejected_rewards"},
+                                         {outputs.chosen_logps, "outputs.chosen_logps"},
+                                         {outputs.rejected_logps, "outputs.rejected_logps"}},
+                                        {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}});
     detail::broadcast(policy, chosen, cw, grad_chosen, {fn, "grad_chosen"}, weighting_of(chosen));
     detail::broadcast(policy, rejected, cl, grad_rejected, {fn, "grad_rejected"}, weighting_of(rejected));
     outputs.losses.write(total, {fn, "outputs.losses"});
