@@ -2,7 +2,8 @@
 // convention and preset, packed tiles (T <= 2048, several rows per tile, T = 1) and chunked rows
 // (T > 2048, chunk boundaries inside rows), float and double, interior mask zeros and fully masked
 // rows, decoupled, length-adaptive and per-row (gae_per_row_lambda) lambdas, whitening and its
-// statistics; plus run-to-run determinism, a caller workspace, the status word and host-detectable
+// statistics; strided and mixed layouts (the direct path) against dense ones (the staged path, the
+// same bits); plus run-to-run determinism, a caller workspace, the status word and host-detectable
 // misuse.
 
 #include <cmath>
@@ -203,6 +204,65 @@ PT_TEST("gae_per_row_lambda: statistics, exact workspace, status word, misuse") 
 
 PT_TEST("gae double: every convention and preset, packed and chunked rows") { gae_matrix<double>(1e-10, "double"); }
 PT_TEST("gae float: every convention and preset, packed and chunked rows") { gae_matrix<float>(2e-5, "float"); }
+
+namespace {
+
+// Column-major [n, t] device copy of a row-major host matrix (strides {1, n}): a view that is not
+// dense row-major, so the scan reads and writes in place instead of staging tiles.
+template <class T>
+struct column_major {
+    index_t n, t;
+    device_vec<T> buf;
+    column_major(const std::vector<T>& rowmajor, index_t n_, index_t t_) : n(n_), t(t_), buf(transpose(rowmajor, n_, t_)) {}
+    static std::vector<T> transpose(const std::vector<T>& v, index_t n, index_t t) {
+        std::vector<T> c(v.size());
+        for (index_t i = 0; i < n; ++i)
+            for (index_t j = 0; j < t; ++j) c[std::size_t(j * n + i)] = v[std::size_t(i * t + j)];
+        return c;
+    }
+    pt::device_view<T, 2> view() const { return pt::device_view<T, 2>(buf.data(), {n, t}, {1, n}); }
+    pt::device_view<const T, 2> cview() const { return view(); }
+    std::vector<T> host_rowmajor() const {
+        const auto c = buf.host();
+        std::vector<T> v(c.size());
+        for (index_t i = 0; i < n; ++i)
+            for (index_t j = 0; j < t; ++j) v[std::size_t(i * t + j)] = c[std::size_t(j * n + i)];
+        return v;
+    }
+};
+
+}  // namespace
+
+PT_TEST("gae and discounted returns: strided views (read and written in place) and mixed layouts") {
+    for (const auto& s : {std::pair<index_t, index_t>{37, 29}, {3, 5000}}) {
+        const auto [n, t] = s;
+        const auto b = make_batch<double>(n, t, 70);
+        const auto o = adv::gae_options::verl(0.99, 0.95);
+        std::vector<double> a(b.r.size()), ret(b.r.size()), g(b.r.size());
+        (void)adv::gae(pt::exec::seq, pt::tensor_view<const double, 2>(b.r.data(), n, t), pt::tensor_view<const double, 2>(b.v.data(), n, t),
+                       pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<double, 2>(a.data(), n, t),
+                       pt::tensor_view<double, 2>(ret.data(), n, t), o);
+        adv::discounted_returns(pt::exec::seq, pt::tensor_view<const double, 2>(b.r.data(), n, t),
+                                pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<double, 2>(g.data(), n, t),
+                                adv::returns_options{0.99});
+        const std::string at = std::to_string(n) + "x" + std::to_string(t);
+        const column_major<double> cr(b.r, n, t), cv(b.v, n, t), cm(b.m, n, t), ca(a, n, t), cret(a, n, t), cg(g, n, t);
+        adv::gae(pt::exec::cuda, cr.cview(), cv.cview(), cm.cview(), ca.view(), cret.view(), o);
+        pt::test::close_to(ca.host_rowmajor(), a, 1e-10, "gae strided advantages " + at);
+        pt::test::close_to(cret.host_rowmajor(), ret, 1e-10, "gae strided returns " + at);
+        adv::discounted_returns(pt::exec::cuda, cr.cview(), cm.cview(), cg.view(), adv::returns_options{0.99});
+        pt::test::close_to(cg.host_rowmajor(), g, 1e-10, "discounted returns strided " + at);
+        // Dense inputs and advantages with strided returns: the whole launch takes the direct path.
+        device_vec<double> dr(b.r), dv(b.v), dm(b.m), da(b.r.size()), dret(b.r.size());
+        adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), cret.view(), o);
+        pt::test::close_to(da.host(), a, 1e-10, "gae mixed layouts advantages " + at);
+        pt::test::close_to(cret.host_rowmajor(), ret, 1e-10, "gae mixed layouts returns " + at);
+        // Every view dense: the staged path, with the same arithmetic as the direct one (the same bits).
+        adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), dout(dret, n, t), o);
+        PT_CHECK_MSG(da.host() == ca.host_rowmajor(), "gae staged and direct advantages differ " + at);
+        PT_CHECK_MSG(dret.host() == cret.host_rowmajor(), "gae staged and direct returns differ " + at);
+    }
+}
 
 PT_TEST("discounted returns: the three masking conventions, packed and chunked") {
     std::uint64_t seed = 100;

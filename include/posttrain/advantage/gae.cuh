@@ -19,6 +19,9 @@
 // each thread its incoming state, and the thread replays its tokens writing the outputs. Rows
 // longer than a tile take two more launches first: every chunk's composed map, then per row (a
 // block) an exclusive scan over its chunks, in a fixed order, giving each chunk its incoming state.
+// When every view is dense row-major, a tile is one contiguous range of memory and moves through
+// shared memory (coalesced loads and stores; a thread's 8 consecutive tokens would otherwise have a
+// warp touch 32 sectors per instruction); the arithmetic is the same either way.
 // No inter-block communication inside a kernel and no atomics in the arithmetic: the bits depend
 // only on N and T (run to run and GPU to GPU). They differ from the host recurrence by rounding
 // only (maps are composed where the host steps), except that an infinite input can make earlier
@@ -149,6 +152,58 @@ struct map_then {
     __device__ scan_map operator()(const scan_map& x, const scan_map& y) const { return scan_then(x, y); }
 };
 
+// ---- Staged tiles: dense views move through shared memory ---------------------------------------
+//
+// A thread's items are 8 consecutive tokens, so direct loads and stores have a warp touch 32
+// sectors per instruction: every 4-byte store is its own L2 write. When every view of a launch is
+// dense row-major (stride(1) == 1, stride(0) == cols), a tile is one contiguous range of memory,
+// [base, base + n) (element e in scan order at offset n - 1 - e), and the block copies it through
+// shared memory instead: coalesced in and out, with each thread reading or writing its 8 slots there.
+
+// Slot of offset f: one pad slot per 16, so that the 16 threads of a half-warp, whose slots are 8
+// apart, hit distinct banks with their 8-byte accesses.
+__device__ inline int stage_slot(index_t f) {
+    const int k = static_cast<int>(f);  // 0 <= f < scan_tile
+    return k + (k >> 4);
+}
+inline constexpr int stage_slots = static_cast<int>(scan_tile + scan_tile / 16);
+
+// Whether every view's elements (i, t) are data()[i * cols + t] (an empty view is).
+template <class... V>
+bool all_dense(const V&... v) {
+    return ((v.extent(0) * v.extent(1) == 0 || (v.stride(1) == 1 && v.stride(0) == v.extent(1))) && ...);
+}
+
+// First offset of tile sp's range in a dense view (see above).
+__device__ inline index_t tile_base(const scan_tiles& s, const tile_span& sp) {
+    return s.packed ? sp.first_row * s.cols : sp.first_row * s.cols + sp.lo;
+}
+
+// The block copies data[base, base + n) into `stage` (coalesced); each thread then takes its items
+// e0 + j (j < count) as doubles. Every thread of the block calls it (barriers).
+template <class T>
+__device__ void stage_in(double* stage, const T* data, index_t base, index_t n, index_t e0, int count, double (&out)[scan_items]) {
+    __syncthreads();  // the stage's previous readers are done
+    for (index_t f = threadIdx.x; f < n; f += scan_threads) stage[stage_slot(f)] = double(data[base + f]);
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j)
+        if (j < count) out[j] = stage[stage_slot(n - 1 - (e0 + j))];
+}
+
+// The block copies `stage` (filled by the threads' items, values already rounded to T) into
+// data[base, base + n) (coalesced). Every thread of the block calls it.
+template <class T>
+__device__ void stage_out(const double* stage, T* data, index_t base, index_t n) {
+    __syncthreads();  // every item is in the stage
+    for (index_t f = threadIdx.x; f < n; f += scan_threads) data[base + f] = static_cast<T>(stage[stage_slot(f)]);
+}
+
+// Where a staged launch's tile lives: two outputs at most, the first buffer also serves the loads.
+struct tile_stage {
+    double out[2][stage_slots];
+};
+
 // Per-tile moments of the written advantages (weights = mask), for the whitening.
 struct tile_moments {
     double weight, mean, m2;
@@ -169,29 +224,65 @@ struct gae_problem {
     bool write_adv = true, write_ret = true, mask_output = false;
     std::uint32_t* status = nullptr;
     bool report_nonfinite = false;
+    bool staged = false;  // every view dense: tiles move through shared memory
 
     struct token {
         R r;
         V v;
         M m;
     };
-    __device__ token load(index_t i, index_t t) const {
-        const token k{r(i, t), v(i, t), m(i, t)};
+    __device__ void check(const token& k) const {
         if (report_nonfinite && !(numeric::is_finite(double(k.r)) && numeric::is_finite(double(k.v))))
             posttrain::detail::report_status(status, status_nonfinite_input);
+    }
+    __device__ token load(index_t i, index_t t) const {
+        const token k{r(i, t), v(i, t), m(i, t)};
+        check(k);
         return k;
+    }
+    // The staged form of load for the thread's items (every thread of the block calls it).
+    __device__ void load_staged(tile_stage& st, index_t base, index_t n, index_t e0, int count, token (&tok)[scan_items]) const {
+        double x[scan_items] = {};  // zero past the thread's items
+        stage_in(st.out[0], r.data(), base, n, e0, count, x);
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) tok[j].r = static_cast<R>(x[j]);
+        stage_in(st.out[1], v.data(), base, n, e0, count, x);
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) tok[j].v = static_cast<V>(x[j]);
+        stage_in(st.out[0], m.data(), base, n, e0, count, x);
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) {
+            tok[j].m = static_cast<M>(x[j]);
+            if (j < count) check(tok[j]);
+        }
     }
     __device__ scan_map map(const token& k, index_t i) const {
         return gae_token_map(mode, double(k.r), double(k.v), double(k.m), gamma, row_gl ? row_gl[i] : gl);
     }
     __device__ double weight(const token& k) const { return double(k.m); }
-    // Writes the outputs of the state after this token; returns the advantage as stored.
-    __device__ double write(index_t i, index_t t, const token& k, double /*next*/, double adv) const {
+    // The outputs of the state after this token, as stored: the advantage and the return.
+    __device__ void outputs(const token& k, double adv, double& out, double& rt) const {
         const double w = double(k.m);
-        if (write_ret) ret(i, t) = static_cast<Ret>(adv + (mode == gae_masking::zero ? w * double(k.v) : double(k.v)));
-        const A out = static_cast<A>(mask_output ? adv * w : adv);
-        if (write_adv) a(i, t) = out;
-        return double(out);
+        out = double(static_cast<A>(mask_output ? adv * w : adv));
+        rt = double(static_cast<Ret>(adv + (mode == gae_masking::zero ? w * double(k.v) : double(k.v))));
+    }
+    // Writes them (into the stage's slot when staged); returns the advantage as stored.
+    __device__ double write(tile_stage& st, int slot, index_t i, index_t t, const token& k, double /*next*/, double adv) const {
+        double out, rt;
+        outputs(k, adv, out, rt);
+        if (staged) {
+            st.out[0][slot] = out;
+            st.out[1][slot] = rt;
+        } else {
+            if (write_ret) ret(i, t) = static_cast<Ret>(rt);
+            if (write_adv) a(i, t) = static_cast<A>(out);
+        }
+        return out;
+    }
+    // The staged tile's stores (every thread of the block calls it).
+    __device__ void flush(const tile_stage& st, index_t base, index_t n) const {
+        if (write_adv) stage_out(st.out[0], a.data(), base, n);
+        if (write_ret) stage_out(st.out[1], ret.data(), base, n);
     }
 };
 
@@ -211,19 +302,40 @@ struct returns_problem {
     device_view<const B, 1> base{};
     bool subtract_baseline = false;
 
+    bool staged = false;  // every view dense: tiles move through shared memory
+
     struct token {
         R r;
         M m;
     };
     __device__ token load(index_t i, index_t t) const { return {r(i, t), m(i, t)}; }
+    __device__ void load_staged(tile_stage& st, index_t first, index_t n, index_t e0, int count, token (&tok)[scan_items]) const {
+        double x[scan_items] = {};  // zero past the thread's items
+        stage_in(st.out[0], r.data(), first, n, e0, count, x);
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) tok[j].r = static_cast<R>(x[j]);
+        stage_in(st.out[1], m.data(), first, n, e0, count, x);
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) tok[j].m = static_cast<M>(x[j]);
+    }
     __device__ scan_map map(const token& k, index_t) const { return returns_token_map(mode, double(k.r), double(k.m), gamma); }
     __device__ double weight(const token& k) const { return double(k.m); }
-    __device__ double write(index_t i, index_t t, const token& k, double, double g) const {
+    __device__ double write(tile_stage& st, int slot, index_t i, index_t t, const token& k, double, double g) const {
         O stored = static_cast<O>(g);
-        if (write_ret) ret(i, t) = static_cast<Ret>(stored);
+        const Ret copy = static_cast<Ret>(stored);
         if (subtract_baseline) stored = static_cast<O>(double(stored) - double(base(i)) * double(k.m));
-        out(i, t) = stored;
+        if (staged) {
+            st.out[0][slot] = double(stored);
+            st.out[1][slot] = double(copy);
+        } else {
+            if (write_ret) ret(i, t) = copy;
+            out(i, t) = stored;
+        }
         return double(stored);
+    }
+    __device__ void flush(const tile_stage& st, index_t first, index_t n) const {
+        stage_out(st.out[0], out.data(), first, n);
+        if (write_ret) stage_out(st.out[1], ret.data(), first, n);
     }
 };
 
@@ -234,20 +346,33 @@ struct returns_problem {
 template <class P>
 __global__ void __launch_bounds__(scan_threads) scan_chunk_maps_kernel(P p, scan_tiles s, scan_map* maps) {
     using block_scan = cub::BlockScan<seg_map, scan_threads>;
-    __shared__ typename block_scan::TempStorage tmp;
+    __shared__ union {
+        typename block_scan::TempStorage scan;
+        tile_stage stage;  // staged launches only
+    } tmp;
     const index_t k = blockIdx.x;
     const tile_span sp = span_of(s, k);
     const index_t e0 = index_t(threadIdx.x) * scan_items;
+    const int count = e0 < sp.n ? int(sp.n - e0 < scan_items ? sp.n - e0 : scan_items) : 0;
+    typename P::token tok[scan_items];
+    if (p.staged) p.load_staged(tmp.stage, tile_base(s, sp), sp.n, e0, count, tok);
     seg_map agg{0, scan_identity()};
-    if (e0 < sp.n) {
+    if (count > 0) {
         index_t i, t;
         bool restart;
         token_of(s, sp, e0, i, t, restart);
-        for (int j = 0; j < scan_items && e0 + j < sp.n; ++j, step_back(s, i, t, restart))
-            agg.f = scan_then(agg.f, p.map(p.load(i, t), i));
+#pragma unroll
+        for (int j = 0; j < scan_items; ++j) {
+            if (j < count) {
+                if (!p.staged) tok[j] = p.load(i, t);
+                agg.f = scan_then(agg.f, p.map(tok[j], i));
+                step_back(s, i, t, restart);
+            }
+        }
     }
     seg_map total, ignored;
-    block_scan(tmp).ExclusiveScan(agg, ignored, seg_map{0, scan_identity()}, seg_then{}, total);
+    if (p.staged) __syncthreads();  // the loads' last reads of the stage are done: the scan reuses it
+    block_scan(tmp.scan).ExclusiveScan(agg, ignored, seg_map{0, scan_identity()}, seg_then{}, total);
     if (threadIdx.x == 0) maps[k] = total.f;
 }
 
@@ -315,14 +440,17 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
     __shared__ union {
         typename block_scan::TempStorage scan;
         typename block_sum::TempStorage sum;
+        tile_stage stage;  // staged launches only (p.staged is uniform per launch)
     } tmp;
     __shared__ double tile_mean;
     const index_t k = blockIdx.x;
     const tile_span sp = span_of(s, k);
     const index_t e0 = index_t(threadIdx.x) * scan_items;
     const int count = e0 < sp.n ? int(sp.n - e0 < scan_items ? sp.n - e0 : scan_items) : 0;
+    const index_t base = tile_base(s, sp);
 
     typename P::token tok[scan_items];
+    if (p.staged) p.load_staged(tmp.stage, base, sp.n, e0, count, tok);
     index_t i0 = 0, t0 = 0;
     bool r0 = false;
     seg_map agg{0, scan_identity()};
@@ -333,14 +461,16 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
 #pragma unroll
         for (int j = 0; j < scan_items; ++j) {
             if (j < count) {
-                tok[j] = p.load(i, t);
+                if (!p.staged) tok[j] = p.load(i, t);
                 agg = seg_then{}(agg, seg_map{restart, p.map(tok[j], i)});
                 step_back(s, i, t, restart);
             }
         }
     }
     seg_map before;
+    if (p.staged) __syncthreads();  // the loads' last reads of the stage are done: the scan reuses it
     block_scan(tmp.scan).ExclusiveScan(agg, before, seg_map{0, scan_identity()}, seg_then{});
+    if (p.staged) __syncthreads();  // and the scan's: the writes below fill the stage
 
     const double seed_n = carry ? carry[2 * k] : 0.0, seed_a = carry ? carry[2 * k + 1] : 0.0;
     double n = seed_n, a = seed_a;
@@ -360,7 +490,7 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
                     a = seed_a;
                 }
                 scan_apply(p.map(tok[j], i), n, a);
-                xs[j] = p.write(i, t, tok[j], n, a);
+                xs[j] = p.write(tmp.stage, stage_slot(sp.n - 1 - (e0 + j)), i, t, tok[j], n, a);
                 const double w = p.weight(tok[j]);
                 w_sum += w;
                 wx_sum += w * xs[j];
@@ -368,8 +498,9 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
             }
         }
     }
+    if (p.staged) p.flush(tmp.stage, base, sp.n);
     if (moments == nullptr) return;  // uniform per launch: no block diverges at the barriers below
-    // tmp.scan -> tmp.sum: block_tile_moments syncs first.
+    // tmp.scan (or the stage) -> tmp.sum: block_tile_moments syncs first.
     const tile_moments tm = block_tile_moments<block_sum>(
         tmp.sum, tile_mean, xs, [&](int j) { return j < count ? p.weight(tok[j]) : 0.0; }, w_sum, wx_sum);
     if (threadIdx.x == 0) moments[k] = tm;
@@ -640,6 +771,7 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                         p.mask_output = options.mask_output && !options.whiten;
                         p.status = policy.status;
                         p.report_nonfinite = options.nonfinite_inputs == nonfinite::raise;
+                        p.staged = all_dense(r, v, m, a, ret);
                         if (decoupled && has_returns) {  // the returns' pass first, with the returns' lambda
                             auto q = p;
                             q.gl = options.gamma * options.lambda_value.value_or(options.lambda);
@@ -731,6 +863,7 @@ void discounted_returns(const exec::cuda_policy& policy, const TokenRewards& tok
             detail::returns_problem<typename decltype(r)::value_type, typename decltype(m)::value_type,
                                     typename decltype(o)::value_type>
                 p{r, m, o, options.masking, options.gamma};
+            p.staged = detail::all_dense(r, m, o);
             detail::launch_scan(policy, p, s, scratch, l, nullptr, fn);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),

@@ -59,6 +59,7 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
                 returns_problem<R, M, A, Ret> p{r, m, a, options.returns.masking, options.returns.gamma};
                 p.ret = ret;
                 p.write_ret = has_returns;
+                p.staged = all_dense(r, m, a, ret);
                 auto* moments = scratch.as<tile_moments>(l.moments);
                 launch_scan(policy, p, s, scratch, l, moments, fn);
                 launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),

@@ -51,6 +51,7 @@ void remax(const exec::cuda_policy& policy, const TokenRewards& token_rewards, c
                 detail::returns_problem<R, M, A, Ret, B> p{r, m, a, masked_tokens::zero_rewards, 1.0};
                 p.ret = ret;
                 p.write_ret = has_returns;
+                p.staged = detail::all_dense(r, m, a, ret);
                 p.base = b;
                 p.subtract_baseline = true;
                 detail::launch_scan(policy, p, s, scratch, l, nullptr, fn);
