@@ -317,3 +317,25 @@ TEST_CASE("kto: bad input raises naming the function and the argument") {
     raises([&] { (void)pref::kto(pt::exec::seq, b.d.tokens(), {}, b.kl.tokens(), pt::none, matrix(g_tok, 3, 5), {}, {}); },
            "grad_undesirable");
 }
+
+TEST_CASE("kto: outputs and gradients are checked (lengths, overlaps, absent sides) before anything is written") {
+    const std::vector<double> pd{-1, -2}, rd{-1.5, -2}, pu{-3, -1}, ru{-2, -1};
+    std::vector<double> gd(2, 7.0), gu(2, 7.0), losses(4, 7.0), rew(2, 7.0), short_out(1);
+    const pref::kto_items d{pref::sequence_input::sums(pd), pref::sequence_input::sums(rd)};
+    const pref::kto_items u{pref::sequence_input::sums(pu), pref::sequence_input::sums(ru)};
+    auto call = [&](const pref::kto_items& undesirable, const pref::sequence_grad& grad_u, const pref::kto_outputs& out) {
+        (void)pref::kto(pt::exec::seq, d, undesirable, {}, gd, grad_u, out, {.anchor = pref::kto_anchor::zero});
+    };
+    CHECK_THROWS_WITH_AS(call(u, gu, {.chosen_rewards = gd}), doctest::Contains("overlaps the input 'grad_desirable'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call(u, gu, {.chosen_rewards = rew, .rejected_rewards = rew}),
+                         doctest::Contains("overlaps the input 'outputs.rejected_rewards'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call(u, gu, {.losses = losses, .rejected_rewards = short_out}), doctest::Contains("must have 2 entries, found 1"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({}, gu, {}), doctest::Contains("given without undesirable items"), pt::invalid_argument);
+    CHECK(gd == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(losses == std::vector<double>(4, 7.0));
+    CHECK(rew == std::vector<double>(2, 7.0));
+    // Valid: each output has its side's length.
+    call(u, gu, {.losses = losses, .chosen_rewards = rew});
+    CHECK(rew[0] != 7.0);
+}

@@ -104,28 +104,38 @@ inline reward_metrics pair_reward_metrics(const std::vector<double>& chosen, con
 struct named_output {
     const batch_output& output;
     const char* name;
+    index_t n = -1;  // its length; -1: the call's n
+};
+
+// An output written before the [n] outputs: a gradient (both of its forms) or a [B, T] output's view.
+struct written_output {
+    written_output(const sequence_grad& g, const char* n) : tokens(&g.token_view()), sums(&g.sums_view()), name(n) {}
+    written_output(const outputs_of<void, 2>& v, const char* n) : tokens(&v), name(n) {}
+    const outputs_of<void, 2>* tokens;
+    const outputs_of<void, 1>* sums = nullptr;
+    const char* name;
 };
 
 // The optional [n] outputs of a call, checked before anything is written: their lengths, and none
-// over a gradient output or another output (they are written after the gradients, one by one).
+// over an output written before them (gradients, [B, T] outputs) or over another of them (they are
+// written one by one).
 inline void check_outputs_before_writes(const char* fn, index_t n, std::initializer_list<named_output> outputs,
-                                        std::initializer_list<named_grad> grads = {}) {
+                                        std::initializer_list<written_output> written = {}) {
     for (auto o = outputs.begin(); o != outputs.end(); ++o) {
-        o->output.check(n, {fn, o->name});
+        o->output.check(o->n >= 0 ? o->n : n, {fn, o->name});
         o->output.visit([&](auto v) {
-            for (const named_grad& g : grads) {
-                auto against = [&](const auto& variant) {
+            for (const written_output& g : written) {
+                auto against = [&](const auto* variant) {
+                    if (!variant) return;
                     std::visit(
                         [&](auto x) {
                             if constexpr (!std::is_same_v<decltype(x), std::monostate>)
                                 posttrain::advantage::detail::check_no_alias(v, x, {fn, o->name}, g.name);
                         },
-                        variant);
+                        *variant);
                 };
-                if (g.grad.present()) {
-                    against(g.grad.token_view());
-                    against(g.grad.sums_view());
-                }
+                against(g.tokens);
+                against(g.sums);
             }
             for (auto p = o + 1; p != outputs.end(); ++p)
                 p->output.visit([&](auto u) { posttrain::advantage::detail::check_no_alias(v, u, {fn, o->name}, p->name); });

@@ -229,17 +229,23 @@ kto_result kto(const Policy& policy, const kto_items& desirable, const kto_items
     r.logps_chosen = detail::mean_of(d.policy.sum);
     r.logps_rejected = detail::mean_of(u.policy.sum);
 
-    outputs.losses.write(losses, {fn, "outputs.losses"});
-    outputs.chosen_rewards.write(rew_d, {fn, "outputs.chosen_rewards"});
-    outputs.rejected_rewards.write(rew_u, {fn, "outputs.rejected_rewards"});
     detail::check_grads_against(fn, {{grad_desirable, "grad_desirable"}, {grad_undesirable, "grad_undesirable"}},
                                 {{desirable.policy, "desirable.policy"}, {desirable.reference, "desirable.reference"},
                                  {undesirable.policy, "undesirable.policy"}, {undesirable.reference, "undesirable.reference"},
                                  {kl.policy, "kl.policy"}, {kl.reference, "kl.reference"}});
+    detail::require(desirable.policy.present() || !grad_desirable.present(), {fn, "grad_desirable"}, "given without desirable items");
+    detail::require(undesirable.policy.present() || !grad_undesirable.present(), {fn, "grad_undesirable"},
+                    "given without undesirable items");
+    detail::check_outputs_before_writes(fn, N,
+                                        {{outputs.losses, "outputs.losses"},
+                                         {outputs.chosen_rewards, "outputs.chosen_rewards", d.count},
+                                         {outputs.rejected_rewards, "outputs.rejected_rewards", u.count}},
+                                        {{grad_desirable, "grad_desirable"}, {grad_undesirable, "grad_undesirable"}});
     if (desirable.policy.present()) detail::broadcast(policy, desirable.policy, coef_d, grad_desirable, {fn, "grad_desirable"});
-    else detail::require(!grad_desirable.present(), {fn, "grad_desirable"}, "given without desirable items");
     if (undesirable.policy.present()) detail::broadcast(policy, undesirable.policy, coef_u, grad_undesirable, {fn, "grad_undesirable"});
-    else detail::require(!grad_undesirable.present(), {fn, "grad_undesirable"}, "given without undesirable items");
+    outputs.losses.write(losses, {fn, "outputs.losses"});
+    outputs.chosen_rewards.write(rew_d, {fn, "outputs.chosen_rewards"});
+    outputs.rejected_rewards.write(rew_u, {fn, "outputs.rejected_rewards"});
     return r;
 }
 
