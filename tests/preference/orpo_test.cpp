@@ -343,3 +343,25 @@ TEST_CASE("orpo: bad input raises naming the function and the argument") {
     raises([&] { (void)pref::odds_ratio(pt::exec::seq, b.chosen(), b.rejected(), pt::none, pt::none, {.losses = l2}); }, fr, "outputs.losses");
     raises([&] { (void)pref::orpo(pt::exec::seq, b.chosen(), b.rejected(), g3, pt::none); }, fo, "grad_chosen");
 }
+
+TEST_CASE("odds_ratio and orpo: outputs are checked (length, over a gradient or another output) before anything is written") {
+    const std::vector<double> a{-0.5, -0.7}, b{-1.5, -0.9}, n{2, 3}, nb{1, 2};
+    std::vector<double> ga(2, 7.0), gb(2, 7.0), gn(2, 7.0), losses(2, 7.0), short_out(1);
+    auto odds = [&](const pref::odds_ratio_outputs& out) {
+        (void)pref::odds_ratio(pt::exec::seq, pref::sequence_input::sums(a), pref::sequence_input::sums(b), ga, gb, out,
+                               {.length_normalize = false});
+    };
+    CHECK_THROWS_WITH_AS(odds({.losses = gb}), doctest::Contains("overlaps the input 'grad_rejected'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(odds({.losses = losses, .rejected_rewards = losses}), doctest::Contains("overlaps the input 'outputs.rejected_rewards'"),
+                         pt::invalid_argument);
+    auto orpo = [&](const pref::odds_ratio_outputs& out) {
+        (void)pref::orpo(pt::exec::seq, pref::sequence_input::sums(a, n), pref::sequence_input::sums(b, nb),
+                         pref::sequence_input::sums(a, n), ga, gb, gn, out);
+    };
+    CHECK_THROWS_WITH_AS(orpo({.chosen_rewards = gn}), doctest::Contains("overlaps the input 'grad_nll'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(orpo({.losses = losses, .rejected_rewards = short_out}), doctest::Contains("must have 2 entries, found 1"),
+                         pt::invalid_argument);
+    CHECK(ga == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(gn == std::vector<double>(2, 7.0));
+    CHECK(losses == std::vector<double>(2, 7.0));
+}

@@ -221,6 +221,21 @@ inline void check_pair_batches(const sequence_input& chosen, const sequence_inpu
             "must hold one response per pair: " + str(rejected.batch()) + " rows, 'chosen' has " + str(chosen.batch()));
 }
 
+// The per-pair outputs of odds_ratio / orpo: checked before the gradients are written, written after.
+inline void check_odds_ratio_outputs(const odds_ratio_outputs& outputs, index_t B, const char* fn,
+                                     std::initializer_list<written_output> grads) {
+    check_outputs_before_writes(fn, B,
+                                {{outputs.losses, "outputs.losses"},
+                                 {outputs.chosen_rewards, "outputs.chosen_rewards"},
+                                 {outputs.rejected_rewards, "outputs.rejected_rewards"}},
+                                grads);
+}
+inline void write_odds_ratio_outputs(const odds_ratio_outputs& outputs, const odds_ratio_terms& t, const char* fn) {
+    outputs.losses.write(t.losses, {fn, "outputs.losses"});
+    outputs.chosen_rewards.write(t.rewards_chosen, {fn, "outputs.chosen_rewards"});
+    outputs.rejected_rewards.write(t.rewards_rejected, {fn, "outputs.rejected_rewards"});
+}
+
 }  // namespace detail
 
 // The odds-ratio term alone (TRL ORPOTrainer.odds_ratio_loss): per-pair lambda softplus(-z), reduced over
@@ -237,13 +252,12 @@ odds_ratio_result odds_ratio(const Policy& policy, const sequence_input& chosen,
     const auto vc = detail::reduce(policy, chosen, B, {fn, "chosen"});
     const auto vr = detail::reduce(policy, rejected, B, {fn, "rejected"});
     auto t = detail::odds_ratio_terms_of(vc, vr, options, fn);
-    outputs.losses.write(t.losses, {fn, "outputs.losses"});
-    outputs.chosen_rewards.write(t.rewards_chosen, {fn, "outputs.chosen_rewards"});
-    outputs.rejected_rewards.write(t.rewards_rejected, {fn, "outputs.rejected_rewards"});
     detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
                                 {{chosen, "chosen"}, {rejected, "rejected"}});
+    detail::check_odds_ratio_outputs(outputs, B, fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}});
     detail::broadcast(policy, chosen, t.coef_chosen, grad_chosen, {fn, "grad_chosen"});
     detail::broadcast(policy, rejected, t.coef_rejected, grad_rejected, {fn, "grad_rejected"});
+    detail::write_odds_ratio_outputs(outputs, t, fn);
     return t.result;
 }
 
@@ -272,14 +286,14 @@ orpo_result orpo(const Policy& policy, const sequence_input& chosen, const seque
     for (auto& c : nll.coef) c *= options.grad_scale;
     if (!separate)  // one broadcast: both terms are constant along each chosen response
         for (std::size_t i = 0; i < nll.coef.size(); ++i) t.coef_chosen[i] += nll.coef[i];
-    outputs.losses.write(t.losses, {fn, "outputs.losses"});
-    outputs.chosen_rewards.write(t.rewards_chosen, {fn, "outputs.chosen_rewards"});
-    outputs.rejected_rewards.write(t.rewards_rejected, {fn, "outputs.rejected_rewards"});
     detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}, {grad_nll, "grad_nll"}},
                                 {{chosen, "chosen"}, {rejected, "rejected"}, {nll_chosen, "nll_chosen"}});
+    detail::check_odds_ratio_outputs(outputs, B, fn,
+                                     {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}, {grad_nll, "grad_nll"}});
     detail::broadcast(policy, chosen, t.coef_chosen, grad_chosen, {fn, "grad_chosen"});
     detail::broadcast(policy, rejected, t.coef_rejected, grad_rejected, {fn, "grad_rejected"});
     if (separate) detail::broadcast(policy, nll_chosen, nll.coef, grad_nll, {fn, "grad_nll"});
+    detail::write_odds_ratio_outputs(outputs, t, fn);
     orpo_result r;
     r.odds_ratio = t.result;
     r.nll_loss = nll.loss;
