@@ -184,3 +184,19 @@ TEST_CASE("modpo: bad input names the function and the argument") {
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g2, {.losses = l3}, {}); }, "outputs.losses");
     expect([&] { (void)pref::modpo(pt::exec::seq, S(s), S(s), S(s), S(s), m1, m1, g, g, {}, {}); }, "'grad_chosen': the output overlaps the input 'grad_rejected'");
 }
+
+TEST_CASE("modpo: outputs are checked (length, over a gradient or another output) before anything is written") {
+    std::vector<double> pc{-10.0, -4.0}, pr{-12.0, -3.0}, rc{-11.0, -5.0}, rr{-11.5, -2.0}, mc{0.3, -0.2}, mr{-0.4, 0.9};
+    std::vector<double> gc(2, 7.0), gr(2, 7.0), losses(2, 7.0), short_out(1);
+    auto call = [&](const pref::modpo_outputs& out) {
+        (void)pref::modpo(pt::exec::seq, pref::sequence_input::sums(pc), pref::sequence_input::sums(pr), pref::sequence_input::sums(rc),
+                          pref::sequence_input::sums(rr), mc, mr, gc, gr, out, pref::modpo_options::official({0.5, 0.5}, 0.1));
+    };
+    CHECK_THROWS_WITH_AS(call({.losses = gr}), doctest::Contains("overlaps the input 'grad_rejected'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.losses = losses, .chosen_rewards = losses}), doctest::Contains("overlaps the input 'outputs.chosen_rewards'"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.losses = losses, .rejected_rewards = short_out}), doctest::Contains("must have 2 entries, found 1"),
+                         pt::invalid_argument);
+    CHECK(gc == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(losses == std::vector<double>(2, 7.0));
+}

@@ -145,6 +145,11 @@ modpo_result modpo(const Policy& policy, const sequence_input& policy_chosen, co
     detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
                                 {{policy_chosen, "policy_chosen"}, {policy_rejected, "policy_rejected"},
                                  {reference_chosen, "reference_chosen"}, {reference_rejected, "reference_rejected"}});
+    detail::check_outputs_before_writes(fn, B,
+                                        {{outputs.losses, "outputs.losses"},
+                                         {outputs.chosen_rewards, "outputs.chosen_rewards"},
+                                         {outputs.rejected_rewards, "outputs.rejected_rewards"}},
+                                        {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}});
     detail::broadcast(policy, policy_chosen, gc, grad_chosen, {fn, "grad_chosen"});
     detail::broadcast(policy, policy_rejected, gr, grad_rejected, {fn, "grad_rejected"});
     outputs.losses.write(loss, {fn, "outputs.losses"});
