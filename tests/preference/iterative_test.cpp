@@ -248,3 +248,12 @@ TEST_CASE("dpa_select: bad input") {
     std::vector<double> v{1.0, 0.0};
     expect_error([&] { (void)pref::dpa_select(pt::exec::seq, matrix(r, 2, 2), v, pt::uniform_groups{3}); }, fn, "groups");
 }
+
+TEST_CASE("dno: losses is checked (length, over a gradient) before anything is written") {
+    std::vector<double> p1{-10.0, -9.0}, p2{-12.0, -8.0}, t1{-11.0, -9.5}, t2{-11.0, -8.5}, q{1.0, 0.5}, g1(2, 7.0), g2(2, 7.0), short_out(1);
+    CHECK_THROWS_WITH_AS((void)pref::dno(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), q, g1, g2, g2),
+                         doctest::Contains("'losses': the output overlaps the input 'grad_2'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pref::dno(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), q, g1, g2, short_out),
+                         doctest::Contains("'losses': must have 2 entries, found 1"), pt::invalid_argument);
+    CHECK(g1 == std::vector<double>(2, 7.0));  // nothing written
+}
