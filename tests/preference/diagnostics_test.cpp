@@ -229,3 +229,18 @@ TEST_CASE_TEMPLATE("diagnostics: exec::par gives the bits of exec::seq", Backend
     CHECK(pt::test::bitwise_equal(v1, v2));
     CHECK(e1.variance_mean == e2.variance_mean);
 }
+
+TEST_CASE("kl_budget and ensemble_disagreement: outputs are checked (length, over another output) before anything is written") {
+    std::vector<double> p = {-1.0, -2.0}, q = {-1.5, -1.0}, m = {1, 1}, a(2, 7.0), b(2, 7.0), short_out(1);
+    CHECK(mentions(error_of([&] { (void)pp::kl_budget(pt::exec::seq, matrix(p, 2, 1), matrix(q, 2, 1), matrix(m, 2, 1), a, short_out); }),
+                   "kl_budget", "k3"));
+    CHECK(mentions(error_of([&] { (void)pp::kl_budget(pt::exec::seq, matrix(p, 2, 1), matrix(q, 2, 1), matrix(m, 2, 1), a, a); }),
+                   "kl_budget", "the output overlaps the input 'k3'"));
+    std::vector<double> r = {1.0, 2.0, 3.0, 5.0};
+    CHECK(mentions(error_of([&] { (void)pp::ensemble_disagreement(pt::exec::seq, matrix(r, 2, 2), a, b, short_out); }),
+                   "ensemble_disagreement", "variance"));
+    CHECK(mentions(error_of([&] { (void)pp::ensemble_disagreement(pt::exec::seq, matrix(r, 2, 2), a, b, a); }),
+                   "ensemble_disagreement", "the output overlaps the input 'variance'"));
+    CHECK(a == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(b == std::vector<double>(2, 7.0));
+}

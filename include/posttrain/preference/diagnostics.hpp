@@ -98,6 +98,7 @@ kl_budget_result kl_budget(const Policy& policy, const LogProbs& log_probs, cons
                 });
                 n[std::size_t(i)] = detail::fixed_order_sum(T, [&](index_t t) { return detail::is_valid(m(i, t)) ? 1.0 : 0.0; });
             });
+            detail::check_outputs_before_writes(fn, B, {{out1, "k1"}, {out3, "k3"}});
             out1.write(s1, {fn, "k1"});
             out3.write(s3, {fn, "k3"});
             kl_budget_result r;
@@ -344,6 +345,8 @@ ensemble_result ensemble_disagreement(const Policy& policy, const Rewards& rewar
                 var[std::size_t(i)] = v;
                 uwo[std::size_t(i)] = m - options.lambda * v;
             });
+            detail::check_outputs_before_writes(
+                fn, N, {{worst_case, "worst_case"}, {uncertainty_weighted, "uncertainty_weighted"}, {variance, "variance"}});
             worst_case.write(mn, {fn, "worst_case"});
             uncertainty_weighted.write(uwo, {fn, "uncertainty_weighted"});
             variance.write(var, {fn, "variance"});
