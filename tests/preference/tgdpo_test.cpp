@@ -271,3 +271,21 @@ TEST_CASE("tgdpo: bad input raises naming the function and the argument") {
                                          pp::tgdpo_outputs{.losses = three}),
                          Contains("argument 'losses': must have one entry per pair"), pt::invalid_argument);
 }
+
+TEST_CASE("tgdpo: per-pair outputs over a [B, T] output or over one another are refused before anything is written") {
+    std::vector<double> p = {-1.0, -2.0, -1.5, -0.5}, q = {-1.2, -1.8, -1.0, -0.7}, g = {-1.1, -1.9, -1.2, -0.6}, m = {1, 1, 1, 1};
+    std::vector<double> dw(4, 7.0), dl(4, 7.0), tr(4, 7.0), losses(2, 7.0);
+    auto call = [&](const pp::tgdpo_outputs& out) {
+        (void)pp::tgdpo(pt::exec::seq, matrix(p, 2, 2), matrix(p, 2, 2), matrix(q, 2, 2), matrix(q, 2, 2), matrix(g, 2, 2), matrix(g, 2, 2),
+                        matrix(m, 2, 2), matrix(m, 2, 2), matrix(dw, 2, 2), matrix(dl, 2, 2), out);
+    };
+    CHECK_THROWS_WITH_AS(call({.losses = pt::tensor_view<double, 1>(dl.data() + 2, 2)}),
+                         doctest::Contains("argument 'losses': the output overlaps the input 'grad_rejected'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.chosen_rewards = pt::tensor_view<double, 1>(tr.data(), 2), .chosen_token_rewards = matrix(tr, 2, 2)}),
+                         doctest::Contains("argument 'chosen_rewards': the output overlaps the input 'chosen_token_rewards'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call({.losses = losses, .chosen_rewards = losses}), doctest::Contains("argument 'losses': the output overlaps the input 'chosen_rewards'"),
+                         pt::invalid_argument);
+    CHECK(dw == std::vector<double>(4, 7.0));  // nothing written
+    CHECK(dl == std::vector<double>(4, 7.0));
+    CHECK(tr == std::vector<double>(4, 7.0));
+}

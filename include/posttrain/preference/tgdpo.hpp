@@ -157,6 +157,14 @@ tgdpo_result tgdpo(const Policy& policy, const PC& policy_chosen, const PR& poli
     check_batch(outputs.losses, "losses");
     check_batch(outputs.chosen_rewards, "chosen_rewards");
     check_batch(outputs.rejected_rewards, "rejected_rewards");
+    detail::check_outputs_before_writes(fn, B,
+                                        {{outputs.losses, "losses"},
+                                         {outputs.chosen_rewards, "chosen_rewards"},
+                                         {outputs.rejected_rewards, "rejected_rewards"}},
+                                        {{grad_chosen.view(), "grad_chosen"},
+                                         {grad_rejected.view(), "grad_rejected"},
+                                         {outputs.chosen_token_rewards.view(), "chosen_token_rewards"},
+                                         {outputs.rejected_token_rewards.view(), "rejected_token_rewards"}});
 
     const double f = detail::reduction_factor(options.reduce, options.normalizer, B);
     const double gs = f * options.grad_scale;
