@@ -147,3 +147,13 @@ TEST_CASE("token_rewards: bad input raises naming the function and the argument"
     CHECK(z.mean_total == 0.0);
     CHECK(z.tokens == 0.0);
 }
+
+TEST_CASE("token_rewards: totals over rewards or prefix is refused before anything is written") {
+    const std::vector<double> p = {-1.0, -2.0, -1.5, -0.5}, q = {-1.2, -1.8, -1.0, -0.7}, m = {1, 1, 1, 1};
+    std::vector<double> r(4, 7.0), pre(4, 7.0);
+    CHECK_THROWS_WITH_AS((void)pp::token_rewards(pt::exec::seq, matrix(p, 2, 2), matrix(q, 2, 2), matrix(m, 2, 2), matrix(r, 2, 2),
+                                                 matrix(pre, 2, 2), pt::tensor_view<double, 1>(pre.data() + 1, 2)),
+                         doctest::Contains("argument 'totals': the output overlaps the input 'prefix'"), pt::invalid_argument);
+    CHECK(r == std::vector<double>(4, 7.0));  // nothing written
+    CHECK(pre == std::vector<double>(4, 7.0));
+}

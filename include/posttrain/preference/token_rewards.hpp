@@ -258,6 +258,7 @@ token_reward_result token_rewards(const Policy& policy, const LogProbs& log_prob
         posttrain::detail::require(totals.size() == B, {fn, "totals"},
                                    "must have one entry per row: " + posttrain::detail::str(B) + ", found " +
                                        posttrain::detail::str(totals.size()));
+    detail::check_outputs_before_writes(fn, B, {{totals, "totals"}}, {{rewards.view(), "rewards"}, {prefix.view(), "prefix"}});
     std::vector<double> total(static_cast<std::size_t>(B)), count(static_cast<std::size_t>(B));
     std::vector<detail::row_error> errors(static_cast<std::size_t>(B));
     posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
