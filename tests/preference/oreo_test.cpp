@@ -663,3 +663,21 @@ TEST_CASE("oreo_value_loss: clip_ratio over the states or over every position; v
     o.clip_ratio_all_positions = true;  // OREO: the padding position counts too
     CHECK(run(o).clip_ratio == doctest::Approx(3.0 / 4));
 }
+
+TEST_CASE("oreo: initial_values over a gradient, and weights over log_weights, are refused before anything is written") {
+    const auto b = make(2, 5, 11, false);
+    std::vector<double> g(b.p.size(), 7.0), gv(b.p.size(), 7.0);
+    std::vector<double> v = b.v;
+    const pt::tensor_view<double, 1> over_gv(gv.data(), b.B);
+    const auto M = [&](const std::vector<double>& x) { return matrix(x, b.B, b.T); };
+    CHECK_THROWS_WITH_AS((void)pp::oreo_trajectory_loss(pt::exec::seq, M(b.p), M(b.q), M(b.a), M(v), M(b.s), vec(b.R), matrix(g, b.B, b.T),
+                                                        matrix(gv, b.B, b.T), over_gv),
+                         doctest::Contains("'initial_values': the output overlaps the input 'grad_values'"), pt::invalid_argument);
+    std::vector<double> w(2, 7.0), short_out(1);
+    CHECK_THROWS_WITH_AS(pp::oreo_importance_weights(pt::exec::seq, M(b.p), M(b.q), M(b.a), w, w),
+                         doctest::Contains("'weights': the output overlaps the input 'log_weights'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(pp::oreo_importance_weights(pt::exec::seq, M(b.p), M(b.q), M(b.a), w, short_out),
+                         doctest::Contains("'log_weights': must have 2 entries, found 1"), pt::invalid_argument);
+    CHECK(w == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(g == std::vector<double>(b.p.size(), 7.0));
+}

@@ -376,6 +376,8 @@ oreo_raw oreo_run(const Policy& policy, oreo_kind kind, const oreo_args& x, cons
     if (x.initial_values.present())
         require(x.initial_values.size() == B, {fn, "initial_values"},
                 "must have one entry per sequence: found " + str(x.initial_values.size()) + ", expected " + str(B));
+    check_outputs_before_writes(fn, B, {{x.initial_values, "initial_values"}},
+                                {{x.grad_log_probs, "grad_log_probs"}, {x.grad_values, "grad_values"}, {x.grad_tails, "grad_tails"}});
     const bool kl_on = per_token && o.kl_coef > 0 && !o.unbiased_kl;
 
     // Pass 1 (in order, so that the first bad index is the one reported): finiteness of everything the
@@ -707,8 +709,10 @@ void oreo_importance_weights(const Policy& policy, const LogProbs& log_probs, co
         w[std::size_t(i)] = std::exp(std::min(lw[std::size_t(i)], 1.0));
     }
     (void)policy;  // O(B T) with nothing to split worth a thread
-    batch_output(std::forward<Weights>(weights)).write(w, {fn, "weights"});
-    batch_output(std::forward<LogWeights>(log_weights)).write(lw, {fn, "log_weights"});
+    const batch_output out_w(std::forward<Weights>(weights)), out_lw(std::forward<LogWeights>(log_weights));
+    detail::check_outputs_before_writes(fn, B, {{out_w, "weights"}, {out_lw, "log_weights"}});
+    out_w.write(w, {fn, "weights"});
+    out_lw.write(lw, {fn, "log_weights"});
 }
 
 // ---- losses ----
