@@ -125,3 +125,17 @@ TEST_CASE("ttrv: seq == par bitwise") {
     adv::answer_entropy(pt::exec::par.with_threads(4), ids, pt::uniform_groups{16}, hb);
     CHECK(pt::test::bitwise_equal(ha, hb));
 }
+
+TEST_CASE("ttrv_rewards and answer_entropy refuse an output over answer_ids before writing") {
+    // A group's ids are read while its rewards are written (and other groups' while entropies are).
+    std::vector<std::int64_t> ids{1, 1, 2, 5, 5, 5};
+    const std::vector<std::int64_t> off{0, 3, 6};
+    const std::vector<std::int64_t> before = ids;
+    const pt::tensor_view<const std::int64_t, 1> in(ids.data(), 6);
+    pt::tensor_view<double, 1> over(reinterpret_cast<double*>(ids.data()), 6), over2(reinterpret_cast<double*>(ids.data() + 3), 2);
+    CHECK_THROWS_WITH_AS(adv::ttrv_rewards(pt::exec::seq, in, pt::ragged(off), over), doctest::Contains("'rewards': the output overlaps the input 'answer_ids'"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::answer_entropy(pt::exec::seq, in, pt::ragged(off), over2),
+                         doctest::Contains("'entropy': the output overlaps the input 'answer_ids'"), pt::invalid_argument);
+    CHECK(ids == before);  // nothing written
+}
