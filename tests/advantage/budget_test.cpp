@@ -166,3 +166,17 @@ TEST_CASE("gcpo: bad input, seq == par bitwise") {
     (void)adv::hbpo_advantages(par, h1, bg, pt::uniform_groups{16}, a2);
     CHECK(pt::test::bitwise_equal(a1, a2));
 }
+
+TEST_CASE("hbpo_rewards: rewards may be lengths or budgets themselves, but not partly over them") {
+    std::vector<std::uint8_t> ok{1, 1, 1};
+    std::vector<double> len{1000, 600, 1000, 7}, bud{512, 1024, 0}, r(3);
+    adv::hbpo_rewards(pt::exec::seq, ok, pt::tensor_view<const double, 1>(len.data(), 3), bud, r);
+    auto in_place = len;
+    adv::hbpo_rewards(pt::exec::seq, ok, pt::tensor_view<const double, 1>(in_place.data(), 3), bud,
+                      pt::tensor_view<double, 1>(in_place.data(), 3));
+    CHECK(std::vector<double>(in_place.begin(), in_place.begin() + 3) == r);
+    CHECK_THROWS_WITH_AS(adv::hbpo_rewards(pt::exec::seq, ok, pt::tensor_view<const double, 1>(len.data() + 1, 3), bud,
+                                           pt::tensor_view<double, 1>(len.data(), 3)),
+                         doctest::Contains("'rewards': the output partly overlaps the input 'lengths'"), pt::invalid_argument);
+    CHECK(len == std::vector<double>{1000, 600, 1000, 7});  // nothing written
+}

@@ -70,6 +70,9 @@ void hbpo_rewards(const Policy& policy, const Correct& correct, const Lengths& l
             detail::check_extent(len.extent(0), n, {fn, "lengths"}, "length (one per response)");
             detail::check_extent(b.extent(0), n, {fn, "budgets"}, "length (one per response)");
             detail::check_extent(r.extent(0), n, {fn, "rewards"}, "length (one per response)");
+            detail::check_same_or_disjoint(r, c, {fn, "rewards"}, "correct");
+            detail::check_same_or_disjoint(r, len, {fn, "rewards"}, "lengths");
+            detail::check_same_or_disjoint(r, b, {fn, "rewards"}, "budgets");
             detail::check_finite(len, {fn, "lengths"});
             detail::check_finite(b, {fn, "budgets"});
             for (index_t i = 0; i < n; ++i)
