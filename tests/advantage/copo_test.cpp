@@ -295,3 +295,33 @@ TEST_CASE("copo: bad input names the argument") {
                                              mat(b.ga, b.B, b.T), mat(b.mask, b.B, b.T), nan_w, pt::none),
                          doctest::Contains("local_weights"), pt::invalid_argument);
 }
+
+TEST_CASE("copo: outputs are checked (length, apart from one another or partly over an input) before writing") {
+    const std::vector<double> r{1, 0, 1, 0, 1, 1, 0, 1};
+    const std::vector<std::int64_t> ans{7, 7, 9, 9, 3, 3, 3, 3};
+    std::vector<double> R(2, 7.0), short_out(1);
+    CHECK_THROWS_WITH_AS(adv::copo_group_scores(pt::exec::seq, r, ans, pt::uniform_groups{4}, R, short_out),
+                         doctest::Contains("'entropy': expected length"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::copo_group_scores(pt::exec::seq, r, ans, pt::uniform_groups{4}, R, R),
+                         doctest::Contains("'global_reward': the output overlaps the input 'entropy'"), pt::invalid_argument);
+    CHECK(R == std::vector<double>(2, 7.0));  // nothing written
+    std::vector<double> a(8, 7.0);
+    CHECK_THROWS_WITH_AS(adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, a, short_out),
+                         doctest::Contains("'row_entropy': expected length"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::copo_global_advantages(pt::exec::seq, r, ans, pt::uniform_groups{4}, a, a),
+                         doctest::Contains("'row_entropy': the output overlaps the input 'global_advantages'"), pt::invalid_argument);
+    CHECK(a == std::vector<double>(8, 7.0));
+    // copo_blend_weights: in place over an input is fine, a shifted view is not.
+    std::vector<double> h{0.2, 0.9, 1.5, 0.1}, la{1, 0, -1, 1}, rw{1, 0, 1, 1}, w(3);
+    const pt::tensor_view<const double, 1> h3(h.data(), 3);
+    adv::copo_blend_weights(pt::exec::seq, h3, pt::tensor_view<const double, 1>(la.data(), 3), pt::tensor_view<const double, 1>(rw.data(), 3), w);
+    auto hh = h;
+    adv::copo_blend_weights(pt::exec::seq, pt::tensor_view<const double, 1>(hh.data(), 3), pt::tensor_view<const double, 1>(la.data(), 3),
+                            pt::tensor_view<const double, 1>(rw.data(), 3), pt::tensor_view<double, 1>(hh.data(), 3));
+    CHECK(std::vector<double>(hh.begin(), hh.begin() + 3) == w);
+    CHECK_THROWS_WITH_AS(adv::copo_blend_weights(pt::exec::seq, pt::tensor_view<const double, 1>(h.data() + 1, 3),
+                                                 pt::tensor_view<const double, 1>(la.data(), 3), pt::tensor_view<const double, 1>(rw.data(), 3),
+                                                 pt::tensor_view<double, 1>(h.data(), 3)),
+                         doctest::Contains("'weights': the output partly overlaps the input 'row_entropy'"), pt::invalid_argument);
+    CHECK(h == std::vector<double>{0.2, 0.9, 1.5, 0.1});
+}

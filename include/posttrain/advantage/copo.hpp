@@ -126,12 +126,24 @@ void copo_group_scores(const Policy& policy, const Rewards& rewards, const Answe
             detail::require(options.entropy_epsilon >= 0, {fn, "options.entropy_epsilon"}, "must be >= 0");
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             const index_t G = layout.num_groups();
-            auto out = [&](auto&& target, const char* name, auto&& value_of) {
-                if constexpr (!std::is_same_v<std::remove_cvref_t<decltype(target)>, none_t>) {
+            // Both outputs are checked (length, apart from each other) before either is written.
+            auto output = [&](auto&& target, const char* name) {
+                if constexpr (std::is_same_v<std::remove_cvref_t<decltype(target)>, none_t>) {
+                    return none;
+                } else {
                     auto v = std::visit([](auto x) { return x; }, posttrain::detail::floating_output<1>(target, {fn, name}));
                     detail::check_extent(v.extent(0), G, {fn, name}, "length (one per group):");
+                    return v;
+                }
+            };
+            const auto out_r = output(global_reward, "global_reward");
+            const auto out_h = output(entropy, "entropy");
+            if constexpr (!std::is_same_v<decltype(out_r), const none_t> && !std::is_same_v<decltype(out_h), const none_t>)
+                detail::check_no_alias(out_r, out_h, {fn, "global_reward"}, "entropy");
+            auto write = [&](auto v, const std::vector<double>& x) {
+                if constexpr (!std::is_same_v<decltype(v), none_t>) {
                     using V = typename decltype(v)::value_type;
-                    for (index_t g = 0; g < G; ++g) v(g) = static_cast<V>(value_of(g));
+                    for (index_t g = 0; g < G; ++g) v(g) = static_cast<V>(x[std::size_t(g)]);
                 }
             };
             std::vector<double> R(static_cast<std::size_t>(G)), H(static_cast<std::size_t>(G));
@@ -143,8 +155,8 @@ void copo_group_scores(const Policy& policy, const Rewards& rewards, const Answe
                 H[std::size_t(g)] = h;
                 R[std::size_t(g)] = detail::copo_global_reward(s / double(n), h, n, options);
             });
-            out(global_reward, "global_reward", [&](index_t g) { return R[std::size_t(g)]; });
-            out(entropy, "entropy", [&](index_t g) { return H[std::size_t(g)]; });
+            write(out_r, R);
+            write(out_h, H);
         },
         posttrain::detail::floating_input<1>(rewards, {fn, "rewards"}), posttrain::detail::id_input<1>(answers, {fn, "answers"}));
 }
@@ -176,6 +188,14 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
             const index_t G = layout.num_groups();
+            auto e = [&] {
+                if constexpr (std::is_same_v<std::remove_cvref_t<RowEntropy>, none_t>) return none;
+                else return std::visit([](auto x) { return x; }, posttrain::detail::floating_output<1>(row_entropy, {fn, "row_entropy"}));
+            }();
+            if constexpr (!std::is_same_v<decltype(e), none_t>) {
+                detail::check_extent(e.extent(0), N, {fn, "row_entropy"}, "length (one per reward)");
+                detail::check_no_alias(e, a, {fn, "row_entropy"}, "global_advantages");
+            }
             std::vector<double> R(static_cast<std::size_t>(G)), H(static_cast<std::size_t>(G));
             copo_group_scores(policy, r, answers, groups, R, H, options);
             // Only non-empty groups are prompts.
@@ -234,10 +254,7 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
             detail::for_each_group(policy, layout, N, [&](index_t g, auto rows, index_t n) {
                 for (index_t j = 0; j < n; ++j) a(rows(j)) = static_cast<A>(z[std::size_t(slot[std::size_t(g)])]);
             });
-            if constexpr (!std::is_same_v<std::remove_cvref_t<RowEntropy>, none_t>) {
-                auto e = std::visit([](auto x) { return x; },
-                                    posttrain::detail::floating_output<1>(row_entropy, {fn, "row_entropy"}));
-                detail::check_extent(e.extent(0), N, {fn, "row_entropy"}, "length (one per reward)");
+            if constexpr (!std::is_same_v<decltype(e), none_t>) {
                 using E = typename decltype(e)::value_type;
                 detail::for_each_group(policy, layout, N, [&](index_t g, auto rows, index_t n) {
                     for (index_t j = 0; j < n; ++j) e(rows(j)) = static_cast<E>(H[std::size_t(g)]);
@@ -284,6 +301,9 @@ void copo_blend_weights(const Policy& policy, const RowEntropy& row_entropy, con
             detail::check_extent(la.extent(0), N, {fn, "local_advantages"}, "length (one per row)");
             detail::check_extent(r.extent(0), N, {fn, "rewards"}, "length (one per row)");
             detail::check_extent(w.extent(0), N, {fn, "weights"}, "length (one per row)");
+            detail::check_same_or_disjoint(w, h, {fn, "weights"}, "row_entropy");
+            detail::check_same_or_disjoint(w, la, {fn, "weights"}, "local_advantages");
+            detail::check_same_or_disjoint(w, r, {fn, "weights"}, "rewards");
             // A NaN entropy gives a NaN weight and a NaN advantage or reward reads as "nonzero": refused.
             detail::check_finite(h, {fn, "row_entropy"});
             detail::check_finite(la, {fn, "local_advantages"});
