@@ -198,3 +198,26 @@ TEST_CASE("step rewards: seq == par bitwise") {
     (void)adv::tp_grpo_advantages(par, base, ok, L, matrix(b, N, S));
     CHECK(pt::test::bitwise_equal(a, b));
 }
+
+TEST_CASE("thought_spans: thoughts may be step_labels itself but not shifted over it; counts checked before anything is written") {
+    std::vector<std::int64_t> lab{1, 1, 0, 0, 1, 0, 1, 1, -1, -1, -1};
+    const pt::tensor_view<const std::int64_t, 2> L(lab.data(), 2, 5);
+    std::vector<std::int64_t> th(10), cnt(2);
+    (void)adv::thought_spans(pt::exec::seq, L, pt::tensor_view<std::int64_t, 2>(th.data(), 2, 5), cnt);
+    auto same = lab;
+    (void)adv::thought_spans(pt::exec::seq, pt::tensor_view<const std::int64_t, 2>(same.data(), 2, 5),
+                             pt::tensor_view<std::int64_t, 2>(same.data(), 2, 5), pt::none);
+    CHECK(std::vector<std::int64_t>(same.begin(), same.begin() + 10) == th);
+    const auto before = lab;
+    CHECK_THROWS_WITH_AS((void)adv::thought_spans(pt::exec::seq, pt::tensor_view<const std::int64_t, 2>(lab.data() + 1, 2, 5),
+                                                  pt::tensor_view<std::int64_t, 2>(lab.data(), 2, 5), pt::none),
+                         doctest::Contains("'thoughts': the output partly overlaps the input 'step_labels'"), pt::invalid_argument);
+    std::vector<std::int64_t> th2(10, 7), short_cnt(1);
+    CHECK_THROWS_WITH_AS((void)adv::thought_spans(pt::exec::seq, L, pt::tensor_view<std::int64_t, 2>(th2.data(), 2, 5), short_cnt),
+                         doctest::Contains("'counts': expected length"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)adv::thought_spans(pt::exec::seq, L, pt::tensor_view<std::int64_t, 2>(th2.data(), 2, 5),
+                                                  pt::tensor_view<std::int64_t, 1>(th2.data() + 8, 2)),
+                         doctest::Contains("'counts': the output overlaps the input 'thoughts'"), pt::invalid_argument);
+    CHECK(lab == before);  // nothing written
+    CHECK(th2 == std::vector<std::int64_t>(10, 7));
+}

@@ -234,7 +234,16 @@ index_t thought_spans(const Policy& policy, const StepLabels& step_labels, Thoug
     auto tv = std::visit([](auto x) { return x; }, posttrain::detail::id_input<2>(step_labels, {fn, "step_labels"}));
     auto out = posttrain::as_view<std::int64_t, 2>(thoughts, {fn, "thoughts"});
     detail::check_same_shape(out, tv, {fn, "thoughts"}, "step_labels");
+    detail::check_same_or_disjoint(out, tv, {fn, "thoughts"}, "step_labels");
     const index_t N = tv.extent(0), S = tv.extent(1);
+    auto c = [&] {
+        if constexpr (std::is_same_v<std::remove_cvref_t<Counts>, none_t>) return none;
+        else return posttrain::as_view<std::int64_t, 1>(counts, {fn, "counts"});
+    }();
+    if constexpr (!std::is_same_v<decltype(c), none_t>) {
+        detail::check_extent(c.extent(0), N, {fn, "counts"}, "length (one per row of step_labels)");
+        detail::check_no_alias(c, out, {fn, "counts"}, "thoughts");
+    }
     std::vector<index_t> per_row(static_cast<std::size_t>(N), 0);
     detail::for_each_row(policy, N, S, [&](index_t i) {
         index_t id = -1;
@@ -252,11 +261,8 @@ index_t thought_spans(const Policy& policy, const StepLabels& step_labels, Thoug
         }
         per_row[std::size_t(i)] = id + 1;
     });
-    if constexpr (!std::is_same_v<std::remove_cvref_t<Counts>, none_t>) {
-        auto c = posttrain::as_view<std::int64_t, 1>(counts, {fn, "counts"});
-        detail::check_extent(c.extent(0), N, {fn, "counts"}, "length (one per row of step_labels)");
+    if constexpr (!std::is_same_v<decltype(c), none_t>)
         for (index_t i = 0; i < N; ++i) c(i) = per_row[std::size_t(i)];
-    }
     index_t total = 0;
     for (const index_t c : per_row) total += c;
     return total;
