@@ -117,8 +117,10 @@ void per_row_lambda_matrix(double tol, const char* type) {
         auto decoupled = adv::gae_options::nemo();
         decoupled.lambda_value = 0.9;
         auto raw_carry = raw(adv::gae_masking::carry, 0.99, 0.95);
+        auto adaptive = decoupled;  // given lambdas take precedence over a length-adaptive one, as on the host
+        adaptive.length_adaptive_alpha = 0.05;
         for (const auto& [o, name] : {std::pair{raw_carry, "raw"}, std::pair{adv::gae_options::verl(0.999, 0.97), "verl"},
-                                      std::pair{decoupled, "decoupled"}}) {
+                                      std::pair{decoupled, "decoupled"}, std::pair{adaptive, "given over length-adaptive"}}) {
             if (o.whiten && n * t < 4) continue;  // too few tokens raise on the host
             const std::string what = std::string(type) + " " + std::to_string(n) + "x" + std::to_string(t) + " " + name;
             std::vector<T> a(b.r.size()), ret(b.r.size());
@@ -166,6 +168,13 @@ PT_TEST("gae_per_row_lambda: statistics, exact workspace, status word, misuse") 
                                               pt::tensor_view<const double, 1>(lambdas.data(), n), pt::tensor_view<float, 2>(a.data(), n, t),
                                               pt::none, o);
     pt::test::close_to(da.host(), a, 2e-5, "per-row lambda with a caller workspace");
+    // Strided lambdas: every other entry of a [2n] buffer.
+    std::vector<double> every_other(std::size_t(2 * n), -1.0);
+    for (index_t i = 0; i < n; ++i) every_other[std::size_t(2 * i)] = lambdas[std::size_t(i)];
+    const device_vec<double> dl2(every_other);
+    adv::gae_per_row_lambda(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t),
+                            pt::device_view<const double, 1>(dl2.data(), {n}, {2}), dout(da2, n, t), pt::none, o);
+    PT_CHECK(da2.host() == da.host());
     const auto st = stats.host();
     PT_CHECK(std::fabs(st[0] - host.mean) <= 1e-6 * (1 + std::fabs(host.mean)));
     PT_CHECK(std::fabs(st[1] - host.variance) <= 1e-6 * host.variance);
@@ -233,34 +242,49 @@ struct column_major {
 
 }  // namespace
 
-PT_TEST("gae and discounted returns: strided views (read and written in place) and mixed layouts") {
-    for (const auto& s : {std::pair<index_t, index_t>{37, 29}, {3, 5000}}) {
-        const auto [n, t] = s;
-        const auto b = make_batch<double>(n, t, 70);
-        const auto o = adv::gae_options::verl(0.99, 0.95);
-        std::vector<double> a(b.r.size()), ret(b.r.size()), g(b.r.size());
-        (void)adv::gae(pt::exec::seq, pt::tensor_view<const double, 2>(b.r.data(), n, t), pt::tensor_view<const double, 2>(b.v.data(), n, t),
-                       pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<double, 2>(a.data(), n, t),
-                       pt::tensor_view<double, 2>(ret.data(), n, t), o);
-        adv::discounted_returns(pt::exec::seq, pt::tensor_view<const double, 2>(b.r.data(), n, t),
-                                pt::tensor_view<const double, 2>(b.m.data(), n, t), pt::tensor_view<double, 2>(g.data(), n, t),
-                                adv::returns_options{0.99});
-        const std::string at = std::to_string(n) + "x" + std::to_string(t);
-        const column_major<double> cr(b.r, n, t), cv(b.v, n, t), cm(b.m, n, t), ca(a, n, t), cret(a, n, t), cg(g, n, t);
-        adv::gae(pt::exec::cuda, cr.cview(), cv.cview(), cm.cview(), ca.view(), cret.view(), o);
-        pt::test::close_to(ca.host_rowmajor(), a, 1e-10, "gae strided advantages " + at);
-        pt::test::close_to(cret.host_rowmajor(), ret, 1e-10, "gae strided returns " + at);
-        adv::discounted_returns(pt::exec::cuda, cr.cview(), cm.cview(), cg.view(), adv::returns_options{0.99});
-        pt::test::close_to(cg.host_rowmajor(), g, 1e-10, "discounted returns strided " + at);
-        // Dense inputs and advantages with strided returns: the whole launch takes the direct path.
-        device_vec<double> dr(b.r), dv(b.v), dm(b.m), da(b.r.size()), dret(b.r.size());
-        adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), cret.view(), o);
-        pt::test::close_to(da.host(), a, 1e-10, "gae mixed layouts advantages " + at);
-        pt::test::close_to(cret.host_rowmajor(), ret, 1e-10, "gae mixed layouts returns " + at);
-        // Every view dense: the staged path, with the same arithmetic as the direct one (the same bits).
-        adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), dout(dret, n, t), o);
-        PT_CHECK_MSG(da.host() == ca.host_rowmajor(), "gae staged and direct advantages differ " + at);
-        PT_CHECK_MSG(dret.host() == cret.host_rowmajor(), "gae staged and direct returns differ " + at);
+namespace {
+
+// The direct path (strided views: column-major, and dense views beside one strided output) against
+// the host, and the staged path (every view dense) against the direct one bit for bit: both run
+// the same arithmetic. Shapes: several packed tiles with a partial last one, and chunked rows.
+template <class T>
+void layouts_case(index_t n, index_t t, const adv::gae_options& o, double tol, const std::string& what) {
+    const auto b = make_batch<T>(n, t, 70);
+    const auto hv = [&](const auto& v) { return pt::tensor_view<const typename std::decay_t<decltype(v)>::value_type, 2>(v.data(), n, t); };
+    std::vector<T> a(b.r.size()), ret(b.r.size()), g(b.r.size());
+    (void)adv::gae(pt::exec::seq, hv(b.r), hv(b.v), hv(b.m), pt::tensor_view<T, 2>(a.data(), n, t), pt::tensor_view<T, 2>(ret.data(), n, t), o);
+    adv::discounted_returns(pt::exec::seq, hv(b.r), hv(b.m), pt::tensor_view<T, 2>(g.data(), n, t), adv::returns_options{0.99});
+    const std::string at = what + " " + std::to_string(n) + "x" + std::to_string(t);
+    const column_major<T> cr(b.r, n, t), cv(b.v, n, t), ca(a, n, t), cret(a, n, t), cg(g, n, t);
+    const column_major<double> cm(b.m, n, t);
+    adv::gae(pt::exec::cuda, cr.cview(), cv.cview(), cm.cview(), ca.view(), cret.view(), o);
+    pt::test::close_to(ca.host_rowmajor(), a, tol, "gae strided advantages " + at);
+    pt::test::close_to(cret.host_rowmajor(), ret, tol, "gae strided returns " + at);
+    adv::discounted_returns(pt::exec::cuda, cr.cview(), cm.cview(), cg.view(), adv::returns_options{0.99});
+    pt::test::close_to(cg.host_rowmajor(), g, tol, "discounted returns strided " + at);
+    // Dense inputs and advantages with strided returns: the whole launch takes the direct path.
+    device_vec<T> dr(b.r), dv(b.v), da(b.r.size()), dret(b.r.size()), dg(b.r.size());
+    device_vec<double> dm(b.m);
+    adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), cret.view(), o);
+    pt::test::close_to(da.host(), a, tol, "gae mixed layouts advantages " + at);
+    pt::test::close_to(cret.host_rowmajor(), ret, tol, "gae mixed layouts returns " + at);
+    // Every view dense: the staged path.
+    adv::gae(pt::exec::cuda, dview(dr, n, t), dview(dv, n, t), dview(dm, n, t), dout(da, n, t), dout(dret, n, t), o);
+    PT_CHECK_MSG(da.host() == ca.host_rowmajor(), "gae staged and direct advantages differ " + at);
+    PT_CHECK_MSG(dret.host() == cret.host_rowmajor(), "gae staged and direct returns differ " + at);
+    adv::discounted_returns(pt::exec::cuda, dview(dr, n, t), dview(dm, n, t), dout(dg, n, t), adv::returns_options{0.99});
+    PT_CHECK_MSG(dg.host() == cg.host_rowmajor(), "discounted returns staged and direct differ " + at);
+}
+
+}  // namespace
+
+PT_TEST("gae and discounted returns: strided and mixed layouts (direct path), dense (staged path, the same bits)") {
+    auto decoupled = adv::gae_options::nemo();  // the returns' own pass: a flush of the returns alone
+    decoupled.lambda_value = 1.0;
+    for (const auto& [n, t] : {std::pair<index_t, index_t>{300, 29}, {3, 5000}}) {
+        layouts_case<double>(n, t, adv::gae_options::verl(0.99, 0.95), 1e-10, "double verl");
+        layouts_case<float>(n, t, adv::gae_options::verl(0.99, 0.95), 2e-5, "float verl");
+        layouts_case<float>(n, t, decoupled, 2e-5, "float decoupled");
     }
 }
 
@@ -335,5 +359,13 @@ PT_TEST("gae host-detectable misuse throws before launching") {
     PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, o),
                     pt::invalid_argument);
     PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), dout(da, 4, 16)),
+                    pt::invalid_argument);
+    // The statistics over the advantages or an input (the finalize writes them before the apply).
+    const auto verl = adv::gae_options::verl();
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, verl,
+                             pt::device_view<double, 1>(da.data() + 9, 3)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, verl,
+                             pt::device_view<double, 1>(dm.data(), 3)),
                     pt::invalid_argument);
 }

@@ -216,7 +216,9 @@ PT_TEST("graph: gae_per_row_lambda (packed and chunked rows)") {
         const std::size_t n = std::size_t(rows * cols);
         auto r = normal_sets<float>(n, 24), v = normal_sets<float>(n, 25);
         auto m = mask_sets(n, 26);
-        const device_vec<double> lambdas(std::vector<double>(std::size_t(rows), 0.9));
+        std::vector<double> ramp(static_cast<std::size_t>(rows));  // a different lambda per row
+        for (std::size_t i = 0; i < ramp.size(); ++i) ramp[i] = 0.5 + 0.5 * double(i) / double(ramp.size());
+        const device_vec<double> lambdas(ramp);
         device_vec<float> a(n), ret(n);
         const auto o = adv::gae_options::verl(0.99, 0.95);
         graph_case c;

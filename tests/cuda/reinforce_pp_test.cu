@@ -319,8 +319,6 @@ bool throws_naming(const std::function<void()>& f, const std::string& fn, const 
 
 }  // namespace
 
-// Double: 1e-10 relative (device FMA contraction and summation order differ from the host); float:
-// gae_test.cu's 2e-5 (a value can round to a neighbouring float).
 // ---- masked_mean, masked_var, masked_row_mean, masked_normalize -------------------------------------
 
 namespace {
@@ -407,6 +405,31 @@ void stats_matrix(double tol, const char* type) {
 PT_TEST("masked_mean, masked_var, masked_row_mean, masked_normalize double: against the host") { stats_matrix<double>(1e-10, "double"); }
 PT_TEST("masked_mean, masked_var, masked_row_mean, masked_normalize float: against the host") { stats_matrix<float>(2e-5, "float"); }
 
+PT_TEST("masked statistics: a non-finite value under a zero weight reaches the statistics, as on the host") {
+    // A fully masked row of one whole tile (T = 2048) or of three whole chunks (T = 5000): its tiles
+    // have no weight, and the host's 0 * NaN still makes the statistics NaN.
+    for (const auto& [n, t] : {std::pair<index_t, index_t>{4, 2048}, {2, 5000}}) {
+        for (const double bad : {std::nan(""), HUGE_VAL}) {
+            auto x = make_batch<double>(n, t, 970);
+            for (index_t j = 0; j < t; ++j) x.m[std::size_t(1 * t + j)] = 0;
+            x.r[std::size_t(1 * t + 7)] = bad;
+            const std::string what = "masked " + at("double", n, t) + (std::isnan(bad) ? " NaN" : " inf");
+            std::vector<double> want(x.r.size());
+            const auto hs = adv::masked_whiten(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), hout(want, n, t));
+            const double hm = adv::masked_mean(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t));
+            PT_CHECK_MSG(std::isnan(hs.mean) && std::isnan(hs.variance) && std::isnan(hm), what + ": the host's statistics are NaN");
+            device_vec<double> dx(x.r), dm(x.m), out(x.r.size()), st(3), mean(1), var(1);
+            adv::masked_whiten(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), dout(out, n, t), {}, st.view());
+            adv::masked_mean(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(mean.data()));
+            adv::masked_var(pt::exec::cuda, dview(dx, n, t), dview(dm, n, t), pt::device_view<double, 0>(var.data()));
+            check_stats(st.host(), hs, 1e-10, what + " whiten");
+            pt::test::close_to(mean.host(), std::vector<double>{hm}, 1e-10, what + " mean");
+            PT_CHECK_MSG(std::isnan(var.host()[0]), what + ": variance not NaN");
+            pt::test::close_to(out.host(), want, 1e-10, what + " whitened");
+        }
+    }
+}
+
 PT_TEST("masked statistics: caller workspace, strided views, misuse") {
     const index_t n = 5, t = 3000;
     const auto x = make_batch<double>(n, t, 960);
@@ -450,6 +473,8 @@ PT_TEST("masked statistics: caller workspace, strided views, misuse") {
                            nz, "out"));
 }
 
+// Double: 1e-10 relative (device FMA contraction and summation order differ from the host); float:
+// gae_test.cu's 2e-5 (a value can round to a neighbouring float).
 PT_TEST("masked_whiten double: presets, in place, statistics, packed and chunked") { whiten_matrix<double>(1e-10, "double"); }
 PT_TEST("masked_whiten float: presets, in place, statistics, packed and chunked") { whiten_matrix<float>(2e-5, "float"); }
 PT_TEST("reinforce_pp double: every masking, presets, returns, statistics") { reinforce_pp_matrix<double>(1e-10, "double"); }
@@ -459,7 +484,7 @@ PT_TEST("reinforce_pp_baseline float: uniform and ragged groups, presets") { bas
 PT_TEST("remax double: packed and chunked rows, with and without returns") { remax_matrix<double>(1e-10, "double"); }
 PT_TEST("remax float: packed and chunked rows, with and without returns") { remax_matrix<float>(2e-5, "float"); }
 
-PT_TEST("reinforce_pp family: strided views and bool/uint8 masks") {
+PT_TEST("reinforce_pp family: strided views (and the staged path's same bits) and bool/uint8 masks") {
     const index_t n = 7, t = 2500;  // chunked rows
     const auto x = make_batch<double>(n, t, 400);
     std::vector<std::uint8_t> m8(x.m.size());
@@ -473,6 +498,12 @@ PT_TEST("reinforce_pp family: strided views and bool/uint8 masks") {
         adv::reinforce_pp(pt::exec::cuda, sr.cview(), sm.cview(), sa.view(), sg.view(), o);
         pt::test::close_to(sa.host_rowmajor(), a, 1e-10, "reinforce_pp strided advantages");
         pt::test::close_to(sg.host_rowmajor(), g, 1e-10, "reinforce_pp strided returns");
+        // Every view dense: the scan's staged path, the same arithmetic as the direct one above.
+        device_vec<double> dr(x.r), da(x.r.size()), dg(x.r.size());
+        device_vec<std::uint8_t> dm8(m8);
+        adv::reinforce_pp(pt::exec::cuda, dview(dr, n, t), dview(dm8, n, t), dout(da, n, t), dout(dg, n, t), o);
+        PT_CHECK_MSG(da.host() == sa.host_rowmajor(), "reinforce_pp staged and direct advantages differ");
+        PT_CHECK_MSG(dg.host() == sg.host_rowmajor(), "reinforce_pp staged and direct returns differ");
     }
     {
         const auto o = adv::whiten_options::openrlhf();
@@ -496,6 +527,13 @@ PT_TEST("reinforce_pp family: strided views and bool/uint8 masks") {
         adv::remax(pt::exec::cuda, sr.cview(), pt::device_view<const double, 1>(db.data(), {n}, {2}), sm.cview(), sa.view(), sg.view());
         pt::test::close_to(sa.host_rowmajor(), a, 1e-10, "remax strided advantages");
         pt::test::close_to(sg.host_rowmajor(), g, 1e-10, "remax strided returns");
+        // Every 2-D view dense: the staged path (baseline subtracted), the same bits as the direct one.
+        device_vec<double> dr(x.r), da(x.r.size()), dg(x.r.size());
+        device_vec<std::uint8_t> dm8(m8);
+        adv::remax(pt::exec::cuda, dview(dr, n, t), pt::device_view<const double, 1>(db.data(), {n}, {2}), dview(dm8, n, t),
+                   dout(da, n, t), dout(dg, n, t));
+        PT_CHECK_MSG(da.host() == sa.host_rowmajor(), "remax staged and direct advantages differ");
+        PT_CHECK_MSG(dg.host() == sg.host_rowmajor(), "remax staged and direct returns differ");
     }
     {
         std::vector<char> mb(x.m.size());
@@ -668,6 +706,22 @@ PT_TEST("reinforce_pp family: host-detectable misuse throws naming function and 
                            wh, "out"));
     PT_CHECK(throws_naming([&] { adv::masked_whiten(cu, dview(dr, n, t), dview(dm, n, t), dout(dm, n, t)); }, wh, "out"));
     PT_CHECK(throws_naming([&] { adv::masked_whiten(cu, dview(dr, n, t), dview(dm, n, t), dout(da, n, t), {}, st4.view()); }, wh, "stats"));
+    // The statistics over a view the call reads or writes (the finalize writes them before the apply).
+    const pt::device_view<double, 1> st_over_a(da.data() + 5, 3);
+    PT_CHECK(throws_naming([&] { adv::masked_whiten(cu, dview(dr, n, t), dview(dm, n, t), dout(da, n, t), {}, st_over_a); }, wh, "stats"));
+    PT_CHECK(throws_naming([&] { adv::reinforce_pp(cu, dview(dr, n, t), dview(dm, n, t), dout(da, n, t), pt::none, {}, st_over_a); }, rpp,
+                           "stats"));
+    PT_CHECK(throws_naming([&] { adv::reinforce_pp(cu, dview(dr, n, t), dview(dm, n, t), dout(da, n, t), dout(dg, n, t), {},
+                                                   pt::device_view<double, 1>(dg.data(), 3)); },
+                           rpp, "stats"));
+    PT_CHECK(throws_naming([&] { adv::reinforce_pp_baseline(cu, db.cview(), pt::uniform_groups{2}, dview(dm, n, t), dout(da, n, t), {},
+                                                            st_over_a); },
+                           "posttrain::advantage::reinforce_pp_baseline", "stats"));
+    // masked_mean / masked_var: a null device result.
+    PT_CHECK(throws_naming([&] { adv::masked_mean(cu, dview(dr, n, t), dview(dm, n, t), pt::device_view<double, 0>()); },
+                           "posttrain::advantage::masked_mean", "result"));
+    PT_CHECK(throws_naming([&] { adv::masked_var(cu, dview(dr, n, t), dview(dm, n, t), pt::device_view<double, 0>()); },
+                           "posttrain::advantage::masked_var", "result"));
     // reinforce_pp_baseline
     PT_CHECK(throws_naming([&] { adv::reinforce_pp_baseline(cu, db.cview(), pt::uniform_groups{2}, dview(dm, n - 1, t), dout(da, n - 1, t)); },
                            bl, "mask"));

@@ -52,6 +52,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <utility>
+
 #include "../cuda/exec.cuh"
 #include "../cuda/tuning.cuh"
 #include "gae.hpp"
@@ -160,18 +162,21 @@ struct map_then {
 // [base, base + n) (element e in scan order at offset n - 1 - e), and the block copies it through
 // shared memory instead: coalesced in and out, with each thread reading or writing its 8 slots there.
 
-// Slot of offset f: one pad slot per 16, so that the 16 threads of a half-warp, whose slots are 8
-// apart, hit distinct banks with their 8-byte accesses.
+// Slot of offset f, swizzled so that 8-byte accesses are free of bank conflicts both ways: a
+// half-warp's 16 threads take 16 offsets 8 apart (their items; any tile length), which land in
+// distinct slots mod 16, or 16 consecutive ones from a multiple of 16 (the copy), which the swizzle
+// only permutes.
 __device__ inline int stage_slot(index_t f) {
     const int k = static_cast<int>(f);  // 0 <= f < scan_tile
-    return k + (k >> 4);
+    return k ^ ((k >> 4) & 7);
 }
-inline constexpr int stage_slots = static_cast<int>(scan_tile + scan_tile / 16);
+inline constexpr int stage_slots = static_cast<int>(scan_tile);
 
-// Whether every view's elements (i, t) are data()[i * cols + t] (an empty view is).
+// Whether every view's elements (i, t) are data()[i * cols + t] (the stride of an extent of 0 or 1
+// does not matter).
 template <class... V>
 bool all_dense(const V&... v) {
-    return ((v.extent(0) * v.extent(1) == 0 || (v.stride(1) == 1 && v.stride(0) == v.extent(1))) && ...);
+    return (((v.extent(0) <= 1 || v.stride(0) == v.extent(1)) && (v.extent(1) <= 1 || v.stride(1) == 1)) && ...);
 }
 
 // First offset of tile sp's range in a dense view (see above).
@@ -416,7 +421,9 @@ __device__ __forceinline__ tile_moments block_tile_moments(typename BlockSum::Te
     const double W = BlockSum(tmp).Sum(w_sum);
     __syncthreads();
     const double S = BlockSum(tmp).Sum(wx_sum);
-    if (threadIdx.x == 0) shared_mean = W > 0 ? S / W : 0.0;
+    // A tile without weight has mean 0, or NaN when a value under a zero weight is not finite (the
+    // host's sums take 0 * NaN = NaN too).
+    if (threadIdx.x == 0) shared_mean = W > 0 ? S / W : S - S;
     __syncthreads();
     const double mean = shared_mean;
     double m2 = 0;
@@ -506,10 +513,11 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
     if (threadIdx.x == 0) moments[k] = tm;
 }
 
-// Chan et al.'s pairwise combination of (weight, mean, M2).
+// Chan et al.'s pairwise combination of (weight, mean, M2). Weightless parts have mean and M2 0,
+// or NaN (see block_tile_moments), which the sums keep.
 __device__ inline tile_moments combine_moments(const tile_moments& x, const tile_moments& y) {
     const double w = x.weight + y.weight;
-    if (w == 0) return {0, 0, 0};
+    if (w == 0) return {0, x.mean + y.mean, x.m2 + y.m2};
     const double d = y.mean - x.mean;
     return {w, x.mean + d * (y.weight / w), x.m2 + y.m2 + d * d * (x.weight * y.weight / w)};
 }
@@ -687,6 +695,13 @@ void launch_whiten(const exec::cuda_policy& policy, const tile_moments* moments,
     posttrain::detail::check_launch(fn);
 }
 
+// The `stats` output (empty when not asked for) apart from each (view, name) the call reads or
+// writes: the finalize writes the statistics before the apply reads the advantages.
+template <class... V>
+void check_stats_apart(device_view<double, 1> stats, const char* fn, const std::pair<V, const char*>&... views) {
+    (check_no_alias(stats, views.first, {fn, "stats"}, views.second), ...);
+}
+
 // The `stats` output of the CUDA whitening overloads: {mean, variance, count}.
 inline void check_whiten_stats(device_view<double, 1> stats, const char* fn) {
     posttrain::detail::require(stats.extent(0) == 3 && stats.stride(0) == 1, {fn, "stats"},
@@ -723,8 +738,8 @@ void visit_row_lambda(const RowLambda& lambdas, const char* fn, F&& f) {
 // The shared body of gae and gae_per_row_lambda (row_lambda: the lambdas, or nullptr).
 template <class RowLambda, class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
-              const RowLambda& row_lambda, Advantages&& advantages, Returns&& returns, const gae_options& options, double* stats,
-              const char* fn) {
+              const RowLambda& row_lambda, Advantages&& advantages, Returns&& returns, const gae_options& options,
+              device_view<double, 1> stats, const char* fn) {
     check_gae_options(options, fn);
     using posttrain::detail::floating_input;
     using posttrain::detail::floating_output;
@@ -732,6 +747,8 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
         std::visit(
             [&](auto r, auto v, auto m, auto a) {
                 check_gae_views(r, v, m, a, fn);
+                check_stats_apart(stats, fn, std::pair{r, "token_rewards"}, std::pair{v, "values"}, std::pair{m, "mask"},
+                                  std::pair{a, "advantages"});
                 const index_t rows = r.extent(0), cols = r.extent(1);
                 using A = typename decltype(a)::value_type;
                 constexpr bool given = !std::is_same_v<decltype(lambdas), std::nullptr_t>;
@@ -742,7 +759,11 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                 const bool decoupled = per_row || (options.lambda_value && *options.lambda_value != options.lambda);
                 // The returns are checked (visit_returns) before anything is allocated or launched.
                 visit_returns<A>(
-                    returns, fn, [&](auto ret) { check_gae_returns(ret, r, v, m, a, fn); },
+                    returns, fn,
+                    [&](auto ret) {
+                        check_gae_returns(ret, r, v, m, a, fn);
+                        check_stats_apart(stats, fn, std::pair{ret, "returns"});
+                    },
                     [&](auto ret, bool has_returns) {
                         const scan_tiles s = make_scan_tiles(rows, cols);
                         const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
@@ -785,7 +806,8 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                         launch_scan(policy, p, s, scratch, l, moments, fn);
                         if (!options.whiten) return;
                         launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
-                                      scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
+                                      scratch.as<whiten_transform>(l.transform), stats.data(), device_view<const A, 2>(a), a, m,
+                                      fn);
                     });
             },
             floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
@@ -815,8 +837,7 @@ inline std::size_t discounted_returns_workspace_bytes(index_t rows, index_t cols
 template <class TokenRewards, class Values, class Mask, class Advantages, class Returns>
 void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
          Advantages&& advantages, Returns&& returns, const gae_options& options = {}) {
-    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, nullptr,
-                     "posttrain::advantage::gae");
+    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, {}, "posttrain::advantage::gae");
 }
 
 // As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
@@ -826,7 +847,7 @@ void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, con
     constexpr const char* fn = "posttrain::advantage::gae";
     detail::check_whiten_stats(stats, fn);
     posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
-    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, stats.data(), fn);
+    detail::gae_cuda(policy, token_rewards, values, mask, nullptr, advantages, returns, options, stats, fn);
 }
 
 // gae with one advantage lambda per row (lambdas: a device [N] float or double view; the returns use
@@ -834,7 +855,7 @@ void gae(const exec::cuda_policy& policy, const TokenRewards& token_rewards, con
 template <class TokenRewards, class Values, class Mask, class Lambdas, class Advantages, class Returns>
 void gae_per_row_lambda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Values& values, const Mask& mask,
                         const Lambdas& lambdas, Advantages&& advantages, Returns&& returns, const gae_options& options = {}) {
-    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, nullptr,
+    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, {},
                      "posttrain::advantage::gae_per_row_lambda");
 }
 
@@ -846,7 +867,7 @@ void gae_per_row_lambda(const exec::cuda_policy& policy, const TokenRewards& tok
     constexpr const char* fn = "posttrain::advantage::gae_per_row_lambda";
     detail::check_whiten_stats(stats, fn);
     posttrain::detail::require(options.whiten, {fn, "stats"}, "statistics exist only with options.whiten");
-    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, stats.data(), fn);
+    detail::gae_cuda(policy, token_rewards, values, mask, lambdas, advantages, returns, options, stats, fn);
 }
 
 // The discounted returns of returns.hpp on the device (the reward-to-go of REINFORCE and REINFORCE++).

@@ -41,12 +41,13 @@ namespace detail {
 
 template <class TokenRewards, class Mask, class Advantages, class Returns>
 void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Mask& mask, Advantages&& advantages,
-                       Returns&& returns, const reinforce_pp_options& options, double* stats) {
+                       Returns&& returns, const reinforce_pp_options& options, device_view<double, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::reinforce_pp";
     using posttrain::detail::floating_output;
     std::visit(
         [&](auto r, auto m, auto a) {
             check_reinforce_pp_views(r, m, a, fn);
+            check_stats_apart(stats, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
             const index_t rows = r.extent(0), cols = r.extent(1);
             using R = typename decltype(r)::value_type;
             using M = typename decltype(m)::value_type;
@@ -63,11 +64,15 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
                 auto* moments = scratch.as<tile_moments>(l.moments);
                 launch_scan(policy, p, s, scratch, l, moments, fn);
                 launch_whiten(policy, moments, s.tiles, make_whiten_params(options.whitening, options.mask_output),
-                              scratch.as<whiten_transform>(l.transform), stats, device_view<const A, 2>(a), a, m, fn);
+                              scratch.as<whiten_transform>(l.transform), stats.data(), device_view<const A, 2>(a), a, m, fn);
             };
             visit_returns<A>(
                 returns, fn,
-                [&](auto ret) { check_returns_output(ret, r, m, a, fn); }, run);
+                [&](auto ret) {
+                    check_returns_output(ret, r, m, a, fn);
+                    check_stats_apart(stats, fn, std::pair{ret, "returns"});
+                },
+                run);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -107,11 +112,13 @@ inline baseline_scratch_layout baseline_scratch(index_t rows, index_t cols, cons
 
 template <class Rewards, class Groups, class Mask, class Advantages>
 void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups, const Mask& mask,
-                                Advantages&& advantages, const reinforce_pp_baseline_options& options, double* stats) {
+                                Advantages&& advantages, const reinforce_pp_baseline_options& options,
+                                device_view<double, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::reinforce_pp_baseline";
     std::visit(
         [&](auto r, auto m, auto a) {
             check_baseline_views(r, m, a, fn);
+            check_stats_apart(stats, fn, std::pair{r, "rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
             const index_t rows = m.extent(0), cols = m.extent(1);
             using M = typename decltype(m)::value_type;
             using A = typename decltype(a)::value_type;
@@ -123,7 +130,8 @@ void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& 
                 l.grpo_bytes > 0 ? policy.with(scratch.as<void>(l.grpo), l.grpo_bytes) : policy.with(nullptr, 0);
             posttrain::advantage::grpo(inner, r, groups, device_view<double, 1>(centred, rows), options.centring);
             whiten_cuda(policy, broadcast_values<M, A>{centred, m, a}, scratch, l.whiten,
-                        make_whiten_params(options.whitening, options.mask_output), stats, device_view<const A, 2>(a), a, m, fn);
+                        make_whiten_params(options.whitening, options.mask_output), stats.data(), device_view<const A, 2>(a), a, m,
+                        fn);
         },
         posttrain::detail::floating_input<1, device_space>(rewards, {fn, "rewards"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -143,7 +151,7 @@ inline std::size_t reinforce_pp_baseline_workspace_bytes(index_t rows, index_t c
 template <class TokenRewards, class Mask, class Advantages, class Returns>
 void reinforce_pp(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Mask& mask, Advantages&& advantages,
                   Returns&& returns, const reinforce_pp_options& options = {}) {
-    detail::reinforce_pp_cuda(policy, token_rewards, mask, advantages, returns, options, nullptr);
+    detail::reinforce_pp_cuda(policy, token_rewards, mask, advantages, returns, options, {});
 }
 
 // As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
@@ -151,13 +159,13 @@ template <class TokenRewards, class Mask, class Advantages, class Returns>
 void reinforce_pp(const exec::cuda_policy& policy, const TokenRewards& token_rewards, const Mask& mask, Advantages&& advantages,
                   Returns&& returns, const reinforce_pp_options& options, device_view<double, 1> stats) {
     detail::check_whiten_stats(stats, "posttrain::advantage::reinforce_pp");
-    detail::reinforce_pp_cuda(policy, token_rewards, mask, advantages, returns, options, stats.data());
+    detail::reinforce_pp_cuda(policy, token_rewards, mask, advantages, returns, options, stats);
 }
 
 template <class Rewards, class Groups, class Mask, class Advantages>
 void reinforce_pp_baseline(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups, const Mask& mask,
                            Advantages&& advantages, const reinforce_pp_baseline_options& options = {}) {
-    detail::reinforce_pp_baseline_cuda(policy, rewards, groups, mask, advantages, options, nullptr);
+    detail::reinforce_pp_baseline_cuda(policy, rewards, groups, mask, advantages, options, {});
 }
 
 // As above, and writes the whitening statistics {mean, variance, count} into stats[3] on the device.
@@ -165,7 +173,7 @@ template <class Rewards, class Groups, class Mask, class Advantages>
 void reinforce_pp_baseline(const exec::cuda_policy& policy, const Rewards& rewards, const Groups& groups, const Mask& mask,
                            Advantages&& advantages, const reinforce_pp_baseline_options& options, device_view<double, 1> stats) {
     detail::check_whiten_stats(stats, "posttrain::advantage::reinforce_pp_baseline");
-    detail::reinforce_pp_baseline_cuda(policy, rewards, groups, mask, advantages, options, stats.data());
+    detail::reinforce_pp_baseline_cuda(policy, rewards, groups, mask, advantages, options, stats);
 }
 
 }  // namespace posttrain::advantage

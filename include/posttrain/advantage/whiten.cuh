@@ -122,15 +122,16 @@ void whiten_cuda(const exec::cuda_policy& policy, const Source& src, const postt
 
 template <class Values, class Mask, class Out>
 void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,
-                        const whiten_options& options, double* stats) {
+                        const whiten_options& options, device_view<double, 1> stats) {
     constexpr const char* fn = "posttrain::advantage::masked_whiten";
     std::visit(
         [&](auto x, auto m, auto o) {
             check_elementwise_views(x, m, o, fn);
+            check_stats_apart(stats, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
             whiten_cuda(policy, masked_values<typename decltype(x)::value_type, typename decltype(m)::value_type>{x, m}, scratch, l,
-                        make_whiten_params(options, options.mask_output), stats, x, o, m, fn);
+                        make_whiten_params(options, options.mask_output), stats.data(), x, o, m, fn);
         },
         posttrain::detail::floating_input<2, device_space>(values, {fn, "values"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -269,7 +270,9 @@ inline std::size_t masked_var_workspace_bytes(index_t rows, index_t cols) { retu
 template <class Values, class Mask>
 void masked_mean(const exec::cuda_policy& policy, const Values& values, const Mask& mask, device_view<double, 0> result,
                  const masked_stats_options& options = {}) {
-    detail::masked_stat_cuda(policy, values, mask, options, false, result.data(), nullptr, "posttrain::advantage::masked_mean");
+    constexpr const char* fn = "posttrain::advantage::masked_mean";
+    posttrain::detail::require(result.data() != nullptr, {fn, "result"}, "expected a device scalar, found a null view");
+    detail::masked_stat_cuda(policy, values, mask, options, false, result.data(), nullptr, fn);
 }
 
 // The masked mean returned on the host: synchronizes the policy's stream.
@@ -286,7 +289,9 @@ template <class Values, class Mask>
 template <class Values, class Mask>
 void masked_var(const exec::cuda_policy& policy, const Values& values, const Mask& mask, device_view<double, 0> result,
                 const masked_stats_options& options = {}) {
-    detail::masked_stat_cuda(policy, values, mask, options, true, result.data(), nullptr, "posttrain::advantage::masked_var");
+    constexpr const char* fn = "posttrain::advantage::masked_var";
+    posttrain::detail::require(result.data() != nullptr, {fn, "result"}, "expected a device scalar, found a null view");
+    detail::masked_stat_cuda(policy, values, mask, options, true, result.data(), nullptr, fn);
 }
 
 // The masked variance returned on the host: synchronizes the policy's stream, and then follows the
@@ -344,7 +349,7 @@ void masked_normalize(const exec::cuda_policy& policy, const Values& values, con
 template <class Values, class Mask, class Out>
 void masked_whiten(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out,
                    const whiten_options& options = {}) {
-    detail::masked_whiten_cuda(policy, values, mask, out, options, nullptr);
+    detail::masked_whiten_cuda(policy, values, mask, out, options, {});
 }
 
 // As above, and writes the statistics {mean, variance, count} (the host's moments_result) into
@@ -353,7 +358,7 @@ template <class Values, class Mask, class Out>
 void masked_whiten(const exec::cuda_policy& policy, const Values& values, const Mask& mask, Out&& out, const whiten_options& options,
                    device_view<double, 1> stats) {
     detail::check_whiten_stats(stats, "posttrain::advantage::masked_whiten");
-    detail::masked_whiten_cuda(policy, values, mask, out, options, stats.data());
+    detail::masked_whiten_cuda(policy, values, mask, out, options, stats);
 }
 
 }  // namespace posttrain::advantage
