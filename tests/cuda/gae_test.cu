@@ -21,6 +21,7 @@
 namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
+using pt::test::column_major;
 using pt::test::device_vec;
 using pt::test::dout;
 using pt::test::dview;
@@ -213,34 +214,6 @@ PT_TEST("gae_per_row_lambda: statistics, exact workspace, status word, misuse") 
 
 PT_TEST("gae double: every convention and preset, packed and chunked rows") { gae_matrix<double>(1e-10, "double"); }
 PT_TEST("gae float: every convention and preset, packed and chunked rows") { gae_matrix<float>(2e-5, "float"); }
-
-namespace {
-
-// Column-major [n, t] device copy of a row-major host matrix (strides {1, n}): a view that is not
-// dense row-major, so the scan reads and writes in place instead of staging tiles.
-template <class T>
-struct column_major {
-    index_t n, t;
-    device_vec<T> buf;
-    column_major(const std::vector<T>& rowmajor, index_t n_, index_t t_) : n(n_), t(t_), buf(transpose(rowmajor, n_, t_)) {}
-    static std::vector<T> transpose(const std::vector<T>& v, index_t n, index_t t) {
-        std::vector<T> c(v.size());
-        for (index_t i = 0; i < n; ++i)
-            for (index_t j = 0; j < t; ++j) c[std::size_t(j * n + i)] = v[std::size_t(i * t + j)];
-        return c;
-    }
-    pt::device_view<T, 2> view() const { return pt::device_view<T, 2>(buf.data(), {n, t}, {1, n}); }
-    pt::device_view<const T, 2> cview() const { return view(); }
-    std::vector<T> host_rowmajor() const {
-        const auto c = buf.host();
-        std::vector<T> v(c.size());
-        for (index_t i = 0; i < n; ++i)
-            for (index_t j = 0; j < t; ++j) v[std::size_t(i * t + j)] = c[std::size_t(j * n + i)];
-        return v;
-    }
-};
-
-}  // namespace
 
 namespace {
 

@@ -26,6 +26,7 @@
 namespace pt = posttrain;
 namespace adv = posttrain::advantage;
 using pt::index_t;
+using pt::test::column_major;
 using pt::test::device_vec;
 using pt::test::dout;
 using pt::test::dview;
@@ -59,30 +60,6 @@ template <class T>
 pt::tensor_view<T, 2> hout(std::vector<T>& v, index_t n, index_t t) {
     return pt::tensor_view<T, 2>(v.data(), n, t);
 }
-
-// A strided device layout of an [n, t] host matrix: column-major (strides {1, n}) so that neither
-// index is contiguous along a row, in a buffer with one spare element. `view` is the [n, t] view.
-template <class T>
-struct strided {
-    index_t n, t;
-    device_vec<T> buf;
-    strided(const std::vector<T>& rowmajor, index_t n_, index_t t_) : n(n_), t(t_), buf(transpose(rowmajor, n_, t_)) {}
-    static std::vector<T> transpose(const std::vector<T>& v, index_t n, index_t t) {
-        std::vector<T> c(std::size_t(n * t) + 1, T(7));
-        for (index_t i = 0; i < n; ++i)
-            for (index_t j = 0; j < t; ++j) c[std::size_t(j * n + i)] = v[std::size_t(i * t + j)];
-        return c;
-    }
-    pt::device_view<T, 2> view() const { return pt::device_view<T, 2>(buf.data(), {n, t}, {1, n}); }
-    pt::device_view<const T, 2> cview() const { return view(); }
-    std::vector<T> host_rowmajor() const {
-        const auto c = buf.host();
-        std::vector<T> v(std::size_t(n * t));
-        for (index_t i = 0; i < n; ++i)
-            for (index_t j = 0; j < t; ++j) v[std::size_t(i * t + j)] = c[std::size_t(j * n + i)];
-        return v;
-    }
-};
 
 // Runs `host` (which may throw invalid_argument under degenerate::raise). When it returns, the device
 // outputs must match within tol and the status word hold no bit; when it throws, the status word must
@@ -445,7 +422,7 @@ PT_TEST("masked statistics: caller workspace, strided views, misuse") {
                                                   pt::device_view<double, 0>(r1.data())); },
                            "posttrain::advantage::masked_mean", "policy"));
     // Column-major values and mask.
-    const strided<double> sx(x.r, n, t), sm(x.m, n, t);
+    const column_major<double> sx(x.r, n, t), sm(x.m, n, t);
     std::vector<double> want_rows(static_cast<std::size_t>(n)), want(x.r.size());
     adv::masked_row_mean(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), pt::tensor_view<double, 1>(want_rows.data(), n));
     adv::masked_normalize(pt::exec::seq, hview(x.r, n, t), hview(x.m, n, t), hout(want, n, t));
@@ -489,8 +466,8 @@ PT_TEST("reinforce_pp family: strided views (and the staged path's same bits) an
     const auto x = make_batch<double>(n, t, 400);
     std::vector<std::uint8_t> m8(x.m.size());
     for (std::size_t k = 0; k < m8.size(); ++k) m8[k] = x.m[k] != 0;
-    strided<double> sr(x.r, n, t), sa(std::vector<double>(x.r.size()), n, t), sg(std::vector<double>(x.r.size()), n, t);
-    strided<std::uint8_t> sm(m8, n, t);
+    column_major<double> sr(x.r, n, t), sa(std::vector<double>(x.r.size()), n, t), sg(std::vector<double>(x.r.size()), n, t);
+    column_major<std::uint8_t> sm(m8, n, t);
     {
         const auto o = adv::reinforce_pp_options::verl(0.99);
         std::vector<double> a(x.r.size()), g(x.r.size());

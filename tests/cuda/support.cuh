@@ -55,6 +55,30 @@ device_view<T, 2> dout(device_vec<T>& d, index_t n, index_t t) {
     return device_view<T, 2>(d.data(), n, t);
 }
 
+// A column-major [n, t] device copy of a row-major host matrix (strides {1, n}: neither index is
+// contiguous along a row, so kernels take their strided paths), in a buffer with one spare element.
+template <class T>
+struct column_major {
+    index_t n, t;
+    device_vec<T> buf;
+    column_major(const std::vector<T>& rowmajor, index_t n_, index_t t_) : n(n_), t(t_), buf(transpose(rowmajor, n_, t_)) {}
+    static std::vector<T> transpose(const std::vector<T>& v, index_t n, index_t t) {
+        std::vector<T> c(static_cast<std::size_t>(n * t) + 1, T(7));
+        for (index_t i = 0; i < n; ++i)
+            for (index_t j = 0; j < t; ++j) c[static_cast<std::size_t>(j * n + i)] = v[static_cast<std::size_t>(i * t + j)];
+        return c;
+    }
+    device_view<T, 2> view() const { return device_view<T, 2>(buf.data(), {n, t}, {1, n}); }
+    device_view<const T, 2> cview() const { return view(); }
+    std::vector<T> host_rowmajor() const {
+        const auto c = buf.host();
+        std::vector<T> v(static_cast<std::size_t>(n * t));
+        for (index_t i = 0; i < n; ++i)
+            for (index_t j = 0; j < t; ++j) v[static_cast<std::size_t>(i * t + j)] = c[static_cast<std::size_t>(j * n + i)];
+        return v;
+    }
+};
+
 // A 0/1 token mask [n, t] as the token-level tests use it: each token kept with probability 0.8
 // (interior zeros), row 1 fully masked and row 2 right-padded from t / 3 on.
 inline std::vector<double> token_mask(index_t n, index_t t, std::mt19937_64& rng) {

@@ -196,6 +196,17 @@ __device__ void stage_in(double* stage, const T* data, index_t base, index_t n, 
         if (j < count) out[j] = stage[stage_slot(n - 1 - (e0 + j))];
 }
 
+// stage_in into one field of the thread's tokens (the staged form of a problem's load): field(k)
+// is a reference to the member of token k the array fills. Zero past the thread's items.
+template <class T, class Token, class Field>
+__device__ void stage_field(double* stage, const T* data, index_t base, index_t n, index_t e0, int count, Token (&tok)[scan_items],
+                            Field field) {
+    double x[scan_items] = {};
+    stage_in(stage, data, base, n, e0, count, x);
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j) field(tok[j]) = static_cast<T>(x[j]);
+}
+
 // The block copies `stage` (filled by the threads' items, values already rounded to T) into
 // data[base, base + n) (coalesced). Every thread of the block calls it.
 template <class T>
@@ -247,19 +258,12 @@ struct gae_problem {
     }
     // The staged form of load for the thread's items (every thread of the block calls it).
     __device__ void load_staged(tile_stage& st, index_t base, index_t n, index_t e0, int count, token (&tok)[scan_items]) const {
-        double x[scan_items] = {};  // zero past the thread's items
-        stage_in(st.out[0], r.data(), base, n, e0, count, x);
+        stage_field(st.out[0], r.data(), base, n, e0, count, tok, [](token& k) -> R& { return k.r; });
+        stage_field(st.out[1], v.data(), base, n, e0, count, tok, [](token& k) -> V& { return k.v; });
+        stage_field(st.out[0], m.data(), base, n, e0, count, tok, [](token& k) -> M& { return k.m; });
 #pragma unroll
-        for (int j = 0; j < scan_items; ++j) tok[j].r = static_cast<R>(x[j]);
-        stage_in(st.out[1], v.data(), base, n, e0, count, x);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) tok[j].v = static_cast<V>(x[j]);
-        stage_in(st.out[0], m.data(), base, n, e0, count, x);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) {
-            tok[j].m = static_cast<M>(x[j]);
+        for (int j = 0; j < scan_items; ++j)
             if (j < count) check(tok[j]);
-        }
     }
     __device__ scan_map map(const token& k, index_t i) const {
         return gae_token_map(mode, double(k.r), double(k.v), double(k.m), gamma, row_gl ? row_gl[i] : gl);
@@ -315,13 +319,8 @@ struct returns_problem {
     };
     __device__ token load(index_t i, index_t t) const { return {r(i, t), m(i, t)}; }
     __device__ void load_staged(tile_stage& st, index_t first, index_t n, index_t e0, int count, token (&tok)[scan_items]) const {
-        double x[scan_items] = {};  // zero past the thread's items
-        stage_in(st.out[0], r.data(), first, n, e0, count, x);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) tok[j].r = static_cast<R>(x[j]);
-        stage_in(st.out[1], m.data(), first, n, e0, count, x);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) tok[j].m = static_cast<M>(x[j]);
+        stage_field(st.out[0], r.data(), first, n, e0, count, tok, [](token& k) -> R& { return k.r; });
+        stage_field(st.out[1], m.data(), first, n, e0, count, tok, [](token& k) -> M& { return k.m; });
     }
     __device__ scan_map map(const token& k, index_t) const { return returns_token_map(mode, double(k.r), double(k.m), gamma); }
     __device__ double weight(const token& k) const { return double(k.m); }

@@ -206,20 +206,27 @@ __device__ inline double warp_row_sum(double v) {
     return v;
 }
 
+// Row i's weighted sum s = sum x m and weight c = sum m, in every lane of the warp.
+template <class X, class M>
+__device__ void warp_row_moments(device_view<const X, 2> x, device_view<const M, 2> m, index_t i, int lane, double& s, double& c) {
+    s = 0;
+    c = 0;
+    for (index_t t = lane; t < x.extent(1); t += 32) {
+        const double w = double(m(i, t));
+        c += w;
+        s += double(x(i, t)) * w;
+    }
+    s = warp_row_sum(s);
+    c = warp_row_sum(c);
+}
+
 template <class X, class M, class O>
 __global__ void masked_row_mean_kernel(device_view<const X, 2> x, device_view<const M, 2> m, device_view<O, 1> out, double count_eps) {
     const index_t warps = index_t(gridDim.x) * (blockDim.x / 32);
     const int lane = threadIdx.x % 32;
-    const index_t T = x.extent(1);
     for (index_t i = index_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < x.extent(0); i += warps) {
-        double s = 0, c = 0;
-        for (index_t t = lane; t < T; t += 32) {
-            const double w = double(m(i, t));
-            c += w;
-            s += double(x(i, t)) * w;
-        }
-        s = warp_row_sum(s);
-        c = warp_row_sum(c);
+        double s, c;
+        warp_row_moments(x, m, i, lane, s, c);
         if (lane == 0) out(i) = static_cast<O>(c + count_eps != 0 ? s / (c + count_eps) : 0.0);
     }
 }
@@ -233,14 +240,8 @@ __global__ void masked_normalize_kernel(device_view<const X, 2> x, device_view<c
     const int lane = threadIdx.x % 32;
     const index_t T = x.extent(1);
     for (index_t i = index_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < x.extent(0); i += warps) {
-        double s = 0, c = 0;
-        for (index_t t = lane; t < T; t += 32) {
-            const double w = double(m(i, t));
-            c += w;
-            s += double(x(i, t)) * w;
-        }
-        s = warp_row_sum(s);
-        c = warp_row_sum(c);
+        double s, c;
+        warp_row_moments(x, m, i, lane, s, c);
         const double mean = c > 0 ? s / c : 0.0;
         double m2 = 0;
         for (index_t t = lane; t < T; t += 32) {
