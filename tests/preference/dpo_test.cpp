@@ -477,3 +477,15 @@ TEST_CASE("preference::dpo: outputs are checked (length, over a gradient or anot
     CHECK(gw == std::vector<double>(2, 7.0));  // nothing written
     CHECK(losses == std::vector<double>(2, 7.0));
 }
+
+TEST_CASE("preference::dpo: both gradients are checked (form, length) before either is written") {
+    std::vector<double> sw{-1, -2}, sl{-3, -1}, rw{-1.5, -2}, rl{-2, -1}, gw(2, 7.0), short_grad(1), wide(4);
+    const pt::tensor_view<double, 2> tokens(wide.data(), 2, 2);
+    auto call = [&](const pref::sequence_grad& grad_rejected) {
+        (void)pref::dpo(pt::exec::seq, pref::sequence_input::sums(sw), pref::sequence_input::sums(sl), pref::sequence_input::sums(rw),
+                        pref::sequence_input::sums(rl), gw, grad_rejected);
+    };
+    CHECK_THROWS_WITH_AS(call(short_grad), doctest::Contains("'grad_rejected': must have one entry per sequence"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(call(tokens), doctest::Contains("'grad_rejected': must be a [B] view"), pt::invalid_argument);
+    CHECK(gw == std::vector<double>(2, 7.0));  // nothing written
+}

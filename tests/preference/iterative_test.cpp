@@ -257,3 +257,13 @@ TEST_CASE("dno: losses is checked (length, over a gradient) before anything is w
                          doctest::Contains("'losses': must have 2 entries, found 1"), pt::invalid_argument);
     CHECK(g1 == std::vector<double>(2, 7.0));  // nothing written
 }
+
+TEST_CASE("dno and p3o: both gradients are checked (form, length) before either is written") {
+    std::vector<double> p1{-10.0, -9.0}, p2{-12.0, -8.0}, t1{-11.0, -9.5}, t2{-11.0, -8.5}, q{1.0, 0.5}, r1{1.0, 0.0}, r2{0.0, 1.0};
+    std::vector<double> g1(2, 7.0), short_grad(1);
+    CHECK_THROWS_WITH_AS((void)pref::dno(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), q, g1, short_grad),
+                         doctest::Contains("'grad_2': must have one entry per sequence"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pref::p3o(pt::exec::seq, S(p1), S(p2), S(t1), S(t2), r1, r2, g1, short_grad),
+                         doctest::Contains("'grad_2': must have one entry per sequence"), pt::invalid_argument);
+    CHECK(g1 == std::vector<double>(2, 7.0));  // nothing written
+}

@@ -339,3 +339,13 @@ TEST_CASE("kto: outputs and gradients are checked (lengths, overlaps, absent sid
     call(u, gu, {.losses = losses, .chosen_rewards = rew});
     CHECK(rew[0] != 7.0);
 }
+
+TEST_CASE("kto: both gradients are checked (form, length) before either is written") {
+    const std::vector<double> pd{-1, -2}, rd{-1.5, -2}, pu{-3, -1}, ru{-2, -1};
+    std::vector<double> gd(2, 7.0), short_grad(1);
+    const pref::kto_items d{pref::sequence_input::sums(pd), pref::sequence_input::sums(rd)};
+    const pref::kto_items u{pref::sequence_input::sums(pu), pref::sequence_input::sums(ru)};
+    CHECK_THROWS_WITH_AS((void)pref::kto(pt::exec::seq, d, u, {}, gd, short_grad, {}, {.anchor = pref::kto_anchor::zero}),
+                         doctest::Contains("'grad_undesirable': must have one entry per sequence"), pt::invalid_argument);
+    CHECK(gd == std::vector<double>(2, 7.0));  // nothing written
+}

@@ -200,3 +200,13 @@ TEST_CASE("modpo: outputs are checked (length, over a gradient or another output
     CHECK(gc == std::vector<double>(2, 7.0));  // nothing written
     CHECK(losses == std::vector<double>(2, 7.0));
 }
+
+TEST_CASE("modpo: both gradients are checked (form, length) before either is written") {
+    std::vector<double> pc{-10.0, -4.0}, pr{-12.0, -3.0}, rc{-11.0, -5.0}, rr{-11.5, -2.0}, mc{0.3, -0.2}, mr{-0.4, 0.9};
+    std::vector<double> gc(2, 7.0), short_grad(1);
+    CHECK_THROWS_WITH_AS((void)pref::modpo(pt::exec::seq, pref::sequence_input::sums(pc), pref::sequence_input::sums(pr),
+                                           pref::sequence_input::sums(rc), pref::sequence_input::sums(rr), mc, mr, gc, short_grad, {},
+                                           pref::modpo_options::official({0.5, 0.5}, 0.1)),
+                         doctest::Contains("'grad_rejected': must have one entry per sequence"), pt::invalid_argument);
+    CHECK(gc == std::vector<double>(2, 7.0));  // nothing written
+}

@@ -365,3 +365,17 @@ TEST_CASE("odds_ratio and orpo: outputs are checked (length, over a gradient or 
     CHECK(gn == std::vector<double>(2, 7.0));
     CHECK(losses == std::vector<double>(2, 7.0));
 }
+
+TEST_CASE("odds_ratio and orpo: every gradient is checked (form, length) before the first is written") {
+    const std::vector<double> a{-0.5, -0.7}, b{-1.5, -0.9}, n{2, 3}, nb{1, 2};
+    std::vector<double> ga(2, 7.0), gb(2, 7.0), short_grad(1), wide(4);
+    const pt::tensor_view<double, 2> tokens(wide.data(), 2, 2);
+    CHECK_THROWS_WITH_AS((void)pref::odds_ratio(pt::exec::seq, pref::sequence_input::sums(a), pref::sequence_input::sums(b), ga,
+                                                short_grad, {}, {.length_normalize = false}),
+                         doctest::Contains("'grad_rejected': must have one entry per sequence"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pref::orpo(pt::exec::seq, pref::sequence_input::sums(a, n), pref::sequence_input::sums(b, nb),
+                                          pref::sequence_input::sums(a, n), ga, gb, tokens),
+                         doctest::Contains("'grad_nll': must be a [B] view"), pt::invalid_argument);
+    CHECK(ga == std::vector<double>(2, 7.0));  // nothing written
+    CHECK(gb == std::vector<double>(2, 7.0));
+}

@@ -211,7 +211,7 @@ dpo_result dpo(const Policy& policy, const sequence_input& chosen, const sequenc
     result.metrics = detail::pair_reward_metrics(rew_w, rew_l, logps_w, logps_l);
     result.bco_batch_reward_mean = st.reward / double(2 * B);
 
-    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
+    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen", chosen}, {grad_rejected, "grad_rejected", rejected}},
                                 {{chosen, "chosen"}, {rejected, "rejected"}, {ref_chosen, "ref_chosen"},
                                  {ref_rejected, "ref_rejected"}, {extras.weights, "extras.weights"},
                                  {extras.margins, "extras.margins"}});

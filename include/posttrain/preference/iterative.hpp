@@ -97,7 +97,7 @@ dno_result dno(const Policy& policy, const sequence_input& policy_1, const seque
         res.mean_target = detail::vector_sum(q.v) / double(B);
     }
     res.rewards = detail::pair_reward_metrics(r1, r2, s1.sum, s2.sum);
-    detail::check_grads_against(fn, {{grad_1, "grad_1"}, {grad_2, "grad_2"}},
+    detail::check_grads_against(fn, {{grad_1, "grad_1", policy_1}, {grad_2, "grad_2", policy_2}},
                                 {{policy_1, "policy_1"}, {policy_2, "policy_2"}, {previous_1, "previous_1"}, {previous_2, "previous_2"}});
     detail::check_outputs_before_writes(fn, B, {{losses, "losses"}}, {{grad_1, "grad_1"}, {grad_2, "grad_2"}});
     detail::broadcast(policy, policy_1, g1, grad_1, {fn, "grad_1"});
@@ -259,7 +259,7 @@ p3o_result p3o(const Policy& policy, const sequence_input& policy_1, const seque
         res.clip_fraction = detail::vector_sum(clipped) / double(B);
         res.mean_reward_gap = detail::vector_sum(gap) / double(B);
     }
-    detail::check_grads_against(fn, {{grad_1, "grad_1"}, {grad_2, "grad_2"}},
+    detail::check_grads_against(fn, {{grad_1, "grad_1", policy_1}, {grad_2, "grad_2", policy_2}},
                                 {{policy_1, "policy_1"}, {policy_2, "policy_2"}, {old_1, "old_1"}, {old_2, "old_2"}});
     detail::broadcast(policy, policy_1, g1, grad_1, {fn, "grad_1"});
     detail::broadcast(policy, policy_2, g2, grad_2, {fn, "grad_2"});

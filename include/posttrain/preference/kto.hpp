@@ -229,13 +229,15 @@ kto_result kto(const Policy& policy, const kto_items& desirable, const kto_items
     r.logps_chosen = detail::mean_of(d.policy.sum);
     r.logps_rejected = detail::mean_of(u.policy.sum);
 
-    detail::check_grads_against(fn, {{grad_desirable, "grad_desirable"}, {grad_undesirable, "grad_undesirable"}},
-                                {{desirable.policy, "desirable.policy"}, {desirable.reference, "desirable.reference"},
-                                 {undesirable.policy, "undesirable.policy"}, {undesirable.reference, "undesirable.reference"},
-                                 {kl.policy, "kl.policy"}, {kl.reference, "kl.reference"}});
     detail::require(desirable.policy.present() || !grad_desirable.present(), {fn, "grad_desirable"}, "given without desirable items");
     detail::require(undesirable.policy.present() || !grad_undesirable.present(), {fn, "grad_undesirable"},
                     "given without undesirable items");
+    detail::check_grads_against(fn,
+                                {{grad_desirable, "grad_desirable", desirable.policy},
+                                 {grad_undesirable, "grad_undesirable", undesirable.policy}},
+                                {{desirable.policy, "desirable.policy"}, {desirable.reference, "desirable.reference"},
+                                 {undesirable.policy, "undesirable.policy"}, {undesirable.reference, "undesirable.reference"},
+                                 {kl.policy, "kl.policy"}, {kl.reference, "kl.reference"}});
     detail::check_outputs_before_writes(fn, N,
                                         {{outputs.losses, "outputs.losses"},
                                          {outputs.chosen_rewards, "outputs.chosen_rewards", d.count},

@@ -142,7 +142,8 @@ modpo_result modpo(const Policy& policy, const sequence_input& policy_chosen, co
     res.pairs = B;
     res.loss = posttrain::detail::fixed_order_sum(B, [&](index_t i) { return loss[std::size_t(i)]; }) * f;
     res.rewards = detail::pair_reward_metrics(Rc, Rr, pc.sum, pr.sum);
-    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
+    detail::check_grads_against(fn,
+                                {{grad_chosen, "grad_chosen", policy_chosen}, {grad_rejected, "grad_rejected", policy_rejected}},
                                 {{policy_chosen, "policy_chosen"}, {policy_rejected, "policy_rejected"},
                                  {reference_chosen, "reference_chosen"}, {reference_rejected, "reference_rejected"}});
     detail::check_outputs_before_writes(fn, B,

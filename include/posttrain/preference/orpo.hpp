@@ -252,7 +252,7 @@ odds_ratio_result odds_ratio(const Policy& policy, const sequence_input& chosen,
     const auto vc = detail::reduce(policy, chosen, B, {fn, "chosen"});
     const auto vr = detail::reduce(policy, rejected, B, {fn, "rejected"});
     auto t = detail::odds_ratio_terms_of(vc, vr, options, fn);
-    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}},
+    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen", chosen}, {grad_rejected, "grad_rejected", rejected}},
                                 {{chosen, "chosen"}, {rejected, "rejected"}});
     detail::check_odds_ratio_outputs(outputs, B, fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}});
     detail::broadcast(policy, chosen, t.coef_chosen, grad_chosen, {fn, "grad_chosen"});
@@ -286,7 +286,10 @@ orpo_result orpo(const Policy& policy, const sequence_input& chosen, const seque
     for (auto& c : nll.coef) c *= options.grad_scale;
     if (!separate)  // one broadcast: both terms are constant along each chosen response
         for (std::size_t i = 0; i < nll.coef.size(); ++i) t.coef_chosen[i] += nll.coef[i];
-    detail::check_grads_against(fn, {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}, {grad_nll, "grad_nll"}},
+    detail::check_grads_against(fn,
+                                {{grad_chosen, "grad_chosen", chosen},
+                                 {grad_rejected, "grad_rejected", rejected},
+                                 {grad_nll, "grad_nll", nll_chosen}},
                                 {{chosen, "chosen"}, {rejected, "rejected"}, {nll_chosen, "nll_chosen"}});
     detail::check_odds_ratio_outputs(outputs, B, fn,
                                      {{grad_chosen, "grad_chosen"}, {grad_rejected, "grad_rejected"}, {grad_nll, "grad_nll"}});

@@ -460,17 +460,50 @@ inline void check_grads_disjoint(const sequence_grad& a, const sequence_grad& b,
 struct named_grad {
     const sequence_grad& grad;
     const char* name;
+    const sequence_input& of;  // the input it is the gradient of
 };
 struct named_input {
     const sequence_input& input;
     const char* name;
 };
 
-// The gradients of a multi-input loss may not overlap each other nor any input of the call (one is
-// written while others are still read); each is also checked against its own input by broadcast().
+// The gradient `out` of `in` (when given): the form of `in` ([B, T] per token, [B] for sums), its
+// shape, and not over `in`'s log-probs, mask or sums. Raises naming `w`; writes nothing.
+inline void check_grad_of(const sequence_input& in, const sequence_grad& out, where w) {
+    if (!out.present()) return;
+    posttrain::detail::require(out.per_token() == in.per_token(), w,
+            in.per_token() ? "must be a [B, T] view (its log-probs were given per token)"
+                           : "must be a [B] view (its log-probs were given as sums)");
+    if (in.per_token()) {
+        std::visit(
+            [&](auto g, auto lp, auto m) {
+                if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(lp), std::monostate> &&
+                              !std::is_same_v<decltype(m), std::monostate>) {
+                    check_same_shape(g, lp, w, "log_probs");
+                    posttrain::advantage::detail::check_no_alias(g, lp, w, "log_probs");
+                    posttrain::advantage::detail::check_no_alias(g, m, w, "mask");
+                }
+            },
+            out.token_view(), in.token_view(), in.mask_view());
+    } else {
+        std::visit(
+            [&](auto g, auto s) {
+                if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(s), std::monostate>) {
+                    posttrain::detail::require(g.extent(0) == s.extent(0), w, "must have one entry per sequence");
+                    posttrain::advantage::detail::check_no_alias(g, s, w, "sums");
+                }
+            },
+            out.sums_view(), in.sums_view());
+    }
+}
+
+// The gradients of a multi-input loss, checked before the first is written: each against its own
+// input (check_grad_of: form, shape), none over an input of the call (one is written while others
+// are still read) nor over another gradient.
 inline void check_grads_against(const char* fn, std::initializer_list<named_grad> grads,
                                 std::initializer_list<named_input> inputs) {
     for (auto g = grads.begin(); g != grads.end(); ++g) {
+        check_grad_of(g->of, g->grad, {fn, g->name});
         for (const named_input& in : inputs) check_grad_disjoint(g->grad, in.input, {fn, g->name}, in.name);
         for (auto h = g + 1; h != grads.end(); ++h) check_grads_disjoint(g->grad, h->grad, {fn, g->name}, h->name);
     }
@@ -542,24 +575,19 @@ std::pair<sequence_values, sequence_values> reduce_with_reference(const Policy& 
 }
 
 // Writes dL/d(log-probs) of `in` into `out`: coef[i] on every valid token of row i (times the token's
-// LD weight), 0 on masked tokens; coef[i] itself for the summed form. Checks shapes and aliasing.
+// LD weight), 0 on masked tokens; coef[i] itself for the summed form. Checks `out` (check_grad_of)
+// first; a loss with several gradients checks them all (check_grads_against) before the first write.
 template <class Policy>
 void broadcast(const Policy& policy, const sequence_input& in, const std::vector<double>& coef, const sequence_grad& out,
                where w, token_weighting weighting = {}) {
     if (!out.present()) return;
-    posttrain::detail::require(out.per_token() == in.per_token(), w,
-            in.per_token() ? "must be a [B, T] view (its log-probs were given per token)"
-                           : "must be a [B] view (its log-probs were given as sums)");
+    check_grad_of(in, out, w);
     if (in.per_token()) {
         std::visit(
             [&](auto g, auto lp, auto m) {
                 if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(lp), std::monostate> &&
-                              !std::is_same_v<decltype(m), std::monostate>) {
-                    check_same_shape(g, lp, w, "log_probs");
-                    posttrain::advantage::detail::check_no_alias(g, lp, w, "log_probs");
-                    posttrain::advantage::detail::check_no_alias(g, m, w, "mask");
+                              !std::is_same_v<decltype(m), std::monostate>)
                     write_token_grad(policy, m, coef, g, weighting);
-                }
             },
             out.token_view(), in.token_view(), in.mask_view());
     } else {
@@ -567,8 +595,6 @@ void broadcast(const Policy& policy, const sequence_input& in, const std::vector
             [&](auto g, auto s) {
                 if constexpr (!std::is_same_v<decltype(g), std::monostate> && !std::is_same_v<decltype(s), std::monostate>) {
                     using G = typename decltype(g)::value_type;
-                    posttrain::detail::require(g.extent(0) == s.extent(0), w, "must have one entry per sequence");
-                    posttrain::advantage::detail::check_no_alias(g, s, w, "sums");
                     for (index_t i = 0; i < g.extent(0); ++i) g(i) = static_cast<G>(coef[std::size_t(i)]);
                 }
             },
