@@ -489,3 +489,18 @@ TEST_CASE("preference::dpo: both gradients are checked (form, length) before eit
     CHECK_THROWS_WITH_AS(call(tokens), doctest::Contains("'grad_rejected': must be a [B] view"), pt::invalid_argument);
     CHECK(gw == std::vector<double>(2, 7.0));  // nothing written
 }
+
+TEST_CASE("preference::sequence_log_probs checks lengths (length, apart from sums) before writing sums") {
+    std::vector<double> lp = {-1, -2, -3, -4}, s(2, 7.0), short_n(1), both(3, 7.0);
+    std::vector<std::int64_t> m = {1, 1, 0, 1};
+    const pt::tensor_view<const double, 2> v(lp.data(), 2, 2);
+    const pt::tensor_view<const std::int64_t, 2> mv(m.data(), 2, 2);
+    CHECK_THROWS_WITH_AS(pref::sequence_log_probs(pt::exec::seq, v, mv, s, short_n),
+                         doctest::Contains("'lengths': must have one entry per row"), pt::invalid_argument);
+    CHECK(s == std::vector<double>(2, 7.0));  // nothing written
+    // lengths one past sums (sums[1] is lengths[0]) would overwrite sums[1] with a length.
+    CHECK_THROWS_WITH_AS(pref::sequence_log_probs(pt::exec::seq, v, mv, pt::tensor_view<double, 1>(both.data(), 2),
+                                                  pt::tensor_view<double, 1>(both.data() + 1, 2)),
+                         doctest::Contains("'lengths': the output overlaps the input 'sums'"), pt::invalid_argument);
+    CHECK(both == std::vector<double>(3, 7.0));
+}

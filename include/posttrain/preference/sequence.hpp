@@ -614,17 +614,30 @@ void sequence_log_probs(const Policy& policy, const LogProbs& log_probs, const M
     constexpr const char* fn = "posttrain::preference::sequence_log_probs";
     const sequence_input in = sequence_input::tokens(log_probs, mask);
     const auto v = detail::reduce(policy, in, in.batch(), {fn, "log_probs"});
-    auto write = [&](auto&& out, const std::vector<double>& x, const char* name) {
-        std::visit(
-            [&](auto o) {
-                using O = typename decltype(o)::value_type;
-                posttrain::detail::require(o.extent(0) == in.batch(), {fn, name}, "must have one entry per row of 'log_probs'");
-                for (index_t i = 0; i < o.extent(0); ++i) o(i) = static_cast<O>(x[std::size_t(i)]);
-            },
-            posttrain::detail::floating_output<1>(out, {fn, name}));
+    // Both outputs are checked (lengths, lengths apart from sums) before sums is written.
+    const auto out_sums = posttrain::detail::floating_output<1>(sums, {fn, "sums"});
+    auto check = [&](const auto& out, const char* name) {
+        std::visit([&](auto o) {
+            posttrain::detail::require(o.extent(0) == in.batch(), {fn, name}, "must have one entry per row of 'log_probs'");
+        }, out);
     };
-    write(sums, v.sum, "sums");
-    if constexpr (!std::is_same_v<std::remove_cvref_t<Lengths>, none_t>) write(lengths, v.length, "lengths");
+    auto write = [&](const auto& out, const std::vector<double>& x) {
+        std::visit([&](auto o) {
+            using O = typename decltype(o)::value_type;
+            for (index_t i = 0; i < o.extent(0); ++i) o(i) = static_cast<O>(x[std::size_t(i)]);
+        }, out);
+    };
+    check(out_sums, "sums");
+    if constexpr (!std::is_same_v<std::remove_cvref_t<Lengths>, none_t>) {
+        const auto out_lengths = posttrain::detail::floating_output<1>(lengths, {fn, "lengths"});
+        check(out_lengths, "lengths");
+        std::visit([&](auto l, auto s) { posttrain::advantage::detail::check_no_alias(l, s, {fn, "lengths"}, "sums"); },
+                   out_lengths, out_sums);
+        write(out_sums, v.sum);
+        write(out_lengths, v.length);
+    } else {
+        write(out_sums, v.sum);
+    }
 }
 
 // The backward of sequence_log_probs: grad_log_probs[b, t] = [mask[b, t] != 0] * grad_sums[b].
