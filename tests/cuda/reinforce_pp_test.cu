@@ -488,6 +488,11 @@ PT_TEST("reinforce_pp family: strided views (and the staged path's same bits) an
         (void)adv::masked_whiten(pt::exec::seq, hview(x.r, n, t), hview(m8, n, t), hout(w, n, t), o);
         adv::masked_whiten(pt::exec::cuda, sr.cview(), sm.cview(), sa.view(), o);
         pt::test::close_to(sa.host_rowmajor(), w, 1e-10, "masked_whiten strided");
+        // Every view dense: the moments pass stages its tiles, the same bits as the direct path.
+        device_vec<double> dx(x.r), dw(x.r.size());
+        device_vec<std::uint8_t> dm8(m8);
+        adv::masked_whiten(pt::exec::cuda, dview(dx, n, t), dview(dm8, n, t), dout(dw, n, t), o);
+        PT_CHECK_MSG(dw.host() == sa.host_rowmajor(), "masked_whiten staged and direct differ");
         // Row-major values, column-major output: the apply kernel's general (non-dense) path.
         device_vec<double> dr(x.r);
         adv::masked_whiten(pt::exec::cuda, dview(dr, n, t), sm.cview(), sa.view(), o);
@@ -524,6 +529,9 @@ PT_TEST("reinforce_pp family: strided views (and the staged path's same bits) an
         device_vec<double> db(x.b);
         adv::reinforce_pp_baseline(pt::exec::cuda, db.cview(), pt::uniform_groups{7}, bm, sa.view(), o);
         pt::test::close_to(sa.host_rowmajor(), a, 1e-10, "reinforce_pp_baseline strided, bool mask");
+        device_vec<double> da(x.r.size());  // dense mask and output: the staged broadcast, the same bits
+        adv::reinforce_pp_baseline(pt::exec::cuda, db.cview(), pt::uniform_groups{7}, bm, dout(da, n, t), o);
+        PT_CHECK_MSG(da.host() == sa.host_rowmajor(), "reinforce_pp_baseline staged and direct differ");
     }
 }
 

@@ -172,6 +172,9 @@ __device__ inline int stage_slot(index_t f) {
 }
 inline constexpr int stage_slots = static_cast<int>(scan_tile);
 
+// Slot of a tile's element e (scan order) among n.
+__device__ inline int item_slot(index_t n, index_t e) { return stage_slot(n - 1 - e); }
+
 // Whether every view's elements (i, t) are data()[i * cols + t] (the stride of an extent of 0 or 1
 // does not matter).
 template <class... V>
@@ -193,7 +196,7 @@ __device__ void stage_in(double* stage, const T* data, index_t base, index_t n, 
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < scan_items; ++j)
-        if (j < count) out[j] = stage[stage_slot(n - 1 - (e0 + j))];
+        if (j < count) out[j] = stage[item_slot(n, e0 + j)];
 }
 
 // stage_in into one field of the thread's tokens (the staged form of a problem's load): field(k)
@@ -496,7 +499,7 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
                     a = seed_a;
                 }
                 scan_apply(p.map(tok[j], i), n, a);
-                xs[j] = p.write(tmp.stage, stage_slot(sp.n - 1 - (e0 + j)), i, t, tok[j], n, a);
+                xs[j] = p.write(tmp.stage, item_slot(sp.n, e0 + j), i, t, tok[j], n, a);
                 const double w = p.weight(tok[j]);
                 w_sum += w;
                 wx_sum += w * xs[j];

@@ -86,11 +86,31 @@ struct broadcast_values {
     const double* c;
     device_view<const M, 2> m;
     device_view<A, 2> a;
+    bool staged = false;  // m and a dense: gae.cuh's staged tiles
     __device__ void item(index_t i, index_t t, double& v, double& w) const {
         w = double(m(i, t));
         const A stored = static_cast<A>(c[i] * w);
         a(i, t) = stored;
         v = double(stored);
+    }
+    __device__ void items_staged(tile_stage& st, const scan_tiles& s, const tile_span& sp, index_t e0, int count,
+                                 double (&xs)[scan_items], double (&ws)[scan_items]) const {
+        const index_t base = tile_base(s, sp);
+        stage_in(st.out[1], m.data(), base, sp.n, e0, count, ws);
+        if (count > 0) {
+            index_t i, t;
+            bool restart;
+            token_of(s, sp, e0, i, t, restart);
+#pragma unroll
+            for (int j = 0; j < scan_items; ++j) {
+                if (j < count) {
+                    xs[j] = double(static_cast<A>(c[i] * ws[j]));
+                    st.out[0][item_slot(sp.n, e0 + j)] = xs[j];
+                    step_back(s, i, t, restart);
+                }
+            }
+        }
+        stage_out(st.out[0], a.data(), base, sp.n);
     }
 };
 
@@ -129,7 +149,9 @@ void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& 
             const exec::cuda_policy inner =
                 l.grpo_bytes > 0 ? policy.with(scratch.as<void>(l.grpo), l.grpo_bytes) : policy.with(nullptr, 0);
             posttrain::advantage::grpo(inner, r, groups, device_view<double, 1>(centred, rows), options.centring);
-            whiten_cuda(policy, broadcast_values<M, A>{centred, m, a}, scratch, l.whiten,
+            broadcast_values<M, A> src{centred, m, a};
+            src.staged = all_dense(m, a);
+            whiten_cuda(policy, src, scratch, l.whiten,
                         make_whiten_params(options.whitening, options.mask_output), stats.data(), device_view<const A, 2>(a), a, m,
                         fn);
         },

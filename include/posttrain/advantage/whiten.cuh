@@ -45,21 +45,29 @@ namespace posttrain::advantage {
 namespace detail {
 
 // Every tile's (weight, mean, M2) of the values a source yields. A source has
+//     bool staged;  // every view dense (gae.cuh's staged tiles): items_staged, otherwise item
 //     __device__ void item(index_t i, index_t t, double& x, double& w) const;
-// (value and weight of token (i, t); it may write an output there too). Tiles are those of the scan
+//     __device__ void items_staged(tile_stage&, const scan_tiles&, const tile_span&, index_t e0, int count,
+//                                  double (&xs)[scan_items], double (&ws)[scan_items]) const;
+// (value and weight of token (i, t), or of the thread's items; it may write an output there too;
+// items_staged is called by every thread of the block). Tiles are those of the scan
 // (make_scan_tiles), so whiten_finalize_kernel folds them as it folds the scan's.
 template <class Source>
 __global__ void __launch_bounds__(scan_threads) moments_tiles_kernel(Source src, scan_tiles s, tile_moments* moments) {
     using block_sum = cub::BlockReduce<double, scan_threads>;
-    __shared__ typename block_sum::TempStorage tmp;
+    __shared__ union {
+        typename block_sum::TempStorage sum;
+        tile_stage stage;  // staged sources only (src.staged is uniform per launch)
+    } tmp;
     __shared__ double tile_mean;
     const index_t k = blockIdx.x;
     const tile_span sp = span_of(s, k);
     const index_t e0 = index_t(threadIdx.x) * scan_items;
     const int count = e0 < sp.n ? int(sp.n - e0 < scan_items ? sp.n - e0 : scan_items) : 0;
     double xs[scan_items] = {}, ws[scan_items] = {};  // zero past the tile's end: block_tile_moments reads all
-    double w_sum = 0, wx_sum = 0;
-    if (count > 0) {
+    if (src.staged) {
+        src.items_staged(tmp.stage, s, sp, e0, count, xs, ws);
+    } else if (count > 0) {
         index_t i, t;
         bool restart;
         token_of(s, sp, e0, i, t, restart);
@@ -67,13 +75,20 @@ __global__ void __launch_bounds__(scan_threads) moments_tiles_kernel(Source src,
         for (int j = 0; j < scan_items; ++j) {
             if (j < count) {
                 src.item(i, t, xs[j], ws[j]);
-                w_sum += ws[j];
-                wx_sum += ws[j] * xs[j];
                 step_back(s, i, t, restart);
             }
         }
     }
-    const tile_moments tm = block_tile_moments<block_sum>(tmp, tile_mean, xs, [&](int j) { return ws[j]; }, w_sum, wx_sum);
+    double w_sum = 0, wx_sum = 0;
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j) {
+        if (j < count) {
+            w_sum += ws[j];
+            wx_sum += ws[j] * xs[j];
+        }
+    }
+    // The stage -> tmp.sum: block_tile_moments syncs first.
+    const tile_moments tm = block_tile_moments<block_sum>(tmp.sum, tile_mean, xs, [&](int j) { return ws[j]; }, w_sum, wx_sum);
     if (threadIdx.x == 0) moments[k] = tm;
 }
 
@@ -82,11 +97,25 @@ template <class X, class M>
 struct masked_values {
     device_view<const X, 2> x;
     device_view<const M, 2> m;
+    bool staged = false;
     __device__ void item(index_t i, index_t t, double& v, double& w) const {
         v = double(x(i, t));
         w = double(m(i, t));
     }
+    __device__ void items_staged(tile_stage& st, const scan_tiles& s, const tile_span& sp, index_t e0, int count,
+                                 double (&xs)[scan_items], double (&ws)[scan_items]) const {
+        stage_in(st.out[0], x.data(), tile_base(s, sp), sp.n, e0, count, xs);
+        stage_in(st.out[1], m.data(), tile_base(s, sp), sp.n, e0, count, ws);
+    }
 };
+
+// A source of views x and m, staged when both are dense.
+template <class X, class M>
+masked_values<X, M> masked_source(device_view<const X, 2> x, device_view<const M, 2> m) {
+    masked_values<X, M> src{x, m};
+    src.staged = all_dense(x, m);
+    return src;
+}
 
 // The scratch of a whitening not fed by the scan: `before` bytes of the caller's own first (e.g.
 // reinforce_pp_baseline's centred rewards), then the per-tile moments and the transform.
@@ -130,8 +159,8 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
             check_stats_apart(stats, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
-            whiten_cuda(policy, masked_values<typename decltype(x)::value_type, typename decltype(m)::value_type>{x, m}, scratch, l,
-                        make_whiten_params(options, options.mask_output), stats.data(), x, o, m, fn);
+            whiten_cuda(policy, masked_source(x, m), scratch, l, make_whiten_params(options, options.mask_output), stats.data(), x, o, m,
+                        fn);
         },
         posttrain::detail::floating_input<2, device_space>(values, {fn, "values"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -178,8 +207,7 @@ void masked_stat_cuda(const exec::cuda_policy& policy, const Values& values, con
             auto* moments = scratch.as<tile_moments>(l.whiten.moments);
             auto* tr = scratch.as<whiten_transform>(l.whiten.transform);
             auto* stats = scratch.as<double>(l.stats);
-            launch_moments(policy, masked_values<typename decltype(x)::value_type, typename decltype(m)::value_type>{x, m}, s, moments,
-                           fn);
+            launch_moments(policy, masked_source(x, m), s, moments, fn);
             whiten_params w;
             w.ddof = static_cast<int>(options.ddof);
             w.count_epsilon = options.count_epsilon;
