@@ -174,3 +174,33 @@ TEST_CASE_TEMPLATE("truncated_by_length and mask_truncated", B, POSTTRAIN_HOST_B
     std::vector<std::uint8_t> two(2);
     CHECK_THROWS_AS((void)sp::mask_truncated(B::policy(), two, m), pt::invalid_argument);
 }
+
+TEST_CASE("overlong_penalty, truncated_by_length and mask_truncated refuse an output over their input before writing") {
+    std::vector<std::int64_t> buf{0, 16, 17, 20, 24, 30, 0, 0};
+    const pt::tensor_view<const std::int64_t, 1> len(buf.data(), 6);
+    // The double penalties two entries on would overwrite lengths 2.. before they are read.
+    CHECK_THROWS_WITH_AS(sp::overlong_penalty(pt::exec::seq, len, pt::tensor_view<double, 1>(reinterpret_cast<double*>(buf.data() + 2), 6),
+                                              sp::overlong_options::dapo(24, 8)),
+                         doctest::Contains("'penalty': the output overlaps the input 'lengths'"), pt::invalid_argument);
+    CHECK(buf == std::vector<std::int64_t>{0, 16, 17, 20, 24, 30, 0, 0});  // nothing written
+
+    std::vector<std::int32_t> l{5, 9, 2, 0}, in_place{5, 9, 2};
+    std::vector<std::int32_t> flags(3);
+    CHECK(sp::truncated_by_length(pt::exec::seq, std::vector<std::int32_t>{5, 9, 2}, flags, 5) == 2);
+    // The same view in place is fine (each length is read before its flag is written) ...
+    CHECK(sp::truncated_by_length(pt::exec::seq, pt::tensor_view<const std::int32_t, 1>(in_place.data(), 3),
+                                  pt::tensor_view<std::int32_t, 1>(in_place.data(), 3), 5) == 2);
+    CHECK(in_place == flags);
+    // ... a shifted one is not: flag 0 would overwrite length 1.
+    CHECK_THROWS_WITH_AS((void)sp::truncated_by_length(pt::exec::seq, pt::tensor_view<const std::int32_t, 1>(l.data(), 3),
+                                                       pt::tensor_view<std::int32_t, 1>(l.data() + 1, 3), 5),
+                         doctest::Contains("'truncated': the output partly overlaps the input 'lengths'"), pt::invalid_argument);
+    CHECK(l == std::vector<std::int32_t>{5, 9, 2, 0});
+
+    // A token mask one past the flags would clear flag 1 while masking row 0.
+    std::vector<std::uint8_t> t{1, 1, 0, 1};
+    CHECK_THROWS_WITH_AS((void)sp::mask_truncated(pt::exec::seq, pt::tensor_view<const std::uint8_t, 1>(t.data(), 3),
+                                                  pt::tensor_view<std::uint8_t, 2>(t.data() + 1, 3, 1)),
+                         doctest::Contains("'token_mask': the output overlaps the input 'truncated'"), pt::invalid_argument);
+    CHECK(t == std::vector<std::uint8_t>{1, 1, 0, 1});
+}

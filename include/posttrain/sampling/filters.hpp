@@ -256,6 +256,7 @@ struct overlong_options {
 // DAPO's soft overlong punishment, added to the reward by the caller:
 //   penalty_i = min(-(len_i - (L_max - L_cache)) / L_cache * factor, 0)
 // 0 up to L_max - L_cache, falling linearly to -factor at L_max (and below it past L_max, as in verl).
+// `penalty` (float) may not overlap the integer `lengths` (no in-place form: the types differ).
 template <class Policy, class Lengths, class Penalty>
     requires host_policy<Policy>
 void overlong_penalty(const Policy& policy, const Lengths& lengths, Penalty&& penalty, const overlong_options& options) {
@@ -269,6 +270,7 @@ void overlong_penalty(const Policy& policy, const Lengths& lengths, Penalty&& pe
         [&](auto len, auto out) {
             using E = typename decltype(out)::value_type;
             detail::require(out.extent(0) == len.extent(0), {fn, "penalty"}, "expected one entry per length");
+            advantage::detail::check_no_alias(out, len, {fn, "penalty"}, "lengths");
             detail::check_lengths(len, {fn, "lengths"});
             posttrain::detail::for_blocks(policy, len.extent(0), 1, [&](index_t lo, index_t hi) {
                 for (index_t i = lo; i < hi; ++i) {
@@ -291,6 +293,7 @@ index_t truncated_by_length(const Policy&, const Lengths& lengths, Truncated&& t
         [&](auto len, auto out) {
             using E = typename decltype(out)::value_type;
             detail::require(out.extent(0) == len.extent(0), {fn, "truncated"}, "expected one entry per length");
+            advantage::detail::check_same_or_disjoint(out, len, {fn, "truncated"}, "lengths");
             detail::check_lengths(len, {fn, "lengths"});
             index_t count = 0;
             for (index_t i = 0; i < len.extent(0); ++i) {
@@ -314,6 +317,7 @@ index_t mask_truncated(const Policy& policy, const Truncated& truncated, TokenMa
         [&](auto t, auto m) {
             using M = typename decltype(m)::value_type;
             detail::require(m.extent(0) == t.extent(0), {fn, "token_mask"}, "expected one row per truncated flag");
+            advantage::detail::check_no_alias(m, t, {fn, "token_mask"}, "truncated");
             using T = std::remove_const_t<typename decltype(t)::value_type>;
             posttrain::detail::for_blocks(policy, m.extent(0), m.extent(1), [&](index_t lo, index_t hi) {
                 for (index_t i = lo; i < hi; ++i)
