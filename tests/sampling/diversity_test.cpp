@@ -295,3 +295,15 @@ TEST_CASE("pairwise_edit_distance: the bit-parallel distance equals the dynamic 
         REQUIRE(smp::detail::edit_distance_of(seqs, smp::edit_distance_options::mmr1(), sparse, pairs) == want);
     }
 }
+
+TEST_CASE("diversity: out over tokens is refused before anything is written") {
+    // Two prompts of two sequences of 3 tokens; out over the second prompt's tokens would overwrite them
+    // with the first prompt's result before they are read.
+    std::vector<std::int64_t> tok{1, 2, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    const auto before = tok;
+    const pt::tensor_view<const std::int64_t, 1> t(tok.data(), 12);
+    CHECK_THROWS_WITH_AS((void)smp::distinct_n(pt::exec::seq, t, pt::uniform_groups{3}, pt::uniform_groups{2},
+                                               pt::tensor_view<double, 1>(reinterpret_cast<double*>(tok.data() + 6), 2)),
+                         doctest::Contains("'out': the output overlaps the input 'tokens'"), pt::invalid_argument);
+    CHECK(tok == before);  // nothing written
+}

@@ -405,7 +405,8 @@ inline constexpr bool contiguous_layout<ragged_groups<Offset>> = true;
 
 // The shared driver: validates tokens, the sequence layout, the prompt layout and the output, then
 // calls metric(seqs) -> double for every prompt (sequences in layout order) and writes out[g].
-// Prompts with fewer than min_sequences sequences get 0 without calling the metric.
+// Prompts with fewer than min_sequences sequences get 0 without calling the metric. `out` may not
+// overlap `tokens`: a prompt's result is written while later prompts' tokens are still to be read.
 template <class Policy, class Tokens, class Sequences, class Groups, class Out, class Metric>
 diversity_result diversity_entry(const Policy& policy, const Tokens& tokens, const Sequences& sequences,
                                  const Groups& groups, Out&& out, index_t min_sequences, const char* fn,
@@ -426,6 +427,7 @@ diversity_result diversity_entry(const Policy& policy, const Tokens& tokens, con
             const auto layout = posttrain::detail::make_layout(groups, S, {fn, "groups"});
             const index_t G = layout.num_groups();
             posttrain::advantage::detail::check_extent(y.extent(0), G, {fn, "out"}, "one entry per prompt (group):");
+            posttrain::advantage::detail::check_no_alias(y, t, {fn, "out"}, "tokens");
             using Raw = std::remove_const_t<Id>;
             const auto seq_of = [&](index_t s) {
                 return seq_ref<Raw>{t.data() + seq_layout.rows(s).begin * t.stride(0), t.stride(0), seq_layout.size(s)};
