@@ -373,6 +373,7 @@ oreo_raw oreo_run(const Policy& policy, oreo_kind kind, const oreo_args& x, cons
     }
     require_no_alias(x.grad_log_probs, x.grad_values, {fn, "grad_log_probs"}, "grad_values");
     require_no_alias(x.grad_values, x.grad_tails, {fn, "grad_values"}, "grad_tails");
+    // grad_log_probs and grad_tails never meet: grad_tails is oreo_value_loss's only, which takes no grad_log_probs.
     if (x.initial_values.present())
         require(x.initial_values.size() == B, {fn, "initial_values"},
                 "must have one entry per sequence: found " + str(x.initial_values.size()) + ", expected " + str(B));
