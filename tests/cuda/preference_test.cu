@@ -554,6 +554,16 @@ PT_TEST("sequence_log_probs: strided (transposed) views, determinism, status wor
     pp::sequence_log_probs(pt::exec::cuda.with_status(status.data()), pt::device_view<const double, 2>(db.data(), B, T_),
                            pt::device_view<const std::uint8_t, 2>(dm0.data(), B, T_), s.view());
     PT_CHECK((status.host()[0] & pt::status_nonfinite_input) != 0);
+    // Outputs over an input or over each other are refused before launching (blocks write them while
+    // others still read the inputs).
+    device_vec<double> lp_copy(d.lp[0]), mask_d(std::vector<double>(d.mask[0].begin(), d.mask[0].end()));
+    const pt::device_view<const double, 2> lpv(lp_copy.data(), B, T_), mv(mask_d.data(), B, T_);
+    PT_CHECK_THROWS(pp::sequence_log_probs(pt::exec::cuda, lpv, mv, pt::device_view<double, 1>(lp_copy.data() + 3, B)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pp::sequence_log_probs(pt::exec::cuda, lpv, mv, s.view(), pt::device_view<double, 1>(mask_d.data(), B)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pp::sequence_log_probs(pt::exec::cuda, lpv, mv, s.view(), pt::device_view<double, 1>(s.data(), B)),
+                    pt::invalid_argument);
 }
 
 PT_TEST("sequence_log_probs_backward: device equals the host, float / double / bfloat16 gradients") {

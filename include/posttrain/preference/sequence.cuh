@@ -503,6 +503,23 @@ void sequence_log_probs(const exec::cuda_policy& policy, const LogProbs& log_pro
             using T = typename decltype(lp)::value_type;
             using M = typename decltype(m)::value_type;
             advantage::detail::check_same_shape(m, lp, {fn, "mask"}, "log_probs");
+            // The outputs are written while other blocks still read the inputs: apart from them (and
+            // lengths from sums).
+            auto apart_from_inputs = [&](const auto& out, const char* name) {
+                std::visit(
+                    [&](auto o) {
+                        advantage::detail::check_no_alias(o, lp, {fn, name}, "log_probs");
+                        advantage::detail::check_no_alias(o, m, {fn, name}, "mask");
+                    },
+                    posttrain::detail::floating_output<1, device_space>(out, {fn, name}));
+            };
+            apart_from_inputs(sums, "sums");
+            if constexpr (!std::is_same_v<std::remove_cvref_t<Lengths>, none_t>) {
+                apart_from_inputs(lengths, "lengths");
+                std::visit([&](auto l, auto s) { advantage::detail::check_no_alias(l, s, {fn, "lengths"}, "sums"); },
+                           posttrain::detail::floating_output<1, device_space>(lengths, {fn, "lengths"}),
+                           posttrain::detail::floating_output<1, device_space>(sums, {fn, "sums"}));
+            }
             const index_t B = lp.extent(0);
             detail::reduce_args<T, M> a;
             detail::token_side<T, M>& sd = a.side[0];
