@@ -660,6 +660,38 @@ PT_TEST("dpo: bad input throws invalid_argument naming the argument, before laun
     names([&] { run(w, l, rw, rl, pt::device_view<double, 2>(g.data(), B, T_ - 1), pp::dpo_options::trl()); }, "grad_chosen");
     names([&] { run(w, l, rw, rl, pt::device_view<double, 2>(const_cast<double*>(l0.data()), B, T_), pp::dpo_options::trl()); },
           "grad_chosen");
+    // outputs over another side's input, over the extras, over one another or under the result (the
+    // kernels write them while other blocks still read the inputs): refused before launching
+    names([&] { run(w, l, rw, rl, pt::device_view<double, 2>(const_cast<double*>(l3.data()), B, T_), pp::dpo_options::trl()); },
+          "grad_chosen");
+    {
+        auto outs = [&](const pp::device_pair_outputs& o, const pp::device_sequence_grad& ga = pt::none,
+                        const pp::device_sequence_grad& gb = pt::none, const pp::device_pair_extras& ex = {}) {
+            (void)pp::dpo(pt::exec::cuda, w, l, rw, rl, ga, gb, pp::dpo_options::trl(), o, ex);
+        };
+        device_vec<double> o1(static_cast<std::size_t>(B)), o2(static_cast<std::size_t>(B));
+        pp::device_pair_outputs over_weights;
+        over_weights.losses = pt::device_view<double, 1>(const_cast<double*>(s0.data()), B);
+        pp::device_pair_extras ex;
+        ex.weights = s0.cview();
+        names([&] { outs(over_weights, pt::none, pt::none, ex); }, "outputs.losses");
+        pp::device_pair_outputs twice;
+        twice.chosen_rewards = o1.view();
+        twice.rejected_rewards = o1.view();
+        names([&] { outs(twice); }, "outputs.rejected_rewards");
+        pp::device_pair_outputs over_grad;
+        over_grad.losses = pt::device_view<double, 1>(g.data() + 2, B);
+        names([&] { outs(over_grad, pt::device_view<double, 2>(g.data(), B, T_)); }, "outputs.losses");
+        names([&] {
+            outs({}, pt::device_view<double, 2>(g.data(), B, T_), pt::device_view<double, 2>(g.data(), B, T_));
+        }, "grad_rejected");
+        names([&] {
+            pp::device_pair_outputs o;
+            o.losses = o2.view();
+            (void)pp::dpo(pt::exec::cuda, w, l, rw, rl, pt::none, pt::none, pp::dpo_options::trl(), o, {},
+                          pt::device_view<pp::device_dpo_result, 0>(reinterpret_cast<pp::device_dpo_result*>(o2.data())));
+        }, "result");
+    }
     // lengths needed but not given; extras of the wrong size
     names([&] {
         run(pp::device_sequence_input::sums(s0.cview()), pp::device_sequence_input::sums(s0.cview()), {}, {}, pt::none,

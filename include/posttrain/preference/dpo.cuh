@@ -450,6 +450,73 @@ void dpo_launch(const exec::cuda_policy& pol, dpo_plan& plan, device_dpo_result*
     }
 }
 
+// The bytes a view (or an absent one: empty) spans, for dpo()'s aliasing checks.
+struct dpo_span {
+    const unsigned char* begin = nullptr;
+    const unsigned char* end = nullptr;
+    const char* arg = nullptr;   // the argument's name
+    const char* part = nullptr;  // which of its views, or null
+    bool overlaps(const dpo_span& o) const noexcept { return begin != end && o.begin != o.end && begin < o.end && o.begin < end; }
+};
+template <class Variant>
+dpo_span span_of(const Variant& var, const char* arg, const char* part = nullptr) {
+    dpo_span s{nullptr, nullptr, arg, part};
+    std::visit(
+        [&](const auto& v) {
+            if constexpr (!is_monostate_v<std::remove_cvref_t<decltype(v)>>) {
+                if (v.size() == 0) return;
+                index_t last = 0;
+                for (int r = 0; r < std::remove_cvref_t<decltype(v)>::rank; ++r) last += (v.extent(r) - 1) * v.stride(r);
+                s.begin = reinterpret_cast<const unsigned char*>(v.data());
+                s.end = reinterpret_cast<const unsigned char*>(v.data() + last + 1);
+            }
+        },
+        var);
+    return s;
+}
+
+// Every output dpo() writes (the gradients, the per-pair outputs, the device result) apart from every
+// input and from every other output, before anything is allocated or launched: the kernels write
+// them while other blocks still read the inputs (the pair kernel reads the sums, lengths and extras
+// while writing the per-pair outputs and [B] gradients; the broadcast writes both [B, T] gradients
+// while reading both masks), and a later pass would overwrite an earlier one's output.
+inline void check_dpo_spans(const dpo_plan& plan, const device_sequence_grad* const grads[2], const device_pair_outputs& outputs,
+                            const device_pair_extras& extras, const device_dpo_result* d_result, const char* fn) {
+    std::vector<dpo_span> in, out;
+    for (int k = 0; k < max_token_sides; ++k) {
+        const device_sequence_input& x = *plan.side[k];
+        if (!x.present()) continue;
+        in.push_back(span_of(x.token_view(), side_name(k), "log_probs"));
+        in.push_back(span_of(x.mask_view(), side_name(k), "mask"));
+        in.push_back(span_of(x.sums_view(), side_name(k), "sums"));
+        in.push_back(span_of(x.lengths_view(), side_name(k), "lengths"));
+    }
+    in.push_back(span_of(extras.weights.view(), "extras.weights"));
+    in.push_back(span_of(extras.margins.view(), "extras.margins"));
+    for (int s = 0; s < 2; ++s) {
+        const char* gname = s == 0 ? "grad_chosen" : "grad_rejected";
+        out.push_back(span_of(grads[s]->token_view(), gname));
+        out.push_back(span_of(grads[s]->sums_view(), gname));
+    }
+    out.push_back(span_of(outputs.losses.view(), "outputs.losses"));
+    out.push_back(span_of(outputs.chosen_rewards.view(), "outputs.chosen_rewards"));
+    out.push_back(span_of(outputs.rejected_rewards.view(), "outputs.rejected_rewards"));
+    out.push_back(span_of(outputs.chosen_logps.view(), "outputs.chosen_logps"));
+    out.push_back(span_of(outputs.rejected_logps.view(), "outputs.rejected_logps"));
+    if (d_result != nullptr)
+        out.push_back({reinterpret_cast<const unsigned char*>(d_result), reinterpret_cast<const unsigned char*>(d_result + 1),
+                       "result", nullptr});
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        for (const dpo_span& x : in)
+            require(!out[i].overlaps(x), {fn, out[i].arg},
+                    std::string("the output overlaps the input '") + x.arg + "'" +
+                        (x.part != nullptr ? std::string(" (its ") + x.part + ")" : std::string()) + "; pass a separate buffer");
+        for (std::size_t j = 0; j < i; ++j)
+            require(!out[i].overlaps(out[j]), {fn, out[i].arg},
+                    std::string("the output overlaps '") + out[j].arg + "'; pass a separate buffer");
+    }
+}
+
 // The public overloads' body: the host-side checks, the plan, the dtype dispatch.
 inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& chosen,
                      const device_sequence_input& rejected, const device_sequence_input& ref_chosen,
@@ -553,6 +620,8 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
                     require(!views_overlap(gl, gw), {fn, "grad_rejected"}, "the output overlaps 'grad_chosen'; pass a separate buffer");
             },
             grad_chosen.sums_view(), grad_rejected.sums_view());
+
+    check_dpo_spans(plan, plan.grad, outputs, extras, d_result, fn);
 
     if (plan.ntoken == 0) {
         dpo_launch<float, bool>(pol, plan, d_result, h_result, fn);
