@@ -199,6 +199,13 @@ PT_TEST("value_loss on CUDA: misuse throws before launching") {
                     pt::invalid_argument);
     PT_CHECK_THROWS((void)pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::device_view<double, 2>(v64.data(), 3, 4)),
                     pt::invalid_argument);
+    // The device result over the gradient or over an input is refused before launching.
+    PT_CHECK_THROWS(pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::device_view<float, 2>(g.data(), 3, 4), {}, 1.0,
+                                   pt::device_view<pl::value_loss_result, 0>(reinterpret_cast<pl::value_loss_result*>(g.data()))),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pl::value_loss(pt::exec::cuda, vv, vv, vv, vm, pt::none, {}, 1.0,
+                                   pt::device_view<pl::value_loss_result, 0>(reinterpret_cast<pl::value_loss_result*>(m.data()))),
+                    pt::invalid_argument);
     PT_CHECK(pl::value_loss_workspace_bytes(3, 4) == pl::aggregate_workspace_bytes(3, 4));
 }
 
@@ -276,6 +283,17 @@ PT_TEST("aggregate on CUDA: empty batches, workspaces, misuse, graph capture") {
     pl::aggregation_options bad;
     bad.global_tokens = -1;
     PT_CHECK_THROWS((void)pl::aggregate(pt::exec::cuda, vL, vm, pt::none, bad), pt::invalid_argument);
+    // The device result over the gradient or over an input is refused before launching.
+    PT_CHECK_THROWS(pl::aggregate(pt::exec::cuda, vL, vm, pt::device_view<double, 2>(dg.data(), B, T), {}, 1.0,
+                                  pt::device_view<pl::aggregate_result, 0>(reinterpret_cast<pl::aggregate_result*>(dg.data() + 5))),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pl::aggregate(pt::exec::cuda, vL, vm, pt::none, {}, 1.0,
+                                  pt::device_view<pl::aggregate_result, 0>(
+                                      reinterpret_cast<pl::aggregate_result*>(const_cast<double*>(dL.data())))),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pl::count_tokens(pt::exec::cuda, vm,
+                                     pt::device_view<pl::token_counts, 0>(reinterpret_cast<pl::token_counts*>(const_cast<float*>(dm.data())))),
+                    pt::invalid_argument);
     // Graph capture: the gradient and the device result, replayed on new inputs.
     auto losses = pt::test::input_sets<double>(L, make_loss(B, T, m, 5));
     device_vec<pl::aggregate_result> res(1);

@@ -166,6 +166,17 @@ void entropy_loss_case(index_t B, index_t T_, index_t V, bool nan_at_masked) {
     pt::policy_loss::entropy_loss(pt::exec::cuda.with(ws.data(), bytes), vz, vm, pt::none, pt::none, agg, -0.01, o,
                                   pt::device_view<pt::policy_loss::aggregate_result, 0>(res.data()));
     close_floor({res.host()[0].loss}, {want.loss}, tol, 1.0, what + " (device result, no gradient)");
+    // The device result over an output or over an input is refused before allocating or launching.
+    using R = pt::policy_loss::aggregate_result;
+    PT_CHECK_THROWS(pt::policy_loss::entropy_loss(pt::exec::cuda, vz, vm, pt::device_view<double, 2>(dh.data(), B, T_), pt::none, agg,
+                                                  -0.01, o, pt::device_view<R, 0>(reinterpret_cast<R*>(dh.data()))),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pt::policy_loss::entropy_loss(pt::exec::cuda, vz, vm, pt::none, pt::device_view<T, 3>(dg.data(), B, T_, V), agg,
+                                                  -0.01, o, pt::device_view<R, 0>(reinterpret_cast<R*>(dg.data()))),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(pt::policy_loss::entropy_loss(pt::exec::cuda, vz, vm, pt::none, pt::none, agg, -0.01, o,
+                                                  pt::device_view<R, 0>(reinterpret_cast<R*>(dm.data()))),
+                    pt::invalid_argument);
 }
 
 }  // namespace

@@ -463,6 +463,16 @@ PT_TEST("policy loss: run-to-run determinism, caller workspace, asynchronous dev
         PT_CHECK(std::memcmp(&r1, &r4, sizeof r1) == 0);
         PT_CHECK(as_double(g4.host()) == g1);
         PT_CHECK_THROWS(device_run(d, dm, o, u, g3, pt::exec::cuda.with(ws.data(), bytes - 1)), pt::invalid_argument);
+        // The device result over the gradient or over an input is refused before launching.
+        const auto result_at = [](const void* p) {
+            return pt::device_view<pl::loss_result, 0>(static_cast<pl::loss_result*>(const_cast<void*>(p)));
+        };
+        PT_CHECK_THROWS(pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), dm,
+                                    pt::device_view<float, 2>(g4.data(), B, T), o, d.extras(u), result_at(g4.data() + 1)),
+                        pt::invalid_argument);
+        PT_CHECK_THROWS(pl::compute(pt::exec::cuda, d.view(d.lp), d.view(d.old), d.view(d.adv), dm, pt::none, o, d.extras(u),
+                                    result_at(d.view(d.adv).data())),
+                        pt::invalid_argument);
     }
 }
 

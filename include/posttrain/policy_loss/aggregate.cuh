@@ -234,6 +234,8 @@ void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, co
     std::visit(
         [&](auto L, auto m) {
             check_same_shape(m, L, {fn, "mask"}, "loss_mat");
+            check_result_apart(d_result, L, fn, "loss_mat");
+            check_result_apart(d_result, m, fn, "mask");
             const loss_entry<typename decltype(L)::value_type> token{L};
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
                 launch_aggregation(policy, token, m, static_cast<double*>(nullptr), 0, 0, options, grad_scale,
@@ -244,6 +246,7 @@ void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, co
                         check_same_shape(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
                         check_no_alias(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
                         check_no_alias(gv, m, {fn, "grad_loss_mat"}, "mask");
+                        check_result_apart(d_result, gv, fn, "grad_loss_mat");
                         launch_aggregation(policy, token, m, gv.data(), gv.stride(0), gv.stride(1), options, grad_scale,
                                            aggregate_finish{}, d_result, h_result, fn);
                     },
@@ -259,6 +262,7 @@ void count_tokens_cuda(const exec::cuda_policy& policy, const Mask& mask, token_
     constexpr const char* fn = "posttrain::policy_loss::count_tokens";
     std::visit(
         [&](auto m) {
+            check_result_apart(d_result, m, fn, "mask");
             const seg_geometry g = make_geometry(m.extent(0), m.extent(1));
             const aggregate_scratch_layout at(g, false);
             posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});

@@ -169,8 +169,12 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
                 [&](auto z) {
                     const auto h = check_entropy_outputs(z, entropy, grad_logits, prim, fn, [&](const auto& g) {
                         check_no_alias(g, m, {fn, "grad_logits"}, "mask");
+                        check_result_apart(d_result, g, fn, "grad_logits");
                     });
                     logits::detail::check_no_alias(h.bytes, logits::detail::byte_range(m), {fn, "entropy"}, "mask");
+                    check_result_apart(d_result, z, fn, "logits");
+                    check_result_apart(d_result, m, fn, "mask");
+                    check_result_apart(d_result, h.bytes, fn, "entropy");
                 },
                 posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 

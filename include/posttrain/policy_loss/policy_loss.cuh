@@ -646,6 +646,16 @@ inline void check_cuda_options(const options& o, const char* fn) {
             "the top-entropy mask is not supported on exec::cuda (top_entropy_quantile must be 1)");
 }
 
+// The device result (written by the last kernel) is an output too: apart from every input and output
+// of the call, checked before anything is allocated or launched (over a gradient it would overwrite
+// it; over an input, corrupt the caller's data and a captured graph's next replay). d_result null: none.
+template <class Result, class V>
+void check_result_apart(const Result* d_result, const V& v, const char* fn, const char* name) {
+    require(d_result == nullptr ||
+                !views_overlap(v, static_cast<const void*>(d_result), static_cast<const void*>(d_result + 1)),
+            {fn, "result"}, std::string("the output overlaps '") + name + "'; pass a separate buffer");
+}
+
 // Runs the passes for one dtype T and mask type M. d_result: the loss_result in device memory (null:
 // none wanted); h_result: also copy it to the host and synchronize the stream.
 template <class T, class M>
@@ -749,7 +759,15 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
                 check_no_alias(*g, a.isw, {fn, "grad_log_probs"}, "extras.is_weights");
                 check_no_alias(*g, a.ent, {fn, "grad_log_probs"}, "extras.entropies");
                 a.grad = *g;
+                check_result_apart(d_result, *g, fn, "grad_log_probs");
             }
+            check_result_apart(d_result, lp, fn, "log_probs");
+            check_result_apart(d_result, a.old, fn, "old_log_probs");
+            check_result_apart(d_result, a.adv, fn, "advantages");
+            check_result_apart(d_result, m, fn, "mask");
+            check_result_apart(d_result, a.ref, fn, "extras.ref_log_probs");
+            check_result_apart(d_result, a.isw, fn, "extras.is_weights");
+            check_result_apart(d_result, a.ent, fn, "extras.entropies");
             launch_loss(policy, a, d_result, h_result, fn);
         },
         device_floats<true, 2>(log_probs, {fn, "log_probs"}), posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));

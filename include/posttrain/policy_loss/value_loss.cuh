@@ -83,6 +83,10 @@ void value_loss_cuda(const exec::cuda_policy& policy, const Values& values, cons
             const value_entry<T> token{v, same(old_values, "old_values"), same(returns, "returns"), options.clip,
                                        options.nonfinite_inputs == advantage::nonfinite::raise, policy.status};
             check_same_shape(m, v, {fn, "mask"}, "values");
+            check_result_apart(d_result, v, fn, "values");
+            check_result_apart(d_result, token.vo, fn, "old_values");
+            check_result_apart(d_result, token.ret, fn, "returns");
+            check_result_apart(d_result, m, fn, "mask");
             const value_finish finish{options.clipfrac_denominator};
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
                 launch_aggregation(policy, token, m, static_cast<T*>(nullptr), 0, 0, options.aggregation, grad_scale, finish,
@@ -96,6 +100,7 @@ void value_loss_cuda(const exec::cuda_policy& policy, const Values& values, cons
                 check_no_alias(*g, token.vo, {fn, "grad_values"}, "old_values");
                 check_no_alias(*g, token.ret, {fn, "grad_values"}, "returns");
                 check_no_alias(*g, m, {fn, "grad_values"}, "mask");
+                check_result_apart(d_result, *g, fn, "grad_values");
                 launch_aggregation(policy, token, m, g->data(), g->stride(0), g->stride(1), options.aggregation, grad_scale,
                                    finish, d_result, h_result, fn);
             }
