@@ -333,3 +333,48 @@ TEST_CASE("grpo: float groups of 16 give the same bits on the vectorized and the
         CHECK(ra.zero_variance_groups == rb.zero_variance_groups);
     }
 }
+
+TEST_CASE("grpo and group_mean_std: an output over the layout's buffers is refused before anything is written") {
+    static_assert(sizeof(double) == sizeof(std::int64_t));
+    const std::vector<double> r{1, 2, 3, 5};
+    // Ragged: advantages over the offsets would turn them into the advantages' bits mid-call.
+    std::vector<std::int64_t> off{0, 2, 4, 0};
+    const auto off_before = off;
+    const pt::ragged_groups<std::int64_t> ragged{pt::tensor_view<const std::int64_t, 1>(off.data(), 3)};
+    CHECK_THROWS_WITH_AS((void)adv::grpo(pt::exec::seq, r, ragged, pt::tensor_view<double, 1>(reinterpret_cast<double*>(off.data()), 4)),
+                         "posttrain::advantage::grpo: argument 'advantages': overlaps the layout's 'offsets'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK(off == off_before);
+    // Permuted: advantages over the permutation (group 0 is rows 2, 0; group 1 rows 3, 1).
+    std::vector<pt::index_t> perm{2, 0, 3, 1}, poff{0, 2, 4};
+    const auto perm_before = perm;
+    const pt::permuted_groups permuted{pt::tensor_view<const pt::index_t, 1>(perm.data(), 4),
+                                       pt::tensor_view<const pt::index_t, 1>(poff.data(), 3)};
+    CHECK_THROWS_WITH_AS((void)adv::grpo(pt::exec::seq, r, permuted, pt::tensor_view<double, 1>(reinterpret_cast<double*>(perm.data()), 4)),
+                         "posttrain::advantage::grpo: argument 'advantages': overlaps the layout's 'permutation'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK(perm == perm_before);
+    // A grouping_result: its permutation is the layout's buffer.
+    auto g = pt::grouping::from_ids(pt::exec::seq, std::vector<std::int64_t>{7, 3, 7, 3});
+    const auto g_before = g.permutation;
+    CHECK_THROWS_WITH_AS(
+        (void)adv::grpo(pt::exec::seq, r, g, pt::tensor_view<double, 1>(reinterpret_cast<double*>(g.permutation.data()), 4)),
+        doctest::Contains("overlaps the layout's 'permutation'"), pt::invalid_argument);
+    CHECK(g.permutation == g_before);
+    // group_mean_std: every output, the second and third ones too (count over the offsets' last two).
+    std::vector<double> mean(2, -1), sd(2, -1), count(2, -1);
+    CHECK_THROWS_WITH_AS(adv::group_mean_std(pt::exec::seq, r, ragged, mean, sd,
+                                             pt::tensor_view<double, 1>(reinterpret_cast<double*>(off.data() + 1), 2)),
+                         "posttrain::advantage::group_mean_std: argument 'count': overlaps the layout's 'offsets'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS(adv::group_mean_std(pt::exec::seq, r, permuted, mean,
+                                             pt::tensor_view<double, 1>(reinterpret_cast<double*>(poff.data()), 2), count),
+                         doctest::Contains("argument 'std': overlaps the layout's 'offsets'"), pt::invalid_argument);
+    CHECK(off == off_before);
+    CHECK(mean == std::vector<double>(2, -1));
+    CHECK(count == std::vector<double>(2, -1));
+    // Separate buffers (the layout untouched) still work; uniform layouts have no buffer.
+    std::vector<double> a(4);
+    (void)adv::grpo(pt::exec::seq, r, ragged, a);
+    (void)adv::grpo(pt::exec::seq, r, pt::uniform_groups{2}, a);
+}

@@ -398,3 +398,24 @@ TEST_CASE("tournaments: bad input gives invalid_argument naming the function and
     CHECK_THROWS_AS((void)rk::with_fallback(tie_judge{}, {std::nan(""), 5}), pt::invalid_argument);
     CHECK_THROWS_AS((void)rk::with_fallback(tie_judge{}, {5, 5}, -1), pt::invalid_argument);
 }
+
+TEST_CASE("tournaments: rewards or advantages over the layout's buffers are refused before anything is written") {
+    // The rewards are written before zscore_into reads the layout again for the advantages: over the
+    // offsets they would hand it the rewards' bits as group bounds.
+    const std::vector<double> q{0.1, 0.9, 0.5, 0.3};
+    std::vector<std::int64_t> off{0, 2, 4, 0};
+    const auto before = off;
+    const pt::ragged_groups<std::int64_t> groups{pt::tensor_view<const std::int64_t, 1>(off.data(), 3)};
+    const pt::tensor_view<double, 1> over(reinterpret_cast<double*>(off.data()), 4);
+    std::vector<double> r(4, -1.0), a(4, -1.0);
+    CHECK_THROWS_WITH_AS((void)rk::round_robin(pt::exec::seq, groups, quality_judge{&q}, over, a),
+                         "posttrain::ranking::round_robin: argument 'rewards': overlaps the layout's 'offsets'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)rk::round_robin(pt::exec::seq, groups, quality_judge{&q}, r, over),
+                         doctest::Contains("argument 'advantages': overlaps the layout's 'offsets'"), pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)rk::single_elimination(pt::exec::seq, groups, quality_judge{&q}, over, pt::none),
+                         doctest::Contains("argument 'rewards': overlaps the layout's 'offsets'"), pt::invalid_argument);
+    CHECK(off == before);
+    CHECK(r == std::vector<double>(4, -1.0));
+    CHECK(a == std::vector<double>(4, -1.0));
+}

@@ -307,3 +307,22 @@ TEST_CASE("diversity: out over tokens is refused before anything is written") {
                          doctest::Contains("'out': the output overlaps the input 'tokens'"), pt::invalid_argument);
     CHECK(tok == before);  // nothing written
 }
+
+TEST_CASE("diversity: out over either layout's offsets is refused before anything is written") {
+    // Two prompts of two sequences of 3 tokens: out[0] over the prompts' offsets[1] would move the
+    // second prompt's first sequence before it is read; over the sequences' offsets likewise.
+    const std::vector<std::int64_t> tok{1, 2, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    std::vector<std::int64_t> seq_off{0, 3, 6, 9, 12}, prompt_off{0, 2, 4};
+    const auto seq_before = seq_off, prompt_before = prompt_off;
+    const pt::ragged_groups<std::int64_t> seqs{pt::tensor_view<const std::int64_t, 1>(seq_off.data(), 5)};
+    const pt::ragged_groups<std::int64_t> prompts{pt::tensor_view<const std::int64_t, 1>(prompt_off.data(), 3)};
+    CHECK_THROWS_WITH_AS((void)smp::distinct_n(pt::exec::seq, tok, seqs, prompts,
+                                               pt::tensor_view<double, 1>(reinterpret_cast<double*>(prompt_off.data() + 1), 2)),
+                         "posttrain::sampling::distinct_n: argument 'out': overlaps the layout's 'offsets'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)smp::self_bleu(pt::exec::seq, tok, seqs, prompts,
+                                              pt::tensor_view<double, 1>(reinterpret_cast<double*>(seq_off.data() + 1), 2)),
+                         doctest::Contains("argument 'out': overlaps the layout's 'offsets'"), pt::invalid_argument);
+    CHECK(seq_off == seq_before);
+    CHECK(prompt_off == prompt_before);
+}

@@ -249,3 +249,17 @@ TEST_CASE("docs/algorithms/vps.md example") {
     CHECK(weights[0] == 0.0);
     CHECK(state == weights);
 }
+
+TEST_CASE("outcome scores: an output over the layout's offsets is refused before anything is written") {
+    const std::vector<double> r{1, 0, 1, 1};
+    std::vector<std::int64_t> off{0, 2, 4};
+    const auto before = off;
+    const pt::ragged_groups<std::int64_t> groups{pt::tensor_view<const std::int64_t, 1>(off.data(), 3)};
+    const pt::tensor_view<double, 1> over(reinterpret_cast<double*>(off.data() + 1), 2);
+    CHECK_THROWS_WITH_AS((void)smp::pass_rate(pt::exec::seq, r, groups, over),
+                         "posttrain::sampling::pass_rate: argument 'pass_rate': overlaps the layout's 'offsets'; pass a separate buffer",
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)smp::outcome_variance(pt::exec::seq, r, groups, over),
+                         doctest::Contains("argument 'variance': overlaps the layout's 'offsets'"), pt::invalid_argument);
+    CHECK(off == before);
+}

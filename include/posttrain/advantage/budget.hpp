@@ -226,6 +226,7 @@ gcpo_result gcpo_rewards(const Policy& policy, const Rewards& rewards, const Cor
                 detail::require(!(len(i) < 0), {fn, "lengths"}, "must be >= 0, found " + std::to_string(double(len(i))) +
                                                                       " at index " + detail::str(i));
             const auto layout = posttrain::detail::make_layout(groups, n, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, o, fn, "out");
             std::vector<signed char> verdict(static_cast<std::size_t>(layout.num_groups()), 0);
             using O = typename decltype(o)::value_type;
             detail::for_each_group(policy, layout, n, [&](index_t g, auto rows, index_t m) {

@@ -140,6 +140,8 @@ void copo_group_scores(const Policy& policy, const Rewards& rewards, const Answe
             const auto out_h = output(entropy, "entropy");
             if constexpr (!std::is_same_v<decltype(out_r), const none_t> && !std::is_same_v<decltype(out_h), const none_t>)
                 detail::check_no_alias(out_r, out_h, {fn, "global_reward"}, "entropy");
+            posttrain::detail::check_apart_from_layout(groups, out_r, fn, "global_reward");
+            posttrain::detail::check_apart_from_layout(groups, out_h, fn, "entropy");
             auto write = [&](auto v, const std::vector<double>& x) {
                 if constexpr (!std::is_same_v<decltype(v), none_t>) {
                     using V = typename decltype(v)::value_type;
@@ -187,6 +189,7 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
             detail::check_extent(na, N, {fn, "answers"}, "length (one per reward)");
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "global_advantages");
             const index_t G = layout.num_groups();
             auto e = [&] {
                 if constexpr (std::is_same_v<std::remove_cvref_t<RowEntropy>, none_t>) return none;
@@ -196,6 +199,7 @@ copo_result copo_global_advantages(const Policy& policy, const Rewards& rewards,
                 detail::check_extent(e.extent(0), N, {fn, "row_entropy"}, "length (one per reward)");
                 detail::check_no_alias(e, a, {fn, "row_entropy"}, "global_advantages");
             }
+            posttrain::detail::check_apart_from_layout(groups, e, fn, "row_entropy");
             std::vector<double> R(static_cast<std::size_t>(G)), H(static_cast<std::size_t>(G));
             copo_group_scores(policy, r, answers, groups, R, H, options);
             // Only non-empty groups are prompts.

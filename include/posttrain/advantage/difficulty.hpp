@@ -63,6 +63,7 @@ difficulty_result difficulty_scaled_rewards(const Policy& policy, const Rewards&
             detail::check_no_alias(out, d, {fn, "scaled"}, "gap");
             detail::check_same_or_disjoint(out, r, {fn, "scaled"}, "rewards");
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, out, fn, "scaled");
             const index_t G = layout.num_groups();
             detail::check_extent(h.extent(0), G, {fn, "hardness"}, "length (one per group):");
             detail::check_extent(d.extent(0), G, {fn, "gap"}, "length (one per group):");

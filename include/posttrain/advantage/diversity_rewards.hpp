@@ -57,6 +57,7 @@ void multirole_rewards(const Policy& policy, const Verifier& verifier, const Per
                                                                                       std::to_string(double(c(i))) + " at index " +
                                                                                       detail::str(i));
             const auto layout = posttrain::detail::make_layout(groups, n, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, r, fn, "rewards");
             using R = typename decltype(r)::value_type;
             detail::for_each_group(policy, layout, n, [&](index_t, auto rows, index_t m) {
                 double top = 0;

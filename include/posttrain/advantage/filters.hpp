@@ -23,6 +23,7 @@ index_t zero_variance_filter(const Policy& policy, const Rewards& rewards, const
         [&](auto r, auto k) {
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, k, fn, "keep");
             detail::check_extent(k.extent(0), layout.num_groups(), {fn, "keep"}, "length (one entry per group):");
             using K = typename decltype(k)::value_type;
             detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {

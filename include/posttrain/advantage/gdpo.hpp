@@ -101,7 +101,14 @@ group_stats_result gdpo(const Policy& policy, const Rewards& rewards, const Grou
             const index_t N = r.extent(0), K = r.extent(1);
             detail::check_extent(a.extent(0), N, {fn, "advantages"}, "length (one per row of rewards)");
             detail::check_no_alias(a, r, {fn, "advantages"}, "rewards");
-            if constexpr (has_combined) std::visit([&](auto c) { detail::check_gdpo_combined(c, r, a, fn); }, cv);
+            if constexpr (has_combined)
+                std::visit(
+                    [&](auto c) {
+                        detail::check_gdpo_combined(c, r, a, fn);
+                        posttrain::detail::check_apart_from_layout(groups, c, fn, "combined");
+                    },
+                    cv);
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             detail::require(options.weights.empty() || index_t(options.weights.size()) == K, {fn, "options.weights"},
                             "expected one weight per reward component (" + detail::str(K) + "), found " +
                                 detail::str(index_t(options.weights.size())));

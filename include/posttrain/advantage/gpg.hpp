@@ -63,6 +63,7 @@ group_stats_result gpg(const Policy& policy, const Rewards& rewards, const Group
         [&](auto r, auto a) {
             detail::check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             index_t nonzero = 0;
             if (options.alpha == 0.0)
                 for (index_t i = 0; i < r.extent(0); ++i) nonzero += r(i) != 0;  // a NaN counts, as in torch

@@ -560,6 +560,7 @@ group_stats_result grpo_entry(const Policy& policy, const Rewards& rewards, cons
         [&](auto r, auto a) {
             check_outcome_args(r, a, nonfinite::propagate, fn);  // grpo_impl checks finiteness
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             return grpo_impl(policy, r, layout, a, options, fn);
         },
         rv, av);
@@ -624,6 +625,9 @@ void group_mean_std(const Policy& policy, const Rewards& rewards, const Groups& 
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
             detail::check_group_mean_std_views(r, m, s, c, layout.num_groups(), fn);
+            posttrain::detail::check_apart_from_layout(groups, m, fn, "mean");
+            posttrain::detail::check_apart_from_layout(groups, s, fn, "std");
+            posttrain::detail::check_apart_from_layout(groups, c, fn, "count");
             const detail::strided_reader<typename decltype(r)::value_type> x{r.data(), r.stride(0)};
             detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {
                 double mu = 0, sd = 1;

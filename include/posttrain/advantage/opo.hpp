@@ -44,6 +44,7 @@ group_stats_result opo(const Policy& policy, const Rewards& rewards, const Lengt
                 detail::require(len(i) >= 0, {fn, "lengths"}, "lengths must be >= 0, found " + std::to_string(double(len(i))) +
                                                                   " at index " + detail::str(i));
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             group_stats_result res;
             res.groups = layout.num_groups();
             std::vector<unsigned char> kind(static_cast<std::size_t>(res.groups), 0);

@@ -30,6 +30,7 @@ group_stats_result grpo_passk(const Policy& policy, const Rewards& rewards, cons
         [&](auto r, auto a) {
             detail::check_outcome_args(r, a, options.nonfinite_rewards, fn);
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             group_stats_result res;
             res.groups = layout.num_groups();
             using A = typename decltype(a)::value_type;

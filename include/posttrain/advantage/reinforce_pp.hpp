@@ -109,6 +109,7 @@ moments_result reinforce_pp_baseline(const Policy& policy, const Rewards& reward
     return std::visit(
         [&](auto r, auto m, auto a) {
             detail::check_baseline_views(r, m, a, fn);
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             std::vector<double> centred(static_cast<std::size_t>(r.extent(0)));
             (void)grpo(policy, r, groups, tensor_view<double, 1>(centred.data(), r.extent(0)), options.centring);
             const tensor_view<const double, 1> cv(centred.data(), r.extent(0));

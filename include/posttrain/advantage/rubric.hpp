@@ -71,6 +71,7 @@ void rubric_mix(const Policy& policy, const Outcome& outcome, const Rubric& rubr
             detail::check_finite(ro, {fn, "outcome"});
             detail::check_finite(rr, {fn, "rubric"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, out, fn, "mixed");
             using O = typename decltype(out)::value_type;
             const double a = options.ratio;
             detail::for_each_group(policy, layout, N, [&](index_t, auto rows, index_t n) {

@@ -110,6 +110,7 @@ step_grpo_result step_grpo(const Policy& policy, const StepRewards& step_rewards
             detail::check_no_alias(a, r, {fn, "advantages"}, "step_rewards");
             detail::check_no_alias(a, m, {fn, "advantages"}, "step_mask");  // zeroed before the mask is read
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             using A = typename decltype(a)::value_type;
             detail::for_each_row(policy, r.extent(0), r.extent(1), [&](index_t i) {
                 for (index_t s = 0; s < r.extent(1); ++s) a(i, s) = A(0);
@@ -148,6 +149,7 @@ step_grpo_result hrpo_advantages(const Policy& policy, const Outcome& outcome_ad
             detail::check_no_alias(o, m, {fn, "out"}, "action_mask");  // zeroed before the mask is read
             detail::check_finite(base, {fn, "outcome_advantages"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, o, fn, "out");
             using O = typename decltype(o)::value_type;
             step_grpo_result res;
             if (options.normalize_actions) {

@@ -215,6 +215,8 @@ token_baseline_result token_baseline_entry(const Policy& policy, const TokenRewa
                 if constexpr (has_is) check_no_alias(ret, is, {fn, "returns"}, "rollout_is_weights");
             }
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
+            posttrain::detail::check_apart_from_layout(groups, ret, fn, "returns");
             auto rho = [&] {
                 if constexpr (has_is) return is_weights_reader<typename decltype(is)::value_type>{is};
                 else return unit_is_weights{};

@@ -67,7 +67,12 @@ trpa_outcome_result trpa_outcome_advantages(const Policy& policy, const TokenRew
                                        posttrain::detail::str(v.extent(1)) + "]");
     };
     std::visit([&](auto m) { check_shape(m, "mask"); }, posttrain::detail::mask_input<2>(mask, {fn, "mask"}));
-    std::visit([&](auto a) { check_shape(a, "advantages"); }, posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
+    std::visit(
+        [&](auto a) {
+            check_shape(a, "advantages");
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
+        },
+        posttrain::detail::floating_output<2>(advantages, {fn, "advantages"}));
     const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
     for (index_t g = 0; g < layout.num_groups(); ++g)
         posttrain::detail::require(layout.size(g) != 1, {fn, "groups"},

@@ -118,6 +118,7 @@ ttrv_result ttrv_rewards(const Policy& policy, const AnswerIds& answer_ids, cons
             detail::check_extent(r.extent(0), ids.extent(0), {fn, "rewards"}, "length (one reward per answer id)");
             detail::check_no_alias(r, ids, {fn, "rewards"}, "answer_ids");  // a group's ids are read while it writes
             const auto layout = posttrain::detail::make_layout(groups, ids.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, r, fn, "rewards");
             using R = typename decltype(r)::value_type;
             std::vector<index_t> missing(std::size_t(layout.num_groups()), 0);
             detail::for_each_group(policy, layout, ids.extent(0), [&](index_t g, auto rows, index_t n) {
@@ -163,6 +164,7 @@ void answer_entropy(const Policy& policy, const AnswerIds& answer_ids, const Gro
     std::visit(
         [&](auto ids, auto e) {
             const auto layout = posttrain::detail::make_layout(groups, ids.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, e, fn, "entropy");
             detail::check_extent(e.extent(0), layout.num_groups(), {fn, "entropy"}, "length (one entry per group)");
             detail::check_no_alias(e, ids, {fn, "entropy"}, "answer_ids");  // written while other groups are read
             using E = typename decltype(e)::value_type;

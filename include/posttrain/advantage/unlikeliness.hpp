@@ -77,6 +77,7 @@ unlikeliness_result unlikeliness_rewards(const Policy& policy, const Rewards& re
             detail::check_same_or_disjoint(out, r, {fn, "shaped"}, "rewards");
             detail::check_finite(r, {fn, "rewards"});
             const auto layout = posttrain::detail::make_layout(groups, N, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, out, fn, "shaped");
             // Sequence likelihoods; masked positions are selected out (they may hold garbage).
             std::vector<double> ll(static_cast<std::size_t>(N));
             std::vector<unsigned char> empty(static_cast<std::size_t>(N));

@@ -4,6 +4,12 @@
 //   ragged(offsets)            CSR offsets: G+1 non-decreasing entries, offsets[0] = 0, offsets[G] = N
 //   grouping::from_ids(ex, ids) arbitrary unsorted ids -> stable permutation + offsets (radix sort, O(N))
 // Empty groups are allowed in ragged and id layouts.
+//
+// An output may not share bytes with the buffers of the layout a call reads (ragged offsets, a
+// permutation and its offsets): the entries read the layout while writing, so the write would change
+// the groups. Each layout names the buffer a view overlaps (layout_buffer_overlapping, found by
+// argument-dependent lookup, so device layouts add their own), and detail::check_apart_from_layout
+// raises invalid_argument for it before anything is written.
 
 #include <algorithm>
 #include <cstdint>
@@ -23,17 +29,35 @@ namespace posttrain {
 
 struct uniform_groups {
     index_t size = 0;  // rows per group, >= 1
+
+    // The layout's buffer (by name) that shares bytes with `v`, or null: a uniform layout has none.
+    template <class V>
+    friend const char* layout_buffer_overlapping(const uniform_groups&, const V&) noexcept {
+        return nullptr;
+    }
 };
 
 template <class Offset>
 struct ragged_groups {
     tensor_view<const Offset, 1> offsets;
+
+    template <class V>
+    friend const char* layout_buffer_overlapping(const ragged_groups& r, const V& v) noexcept {
+        return views_overlap(v, r.offsets) ? "offsets" : nullptr;
+    }
 };
 
 // A permuted layout: group g holds rows permutation[offsets[g] .. offsets[g+1]).
 struct permuted_groups {
     tensor_view<const index_t, 1> permutation;
     tensor_view<const index_t, 1> offsets;
+
+    template <class V>
+    friend const char* layout_buffer_overlapping(const permuted_groups& l, const V& v) noexcept {
+        if (views_overlap(v, l.permutation)) return "permutation";
+        if (views_overlap(v, l.offsets)) return "offsets";
+        return nullptr;
+    }
 };
 
 // Wraps CSR offsets (any integer type, any adapted container) as a group layout. The container must
@@ -57,6 +81,12 @@ struct grouping_result {
     permuted_groups layout() const noexcept {
         return {tensor_view<const index_t, 1>(permutation.data(), static_cast<index_t>(permutation.size())),
                 tensor_view<const index_t, 1>(offsets.data(), static_cast<index_t>(offsets.size()))};
+    }
+
+    // The buffers the algorithms read: the permutation and the offsets.
+    template <class V>
+    friend const char* layout_buffer_overlapping(const grouping_result& g, const V& v) noexcept {
+        return layout_buffer_overlapping(g.layout(), v);
     }
 };
 
@@ -267,6 +297,16 @@ inline group_layout<permuted_groups> make_layout(const permuted_groups& p, index
 // make an algorithm read or write out of bounds), the O(N) repeat check is not repeated.
 inline group_layout<permuted_groups> make_layout(const grouping_result& g, index_t n, where w) {
     return validate_permuted(g.layout(), n, w, false);
+}
+
+// Refuses an output `out` (argument `arg` of `fn`) that shares bytes with a buffer of the layout
+// `groups`, before anything is written: "overlaps the layout's '<buffer>'; pass a separate buffer".
+// An absent output (none) is never refused.
+template <class Groups, class V>
+void check_apart_from_layout(const Groups& groups, const V& out, const char* fn, const char* arg) {
+    if constexpr (!std::is_same_v<V, none_t>)
+        if (const char* buffer = layout_buffer_overlapping(groups, out))
+            raise_invalid_argument(fn, arg, std::string("overlaps the layout's '") + buffer + "'; pass a separate buffer");
 }
 
 template <class Groups>

@@ -12,7 +12,7 @@
 // status word and is skipped (its rows are left unwritten; nothing outside [0, N) is ever touched).
 // A permutation entry outside [0, N) is likewise reported, reads as 0 and is not written through.
 // Threads read the offsets and the permutation themselves (the count once per block), so outputs
-// must not alias the layout: the launchers check that on the host (layout_buffer_overlapping).
+// must not alias the layout: the launchers check that on the host (detail::check_apart_from_layout).
 // exec::cuda.validated() instead copies the layout to the host and throws invalid_argument.
 
 #if !defined(__CUDACC__)
@@ -31,6 +31,16 @@ namespace posttrain {
 template <class Offset>
 struct device_ragged_groups {
     device_view<const Offset, 1> offsets;
+
+    // The layout buffer (by argument name) that shares bytes with `v`, or null (as the host layouts',
+    // <posttrain/core/groups.hpp>). Kernels read a layout's buffers once per thread (offsets,
+    // permutation; the count once per block), so one that a kernel also writes (advantages, counters,
+    // the status word) would let threads of one block see different groups and reach different
+    // barriers: the launchers reject such aliasing on the host (detail::check_apart_from_layout).
+    template <class V>
+    friend const char* layout_buffer_overlapping(const device_ragged_groups& r, const V& v) noexcept {
+        return views_overlap(v, r.offsets) ? "offsets" : nullptr;
+    }
 };
 
 // Offsets of any adapted integer type in device memory (device_view, or a DLPack tensor on CUDA).
@@ -58,6 +68,14 @@ struct device_permuted_groups {
     device_view<const index_t, 1> offsets;      // G + 1 entries (or a capacity, with a device count)
     device_view<const index_t, 1> count;        // empty, or one device entry: the number of groups
     index_t expected_group_size = 0;            // 0: n / G for a host count, else permuted_assumed_group_size
+
+    template <class V>
+    friend const char* layout_buffer_overlapping(const device_permuted_groups& l, const V& v) noexcept {
+        if (views_overlap(v, l.permutation)) return "permutation";
+        if (views_overlap(v, l.offsets)) return "offsets";
+        if (views_overlap(v, l.count)) return "count";
+        return nullptr;
+    }
 };
 
 // The mean group size assumed when a device-counted layout states none: GRPO groups are typically
@@ -304,26 +322,6 @@ inline device_layout_info<device_permuted_layout> make_device_layout(const exec:
     if (l.expected_group_size > 0) info.typical_size = l.expected_group_size;
     else if (device_count) info.typical_size = permuted_assumed_group_size;
     return info;
-}
-
-// The layout buffer (by argument name) that shares bytes with `v`, or null. Kernels read a layout's
-// buffers once per thread (offsets, permutation; the count once per block), so one that a kernel
-// also writes (advantages, counters, the status word) would let threads of one block see different
-// groups and reach different barriers: the launchers reject such aliasing on the host.
-template <class V>
-const char* layout_buffer_overlapping(const uniform_groups&, const V&) noexcept {
-    return nullptr;
-}
-template <class Offset, class V>
-const char* layout_buffer_overlapping(const device_ragged_groups<Offset>& r, const V& v) noexcept {
-    return views_overlap(v, r.offsets) ? "offsets" : nullptr;
-}
-template <class V>
-const char* layout_buffer_overlapping(const device_permuted_groups& l, const V& v) noexcept {
-    if (views_overlap(v, l.permutation)) return "permutation";
-    if (views_overlap(v, l.offsets)) return "offsets";
-    if (views_overlap(v, l.count)) return "count";
-    return nullptr;
 }
 
 }  // namespace detail

@@ -1080,12 +1080,7 @@ void check_row_output(const R& r, const A& a, const char* fn) {
 
 // Nothing a kernel writes may share bytes with the layout it reads (see layout_buffer_overlapping):
 // outputs, the counters, the policy's status word.
-template <class Groups, class V>
-void check_apart_from_layout(const Groups& groups, const V& out, const char* fn, const char* arg) {
-    if (const char* buffer = posttrain::detail::layout_buffer_overlapping(groups, out))
-        posttrain::detail::raise_invalid_argument(fn, arg,
-                                                  std::string("overlaps the layout's '") + buffer + "'; pass a separate buffer");
-}
+using posttrain::detail::check_apart_from_layout;
 template <class Groups>
 void check_status_apart_from_layout(const exec::cuda_policy& policy, const Groups& groups, const char* fn) {
     check_apart_from_layout(groups, device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0),

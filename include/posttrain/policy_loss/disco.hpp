@@ -298,6 +298,7 @@ disco_result disco(const Policy& policy, const LogProbs& log_probs, const OldLog
             const index_t B = lp.extent(0);
             const std::vector<double> r = detail::read_rewards(rewards, B, fn);
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, g, fn, "grad_log_probs");
 
             const auto term = options.score == disco_score::likelihood_ratio ? detail::token_term::ratio
                                                                             : detail::token_term::log_prob;

@@ -115,6 +115,7 @@ gdro_result gdro(const Policy& policy, const Scores& scores, const Rewards& rewa
         std::visit(
             [&](auto out) {
                 posttrain::advantage::detail::check_extent(out.extent(0), N, {fn, "grad_scores"}, "length (one per score)");
+                posttrain::detail::check_apart_from_layout(groups, out, fn, "grad_scores");
                 using O = typename decltype(out)::value_type;
                 const double f = res.groups > 0 ? beta * grad_scale / double(res.groups) : 0.0;
                 for (index_t i = 0; i < N; ++i) out(i) = static_cast<O>(d[std::size_t(i)] * f);

@@ -82,6 +82,7 @@ reg_grpo_result reg_grpo(const Policy& policy, const LogProbs& log_probs, const 
             const index_t B = lp.extent(0);
             const std::vector<double> A = read_rewards(advantages, B, fn, "advantages");
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, g, fn, "grad_log_probs");
             const auto a = token_means(policy, lp, lp, m, token_term::log_prob);
             const auto b = token_means(policy, old, old, m, token_term::log_prob);
             check_rows_finite(a, {fn, "log_probs"});

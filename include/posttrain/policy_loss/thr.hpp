@@ -113,6 +113,11 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
                                                                       detail::str(t) + "] is outside probs' " + detail::str(K) + " columns");
                 }
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, s, fn, "scores");
+            posttrain::detail::check_apart_from_layout(groups, tau, fn, "threshold");
+            if constexpr (!std::is_same_v<std::remove_cvref_t<Thr>, none_t>)
+                std::visit([&](auto o) { posttrain::detail::check_apart_from_layout(groups, o, fn, "thr"); },
+                           posttrain::detail::floating_output<2>(thr, {fn, "thr"}));
             detail::check_extent(tau.extent(0), layout.num_groups(), {fn, "threshold"}, "length (one per group)");
             using S = typename decltype(s)::value_type;
             using Tau = typename decltype(tau)::value_type;
@@ -244,6 +249,7 @@ thr_reweight_result thr_reweight(const Policy& policy, const Advantages& advanta
                         posttrain::detail::raise_invalid_argument(fn, "scores", "non-finite value at [" + detail::str(i) + ", " +
                                                                                     detail::str(t) + "] (a valid token)");
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, o, fn, "out");
             detail::check_extent(tau.extent(0), layout.num_groups(), {fn, "threshold"}, "length (one per group)");
             for (index_t g = 0; g < tau.extent(0); ++g)
                 detail::require(tau(g) == tau(g), {fn, "threshold"}, "NaN at group " + detail::str(g));

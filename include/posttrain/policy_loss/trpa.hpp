@@ -174,6 +174,7 @@ trpa_result trpa_entry(const Policy& policy, const LogProbs& log_probs, const Re
             const index_t B = lp.extent(0);
             const auto level = read_levels(levels, B, fn);
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, g, fn, "grad_log_probs");
             const auto a = token_means(policy, lp, lp, m, token_term::log_prob);
             const auto b = token_means(policy, ref, ref, m, token_term::log_prob);
             check_rows_finite(a, {fn, "log_probs"});

@@ -170,7 +170,9 @@ void rank_rewards_entry(const Scores& scores, const Groups& groups, Rewards& rew
             advantage::detail::check_extent(r.extent(0), s.extent(0), {fn, "rewards"}, "length (one per score)");
             advantage::detail::check_no_alias(r, s, {fn, "rewards"}, "scores");
             advantage::detail::check_finite(s, {fn, "scores"});
-            compute(s, posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"}), r);
+            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, r, fn, "rewards");
+            compute(s, layout, r);
         },
         sv, rv);
 }
@@ -188,7 +190,9 @@ group_stats_result rank_advantages_entry(const Scores& scores, const Groups& gro
         [&](auto s, auto a) {
             advantage::detail::check_extent(a.extent(0), s.extent(0), {fn, "advantages"}, "length (one per score)");
             advantage::detail::check_finite(s, {fn, "scores"});
-            const std::vector<double> r = rewards_of(s, posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"}));
+            const auto layout = posttrain::detail::make_layout(groups, s.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
+            const std::vector<double> r = rewards_of(s, layout);
             return zscore(r, a);
         },
         sv, av);

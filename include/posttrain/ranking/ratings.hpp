@@ -483,6 +483,7 @@ void win_counts_run(const Runner& run, const Records& records, const Groups& gro
     std::visit(
         [&](auto y) {
             const grouped_records gr = group_records(run, as_records(records), groups, y.extent(0), fn);
+            posttrain::detail::check_apart_from_layout(groups, y, fn, "wins");
             std::vector<double> out(std::size_t(y.extent(0)), 0.0);
             run.each(gr.layout.groups, cost_per_group(gr, 1), win_counts_kernel{gr.spans(), out.data()});
             write_out(run, out, gr.layout, y);
@@ -524,6 +525,7 @@ rating_result bradley_terry_run(const Runner& run, const Records& records, const
         [&](auto y) {
             const index_t n_rows = y.extent(0);
             const grouped_records gr = group_records(run, as_records(records), groups, n_rows, fn);
+            posttrain::detail::check_apart_from_layout(groups, y, fn, "log_strengths");
             const index_t G = gr.layout.groups;
             const auto nr = static_cast<std::size_t>(n_rows);
             std::vector<double> p(nr), w(nr), den(nr), theta(nr);
@@ -572,6 +574,7 @@ void elo_run(const Runner& run, const Records& records, const Groups& groups, Ra
     std::visit(
         [&](auto y) {
             const grouped_records gr = group_records(run, as_records(records), groups, y.extent(0), fn);
+            posttrain::detail::check_apart_from_layout(groups, y, fn, "ratings");
             std::vector<double> out(std::size_t(y.extent(0)), 0.0);
             run.each(gr.layout.groups, cost_per_group(gr, 2), elo_kernel{gr.spans(), o, out.data()});
             write_out(run, out, gr.layout, y);
@@ -593,6 +596,8 @@ group_stats_result strength_advantages_run(const Runner& run, const LogStrengths
             std::visit([&](auto a) { advantage::detail::check_extent(a.extent(0), n_rows, {fn, "advantages"}, "length (one per row)"); },
                        posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
             const flat_layout f = flatten(posttrain::detail::make_layout(groups, n_rows, {fn, "groups"}), n_rows);
+            std::visit([&](auto a) { posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages"); },
+                       posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
             const auto nr = static_cast<std::size_t>(n_rows);
             std::vector<double> theta(nr), reward(nr), by_row(nr);
             for (index_t j = 0; j < n_rows; ++j) theta[std::size_t(j)] = static_cast<double>(t(f.rows[std::size_t(j)]));

@@ -697,6 +697,13 @@ tournament_result run_tournaments(const Policy& policy, const Groups& groups, Ju
     check_zscore_options(z, fn);
     const index_t n_rows = rows_of_outputs(rewards, advantages, fn);
     const auto layout = posttrain::detail::make_layout(groups, n_rows, {fn, "groups"});
+    // The rewards are written while zscore_into still reads the layout (and the advantages after).
+    if constexpr (!std::is_same_v<std::remove_cvref_t<Rewards>, none_t>)
+        std::visit([&](auto r) { posttrain::detail::check_apart_from_layout(groups, r, fn, "rewards"); },
+                   posttrain::detail::floating_output<1>(rewards, {fn, "rewards"}));
+    if constexpr (!std::is_same_v<std::remove_cvref_t<Advantages>, none_t>)
+        std::visit([&](auto a) { posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages"); },
+                   posttrain::detail::floating_output<1>(advantages, {fn, "advantages"}));
     const index_t G = layout.num_groups();
 
     using state = decltype(make(index_t{}, index_t{}));

@@ -406,7 +406,8 @@ inline constexpr bool contiguous_layout<ragged_groups<Offset>> = true;
 // The shared driver: validates tokens, the sequence layout, the prompt layout and the output, then
 // calls metric(seqs) -> double for every prompt (sequences in layout order) and writes out[g].
 // Prompts with fewer than min_sequences sequences get 0 without calling the metric. `out` may not
-// overlap `tokens`: a prompt's result is written while later prompts' tokens are still to be read.
+// overlap `tokens`, nor the buffers of either layout: a prompt's result is written while later
+// prompts' tokens and layouts are still to be read.
 template <class Policy, class Tokens, class Sequences, class Groups, class Out, class Metric>
 diversity_result diversity_entry(const Policy& policy, const Tokens& tokens, const Sequences& sequences,
                                  const Groups& groups, Out&& out, index_t min_sequences, const char* fn,
@@ -428,6 +429,9 @@ diversity_result diversity_entry(const Policy& policy, const Tokens& tokens, con
             const index_t G = layout.num_groups();
             posttrain::advantage::detail::check_extent(y.extent(0), G, {fn, "out"}, "one entry per prompt (group):");
             posttrain::advantage::detail::check_no_alias(y, t, {fn, "out"}, "tokens");
+            // Both layouts are read while out is written.
+            posttrain::detail::check_apart_from_layout(sequences, y, fn, "out");
+            posttrain::detail::check_apart_from_layout(groups, y, fn, "out");
             using Raw = std::remove_const_t<Id>;
             const auto seq_of = [&](index_t s) {
                 return seq_ref<Raw>{t.data() + seq_layout.rows(s).begin * t.stride(0), t.stride(0), seq_layout.size(s)};

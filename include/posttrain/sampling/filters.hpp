@@ -212,6 +212,7 @@ index_t pf_ppo_select(const Policy& policy, const Rewards& rewards, const Groups
         [&](auto k) {
             using K = typename decltype(k)::value_type;
             detail::require(k.extent(0) == n, {fn, "keep"}, "expected " + detail::str(n) + " entries (one per row)");
+            posttrain::detail::check_apart_from_layout(groups, k, fn, "keep");
             for (index_t i = 0; i < n; ++i) k(i) = K(0);
             advantage::detail::for_each_group(policy, layout, n, [&](index_t g, auto rows, index_t m) {
                 if (m == 0) return;

@@ -195,6 +195,7 @@ outcome_result outcome_entry(const Policy& policy, const Rewards& rewards, const
             posttrain::advantage::detail::check_extent(y.extent(0), G, {fn, write_variance ? "variance" : "pass_rate"},
                                                        "one entry per group:");
             posttrain::advantage::detail::check_no_alias(y, r, {fn, write_variance ? "variance" : "pass_rate"}, "rewards");
+            posttrain::detail::check_apart_from_layout(groups, y, fn, write_variance ? "variance" : "pass_rate");
             using Y = typename decltype(y)::value_type;
             const posttrain::advantage::detail::strided_reader<typename decltype(r)::value_type> x{r.data(), r.stride(0)};
             posttrain::advantage::detail::for_each_group(policy, layout, r.extent(0), [&](index_t g, auto rows, index_t n) {

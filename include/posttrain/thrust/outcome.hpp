@@ -194,6 +194,7 @@ group_stats_result run_outcome_thrust(const TP& p, const Rewards& rewards, const
         [&](auto r, auto a) {
             check_outcome_args(r, a, nonfinite_rewards, fn);
             const auto layout = posttrain::detail::make_layout(groups, r.extent(0), {fn, "groups"});
+            posttrain::detail::check_apart_from_layout(groups, a, fn, "advantages");
             return thrust_outcome(p, r, layout, a, params, fn);
         },
         rv, av);
