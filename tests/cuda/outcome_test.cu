@@ -341,6 +341,19 @@ PT_TEST("host-detectable misuse throws before launching") {
     adv::grpo_options err;
     err.singleton_groups = adv::singleton::error;
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{1}, da.view(), err), pt::invalid_argument);
+    // The counters or the status word over the rewards or the advantages (written with atomics while
+    // other blocks read and write them).
+    const adv::grpo_options o;
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda, dr.cview(), pt::uniform_groups{4}, da.view(), o,
+                              pt::device_view<pt::index_t, 1>(reinterpret_cast<pt::index_t*>(da.data()), 5)),
+                    pt::invalid_argument);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(dr.data() + 2)), dr.cview(),
+                              pt::uniform_groups{4}, da.view()),
+                    pt::invalid_argument);
+    device_vec<pt::index_t> counters(5);
+    PT_CHECK_THROWS(adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(counters.data())), dr.cview(),
+                              pt::uniform_groups{4}, da.view(), o, counters.view()),
+                    pt::invalid_argument);
     // Ragged singletons under singleton::error: reported on the device.
     device_vec<std::int64_t> off(std::vector<std::int64_t>{0, 1, 8});
     device_vec<std::uint32_t> status(1, 0u);

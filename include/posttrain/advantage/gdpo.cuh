@@ -154,6 +154,7 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
             if constexpr (has_combined) {
                 check_gdpo_combined(c, r, a, fn);
                 check_apart_from_layout(groups, c, fn, "combined");
+                check_counters_apart(policy, stats, c, fn, "combined");
             }
             // The options (and singleton::error) are checked where the host uses them: the component
             // GRPO runs on each column, or once on the sum (even of no component); the batch z-score

@@ -1087,8 +1087,18 @@ void check_status_apart_from_layout(const exec::cuda_policy& policy, const Group
                             fn, "policy");
 }
 
+// The device counters and the policy's status word apart from a view the call reads or writes (both
+// are written with atomics while other blocks still read and write the views).
+template <class V>
+void check_counters_apart(const exec::cuda_policy& policy, device_view<index_t, 1> stats, const V& v, const char* fn,
+                          const char* name) {
+    check_no_alias(stats, v, {fn, "stats"}, name);
+    check_no_alias(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0), v, {fn, "policy"}, name);
+}
+
 // The host checks every rewards -> advantages entry makes (shapes, aliasing, outputs apart from the
-// layout, singleton::error with groups of one row), then the device layout.
+// layout, the counters and status word apart from the rewards and advantages, singleton::error with
+// groups of one row), then the device layout.
 template <class Groups, class R, class A>
 auto checked_device_layout(const exec::cuda_policy& policy, const Groups& groups, const R& r, const A& a,
                            device_view<index_t, 1> stats, singleton singletons, const char* fn) {
@@ -1096,6 +1106,10 @@ auto checked_device_layout(const exec::cuda_policy& policy, const Groups& groups
     check_apart_from_layout(groups, a, fn, "advantages");
     check_apart_from_layout(groups, stats, fn, "stats");
     check_status_apart_from_layout(policy, groups, fn);
+    check_counters_apart(policy, stats, r, fn, "rewards");
+    check_counters_apart(policy, stats, a, fn, "advantages");
+    check_no_alias(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0), stats, {fn, "policy"},
+                   "stats");
     auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
     if (singletons == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
         posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row (singleton::error)");
