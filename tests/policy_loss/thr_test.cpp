@@ -181,6 +181,18 @@ TEST_CASE("THR: outputs aliasing inputs and non-finite scores are refused by nam
     CHECK_THROWS_WITH_AS((void)ths(matrix(p, 2, 1), matrix(thr, 2, 1)), doctest::Contains("probs"), pt::invalid_argument);
     CHECK_THROWS_WITH_AS((void)ths(matrix(a, 2, 1), pt::none), doctest::Contains("advantages"), pt::invalid_argument);
     CHECK_NOTHROW((void)ths(matrix(s, 2, 1), matrix(thr, 2, 1)));
+    // thr is checked before scores are written: over the threshold, over hidden, or of the wrong shape.
+    std::vector<double> s_before{7, 7}, thr_wide(3), tau_wide(2);
+    auto ths_into = [&](std::vector<double>& tau_out, auto thr_out) {
+        return pl::token_hidden_reward(pt::exec::seq, cube(h, 2, 1, 2), cube(p, 2, 1, 2), matrix(y, 2, 1), matrix(m, 2, 1), a, ok,
+                                       pt::uniform_groups{2}, matrix(s_before, 2, 1), thr_out,
+                                       pt::tensor_view<double, 1>(tau_out.data(), 1));
+    };
+    CHECK_THROWS_WITH_AS((void)ths_into(tau_wide, pt::tensor_view<double, 2>(tau_wide.data(), 2, 1)), doctest::Contains("threshold"),
+                         pt::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)ths_into(tau, matrix(h, 2, 1)), doctest::Contains("hidden"), pt::invalid_argument);
+    CHECK_THROWS_AS((void)ths_into(tau, pt::tensor_view<double, 2>(thr_wide.data(), 3, 1)), pt::invalid_argument);
+    CHECK(s_before == std::vector<double>{7, 7});
     std::vector<double> out(2);
     auto rw = [&](const std::vector<double>& sc, auto o) {
         return pl::thr_reweight(pt::exec::seq, a, matrix(sc, 2, 1), matrix(m, 2, 1), ok, pt::uniform_groups{2}, tau, o);

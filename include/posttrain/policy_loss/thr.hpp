@@ -115,9 +115,23 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             const auto layout = posttrain::detail::make_layout(groups, B, {fn, "groups"});
             posttrain::detail::check_apart_from_layout(groups, s, fn, "scores");
             posttrain::detail::check_apart_from_layout(groups, tau, fn, "threshold");
+            // thr is checked with the other outputs, before scores is written: shaped like the mask,
+            // apart from every input and output.
             if constexpr (!std::is_same_v<std::remove_cvref_t<Thr>, none_t>)
-                std::visit([&](auto o) { posttrain::detail::check_apart_from_layout(groups, o, fn, "thr"); },
-                           posttrain::detail::floating_output<2>(thr, {fn, "thr"}));
+                std::visit(
+                    [&](auto o) {
+                        posttrain::detail::check_apart_from_layout(groups, o, fn, "thr");
+                        detail::check_same_shape(o, m, {fn, "thr"}, "mask");
+                        check_no_alias(o, h, {fn, "thr"}, "hidden");
+                        check_no_alias(o, p, {fn, "thr"}, "probs");
+                        check_no_alias(o, y, {fn, "thr"}, "targets");
+                        check_no_alias(o, m, {fn, "thr"}, "mask");
+                        check_no_alias(o, a, {fn, "thr"}, "advantages");
+                        check_no_alias(o, c, {fn, "thr"}, "correct");
+                        check_no_alias(o, s, {fn, "thr"}, "scores");
+                        check_no_alias(o, tau, {fn, "thr"}, "threshold");
+                    },
+                    posttrain::detail::floating_output<2>(thr, {fn, "thr"}));
             detail::check_extent(tau.extent(0), layout.num_groups(), {fn, "threshold"}, "length (one per group)");
             using S = typename decltype(s)::value_type;
             using Tau = typename decltype(tau)::value_type;
@@ -179,10 +193,6 @@ thr_result token_hidden_reward(const Policy& policy, const Hidden& hidden, const
             });
             if constexpr (!std::is_same_v<std::remove_cvref_t<Thr>, none_t>) {
                 auto o = std::visit([](auto v) { return v; }, posttrain::detail::floating_output<2>(thr, {fn, "thr"}));
-                detail::check_same_shape(o, m, {fn, "thr"}, "mask");
-                check_no_alias(o, a, {fn, "thr"}, "advantages");
-                check_no_alias(o, s, {fn, "thr"}, "scores");
-                check_no_alias(o, m, {fn, "thr"}, "mask");
                 using O = typename decltype(o)::value_type;
                 posttrain::advantage::detail::for_each_row(policy, B, T, [&](index_t i) {
                     for (index_t t = 0; t < T; ++t) o(i, t) = static_cast<O>(double(a(i)) * double(s(i, t)));
