@@ -767,6 +767,10 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                         check_stats_apart(stats, fn, std::pair{ret, "returns"});
                     },
                     [&](auto ret, bool has_returns) {
+                        posttrain::detail::check_policy_apart(
+                            policy, fn, std::pair{r, "token_rewards"}, std::pair{v, "values"}, std::pair{m, "mask"},
+                            std::pair{lambdas, "lambdas"}, std::pair{a, "advantages"}, std::pair{ret, "returns"},
+                            std::pair{stats, "stats"});
                         const scan_tiles s = make_scan_tiles(rows, cols);
                         const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
                         posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
@@ -880,6 +884,8 @@ void discounted_returns(const exec::cuda_policy& policy, const TokenRewards& tok
     std::visit(
         [&](auto r, auto m, auto o) {
             detail::check_discounted_returns_views(r, m, o, fn);
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"},
+                                                  std::pair{o, "returns"});
             const detail::scan_tiles s = detail::make_scan_tiles(r.extent(0), r.extent(1));
             const detail::scan_scratch_layout l = detail::scan_scratch(r.extent(0), r.extent(1), false, false);
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

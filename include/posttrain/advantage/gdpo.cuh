@@ -154,7 +154,6 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
             if constexpr (has_combined) {
                 check_gdpo_combined(c, r, a, fn);
                 check_apart_from_layout(groups, c, fn, "combined");
-                check_counters_apart(policy, stats, c, fn, "combined");
             }
             // The options (and singleton::error) are checked where the host uses them: the component
             // GRPO runs on each column, or once on the sum (even of no component); the batch z-score
@@ -164,7 +163,8 @@ void run_gdpo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, cons
             const outcome_params batch =
                 normalize && options.batch_normalize ? grpo_params(gdpo_batch_options(options), fn) : outcome_params{};
             const auto info = checked_device_layout(policy, groups, r, a, stats,
-                                                    component_runs ? options.component.singleton_groups : singleton::zero, fn);
+                                                    component_runs ? options.component.singleton_groups : singleton::zero, fn,
+                                                    std::pair{c, "combined"});
 
             using In = typename decltype(r)::value_type;
             using Out = typename decltype(a)::value_type;

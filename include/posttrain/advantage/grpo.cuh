@@ -148,6 +148,9 @@ void group_mean_std(const exec::cuda_policy& policy, const Rewards& rewards, con
     auto cv = posttrain::detail::floating_output<1, device_space>(count, {fn, "count"});
     std::visit(
         [&](auto r, auto m, auto s, auto c) {
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "rewards"}, std::pair{m, "mean"},
+                                                  std::pair{s, "std"}, std::pair{c, "count"});
+            posttrain::detail::check_policy_apart_from_layout(policy, groups, fn);
             const auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
             detail::check_group_mean_std_views(r, m, s, c, info.groups, fn);
             auto output = [&](const auto& v, const char* name) {
@@ -155,7 +158,6 @@ void group_mean_std(const exec::cuda_policy& policy, const Rewards& rewards, con
                 return detail::group_output(v);
             };
             const detail::group_value_out mo = output(m, "mean"), so = output(s, "std"), co = output(c, "count");
-            detail::check_status_apart_from_layout(policy, groups, fn);
             const detail::group_mean_std_body<typename decltype(r)::value_type> body{r.data(), r.stride(0), mo, so, co,
                                                                                     options, policy.status};
             detail::launch_team_per_group(policy, body, info, r.extent(0), fn);

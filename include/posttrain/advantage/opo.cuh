@@ -100,8 +100,8 @@ void run_opo_cuda(const exec::cuda_policy& policy, const Rewards& rewards, const
     std::visit(
         [&](auto r, auto l, auto a) {
             check_opo_lengths(r, l, a, fn);
-            check_counters_apart(policy, stats, l, fn, "lengths");
-            const auto info = checked_device_layout(policy, groups, r, a, stats, options.singleton_groups, fn);
+            const auto info =
+                checked_device_layout(policy, groups, r, a, stats, options.singleton_groups, fn, std::pair{l, "lengths"});
             const opo_body<typename decltype(r)::value_type, typename decltype(l)::value_type, typename decltype(a)::value_type>
                 body{make_team_io(r, a, options.nonfinite_rewards, policy, stats), l.data(), l.stride(0), options};
             launch_team_per_group(policy, body, info, r.extent(0), fn);

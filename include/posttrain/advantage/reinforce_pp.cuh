@@ -56,6 +56,9 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
             const scan_scratch_layout l = scan_scratch(rows, cols, true, false);
             auto run = [&](auto ret, bool has_returns) {
                 using Ret = typename decltype(ret)::value_type;
+                posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"},
+                                                      std::pair{a, "advantages"}, std::pair{ret, "returns"},
+                                                      std::pair{stats, "stats"});
                 posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
                 returns_problem<R, M, A, Ret> p{r, m, a, options.returns.masking, options.returns.gamma};
                 p.ret = ret;
@@ -139,6 +142,9 @@ void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& 
         [&](auto r, auto m, auto a) {
             check_baseline_views(r, m, a, fn);
             check_stats_apart(stats, fn, std::pair{r, "rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "rewards"}, std::pair{m, "mask"},
+                                                  std::pair{a, "advantages"}, std::pair{stats, "stats"});
+            posttrain::detail::check_policy_apart_from_layout(policy, groups, fn);
             const index_t rows = m.extent(0), cols = m.extent(1);
             using M = typename decltype(m)::value_type;
             using A = typename decltype(a)::value_type;

@@ -45,6 +45,9 @@ void remax(const exec::cuda_policy& policy, const TokenRewards& token_rewards, c
             using A = typename decltype(a)::value_type;
             auto run = [&](auto ret, bool has_returns) {
                 using Ret = typename decltype(ret)::value_type;
+                posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "token_rewards"}, std::pair{b, "baselines"},
+                                                      std::pair{m, "mask"}, std::pair{a, "advantages"},
+                                                      std::pair{ret, "returns"});
                 const detail::scan_tiles s = detail::make_scan_tiles(rows, cols);
                 const detail::scan_scratch_layout l = detail::scan_scratch(rows, cols, false, false);
                 posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

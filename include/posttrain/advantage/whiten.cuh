@@ -157,6 +157,8 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
         [&](auto x, auto m, auto o) {
             check_elementwise_views(x, m, o, fn);
             check_stats_apart(stats, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"},
+                                                  std::pair{stats, "stats"});
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
             whiten_cuda(policy, masked_source(x, m), scratch, l, make_whiten_params(options, options.mask_output), stats.data(), x, o, m,
@@ -200,6 +202,9 @@ void masked_stat_cuda(const exec::cuda_policy& policy, const Values& values, con
     std::visit(
         [&](auto x, auto m) {
             check_same_shape(m, x, {fn, "mask"}, "values");
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{x, "values"}, std::pair{m, "mask"},
+                                                  std::pair{device_view<const double, 1>(d_result, d_result != nullptr ? 1 : 0),
+                                                            "result"});
             const index_t rows = x.extent(0), cols = x.extent(1);
             const stats_scratch_layout l = stats_scratch(rows, cols);
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
@@ -347,6 +352,7 @@ void masked_row_mean(const exec::cuda_policy& policy, const Values& values, cons
     std::visit(
         [&](auto x, auto m, auto o) {
             detail::check_row_mean_views(x, m, o, fn);
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
             if (x.extent(0) == 0) return;
             detail::masked_row_mean_kernel<<<detail::row_warp_blocks(x.extent(0)), cuda_tuning::block_threads, 0, policy.stream>>>(
                 x, m, o, options.count_epsilon);
@@ -365,6 +371,7 @@ void masked_normalize(const exec::cuda_policy& policy, const Values& values, con
     std::visit(
         [&](auto x, auto m, auto o) {
             detail::check_elementwise_views(x, m, o, fn);
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
             if (x.extent(0) == 0 || x.extent(1) == 0) return;
             detail::masked_normalize_kernel<<<detail::row_warp_blocks(x.extent(0)), cuda_tuning::block_threads, 0, policy.stream>>>(
                 x, m, o, options.epsilon);

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "../core/error.hpp"
 #include "../core/view.hpp"
@@ -150,6 +151,55 @@ struct scratch_cursor {
         return at;
     }
 };
+
+// The policy's workspace and status word as device views (empty when absent), for aliasing checks.
+inline device_view<const std::byte, 1> policy_workspace_view(const exec::cuda_policy& p) noexcept {
+    const bool has = p.workspace != nullptr && p.workspace_bytes > 0;
+    return device_view<const std::byte, 1>(static_cast<const std::byte*>(p.workspace),
+                                           has ? static_cast<index_t>(p.workspace_bytes) : 0);
+}
+inline device_view<const std::uint32_t, 1> policy_status_view(const exec::cuda_policy& p) noexcept {
+    return device_view<const std::uint32_t, 1>(p.status, p.status != nullptr ? 1 : 0);
+}
+
+// Refuses (argument "policy" of `fn`) a workspace or a status word that shares bytes with a view the
+// call reads or writes, or a status word inside the workspace, before anything is allocated or
+// launched: kernels write both (scratch; atomicOr into the status) while other blocks still read the
+// inputs and write the outputs, so such an overlap would silently corrupt the results. Each view
+// comes with its argument's name: check_policy_apart(policy, fn, std::pair{r, "rewards"}, ...). An
+// empty view or an absent one (none, nullptr) never overlaps.
+template <class... V>
+void check_policy_apart(const exec::cuda_policy& policy, const char* fn, const std::pair<V, const char*>&... views) {
+    const auto ws = policy_workspace_view(policy);
+    const auto st = policy_status_view(policy);
+    if (views_overlap(st, ws))
+        raise_invalid_argument(fn, "policy", "the status word lies inside the 'workspace'; pass a separate buffer");
+    auto one = [&](const auto& v, const char* name) {
+        using T = std::remove_cvref_t<decltype(v)>;
+        if constexpr (!std::is_same_v<T, none_t> && !std::is_same_v<T, std::nullptr_t>) {
+            if (views_overlap(v, ws))
+                raise_invalid_argument(fn, "policy", std::string("the workspace overlaps the argument '") + name +
+                                                         "'; pass a separate buffer");
+            if (views_overlap(v, st))
+                raise_invalid_argument(fn, "policy", std::string("the status word overlaps the argument '") + name +
+                                                         "'; pass a separate buffer");
+        }
+    };
+    (one(views.first, views.second), ...);
+}
+
+// As check_policy_apart, for the buffers of a group layout the call reads (offsets, a permutation, a
+// device count): found through the layout's layout_buffer_overlapping (<posttrain/core/groups.hpp>,
+// <posttrain/cuda/groups.cuh>).
+template <class Groups>
+void check_policy_apart_from_layout(const exec::cuda_policy& policy, const Groups& groups, const char* fn) {
+    if (const char* buffer = layout_buffer_overlapping(groups, policy_workspace_view(policy)))
+        raise_invalid_argument(fn, "policy", std::string("the workspace overlaps the layout's '") + buffer +
+                                                 "'; pass a separate buffer");
+    if (const char* buffer = layout_buffer_overlapping(groups, policy_status_view(policy)))
+        raise_invalid_argument(fn, "policy", std::string("the status word overlaps the layout's '") + buffer +
+                                                 "'; pass a separate buffer");
+}
 
 // ORs bits into the optional status word.
 __device__ inline void report_status(std::uint32_t* status, std::uint32_t bits) {

@@ -233,6 +233,8 @@ device_permuted_groups group_ids_cuda(const exec::cuda_policy& pol, tensor_view<
     using Key = grouping_key_t<Id>;
     const index_t n = ids.extent(0);
     check_grouping_outputs(ids, perm, offsets, count, group_ids, fn);
+    check_policy_apart(pol, fn, std::pair{ids, "ids"}, std::pair{perm, "permutation"}, std::pair{offsets, "offsets"},
+                       std::pair{count, "count"}, std::pair{group_ids, "group_ids"});
     require(offsets.extent(0) >= n + 1, {fn, "offsets"},
             "needs room for N + 1 = " + str(n + 1) + " entries (up to one group per id), found " + str(offsets.extent(0)));
     require(count.extent(0) == 1, {fn, "count"}, "expected one device entry (the number of groups), found " + str(count.extent(0)));
@@ -280,6 +282,8 @@ device_permuted_groups group_dense_ids_cuda(const exec::cuda_policy& pol, tensor
     require(num_groups >= 0 && static_cast<std::uint64_t>(num_groups) < (std::uint64_t{1} << 32), {fn, "num_groups"},
             "must be in [0, 2^32), found " + str(num_groups));
     check_grouping_outputs(ids, perm, offsets, count, device_view<std::int64_t, 1>{}, fn);
+    check_policy_apart(pol, fn, std::pair{ids, "ids"}, std::pair{perm, "permutation"}, std::pair{offsets, "offsets"},
+                       std::pair{count, "count"});
     require(offsets.extent(0) == num_groups + 1, {fn, "offsets"},
             "expected num_groups + 1 = " + str(num_groups + 1) + " entries, found " + str(offsets.extent(0)));
     require(count.size() == 0 || count.extent(0) == 1, {fn, "count"},

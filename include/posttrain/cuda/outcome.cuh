@@ -1079,37 +1079,28 @@ void check_row_output(const R& r, const A& a, const char* fn) {
 }
 
 // Nothing a kernel writes may share bytes with the layout it reads (see layout_buffer_overlapping):
-// outputs, the counters, the policy's status word.
+// outputs, the counters (the policy's workspace and status word: check_policy_apart_from_layout).
 using posttrain::detail::check_apart_from_layout;
-template <class Groups>
-void check_status_apart_from_layout(const exec::cuda_policy& policy, const Groups& groups, const char* fn) {
-    check_apart_from_layout(groups, device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0),
-                            fn, "policy");
-}
-
-// The device counters and the policy's status word apart from a view the call reads or writes (both
-// are written with atomics while other blocks still read and write the views).
-template <class V>
-void check_counters_apart(const exec::cuda_policy& policy, device_view<index_t, 1> stats, const V& v, const char* fn,
-                          const char* name) {
-    check_no_alias(stats, v, {fn, "stats"}, name);
-    check_no_alias(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0), v, {fn, "policy"}, name);
-}
 
 // The host checks every rewards -> advantages entry makes (shapes, aliasing, outputs apart from the
-// layout, the counters and status word apart from the rewards and advantages, singleton::error with
-// groups of one row), then the device layout.
-template <class Groups, class R, class A>
+// layout, the counters apart from the rewards, advantages and `extras` (OPO's lengths, GDPO's
+// combined: views the call also reads or writes), the policy's workspace and status word apart from
+// all of them and the layout, singleton::error with groups of one row), then the device layout. The
+// counters, like the status word, are written with atomics while other blocks still read and write
+// the views.
+template <class Groups, class R, class A, class... X>
 auto checked_device_layout(const exec::cuda_policy& policy, const Groups& groups, const R& r, const A& a,
-                           device_view<index_t, 1> stats, singleton singletons, const char* fn) {
+                           device_view<index_t, 1> stats, singleton singletons, const char* fn,
+                           const std::pair<X, const char*>&... extras) {
     check_row_output(r, a, fn);
     check_apart_from_layout(groups, a, fn, "advantages");
     check_apart_from_layout(groups, stats, fn, "stats");
-    check_status_apart_from_layout(policy, groups, fn);
-    check_counters_apart(policy, stats, r, fn, "rewards");
-    check_counters_apart(policy, stats, a, fn, "advantages");
-    check_no_alias(device_view<const std::uint32_t, 1>(policy.status, policy.status != nullptr ? 1 : 0), stats, {fn, "policy"},
-                   "stats");
+    check_no_alias(stats, r, {fn, "stats"}, "rewards");
+    check_no_alias(stats, a, {fn, "stats"}, "advantages");
+    (check_no_alias(stats, extras.first, {fn, "stats"}, extras.second), ...);
+    posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "rewards"}, std::pair{a, "advantages"},
+                                          std::pair{stats, "stats"}, extras...);
+    posttrain::detail::check_policy_apart_from_layout(policy, groups, fn);
     auto info = posttrain::detail::make_device_layout(policy, groups, r.extent(0), {fn, "groups"});
     if (singletons == singleton::error && info.exact_size == 1 && r.extent(0) > 0)
         posttrain::detail::raise_invalid_argument(fn, "groups", "every group has a single row (singleton::error)");

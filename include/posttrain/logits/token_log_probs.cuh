@@ -925,6 +925,9 @@ void token_log_probs_cuda(const exec::cuda_policy& policy, const Logits& logits,
             detail::check_no_alias(h.bytes, lp.bytes, {fn, "entropy"}, "log_probs");
             detail::check_no_alias(ls.bytes, lp.bytes, {fn, "lse"}, "log_probs");
             detail::check_no_alias(ls.bytes, h.bytes, {fn, "lse"}, "entropy");
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{z, "logits"}, std::pair{lab_bytes, "labels"},
+                                                  std::pair{lp.bytes, "log_probs"}, std::pair{h.bytes, "entropy"},
+                                                  std::pair{ls.bytes, "lse"});
             detail::forward_args<T> a;
             a.logits = z;
             a.labels = lab;
@@ -981,6 +984,10 @@ void token_log_probs_backward_cuda(const exec::cuda_policy& policy, const Logits
             detail::check_no_alias(*g, z, {fn, "grad_logits"}, "logits");
             detail::check_no_alias(*g, lab_bytes, {fn, "grad_logits"}, "labels");
             for (const detail::operand2* o : {&ul, &uh, &sl, &sh}) detail::check_no_alias(*g, o->bytes, {fn, "grad_logits"}, o->name);
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{z, "logits"}, std::pair{lab_bytes, "labels"},
+                                                  std::pair{ul.bytes, "grad_log_probs"}, std::pair{uh.bytes, "grad_entropy"},
+                                                  std::pair{*g, "grad_logits"}, std::pair{sl.bytes, "saved_lse"},
+                                                  std::pair{sh.bytes, "saved_entropy"});
             detail::backward_args<T> a;
             a.logits = z;
             a.grad = *g;

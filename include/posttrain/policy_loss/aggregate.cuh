@@ -237,7 +237,10 @@ void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, co
             check_result_apart(d_result, L, fn, "loss_mat");
             check_result_apart(d_result, m, fn, "mask");
             const loss_entry<typename decltype(L)::value_type> token{L};
+            const device_view<const aggregate_result, 1> result(d_result, d_result != nullptr ? 1 : 0);
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
+                posttrain::detail::check_policy_apart(policy, fn, std::pair{L, "loss_mat"}, std::pair{m, "mask"},
+                                                      std::pair{result, "result"});
                 launch_aggregation(policy, token, m, static_cast<double*>(nullptr), 0, 0, options, grad_scale,
                                    aggregate_finish{}, d_result, h_result, fn);
             } else {
@@ -247,6 +250,8 @@ void aggregate_cuda(const exec::cuda_policy& policy, const LossMat& loss_mat, co
                         check_no_alias(gv, L, {fn, "grad_loss_mat"}, "loss_mat");
                         check_no_alias(gv, m, {fn, "grad_loss_mat"}, "mask");
                         check_result_apart(d_result, gv, fn, "grad_loss_mat");
+                        posttrain::detail::check_policy_apart(policy, fn, std::pair{L, "loss_mat"}, std::pair{m, "mask"},
+                                                              std::pair{gv, "grad_loss_mat"}, std::pair{result, "result"});
                         launch_aggregation(policy, token, m, gv.data(), gv.stride(0), gv.stride(1), options, grad_scale,
                                            aggregate_finish{}, d_result, h_result, fn);
                     },
@@ -263,6 +268,9 @@ void count_tokens_cuda(const exec::cuda_policy& policy, const Mask& mask, token_
     std::visit(
         [&](auto m) {
             check_result_apart(d_result, m, fn, "mask");
+            posttrain::detail::check_policy_apart(
+                policy, fn, std::pair{m, "mask"},
+                std::pair{device_view<const token_counts, 1>(d_result, d_result != nullptr ? 1 : 0), "result"});
             const seg_geometry g = make_geometry(m.extent(0), m.extent(1));
             const aggregate_scratch_layout at(g, false);
             posttrain::detail::cuda_scratch scratch(policy, at.total, {fn, "policy"});

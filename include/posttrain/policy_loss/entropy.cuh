@@ -167,14 +167,21 @@ void entropy_loss_cuda(const exec::cuda_policy& policy, const Logits& logits, co
             logits::detail::check_leading(m.extent(0), m.extent(1), B, T, {fn, "mask"});
             std::visit(
                 [&](auto z) {
+                    using Z = typename decltype(z)::value_type;
+                    device_view<const Z, 3> gz;  // grad_logits (of the logits' dtype, checked), or empty
                     const auto h = check_entropy_outputs(z, entropy, grad_logits, prim, fn, [&](const auto& g) {
                         check_no_alias(g, m, {fn, "grad_logits"}, "mask");
                         check_result_apart(d_result, g, fn, "grad_logits");
+                        if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(g)>::value_type, Z>) gz = g;
                     });
                     logits::detail::check_no_alias(h.bytes, logits::detail::byte_range(m), {fn, "entropy"}, "mask");
                     check_result_apart(d_result, z, fn, "logits");
                     check_result_apart(d_result, m, fn, "mask");
                     check_result_apart(d_result, h.bytes, fn, "entropy");
+                    posttrain::detail::check_policy_apart(
+                        policy, fn, std::pair{z, "logits"}, std::pair{m, "mask"}, std::pair{h.bytes, "entropy"},
+                        std::pair{gz, "grad_logits"},
+                        std::pair{device_view<const aggregate_result, 1>(d_result, d_result != nullptr ? 1 : 0), "result"});
                 },
                 posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));
 
@@ -271,10 +278,15 @@ void entropy_from_logits(const exec::cuda_policy& policy, const Logits& logits, 
                                            "must be finite, found " + std::to_string(double(grad_entropy)));
             else
                 up = logits::detail::device_operand<true>(grad_entropy, z.extent(0), z.extent(1), fn, "grad_entropy");
+            using Z = typename decltype(z)::value_type;
+            device_view<const Z, 3> gz;  // grad_logits (of the logits' dtype, checked), or empty
             const auto h = detail::check_entropy_outputs(z, entropy, grad_logits, prim, fn, [&](const auto& g) {
                 logits::detail::check_no_alias(up.bytes, g, {fn, "grad_entropy"}, "grad_logits");
+                if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(g)>::value_type, Z>) gz = g;
             });
             logits::detail::check_no_alias(h.bytes, up.bytes, {fn, "entropy"}, "grad_entropy");
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{z, "logits"}, std::pair{up.bytes, "grad_entropy"},
+                                                  std::pair{h.bytes, "entropy"}, std::pair{gz, "grad_logits"});
             return std::tuple<index_t, index_t, index_t>(z.extent(0), z.extent(1), z.extent(2));
         },
         posttrain::detail::device_floats<true, 3>(logits, {fn, "logits"}));

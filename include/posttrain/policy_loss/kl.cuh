@@ -87,6 +87,8 @@ void kl_penalty(const exec::cuda_policy& policy, const LogProbs& log_probs, cons
             detail::check_no_alias(g, lp, {fn, "grad_log_probs"}, "log_probs");
             detail::check_no_alias(g, ref, {fn, "grad_log_probs"}, "ref_log_probs");
             detail::check_no_alias(g, k, {fn, "grad_log_probs"}, "kl");
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{lp, "log_probs"}, std::pair{ref, "ref_log_probs"},
+                                                  std::pair{k, "kl"}, std::pair{g, "grad_log_probs"});
             using A = typename decltype(lp)::value_type;
             using B = typename decltype(ref)::value_type;
             using K = typename decltype(k)::value_type;

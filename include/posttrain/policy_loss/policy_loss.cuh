@@ -768,6 +768,11 @@ void compute_cuda(const exec::cuda_policy& policy, const LogProbs& log_probs, co
             check_result_apart(d_result, a.ref, fn, "extras.ref_log_probs");
             check_result_apart(d_result, a.isw, fn, "extras.is_weights");
             check_result_apart(d_result, a.ent, fn, "extras.entropies");
+            posttrain::detail::check_policy_apart(
+                policy, fn, std::pair{lp, "log_probs"}, std::pair{a.old, "old_log_probs"}, std::pair{a.adv, "advantages"},
+                std::pair{m, "mask"}, std::pair{a.ref, "extras.ref_log_probs"}, std::pair{a.isw, "extras.is_weights"},
+                std::pair{a.ent, "extras.entropies"}, std::pair{a.grad, "grad_log_probs"},
+                std::pair{device_view<const loss_result, 1>(d_result, d_result != nullptr ? 1 : 0), "result"});
             launch_loss(policy, a, d_result, h_result, fn);
         },
         device_floats<true, 2>(log_probs, {fn, "log_probs"}), posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}));

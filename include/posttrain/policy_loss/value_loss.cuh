@@ -88,7 +88,14 @@ void value_loss_cuda(const exec::cuda_policy& policy, const Values& values, cons
             check_result_apart(d_result, token.ret, fn, "returns");
             check_result_apart(d_result, m, fn, "mask");
             const value_finish finish{options.clipfrac_denominator};
+            auto policy_apart = [&](const device_view<T, 2>& g) {
+                posttrain::detail::check_policy_apart(
+                    policy, fn, std::pair{v, "values"}, std::pair{token.vo, "old_values"}, std::pair{token.ret, "returns"},
+                    std::pair{m, "mask"}, std::pair{g, "grad_values"},
+                    std::pair{device_view<const value_loss_result, 1>(d_result, d_result != nullptr ? 1 : 0), "result"});
+            };
             if constexpr (std::is_same_v<std::remove_cvref_t<Grad>, none_t>) {
+                policy_apart({});
                 launch_aggregation(policy, token, m, static_cast<T*>(nullptr), 0, 0, options.aggregation, grad_scale, finish,
                                    d_result, h_result, fn);
             } else {
@@ -101,6 +108,7 @@ void value_loss_cuda(const exec::cuda_policy& policy, const Values& values, cons
                 check_no_alias(*g, token.ret, {fn, "grad_values"}, "returns");
                 check_no_alias(*g, m, {fn, "grad_values"}, "mask");
                 check_result_apart(d_result, *g, fn, "grad_values");
+                policy_apart(*g);
                 launch_aggregation(policy, token, m, g->data(), g->stride(0), g->stride(1), options.aggregation, grad_scale,
                                    finish, d_result, h_result, fn);
             }

@@ -479,8 +479,9 @@ dpo_span span_of(const Variant& var, const char* arg, const char* part = nullptr
 // input and from every other output, before anything is allocated or launched: the kernels write
 // them while other blocks still read the inputs (the pair kernel reads the sums, lengths and extras
 // while writing the per-pair outputs and [B] gradients; the broadcast writes both [B, T] gradients
-// while reading both masks), and a later pass would overwrite an earlier one's output.
-inline void check_dpo_spans(const dpo_plan& plan, const device_sequence_grad* const grads[2], const device_pair_outputs& outputs,
+// while reading both masks), and a later pass would overwrite an earlier one's output. The policy's
+// workspace and status word apart from all of them (posttrain::detail::check_policy_apart).
+inline void check_dpo_spans(const exec::cuda_policy& pol, const dpo_plan& plan, const device_sequence_grad* const grads[2], const device_pair_outputs& outputs,
                             const device_pair_extras& extras, const device_dpo_result* d_result, const char* fn) {
     std::vector<dpo_span> in, out;
     for (int k = 0; k < max_token_sides; ++k) {
@@ -515,6 +516,10 @@ inline void check_dpo_spans(const dpo_plan& plan, const device_sequence_grad* co
             require(!out[i].overlaps(out[j]), {fn, out[i].arg},
                     std::string("the output overlaps '") + out[j].arg + "'; pass a separate buffer");
     }
+    for (const std::vector<dpo_span>* list : {&in, &out})
+        for (const dpo_span& x : *list)
+            posttrain::detail::check_policy_apart(
+                pol, fn, std::pair{device_view<const unsigned char, 1>(x.begin, static_cast<index_t>(x.end - x.begin)), x.arg});
 }
 
 // The public overloads' body: the host-side checks, the plan, the dtype dispatch.
@@ -621,7 +626,7 @@ inline void dpo_cuda(const exec::cuda_policy& pol, const device_sequence_input& 
             },
             grad_chosen.sums_view(), grad_rejected.sums_view());
 
-    check_dpo_spans(plan, plan.grad, outputs, extras, d_result, fn);
+    check_dpo_spans(pol, plan, plan.grad, outputs, extras, d_result, fn);
 
     if (plan.ntoken == 0) {
         dpo_launch<float, bool>(pol, plan, d_result, h_result, fn);

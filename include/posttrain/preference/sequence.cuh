@@ -520,6 +520,16 @@ void sequence_log_probs(const exec::cuda_policy& policy, const LogProbs& log_pro
                            posttrain::detail::floating_output<1, device_space>(lengths, {fn, "lengths"}),
                            posttrain::detail::floating_output<1, device_space>(sums, {fn, "sums"}));
             }
+            std::visit(
+                [&](auto s) {
+                    auto apart = [&](const auto& l) {
+                        posttrain::detail::check_policy_apart(policy, fn, std::pair{lp, "log_probs"}, std::pair{m, "mask"},
+                                                              std::pair{s, "sums"}, std::pair{l, "lengths"});
+                    };
+                    if constexpr (std::is_same_v<std::remove_cvref_t<Lengths>, none_t>) apart(none);
+                    else std::visit(apart, posttrain::detail::floating_output<1, device_space>(lengths, {fn, "lengths"}));
+                },
+                posttrain::detail::floating_output<1, device_space>(sums, {fn, "sums"}));
             const index_t B = lp.extent(0);
             detail::reduce_args<T, M> a;
             detail::token_side<T, M>& sd = a.side[0];
@@ -552,6 +562,8 @@ void sequence_log_probs_backward(const exec::cuda_policy& policy, const GradSums
             advantage::detail::check_same_shape(g, m, {fn, "grad_log_probs"}, "mask");
             advantage::detail::check_no_alias(g, m, {fn, "grad_log_probs"}, "mask");
             advantage::detail::check_no_alias(g, gs, {fn, "grad_log_probs"}, "grad_sums");
+            posttrain::detail::check_policy_apart(policy, fn, std::pair{gs, "grad_sums"}, std::pair{m, "mask"},
+                                                  std::pair{g, "grad_log_probs"});
             detail::broadcast_args<G, M> a;
             a.side[0].g = g;
             a.side[0].mask = m;
