@@ -341,4 +341,17 @@ PT_TEST("gae host-detectable misuse throws before launching") {
     PT_CHECK_THROWS(adv::gae(pt::exec::cuda, dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, verl,
                              pt::device_view<double, 1>(dm.data(), 3)),
                     pt::invalid_argument);
+    // The policy's workspace over the advantages (or the returns), its status word over an input (each
+    // workspace within the buffer it overlaps: the overlap is refused before its size is looked at).
+    using pt::test::refuses_policy;
+    device_vec<double> ret(64);
+    PT_CHECK(refuses_policy([&] { adv::gae(pt::exec::cuda.with(da.data(), da.size() * sizeof(double)), dview(dr, 4, 16),
+                                           dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none, verl); },
+                            "workspace", "advantages"));
+    PT_CHECK(refuses_policy([&] { adv::gae(pt::exec::cuda.with(ret.data(), ret.size() * sizeof(double)), dview(dr, 4, 16),
+                                           dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), dout(ret, 4, 16), verl); },
+                            "workspace", "returns"));
+    PT_CHECK(refuses_policy([&] { adv::gae(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(dv.data() + 5)),
+                                           dview(dr, 4, 16), dview(dv, 4, 16), dview(dm, 4, 16), dout(da, 4, 16), pt::none); },
+                            "status word", "values"));
 }

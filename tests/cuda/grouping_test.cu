@@ -481,6 +481,20 @@ PT_TEST("workspace: exactly from_ids_workspace_bytes works, one byte less throws
 PT_TEST("host-detectable misuse of from_ids and from_dense_ids") {
     device_vec<std::int64_t> d_ids(std::vector<std::int64_t>{3, 1, 3, 2});
     device_vec<index_t> perm(4), short_perm(3), off(5), short_off(4), count(1), two(2);
+    // The policy's workspace over an output, its status word over the ids or an output.
+    using pt::test::refuses_policy;
+    PT_CHECK(refuses_policy([&] {
+        (void)pt::grouping::from_ids(pt::exec::cuda.with(perm.data(), perm.size() * sizeof(index_t)), d_ids.cview(), perm.view(),
+                                     off.view(), count.view());
+    }, "workspace", "permutation"));
+    PT_CHECK(refuses_policy([&] {
+        (void)pt::grouping::from_ids(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(d_ids.data() + 2)), d_ids.cview(),
+                                     perm.view(), off.view(), count.view());
+    }, "status word", "ids"));
+    PT_CHECK(refuses_policy([&] {
+        (void)pt::grouping::from_dense_ids(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(count.data())), d_ids.cview(), 4,
+                                           perm.view(), off.view(), count.view());
+    }, "status word", "count"));
     PT_CHECK_THROWS(pt::grouping::from_ids(pt::exec::cuda, d_ids.cview(), short_perm.view(), off.view(), count.view()),
                     pt::invalid_argument);
     PT_CHECK_THROWS(pt::grouping::from_ids(pt::exec::cuda, d_ids.cview(), perm.view(), short_off.view(), count.view()),

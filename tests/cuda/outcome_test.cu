@@ -354,6 +354,26 @@ PT_TEST("host-detectable misuse throws before launching") {
     PT_CHECK_THROWS(adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(counters.data())), dr.cview(),
                               pt::uniform_groups{4}, da.view(), o, counters.view()),
                     pt::invalid_argument);
+    // The policy's workspace over an output, its status word over an input or the layout, or the
+    // status word inside the workspace: refused, naming the policy and what it overlaps.
+    using pt::test::refuses_policy;
+    adv::grpo_options batch;
+    batch.std_scale = adv::scale::batch;
+    device_vec<std::byte> big(adv::grpo_workspace_bytes(8, batch) + 256);
+    PT_CHECK(refuses_policy([&] { adv::grpo(pt::exec::cuda.with(da.data(), 8 * sizeof(float)), dr.cview(), pt::uniform_groups{4},
+                                            da.view(), batch); },
+                            "workspace", "advantages"));
+    PT_CHECK(refuses_policy([&] { adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(dr.data() + 2)), dr.cview(),
+                                            pt::uniform_groups{4}, da.view()); },
+                            "status word", "rewards"));
+    device_vec<std::int64_t> bounds(std::vector<std::int64_t>{0, 4, 8});
+    PT_CHECK(refuses_policy([&] { adv::grpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(bounds.data() + 1)),
+                                            dr.cview(), pt::ragged(bounds.cview()), da.view()); },
+                            "status word", "offsets"));
+    PT_CHECK(refuses_policy([&] { adv::grpo(pt::exec::cuda.with(big.data(), big.size())
+                                                .with_status(reinterpret_cast<std::uint32_t*>(big.data() + 64)),
+                                            dr.cview(), pt::uniform_groups{4}, da.view(), batch); },
+                            "status word", "workspace"));
     // Ragged singletons under singleton::error: reported on the device.
     device_vec<std::int64_t> off(std::vector<std::int64_t>{0, 1, 8});
     device_vec<std::uint32_t> status(1, 0u);

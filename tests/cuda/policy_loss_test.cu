@@ -568,4 +568,22 @@ PT_TEST("policy loss: unsupported options and misuse throw before launching") {
     ex.is_weights = d.view(d.isw);
     expect_invalid(with(old, mask, pt::device_view<float, 2>(d.isw.data(), 4, 16), ex), "grad_log_probs",
                    "gradient overlaps is_weights");
+    // The policy's workspace over the gradient (or the device result), its status word over an input.
+    using pt::test::refuses_policy;
+    const std::size_t bytes = pl::compute_workspace_bytes(4, 16);
+    device_vec<std::byte> ws(bytes + 256);
+    auto with_policy = [&](const pt::exec::cuda_policy& p) {
+        return [&, p] { (void)pl::compute(p, d.view(d.lp), old, d.view(d.adv), mask, gv, pl::options{}); };
+    };
+    PT_CHECK(refuses_policy(with_policy(pt::exec::cuda.with(g.data(), g.size() * sizeof(float))), "workspace", "grad_log_probs"));
+    PT_CHECK(refuses_policy(with_policy(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(dm.data() + 3))), "status word",
+                            "mask"));
+    PT_CHECK(refuses_policy(with_policy(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(d.adv.data()))),
+                            "status word", "advantages"));
+    PT_CHECK(refuses_policy(
+        [&] {
+            pl::compute(pt::exec::cuda.with(ws.data(), bytes), d.view(d.lp), old, d.view(d.adv), mask, pt::none, pl::options{},
+                        pl::device_extras{}, pt::device_view<pl::loss_result, 0>(reinterpret_cast<pl::loss_result*>(ws.data() + 256)));
+        },
+        "workspace", "result"));
 }

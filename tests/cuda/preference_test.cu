@@ -718,6 +718,24 @@ PT_TEST("dpo: bad input throws invalid_argument naming the argument, before laun
         pp::sequence_log_probs_backward(pt::exec::cuda, pt::device_view<const double, 1>(s0.data(), B - 1),
                                         pt::device_view<const std::uint8_t, 2>(m0.data(), B, T_), pt::device_view<double, 2>(g.data(), B, T_));
     }, "grad_sums");
+    // The policy's workspace over an output (the gradient), its status word over an input (a mask, the
+    // reference's log-probs); the same for sequence_log_probs.
+    using pt::test::refuses_policy;
+    const pp::device_sequence_grad gw = pt::device_view<double, 2>(g.data(), B, T_);
+    PT_CHECK(refuses_policy([&] { (void)pp::dpo(pt::exec::cuda.with(g.data(), g.size() * sizeof(double)), w, l, rw, rl, gw, pt::none,
+                                                pp::dpo_options::trl()); },
+                            "workspace", "grad_chosen"));
+    PT_CHECK(refuses_policy([&] { (void)pp::dpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(m1.data() + 4)), w, l, rw,
+                                                rl, pt::none, pt::none, pp::dpo_options::trl()); },
+                            "status word", "rejected"));
+    PT_CHECK(refuses_policy([&] { (void)pp::dpo(pt::exec::cuda.with_status(reinterpret_cast<std::uint32_t*>(l2.data())), w, l, rw, rl,
+                                                pt::none, pt::none, pp::dpo_options::trl()); },
+                            "status word", "ref_chosen"));
+    PT_CHECK(refuses_policy([&] {
+        pp::sequence_log_probs(pt::exec::cuda.with(gs.data(), gs.size() * sizeof(double)),
+                               pt::device_view<const double, 2>(l0.data(), B, T_),
+                               pt::device_view<const std::uint8_t, 2>(m0.data(), B, T_), gs.view());
+    }, "workspace", "sums"));
 }
 
 PT_TEST("dpo: status word for non-finite log-probs at valid positions and non-finite sums") {

@@ -92,6 +92,26 @@ inline std::vector<double> token_mask(index_t n, index_t t, std::mt19937_64& rng
     return m;
 }
 
+// Whether `f` throws invalid_argument naming the argument "policy" with `what` ("workspace", "status
+// word") and `arg` (the argument it overlaps) in its message: a policy's workspace or status word over
+// an input or an output of the call, refused before anything is allocated or launched.
+inline bool refuses_policy(const std::function<void()>& f, const std::string& what, const std::string& arg) {
+    try {
+        f();
+    } catch (const invalid_argument& e) {
+        const std::string m = e.what();
+        const bool ok = e.argument() == "policy" && m.find(what) != std::string::npos &&
+                        m.find("'" + arg + "'") != std::string::npos;
+        if (!ok) test::report_failure(__FILE__, __LINE__, "expected policy / " + what + " over '" + arg + "', got: " + m);
+        return ok;
+    } catch (const std::exception& e) {
+        test::report_failure(__FILE__, __LINE__, std::string("expected invalid_argument, got: ") + e.what());
+        return false;
+    }
+    test::report_failure(__FILE__, __LINE__, "expected invalid_argument: " + what + " over '" + arg + "'");
+    return false;
+}
+
 // `full`, or `small` when the environment asks for quick runs (harness.hpp quick(): sanitizers).
 inline index_t quick_size(index_t full, index_t small) { return quick() && small < full ? small : full; }
 

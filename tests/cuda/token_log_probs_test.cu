@@ -742,6 +742,21 @@ PT_TEST("token_log_probs host-detectable misuse") {
     lg::token_log_probs_options ignore;
     ignore.nonfinite_logits = pt::advantage::nonfinite::ignore;
     PT_CHECK_THROWS(lg::token_log_probs(ex, dl.view(), labels, o2, pt::none, pt::none, ignore), pt::invalid_argument);
+    // The policy's workspace over an output, its status word over an input (the logits, the labels).
+    using pt::test::refuses_policy;
+    PT_CHECK(refuses_policy([&] { lg::token_log_probs(ex.with(out.data(), out.size() * sizeof(float)), dl.view(), labels, o2); },
+                            "workspace", "log_probs"));
+    PT_CHECK(refuses_policy([&] {
+        lg::token_log_probs(ex.with(wide.data(), wide.size() * sizeof(float)), dl.view(), labels, o2,
+                            pt::device_view<float, 2>(wide.data(), 2, 3));
+    }, "workspace", "entropy"));
+    PT_CHECK(refuses_policy([&] {
+        lg::token_log_probs(ex.with_status(reinterpret_cast<std::uint32_t*>(const_cast<float*>(dl.view().data()) + 7)), dl.view(),
+                            labels, o2);
+    }, "status word", "logits"));
+    PT_CHECK(refuses_policy([&] {
+        lg::token_log_probs(ex.with_status(reinterpret_cast<std::uint32_t*>(y.data() + 1)), dl.view(), labels, o2);
+    }, "status word", "labels"));
     // The backward: gradient shape and dtype, aliasing, saved statistics both or neither, workspace too small.
     const device_vec<float> u(std::vector<float>(6, 1.0f));
     const auto uv = pt::device_view<const float, 2>(u.data(), 2, 3);
