@@ -140,6 +140,23 @@ __device__ inline void step_back(const scan_tiles& s, index_t& i, index_t& t, bo
     restart = s.packed && t == s.cols - 1;
 }
 
+// f(j, i, t, restart) for the thread's items j < count in scan order: element e0 + j is token (i, t),
+// restart as token_of says.
+template <class F>
+__device__ __forceinline__ void for_each_item(const scan_tiles& s, const tile_span& sp, index_t e0, int count, F&& f) {
+    if (count <= 0) return;
+    index_t i, t;
+    bool restart;
+    token_of(s, sp, e0, i, t, restart);
+#pragma unroll
+    for (int j = 0; j < scan_items; ++j) {
+        if (j < count) {
+            f(j, i, t, restart);
+            step_back(s, i, t, restart);
+        }
+    }
+}
+
 // A map with a restart flag: the segmented-scan element (a restart discards what came before).
 struct seg_map {
     int restart;
@@ -364,19 +381,10 @@ __global__ void __launch_bounds__(scan_threads) scan_chunk_maps_kernel(P p, scan
     typename P::token tok[scan_items];
     if (p.staged) p.load_staged(tmp.stage, tile_base(s, sp), sp.n, e0, count, tok);
     seg_map agg{0, scan_identity()};
-    if (count > 0) {
-        index_t i, t;
-        bool restart;
-        token_of(s, sp, e0, i, t, restart);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) {
-            if (j < count) {
-                if (!p.staged) tok[j] = p.load(i, t);
-                agg.f = scan_then(agg.f, p.map(tok[j], i));
-                step_back(s, i, t, restart);
-            }
-        }
-    }
+    for_each_item(s, sp, e0, count, [&](int j, index_t i, index_t t, bool) {
+        if (!p.staged) tok[j] = p.load(i, t);
+        agg.f = scan_then(agg.f, p.map(tok[j], i));
+    });
     seg_map total, ignored;
     if (p.staged) __syncthreads();  // the loads' last reads of the stage are done: the scan reuses it
     block_scan(tmp.scan).ExclusiveScan(agg, ignored, seg_map{0, scan_identity()}, seg_then{}, total);
@@ -460,22 +468,11 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
 
     typename P::token tok[scan_items];
     if (p.staged) p.load_staged(tmp.stage, base, sp.n, e0, count, tok);
-    index_t i0 = 0, t0 = 0;
-    bool r0 = false;
     seg_map agg{0, scan_identity()};
-    if (count > 0) {
-        token_of(s, sp, e0, i0, t0, r0);
-        index_t i = i0, t = t0;
-        bool restart = r0;
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) {
-            if (j < count) {
-                if (!p.staged) tok[j] = p.load(i, t);
-                agg = seg_then{}(agg, seg_map{restart, p.map(tok[j], i)});
-                step_back(s, i, t, restart);
-            }
-        }
-    }
+    for_each_item(s, sp, e0, count, [&](int j, index_t i, index_t t, bool restart) {
+        if (!p.staged) tok[j] = p.load(i, t);
+        agg = seg_then{}(agg, seg_map{restart, p.map(tok[j], i)});
+    });
     seg_map before;
     if (p.staged) __syncthreads();  // the loads' last reads of the stage are done: the scan reuses it
     block_scan(tmp.scan).ExclusiveScan(agg, before, seg_map{0, scan_identity()}, seg_then{});
@@ -488,25 +485,17 @@ __global__ void __launch_bounds__(scan_threads, 2) scan_tiles_kernel(P p, scan_t
     // moments below read too; their weights are read again from tok (not kept: registers).
     double xs[scan_items] = {};
     double w_sum = 0, wx_sum = 0;
-    if (count > 0) {
-        index_t i = i0, t = t0;
-        bool restart = r0;
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) {
-            if (j < count) {
-                if (restart) {
-                    n = seed_n;
-                    a = seed_a;
-                }
-                scan_apply(p.map(tok[j], i), n, a);
-                xs[j] = p.write(tmp.stage, item_slot(sp.n, e0 + j), i, t, tok[j], n, a);
-                const double w = p.weight(tok[j]);
-                w_sum += w;
-                wx_sum += w * xs[j];
-                step_back(s, i, t, restart);
-            }
+    for_each_item(s, sp, e0, count, [&](int j, index_t i, index_t t, bool restart) {
+        if (restart) {
+            n = seed_n;
+            a = seed_a;
         }
-    }
+        scan_apply(p.map(tok[j], i), n, a);
+        xs[j] = p.write(tmp.stage, item_slot(sp.n, e0 + j), i, t, tok[j], n, a);
+        const double w = p.weight(tok[j]);
+        w_sum += w;
+        wx_sum += w * xs[j];
+    });
     if (p.staged) p.flush(tmp.stage, base, sp.n);
     if (moments == nullptr) return;  // uniform per launch: no block diverges at the barriers below
     // tmp.scan (or the stage) -> tmp.sum: block_tile_moments syncs first.

@@ -100,19 +100,10 @@ struct broadcast_values {
                                  double (&xs)[scan_items], double (&ws)[scan_items]) const {
         const index_t base = tile_base(s, sp);
         stage_in(st.out[1], m.data(), base, sp.n, e0, count, ws);
-        if (count > 0) {
-            index_t i, t;
-            bool restart;
-            token_of(s, sp, e0, i, t, restart);
-#pragma unroll
-            for (int j = 0; j < scan_items; ++j) {
-                if (j < count) {
-                    xs[j] = double(static_cast<A>(c[i] * ws[j]));
-                    st.out[0][item_slot(sp.n, e0 + j)] = xs[j];
-                    step_back(s, i, t, restart);
-                }
-            }
-        }
+        for_each_item(s, sp, e0, count, [&](int j, index_t i, index_t, bool) {
+            xs[j] = double(static_cast<A>(c[i] * ws[j]));
+            st.out[0][item_slot(sp.n, e0 + j)] = xs[j];
+        });
         stage_out(st.out[0], a.data(), base, sp.n);
     }
 };

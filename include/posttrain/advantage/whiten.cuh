@@ -65,20 +65,8 @@ __global__ void __launch_bounds__(scan_threads) moments_tiles_kernel(Source src,
     const index_t e0 = index_t(threadIdx.x) * scan_items;
     const int count = e0 < sp.n ? int(sp.n - e0 < scan_items ? sp.n - e0 : scan_items) : 0;
     double xs[scan_items] = {}, ws[scan_items] = {};  // zero past the tile's end: block_tile_moments reads all
-    if (src.staged) {
-        src.items_staged(tmp.stage, s, sp, e0, count, xs, ws);
-    } else if (count > 0) {
-        index_t i, t;
-        bool restart;
-        token_of(s, sp, e0, i, t, restart);
-#pragma unroll
-        for (int j = 0; j < scan_items; ++j) {
-            if (j < count) {
-                src.item(i, t, xs[j], ws[j]);
-                step_back(s, i, t, restart);
-            }
-        }
-    }
+    if (src.staged) src.items_staged(tmp.stage, s, sp, e0, count, xs, ws);
+    else for_each_item(s, sp, e0, count, [&](int j, index_t i, index_t t, bool) { src.item(i, t, xs[j], ws[j]); });
     double w_sum = 0, wx_sum = 0;
 #pragma unroll
     for (int j = 0; j < scan_items; ++j) {
