@@ -678,19 +678,20 @@ void launch_whiten(const exec::cuda_policy& policy, const tile_moments* moments,
     const index_t rows = a.extent(0), cols = a.extent(1);
     if (rows * cols == 0) return;
     const index_t blocks = (rows * cols + 255) / 256;
-    auto dense_view = [cols](index_t s0, index_t s1) { return s1 == 1 && s0 == cols; };
-    const bool dense = dense_view(a.stride(0), a.stride(1)) && dense_view(src.stride(0), src.stride(1)) &&
-                       dense_view(m.stride(0), m.stride(1));
+    const bool dense = all_dense(a, src, m);
     whiten_apply_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, policy.stream>>>(src, a, m, tr, w.mask_output,
                                                                                                           dense);
     posttrain::detail::check_launch(fn);
 }
 
-// The `stats` output (empty when not asked for) apart from each (view, name) the call reads or
-// writes: the finalize writes the statistics before the apply reads the advantages.
+// The whitening's `stats` output (empty when not asked for) apart from each (view, name) the call
+// reads or writes (the finalize writes the statistics before the apply reads the advantages), and
+// the policy's workspace and status word apart from those views and the statistics.
 template <class... V>
-void check_stats_apart(device_view<double, 1> stats, const char* fn, const std::pair<V, const char*>&... views) {
+void check_whitening_apart(const exec::cuda_policy& policy, device_view<double, 1> stats, const char* fn,
+                           const std::pair<V, const char*>&... views) {
     (check_no_alias(stats, views.first, {fn, "stats"}, views.second), ...);
+    posttrain::detail::check_policy_apart(policy, fn, views..., std::pair{stats, "stats"});
 }
 
 // The `stats` output of the CUDA whitening overloads: {mean, variance, count}.
@@ -738,8 +739,6 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
         std::visit(
             [&](auto r, auto v, auto m, auto a) {
                 check_gae_views(r, v, m, a, fn);
-                check_stats_apart(stats, fn, std::pair{r, "token_rewards"}, std::pair{v, "values"}, std::pair{m, "mask"},
-                                  std::pair{a, "advantages"});
                 const index_t rows = r.extent(0), cols = r.extent(1);
                 using A = typename decltype(a)::value_type;
                 constexpr bool given = !std::is_same_v<decltype(lambdas), std::nullptr_t>;
@@ -751,15 +750,11 @@ void gae_cuda(const exec::cuda_policy& policy, const TokenRewards& token_rewards
                 // The returns are checked (visit_returns) before anything is allocated or launched.
                 visit_returns<A>(
                     returns, fn,
-                    [&](auto ret) {
-                        check_gae_returns(ret, r, v, m, a, fn);
-                        check_stats_apart(stats, fn, std::pair{ret, "returns"});
-                    },
+                    [&](auto ret) { check_gae_returns(ret, r, v, m, a, fn); },
                     [&](auto ret, bool has_returns) {
-                        posttrain::detail::check_policy_apart(
-                            policy, fn, std::pair{r, "token_rewards"}, std::pair{v, "values"}, std::pair{m, "mask"},
-                            std::pair{lambdas, "lambdas"}, std::pair{a, "advantages"}, std::pair{ret, "returns"},
-                            std::pair{stats, "stats"});
+                        check_whitening_apart(policy, stats, fn, std::pair{r, "token_rewards"}, std::pair{v, "values"},
+                                              std::pair{m, "mask"}, std::pair{a, "advantages"}, std::pair{ret, "returns"});
+                        posttrain::detail::check_policy_apart(policy, fn, std::pair{lambdas, "lambdas"});
                         const scan_tiles s = make_scan_tiles(rows, cols);
                         const scan_scratch_layout l = scan_scratch(rows, cols, options.whiten, per_row);
                         posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});

@@ -47,7 +47,6 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
     std::visit(
         [&](auto r, auto m, auto a) {
             check_reinforce_pp_views(r, m, a, fn);
-            check_stats_apart(stats, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
             const index_t rows = r.extent(0), cols = r.extent(1);
             using R = typename decltype(r)::value_type;
             using M = typename decltype(m)::value_type;
@@ -56,9 +55,8 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
             const scan_scratch_layout l = scan_scratch(rows, cols, true, false);
             auto run = [&](auto ret, bool has_returns) {
                 using Ret = typename decltype(ret)::value_type;
-                posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"},
-                                                      std::pair{a, "advantages"}, std::pair{ret, "returns"},
-                                                      std::pair{stats, "stats"});
+                check_whitening_apart(policy, stats, fn, std::pair{r, "token_rewards"}, std::pair{m, "mask"},
+                                      std::pair{a, "advantages"}, std::pair{ret, "returns"});
                 posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
                 returns_problem<R, M, A, Ret> p{r, m, a, options.returns.masking, options.returns.gamma};
                 p.ret = ret;
@@ -71,11 +69,7 @@ void reinforce_pp_cuda(const exec::cuda_policy& policy, const TokenRewards& toke
             };
             visit_returns<A>(
                 returns, fn,
-                [&](auto ret) {
-                    check_returns_output(ret, r, m, a, fn);
-                    check_stats_apart(stats, fn, std::pair{ret, "returns"});
-                },
-                run);
+                [&](auto ret) { check_returns_output(ret, r, m, a, fn); }, run);
         },
         posttrain::detail::floating_input<2, device_space>(token_rewards, {fn, "token_rewards"}),
         posttrain::detail::mask_input<2, device_space>(mask, {fn, "mask"}),
@@ -132,9 +126,7 @@ void reinforce_pp_baseline_cuda(const exec::cuda_policy& policy, const Rewards& 
     std::visit(
         [&](auto r, auto m, auto a) {
             check_baseline_views(r, m, a, fn);
-            check_stats_apart(stats, fn, std::pair{r, "rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
-            posttrain::detail::check_policy_apart(policy, fn, std::pair{r, "rewards"}, std::pair{m, "mask"},
-                                                  std::pair{a, "advantages"}, std::pair{stats, "stats"});
+            check_whitening_apart(policy, stats, fn, std::pair{r, "rewards"}, std::pair{m, "mask"}, std::pair{a, "advantages"});
             posttrain::detail::check_policy_apart_from_layout(policy, groups, fn);
             const index_t rows = m.extent(0), cols = m.extent(1);
             using M = typename decltype(m)::value_type;

@@ -144,9 +144,7 @@ void masked_whiten_cuda(const exec::cuda_policy& policy, const Values& values, c
     std::visit(
         [&](auto x, auto m, auto o) {
             check_elementwise_views(x, m, o, fn);
-            check_stats_apart(stats, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
-            posttrain::detail::check_policy_apart(policy, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"},
-                                                  std::pair{stats, "stats"});
+            check_whitening_apart(policy, stats, fn, std::pair{x, "values"}, std::pair{m, "mask"}, std::pair{o, "out"});
             const whiten_scratch_layout l = whiten_scratch(x.extent(0), x.extent(1));
             posttrain::detail::cuda_scratch scratch(policy, l.total, {fn, "policy"});
             whiten_cuda(policy, masked_source(x, m), scratch, l, make_whiten_params(options, options.mask_output), stats.data(), x, o, m,

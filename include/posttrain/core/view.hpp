@@ -129,25 +129,33 @@ constexpr tensor_view<T, 1> make_view(T* data, index_t n) noexcept {
     return tensor_view<T, 1>(data, n);
 }
 
-// The byte range a view touches, for aliasing checks (strides are non-negative by construction).
+// The bytes [begin, end) a view touches (strides are non-negative by construction); both null for an
+// empty view.
+struct byte_span {
+    const unsigned char* begin = nullptr;
+    const unsigned char* end = nullptr;
+};
+template <class T, int R, class S>
+constexpr byte_span view_bytes(const tensor_view<T, R, S>& v) noexcept {
+    if (v.size() == 0) return {};
+    index_t last = 0;
+    for (int r = 0; r < R; ++r) last += (v.extent(r) - 1) * v.stride(r);
+    return {reinterpret_cast<const unsigned char*>(v.data()), reinterpret_cast<const unsigned char*>(v.data() + last + 1)};
+}
+
+// Whether a view shares a byte with [b_begin, b_end), or with another view, for aliasing checks.
 template <class T, int R, class S>
 constexpr bool views_overlap(const tensor_view<T, R, S>& a, const void* b_begin, const void* b_end) noexcept {
     if (a.size() == 0) return false;
-    index_t last = 0;
-    for (int r = 0; r < R; ++r) last += (a.extent(r) - 1) * a.stride(r);
-    auto* a_begin = reinterpret_cast<const unsigned char*>(a.data());
-    auto* a_end = reinterpret_cast<const unsigned char*>(a.data() + last + 1);
-    auto* bb = static_cast<const unsigned char*>(b_begin);
-    auto* be = static_cast<const unsigned char*>(b_end);
-    return a_begin < be && bb < a_end;
+    const byte_span s = view_bytes(a);
+    return s.begin < static_cast<const unsigned char*>(b_end) && static_cast<const unsigned char*>(b_begin) < s.end;
 }
 
 template <class T, int R, class S, class U, int Q>
 constexpr bool views_overlap(const tensor_view<T, R, S>& a, const tensor_view<U, Q, S>& b) noexcept {
     if (b.size() == 0) return false;
-    index_t last = 0;
-    for (int r = 0; r < Q; ++r) last += (b.extent(r) - 1) * b.stride(r);
-    return views_overlap(a, static_cast<const void*>(b.data()), static_cast<const void*>(b.data() + last + 1));
+    const byte_span s = view_bytes(b);
+    return views_overlap(a, s.begin, s.end);
 }
 
 }  // namespace posttrain

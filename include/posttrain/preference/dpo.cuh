@@ -450,7 +450,7 @@ void dpo_launch(const exec::cuda_policy& pol, dpo_plan& plan, device_dpo_result*
     }
 }
 
-// The bytes a view (or an absent one: empty) spans, for dpo()'s aliasing checks.
+// The bytes a view (or an absent one: empty) spans (view_bytes), named, for dpo()'s aliasing checks.
 struct dpo_span {
     const unsigned char* begin = nullptr;
     const unsigned char* end = nullptr;
@@ -464,11 +464,9 @@ dpo_span span_of(const Variant& var, const char* arg, const char* part = nullptr
     std::visit(
         [&](const auto& v) {
             if constexpr (!is_monostate_v<std::remove_cvref_t<decltype(v)>>) {
-                if (v.size() == 0) return;
-                index_t last = 0;
-                for (int r = 0; r < std::remove_cvref_t<decltype(v)>::rank; ++r) last += (v.extent(r) - 1) * v.stride(r);
-                s.begin = reinterpret_cast<const unsigned char*>(v.data());
-                s.end = reinterpret_cast<const unsigned char*>(v.data() + last + 1);
+                const byte_span b = view_bytes(v);
+                s.begin = b.begin;
+                s.end = b.end;
             }
         },
         var);
