@@ -51,14 +51,10 @@ public:
     void write(const std::vector<double>& values, posttrain::detail::where w) const {
         if (!present()) return;
         check(index_t(values.size()), w);
-        std::visit(
-            [&](auto v) {
-                if constexpr (!std::is_same_v<decltype(v), std::monostate>) {
-                    using V = typename decltype(v)::value_type;
-                    for (index_t i = 0; i < v.extent(0); ++i) v(i) = static_cast<V>(values[std::size_t(i)]);
-                }
-            },
-            view_);
+        visit([&](auto v) {
+            using V = typename decltype(v)::value_type;
+            for (index_t i = 0; i < v.extent(0); ++i) v(i) = static_cast<V>(values[std::size_t(i)]);
+        });
     }
 
 private:
